@@ -1,0 +1,223 @@
+"""The generation side: a child of the supervisor that adopts the listeners and serves the app.
+
+:func:`run_generation` is what an adapter's entry point becomes in a child process. It
+
+1. installs its signal handlers *first* and only then unblocks SIGHUP (blocked by the
+   supervisor around the spawn), so a HUP during the app import is not lost: it becomes an
+   upgrade request to the supervisor;
+2. adopts and validates the listeners and the private channel;
+3. calls the adapter's ``serve(context)``, which imports the app, builds a server on the
+   listeners, calls :meth:`GenerationContext.ready` and serves until asked to stop;
+4. drains: the listeners (this process's copies only) are closed, and the connection tracker
+   waits for in-flight requests until the drain deadline; then the process exits.
+
+Signal handlers only queue an event; a control thread acts on it (a handler running on the
+thread that runs ``serve_forever`` must never call ``shutdown()`` on it: that deadlocks).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
+
+from grace_plugins import channel as msg
+from grace_plugins import listeners as lst
+from grace_plugins.channel import Channel
+from grace_plugins.drain import ConnectionTracker
+from grace_plugins.errors import ExitCode, GraceError
+from grace_plugins.handoff import Handoff
+from grace_plugins.log import configure
+
+_STOP = "stop"
+_UPGRADE = "upgrade"
+
+
+class GenerationContext:
+    """What an adapter's ``serve`` function gets: listeners, tracker, and the handover calls."""
+
+    def __init__(
+        self,
+        handoff: Handoff,
+        listeners: list[socket.socket],
+        channel: Channel,
+    ) -> None:
+        self.generation = handoff.generation
+        self.supervisor_pid = handoff.supervisor_pid
+        self.drain_timeout = handoff.drain_timeout
+        self.listeners = listeners
+        self.listener_names = [name for name, _ in handoff.listeners]
+        self.extra = handoff.extra
+        self.tracker = ConnectionTracker(keepalive_timeout=handoff.keepalive_timeout)
+        self.logger = configure(f"gen {handoff.generation}")
+        self.started = time.monotonic()
+        self._channel = channel
+        self._send_lock = threading.Lock()
+        self._stop_callbacks: list[Callable[[], None]] = []
+        self._stop_requested = threading.Event()
+        self._is_ready = False
+
+    # -- for adapters -------------------------------------------------------------------------
+    def ready(self) -> None:
+        """Tell the supervisor the app is imported and serving; call once, when it really can.
+
+        Non-blocking in practice (one short write on a local socket).
+        """
+        if self._is_ready:
+            return
+        self._is_ready = True
+        self._send(msg.READY)
+
+    def request_upgrade(self, reason: str) -> None:
+        """Ask the supervisor to start the next generation (a file changed, a HUP arrived)."""
+        self.logger.info("asking the supervisor for an upgrade (%s)", reason)
+        self._send(msg.UPGRADE)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Register how to stop the serve loop. Called from a control thread, never from the
+        serving thread. If a stop was already requested, it runs at once."""
+        self._stop_callbacks.append(callback)
+        if self._stop_requested.is_set():
+            _call_quietly(callback)
+
+    @property
+    def stopping(self) -> bool:
+        """True once the supervisor (or a signal) asked this generation to drain."""
+        return self._stop_requested.is_set()
+
+    def close_listeners(self) -> None:
+        """Close this process's copies of the listeners: stop accepting, never ``shutdown()``
+        (on Linux that would stop the shared socket for every generation)."""
+        for sock in self.listeners:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- for the runtime ----------------------------------------------------------------------
+    def _send(self, message: str) -> None:
+        with self._send_lock:
+            self._channel.send(message)
+
+    def _stop(self, reason: str) -> None:
+        if self._stop_requested.is_set():
+            return
+        self._stop_requested.set()
+        self.logger.info("draining (%s)", reason)
+        self.tracker.begin_drain()
+        for callback in list(self._stop_callbacks):
+            _call_quietly(callback)
+
+
+def _call_quietly(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # a failing stop hook must not keep the generation alive
+        traceback.print_exc()
+
+
+def _install_signals(events: queue.SimpleQueue[tuple[str, str]]) -> None:
+    def on_hup(signum: int, frame: object) -> None:
+        events.put((_UPGRADE, "SIGHUP reached the generation"))
+
+    def on_stop(signum: int, frame: object) -> None:
+        events.put((_STOP, signal.Signals(signum).name))
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def _read_channel(channel: Channel, events: queue.SimpleQueue[tuple[str, str]]) -> None:
+    channel.sock.setblocking(True)
+    while True:
+        lines = channel.receive()
+        if lines is None:
+            events.put((_STOP, "the supervisor is gone"))
+            return
+        for line in lines:
+            if line == msg.DRAIN:
+                events.put((_STOP, "the supervisor asked: the next generation is ready"))
+
+
+def _control(context: GenerationContext, events: queue.SimpleQueue[tuple[str, str]]) -> None:
+    while True:
+        kind, reason = events.get()
+        if kind == _UPGRADE and not context.stopping:
+            context.request_upgrade(reason)
+        elif kind == _STOP:
+            context._stop(reason)
+
+
+def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None]) -> NoReturn:
+    """Serve as generation ``handoff.generation`` until drained, then exit. Never returns.
+
+    Exits 0 after a drain, :data:`ExitCode.APP_LOAD_ERROR` when ``serve`` fails before
+    ready, 1 when it fails after, and :data:`ExitCode.USAGE` for an invalid inherited fd.
+    """
+    events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+    _install_signals(events)
+    logger = configure(f"gen {handoff.generation}")
+    try:
+        channel = Channel.from_fd(handoff.channel_fd)
+        sockets = [lst.adopt(fd, name, "GRACE_PLUGINS_HANDOFF") for name, fd in handoff.listeners]
+    except (GraceError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        os._exit(ExitCode.USAGE)
+    context = GenerationContext(handoff, sockets, channel)
+    threading.Thread(target=_read_channel, args=(channel, events), daemon=True).start()
+    threading.Thread(target=_control, args=(context, events), daemon=True).start()
+    try:
+        serve(context)
+    except BaseException as exc:  # the app failed to import, or the server crashed
+        if isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping:
+            pass
+        else:
+            if not isinstance(exc, SystemExit):
+                traceback.print_exc()
+            code = ExitCode.APP_LOAD_ERROR if not context._is_ready else 1
+            logger.error(
+                "generation %d %s: %s",
+                handoff.generation,
+                "failed before it was ready" if code == ExitCode.APP_LOAD_ERROR else "crashed",
+                _describe(exc),
+            )
+            _exit(code)
+    context.close_listeners()
+    report = context.tracker.drain(context.drain_timeout)
+    logger.info(
+        "generation %d drained %d connections in %d ms (%d idle closed, %d closed at the"
+        " %.0f s deadline)",
+        handoff.generation,
+        report.connections,
+        report.elapsed_ms,
+        report.idle_closed,
+        report.closed_at_deadline,
+        context.drain_timeout,
+    )
+    _exit(ExitCode.OK)
+
+
+def _exit(code: int) -> NoReturn:
+    """Run the app's atexit hooks and leave, without waiting for threads the app left behind
+    (a non-daemon thread would otherwise keep a drained generation alive)."""
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}".strip()

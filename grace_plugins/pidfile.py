@@ -1,0 +1,59 @@
+"""An atomically written pidfile that never follows a symbolic link.
+
+The pid is written to a fresh temporary file beside the target (``O_EXCL | O_NOFOLLOW``) and
+renamed over it, so a reader never sees a half-written pid and a link planted at the path is
+refused rather than written through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from grace_plugins.errors import GraceError
+
+
+def write_pidfile(path: str, pid: int | None = None) -> None:
+    """Write *pid* (default: this process) to *path* atomically.
+
+    :raises GraceError: when *path* is a symbolic link or its directory is not writable.
+    """
+    pid = os.getpid() if pid is None else pid
+    path = os.path.abspath(path)
+    if os.path.islink(path):
+        raise GraceError(
+            f"Pidfile {path} is a symbolic link; refusing to write through it. Remove the link"
+            " or choose another --pidfile path."
+        )
+    tmp = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{pid}\n")
+        os.rename(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise GraceError(
+            f"Cannot write pidfile {path}: {exc.strerror}. Choose a writable --pidfile path."
+        ) from None
+
+
+def read_pidfile(path: str) -> int | None:
+    """Return the pid stored in *path*, or ``None`` if it is missing or unreadable."""
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_pidfile(path: str, pid: int | None = None) -> None:
+    """Remove *path* if it still holds *pid* (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    if read_pidfile(path) == pid and not os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)

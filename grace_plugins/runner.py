@@ -1,0 +1,92 @@
+"""The one entry point adapters call: become the supervisor, or serve as a generation.
+
+The same program runs in both roles. Started by the user, it binds (or adopts from systemd) the
+listeners and supervises; re-run by the supervisor with the handoff variable set, it adopts the
+listeners and calls the adapter's ``serve`` function. Adapters therefore need no process logic:
+they turn their framework's options into a ``serve(context)`` function and call :func:`run`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from grace_plugins import listeners as lst
+from grace_plugins.errors import ExitCode, GraceError, require_posix
+from grace_plugins.generation import GenerationContext, run_generation
+from grace_plugins.handoff import take_handoff, take_systemd_fds
+from grace_plugins.log import configure
+from grace_plugins.supervisor import Options, Supervisor
+
+ServeFunction = Callable[[GenerationContext], None]
+
+
+def is_generation() -> bool:
+    """True in a process the supervisor started (before :func:`run` consumes the variable)."""
+    import os
+
+    from grace_plugins.handoff import HANDOFF_VAR
+
+    return HANDOFF_VAR in os.environ
+
+
+def open_listeners(addresses: Sequence[str | lst.Address]) -> list:
+    """Adopt systemd's sockets if it passed any, else bind *addresses*.
+
+    :raises GraceError: for an unusable address or inherited fd.
+    """
+    inherited = take_systemd_fds()
+    if inherited:
+        return [lst.adopt(fd, None, "LISTEN_FDS") for _, fd in inherited]
+    sockets = []
+    try:
+        for address in addresses:
+            parsed = address if isinstance(address, lst.Address) else lst.parse_address(address)
+            sockets.append(lst.bind(parsed))
+    except GraceError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def run(
+    serve: ServeFunction,
+    addresses: Sequence[str | lst.Address],
+    options: Options | None = None,
+    *,
+    on_listening: Callable[[list[str]], None] | None = None,
+) -> int:
+    """Run *serve* with hot upgrades; blocks until stopped and returns the exit status.
+
+    In the supervisor role this binds *addresses*, calls ``on_listening(names)`` (for a
+    start-up banner) and supervises generations; in a generation it never returns.
+
+    :raises GraceError: for invalid addresses, inherited fds or platforms.
+    """
+    require_posix()
+    handoff = take_handoff()
+    if handoff is not None:
+        run_generation(handoff, serve)
+    configure("supervisor")
+    sockets = open_listeners(addresses)
+    if on_listening is not None:
+        on_listening([lst.name_of(s) for s in sockets])
+    return Supervisor(sockets, options).run()
+
+
+def run_or_exit(
+    serve: ServeFunction,
+    addresses: Sequence[str | lst.Address],
+    options: Options | None = None,
+    **kwargs: Callable[[list[str]], None] | None,
+) -> NoReturn:
+    """:func:`run`, then exit with its status; a :class:`GraceError` becomes one line on
+    stderr and exit status 2, never a traceback."""
+    try:
+        code = run(serve, addresses, options, **kwargs)
+    except GraceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        code = ExitCode.USAGE
+    sys.exit(code)

@@ -1,0 +1,408 @@
+"""The supervisor: the process the user starts and signals, whose pid never changes.
+
+It holds the listeners for its whole life and runs the app in child *generations*. Its loop
+waits on one selector: the signal wakeup pipe (handlers record nothing themselves; Python writes
+each signal's number to the pipe) and each generation's channel. The state is small:
+
+* ``current``: the generation serving (or ``None`` while one is restarted);
+* ``pending``: the generation being started by an upgrade, with a ready deadline;
+* ``draining``: old generations finishing their requests, each with a kill deadline.
+
+An upgrade starts only when no other is pending and nothing drains, so at most two generations
+ever exist; requests meanwhile are coalesced into one follow-up. A pending generation that
+exits, closes its channel or misses its deadline is killed and reaped, and the current one
+serves on untouched (a rollback). A current generation that dies is restarted with back-off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from grace_plugins import channel as msg
+from grace_plugins.channel import Channel
+from grace_plugins.errors import ExitCode
+from grace_plugins.handoff import HANDOFF_VAR, Handoff
+from grace_plugins.listeners import name_of, unlink_unix
+from grace_plugins.log import configure
+from grace_plugins.pidfile import remove_pidfile, write_pidfile
+from grace_plugins.process import Spawner, program_argv
+from grace_plugins.sdnotify import Notifier
+
+#: Extra time a draining generation gets past its own drain deadline before SIGKILL.
+KILL_GRACE = 5.0
+#: Restart delays for a generation that keeps dying; reset after a stable run.
+BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER = 30.0
+_HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+
+
+@dataclass
+class Options:
+    """Settings of the handover; every wait is bounded."""
+
+    #: Seconds a new generation has to import the app and report ready before rollback.
+    ready_timeout: float = 30.0
+    #: Seconds an old generation has to finish its requests (as gunicorn's graceful_timeout).
+    drain_timeout: float = 30.0
+    #: During a drain, idle keep-alive connections are closed after this many seconds idle.
+    keepalive_timeout: float = 5.0
+    pidfile: str | None = None
+    #: Strings passed to every generation (adapters' own settings).
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """The supervisor's view of one child generation."""
+
+    number: int
+    process: subprocess.Popen[bytes]
+    channel: Channel
+    started: float
+    deadline: float
+    ready_at: float | None = None
+    draining: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def __str__(self) -> str:
+        return f"generation {self.number} (pid {self.pid})"
+
+
+class Supervisor:
+    """Runs generations of one program over a fixed set of listeners."""
+
+    def __init__(
+        self,
+        listeners: list[socket.socket],
+        options: Options | None = None,
+        *,
+        argv: list[str] | None = None,
+        spawner: Spawner | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.listeners = listeners
+        self.options = options or Options()
+        self.argv = argv or program_argv()
+        self.cwd = os.getcwd()
+        self.spawner = spawner or Spawner()
+        self.notifier = notifier or Notifier()
+        self.log = configure("supervisor")
+        self.current: Generation | None = None
+        self.pending: Generation | None = None
+        self.draining: list[Generation] = []
+        self.followup = False
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.restart_at: float | None = None
+        self.failures = 0
+        self.exit_code = ExitCode.OK
+        self._counter = 0
+        self._selector = selectors.DefaultSelector()
+        self._upgrade_started = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stopped by SIGTERM/SIGINT; return the exit status. Blocks."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_w)
+        previous = {sig: signal.signal(sig, _record) for sig in _HANDLED}
+        self._selector.register(wake_r, selectors.EVENT_READ, None)
+        try:
+            if self.options.pidfile:
+                write_pidfile(self.options.pidfile)
+            self._start_generation("start")
+            while self.current or self.pending or self.draining or not self.stopping:
+                self._selector_wait()
+                self._reap()
+                self._check_deadlines()
+                if self.exit_code != ExitCode.OK and not (self.current or self.pending):
+                    break
+        finally:
+            for gen in [self.pending, self.current, *self.draining]:
+                if gen is not None:
+                    self.spawner.signal_group(gen.process, signal.SIGKILL)
+                    _wait(gen.process, 5.0)
+                    gen.channel.close()
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._selector.close()
+            os.close(wake_r)
+            os.close(wake_w)
+            for sock in self.listeners:
+                unlink_unix(sock)
+                sock.close()
+            if self.options.pidfile:
+                remove_pidfile(self.options.pidfile)
+            self.notifier.stopping()
+        self.log.info("stopped (exit status %d)", self.exit_code)
+        return int(self.exit_code)
+
+    def _selector_wait(self) -> None:
+        timeout = self._next_deadline()
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._drain_signals(key.fileobj)  # type: ignore[arg-type]
+            else:
+                self._on_channel(key.data)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [g.deadline for g in [self.pending, *self.draining] if g is not None]
+        if self.restart_at is not None:
+            deadlines.append(self.restart_at)
+        if self.stop_deadline is not None:
+            deadlines.append(self.stop_deadline)
+        if not deadlines:
+            return 1.0  # also a safety net for a missed SIGCHLD
+        return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
+
+    def _drain_signals(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum == signal.SIGHUP:
+                self.request_upgrade("SIGHUP")
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop(signal.Signals(signum).name)
+
+    def _on_channel(self, gen: Generation) -> None:
+        lines = gen.channel.receive()
+        if lines is None:
+            self._selector.unregister(gen.channel.sock)
+            return  # the process is exiting; _reap handles it
+        for line in lines:
+            if line == msg.READY:
+                self._on_ready(gen)
+            elif line == msg.UPGRADE:
+                self.request_upgrade(f"requested by {gen}")
+
+    # -- upgrades -------------------------------------------------------------------------------
+    def request_upgrade(self, reason: str) -> None:
+        """Start an upgrade now, or coalesce it into one follow-up if one is under way."""
+        if self.stopping:
+            self.log.info("upgrade (%s) ignored: stopping", reason)
+            return
+        if self.pending or self.draining:
+            if not self.followup:
+                busy = self.pending or self.draining[0]
+                state = "starting" if busy is self.pending else "draining"
+                self.log.info(
+                    "upgrade (%s) queued: %s is still %s; one follow-up upgrade will run",
+                    reason,
+                    busy,
+                    state,
+                )
+            self.followup = True
+            return
+        if self.current is None:
+            self.restart_at = None  # a HUP while waiting to restart: try now
+        self._start_generation(reason)
+
+    def _start_generation(self, reason: str) -> None:
+        self._counter += 1
+        number = self._counter
+        parent_end, child_end = Channel.pair()
+        handoff = Handoff(
+            supervisor_pid=os.getpid(),
+            generation=number,
+            listeners=[(name_of(s), s.fileno()) for s in self.listeners],
+            channel_fd=child_end.fileno(),
+            ready_timeout=self.options.ready_timeout,
+            drain_timeout=self.options.drain_timeout,
+            keepalive_timeout=self.options.keepalive_timeout,
+            extra=self.options.extra,
+        )
+        env = dict(os.environ)
+        env[HANDOFF_VAR] = handoff.encode()
+        pass_fds = [s.fileno() for s in self.listeners] + [child_end.fileno()]
+        now = time.monotonic()
+        try:
+            process = self.spawner.spawn(self.argv, env, pass_fds, self.cwd)
+        except OSError as exc:
+            parent_end.close()
+            self.log.error("cannot start generation %d: %s", number, exc)
+            self._schedule_restart()
+            return
+        finally:
+            child_end.close()  # or a child that dies never produces EOF
+        parent_end.sock.setblocking(False)
+        gen = Generation(number, process, parent_end, now, now + self.options.ready_timeout)
+        self._selector.register(parent_end.sock, selectors.EVENT_READ, gen)
+        self.pending = gen
+        self._upgrade_started = now
+        if self.current is not None:
+            self.log.info("upgrade started (%s): %s", reason, gen)
+            self.notifier.reloading(f"upgrading to generation {number}")
+        else:
+            self.log.info("starting %s (%s)", gen, reason)
+
+    def _on_ready(self, gen: Generation) -> None:
+        if gen is not self.pending:
+            return
+        now = time.monotonic()
+        gen.ready_at = now
+        old, self.current, self.pending = self.current, gen, None
+        elapsed_ms = (now - gen.started) * 1000
+        if old is None:
+            self.log.info(
+                "%s ready after %d ms; serving %s. Upgrade: kill -HUP %d. Stop: kill -TERM %d.",
+                gen,
+                elapsed_ms,
+                ", ".join(name_of(s) for s in self.listeners),
+                os.getpid(),
+                os.getpid(),
+            )
+        else:
+            self.log.info("%s ready after %d ms; %s drains", gen, elapsed_ms, old)
+            self._retire(old)
+        self.notifier.ready(f"serving with generation {gen.number} (pid {gen.pid})")
+        self._maybe_followup()
+
+    def _retire(self, gen: Generation) -> None:
+        gen.draining = True
+        gen.deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE
+        self.draining.append(gen)
+        if not gen.channel.send(msg.DRAIN):
+            self.spawner.signal_group(gen.process, signal.SIGTERM)
+
+    def _rollback(self, gen: Generation, why: str) -> None:
+        self.spawner.signal_group(gen.process, signal.SIGKILL)
+        _wait(gen.process, 5.0)
+        self._forget(gen)
+        self.pending = None
+        if self.stopping:
+            return
+        if self.current is not None:
+            self.log.error(
+                "upgrade rolled back: %s %s; %s keeps serving (its traceback, if any, is above)",
+                gen,
+                why,
+                self.current,
+            )
+            self.notifier.ready(f"upgrade rolled back: generation {gen.number} {why}")
+        elif self._counter == 1:
+            self.log.error(
+                "the app failed to start: %s %s (its traceback, if any, is above)", gen, why
+            )
+            self.exit_code = ExitCode.APP_LOAD_ERROR
+            self.stop("start-up failed")
+            return
+        else:
+            self.log.error("restart failed: %s %s", gen, why)
+            self._schedule_restart()
+        self._maybe_followup()
+
+    def _maybe_followup(self) -> None:
+        if self.followup and not self.pending and not self.draining and not self.stopping:
+            self.followup = False
+            self.request_upgrade("queued follow-up")
+
+    def _schedule_restart(self) -> None:
+        if self.stopping:
+            return
+        delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+        self.failures += 1
+        self.restart_at = time.monotonic() + delay
+        self.log.info("next start attempt in %.1f s (or at the next SIGHUP)", delay)
+
+    # -- children -------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        for gen in [self.pending, self.current, *self.draining]:
+            if gen is None or gen.process.poll() is None:
+                continue
+            status = _status(gen.process.returncode)
+            if gen is self.pending:
+                self._rollback(gen, f"exited ({status}) before it was ready")
+            elif gen is self.current:
+                self._forget(gen)
+                self.current = None
+                if self.stopping:
+                    continue
+                lived = time.monotonic() - (gen.ready_at or gen.started)
+                if lived > STABLE_AFTER:
+                    self.failures = 0
+                self.log.error("%s exited unexpectedly (%s)", gen, status)
+                if self.pending is None:
+                    self._schedule_restart()
+            else:
+                self._forget(gen)
+                self.draining.remove(gen)
+                self.log.info("%s exited after draining (%s)", gen, status)
+                self._maybe_followup()
+
+    def _forget(self, gen: Generation) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(gen.channel.sock)
+        gen.channel.close()
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        if self.pending and now >= self.pending.deadline:
+            self._rollback(self.pending, f"was not ready within {self.options.ready_timeout:g} s")
+        for gen in list(self.draining):
+            if now >= gen.deadline and gen.process.poll() is None:
+                self.log.error("%s still running after its drain deadline: killed", gen)
+                self.spawner.signal_group(gen.process, signal.SIGKILL)
+                gen.deadline = now + 1.0
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            if self.current is None and self.pending is None and not self.stopping:
+                self._start_generation("restart")
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            for gen in [self.current, self.pending, *self.draining]:
+                if gen is not None:
+                    self.spawner.signal_group(gen.process, signal.SIGKILL)
+            self.stop_deadline = now + 1.0
+
+    # -- stopping -------------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Graceful stop: drain every generation, then leave the loop. A second stop signal
+        kills at once (as in gunicorn's quick shutdown)."""
+        if self.stopping:
+            if reason in ("SIGINT", "SIGTERM"):
+                self.log.info("%s again: stopping now", reason)
+                self.stop_deadline = time.monotonic()
+            return
+        self.stopping = True
+        self.followup = False
+        self.restart_at = None
+        self.log.info("stopping (%s): draining", reason)
+        self.notifier.stopping()
+        if self.pending is not None:
+            self.spawner.signal_group(self.pending.process, signal.SIGKILL)
+        if self.current is not None:
+            self._retire(self.current)
+            self.current = None
+        self.stop_deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE
+
+
+def _record(signum: int, frame: object) -> None:
+    """Signal handler: nothing to do, the wakeup fd carries the signal number to the loop."""
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout)
+
+
+def _status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
