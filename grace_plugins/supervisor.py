@@ -9,9 +9,11 @@ each signal's number to the pipe) and each generation's channel. The state is sm
 * ``draining``: old generations finishing their requests, each with a kill deadline.
 
 An upgrade starts only when no other is pending and nothing drains, so at most two generations
-ever exist; requests meanwhile are coalesced into one follow-up. A pending generation that
-exits, closes its channel or misses its deadline is killed and reaped, and the current one
-serves on untouched (a rollback). A current generation that dies is restarted with back-off.
+ever exist, and at most once per ``Options.upgrade_interval`` (a HUP storm or an editor's burst
+of writes makes at most two upgrades); requests meanwhile are coalesced into one follow-up.
+A pending generation that exits, closes its channel or misses its deadline is killed and
+reaped, and the current one serves on untouched (a rollback). A current generation that dies
+is restarted with back-off.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Options:
     drain_timeout: float = 30.0
     #: During a drain, idle keep-alive connections are closed after this many seconds idle.
     keepalive_timeout: float = 5.0
+    #: Upgrades start at most once per this many seconds; requests in between coalesce.
+    upgrade_interval: float = 1.0
     pidfile: str | None = None
     #: Strings passed to every generation (adapters' own settings).
     extra: dict[str, str] = field(default_factory=dict)
@@ -101,6 +105,7 @@ class Supervisor:
         self.pending: Generation | None = None
         self.draining: list[Generation] = []
         self.followup = False
+        self.followup_at: float | None = None
         self.stopping = False
         self.stop_deadline: float | None = None
         self.restart_at: float | None = None
@@ -160,8 +165,9 @@ class Supervisor:
 
     def _next_deadline(self) -> float | None:
         deadlines = [g.deadline for g in [self.pending, *self.draining] if g is not None]
-        if self.restart_at is not None:
-            deadlines.append(self.restart_at)
+        for moment in (self.restart_at, self.followup_at):
+            if moment is not None:
+                deadlines.append(moment)
         if self.stop_deadline is not None:
             deadlines.append(self.stop_deadline)
         if not deadlines:
@@ -196,17 +202,22 @@ class Supervisor:
         if self.stopping:
             self.log.info("upgrade (%s) ignored: stopping", reason)
             return
-        if self.pending or self.draining:
+        too_soon = time.monotonic() < self._upgrade_started + self.options.upgrade_interval
+        if self.pending or self.draining or (too_soon and self.current is not None):
             if not self.followup:
-                busy = self.pending or self.draining[0]
-                state = "starting" if busy is self.pending else "draining"
+                busy = self.pending or (self.draining[0] if self.draining else None)
+                if busy is None:
+                    state = (
+                        f"the last upgrade started less than {self.options.upgrade_interval:g}"
+                        " s ago"
+                    )
+                else:
+                    state = f"{busy} is still {'starting' if busy is self.pending else 'draining'}"
                 self.log.info(
-                    "upgrade (%s) queued: %s is still %s; one follow-up upgrade will run",
-                    reason,
-                    busy,
-                    state,
+                    "upgrade (%s) queued: %s; one follow-up upgrade will run", reason, state
                 )
             self.followup = True
+            self._maybe_followup()
             return
         if self.current is None:
             self.restart_at = None  # a HUP while waiting to restart: try now
@@ -307,9 +318,17 @@ class Supervisor:
         self._maybe_followup()
 
     def _maybe_followup(self) -> None:
-        if self.followup and not self.pending and not self.draining and not self.stopping:
-            self.followup = False
-            self.request_upgrade("queued follow-up")
+        """Start the coalesced follow-up once nothing is under way and the interval passed."""
+        if not self.followup or self.pending or self.draining or self.stopping:
+            self.followup_at = None
+            return
+        earliest = self._upgrade_started + self.options.upgrade_interval
+        if time.monotonic() < earliest:
+            self.followup_at = earliest
+            return
+        self.followup = False
+        self.followup_at = None
+        self._start_generation("queued follow-up")
 
     def _schedule_restart(self) -> None:
         if self.stopping:
@@ -358,6 +377,8 @@ class Supervisor:
                 self.log.error("%s still running after its drain deadline: killed", gen)
                 self.spawner.signal_group(gen.process, signal.SIGKILL)
                 gen.deadline = now + 1.0
+        if self.followup_at is not None and now >= self.followup_at:
+            self._maybe_followup()
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             if self.current is None and self.pending is None and not self.stopping:

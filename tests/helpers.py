@@ -217,6 +217,25 @@ def classify(exc: BaseException) -> str:
     return f"other:{type(exc).__name__}"
 
 
+def wait_served_by(port: int, pid: int, timeout: float = 10.0, path: str = "/hello") -> Response:
+    """Return the first response from *pid*: after a new generation is ready, the old one may
+    accept for one more poll interval before it closes its listener copy (and serves what it
+    accepted: nothing fails, but a test must not assume the switch is instant)."""
+    seen: list[int] = []
+
+    def probe() -> Response | None:
+        resp = http_get(port, path)
+        seen.append(resp.pid)
+        return resp if resp.pid == pid else None
+
+    try:
+        return wait_until(probe, timeout, f"a response from pid {pid}")  # type: ignore[return-value]
+    except AssertionError:
+        raise AssertionError(
+            f"no response from pid {pid} in {timeout:g} s; pids seen: {sorted(set(seen))}"
+        ) from None
+
+
 @dataclass
 class LoadReport:
     requests: int = 0

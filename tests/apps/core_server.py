@@ -1,6 +1,6 @@
 """A framework-free server for the core's end-to-end tests (stdlib http.server only).
 
-Usage: python core_server.py ADDRESS [ready_timeout drain_timeout]
+Usage: python core_server.py ADDRESS [--ready S] [--drain S] [--interval S] [--pidfile P]
 
 The upgradable code is the module ``appcode`` found on ``sys.path`` (the tests write it into
 the working directory): ``VERSION`` is served, and broken or hanging versions test rollback.
@@ -24,7 +24,7 @@ class Server(TrackedServerMixin, ThreadingMixIn, HTTPServer):
 
 def serve(context):
     sys.path.insert(0, os.getcwd())
-    import appcode  # noqa: the code under upgrade
+    import appcode  # the code under upgrade
 
     class Handler(TrackedHandlerMixin, BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -37,7 +37,10 @@ def serve(context):
 
                 out = subprocess.run(
                     [sys.executable, "-c", appcode.CHILD_PROBE],
-                    capture_output=True, text=True, timeout=20, close_fds=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                    close_fds=False,
                 ).stdout
                 body = out.encode()
             else:
@@ -61,11 +64,24 @@ def serve(context):
 
 
 if __name__ == "__main__":
-    ready_timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
-    drain_timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
-    pidfile = sys.argv[4] if len(sys.argv) > 4 else None
+    import argparse
+
+    if os.environ.get("GRACE_TEST_OPEN_FILE"):  # a supervisor-only fd that must not leak
+        _held = open(os.environ.pop("GRACE_TEST_OPEN_FILE"), "w")  # noqa: SIM115
+    parser = argparse.ArgumentParser()
+    parser.add_argument("address")
+    parser.add_argument("--ready", type=float, default=10.0)
+    parser.add_argument("--drain", type=float, default=10.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--pidfile")
+    args = parser.parse_args()
     run_or_exit(
         serve,
-        [sys.argv[1]],
-        Options(ready_timeout=ready_timeout, drain_timeout=drain_timeout, pidfile=pidfile),
+        [args.address],
+        Options(
+            ready_timeout=args.ready,
+            drain_timeout=args.drain,
+            upgrade_interval=args.interval,
+            pidfile=args.pidfile,
+        ),
     )

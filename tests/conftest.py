@@ -1,0 +1,35 @@
+"""Shared fixtures: a server factory that always cleans up and shows the server's output
+when a test fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import ServerProcess
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for server in getattr(item, "_grace_servers", []):
+            report.sections.append(
+                (f"server output ({' '.join(server.argv)[:80]})", server.output()[-6000:])
+            )
+
+
+@pytest.fixture
+def start_server(request):
+    """start_server(argv, cwd=None, env=None) -> ServerProcess, closed after the test."""
+    servers: list[ServerProcess] = []
+    request.node._grace_servers = servers
+
+    def start(argv, cwd=None, env=None, cls=ServerProcess):
+        server = cls(argv, cwd=cwd, env=env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
