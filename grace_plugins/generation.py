@@ -65,6 +65,7 @@ class GenerationContext:
         self._stop_callbacks: list[Callable[[], None]] = []
         self._stop_requested = threading.Event()
         self._is_ready = False
+        self._plug: tuple[int, int] | None = None
 
     # -- for adapters -------------------------------------------------------------------------
     def ready(self) -> None:
@@ -94,6 +95,25 @@ class GenerationContext:
         """True once the supervisor (or a signal) asked this generation to drain."""
         return self._stop_requested.is_set()
 
+    def stop_accepting(self) -> None:
+        """Stop accepting now, from any thread: atomically replace this process's listener fds
+        with the read end of a pipe that never becomes readable (``dup2``).
+
+        The shared listening socket loses only this process's reference: the supervisor and
+        the new generation keep accepting, and nothing is ``shutdown()``. Doing it by ``dup2``
+        rather than ``close`` means a serve loop still polling the old fd number sees a quiet
+        fd instead of a number the kernel may hand to some other file. The serve loop ends at
+        its own pace; new connections already go to the new generation.
+        """
+        if self._plug is not None:
+            return
+        self._plug = os.pipe()  # the write end stays open: the read end is never readable
+        for sock in self.listeners:
+            fd = sock.fileno()
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.dup2(self._plug[0], fd, inheritable=False)
+
     def close_listeners(self) -> None:
         """Close this process's copies of the listeners: stop accepting, never ``shutdown()``
         (on Linux that would stop the shared socket for every generation)."""
@@ -110,6 +130,7 @@ class GenerationContext:
         if self._stop_requested.is_set():
             return
         self._stop_requested.set()
+        self.stop_accepting()
         self.logger.info("draining (%s)", reason)
         self.tracker.begin_drain()
         for callback in list(self._stop_callbacks):
