@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 
 from grace_plugins import channel as msg
 from grace_plugins.channel import Channel
-from grace_plugins.errors import ExitCode
+from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
 from grace_plugins.process import Spawner, program_argv
 from grace_plugins.sdnotify import Notifier
+from grace_plugins.state import StateFile
 
 #: Extra time a draining generation gets past its own drain deadline before SIGKILL.
 KILL_GRACE = 5.0
@@ -114,6 +115,7 @@ class Supervisor:
         self._counter = 0
         self._selector = selectors.DefaultSelector()
         self._upgrade_started = 0.0
+        self.state: StateFile | None = None
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -122,11 +124,16 @@ class Supervisor:
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         previous_wakeup = signal.set_wakeup_fd(wake_w)
-        previous = {sig: signal.signal(sig, _record) for sig in _HANDLED}
+        previous = {sig: signal.signal(sig, _wake) for sig in _HANDLED}
         self._selector.register(wake_r, selectors.EVENT_READ, None)
         try:
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)
+            try:
+                self.state = StateFile()
+                self.state.update(listeners=[name_of(s) for s in self.listeners])
+            except GraceError as exc:
+                self.log.error("no state file for grace-plugins reload/status: %s", exc)
             self._start_generation("start")
             while self.current or self.pending or self.draining or not self.stopping:
                 self._selector_wait()
@@ -151,6 +158,8 @@ class Supervisor:
                 sock.close()
             if self.options.pidfile:
                 remove_pidfile(self.options.pidfile)
+            if self.state is not None:
+                self.state.remove()
             self.notifier.stopping()
         self.log.info("stopped (exit status %d)", self.exit_code)
         return int(self.exit_code)
@@ -258,6 +267,7 @@ class Supervisor:
         if self.current is not None:
             self.log.info("upgrade started (%s): %s", reason, gen)
             self.notifier.reloading(f"upgrading to generation {number}")
+            self._record(in_progress=True)
         else:
             self.log.info("starting %s (%s)", gen, reason)
 
@@ -280,8 +290,17 @@ class Supervisor:
         else:
             self.log.info("%s ready after %d ms; %s drains", gen, elapsed_ms, old)
             self._retire(old)
+            if self.state is not None:
+                self.state.record_upgrade(
+                    "ok", f"{gen} ready after {elapsed_ms:.0f} ms", ready_ms=round(elapsed_ms)
+                )
+        self._record(generation=gen.number, generation_pid=gen.pid, generation_since=time.time())
         self.notifier.ready(f"serving with generation {gen.number} (pid {gen.pid})")
         self._maybe_followup()
+
+    def _record(self, **fields: object) -> None:
+        if self.state is not None:
+            self.state.update(**fields)
 
     def _retire(self, gen: Generation) -> None:
         gen.draining = True
@@ -305,6 +324,8 @@ class Supervisor:
                 self.current,
             )
             self.notifier.ready(f"upgrade rolled back: generation {gen.number} {why}")
+            if self.state is not None:
+                self.state.record_upgrade("rolled_back", f"{gen} {why}")
         elif self._counter == 1:
             self.log.error(
                 "the app failed to start: %s %s (its traceback, if any, is above)", gen, why
@@ -411,7 +432,7 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.options.drain_timeout + KILL_GRACE
 
 
-def _record(signum: int, frame: object) -> None:
+def _wake(signum: int, frame: object) -> None:
     """Signal handler: nothing to do, the wakeup fd carries the signal number to the loop."""
 
 

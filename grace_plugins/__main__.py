@@ -1,0 +1,149 @@
+"""``grace-plugins`` (or ``python -m grace_plugins``): upgrade a running server and wait.
+
+``grace-plugins reload --pidfile PATH`` sends the upgrade signal and blocks until the upgrade
+has finished, so that ``ExecReload=`` in a systemd unit, a deploy script or a human knows the
+outcome: exit 0 when the new generation took over, :data:`ROLLED_BACK` when the new code was
+broken and the old one still serves, :data:`TIMED_OUT` when no outcome came in time.
+``grace-plugins status`` prints what the supervisor last recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from grace_plugins.errors import ExitCode, GraceError
+from grace_plugins.pidfile import read_pidfile
+from grace_plugins.state import read_state, state_path
+
+ROLLED_BACK = 1
+TIMED_OUT = 3
+NOT_RUNNING = 7  # as LSB's "program is not running"
+
+
+class NotRunningError(GraceError):
+    """The server named by the pidfile or pid is not running."""
+
+
+def _target_pid(args: argparse.Namespace) -> int:
+    if args.pid is not None:
+        return args.pid
+    pid = read_pidfile(args.pidfile)
+    if pid is None:
+        raise NotRunningError(f"Cannot read a pid from {args.pidfile}: is the server running?")
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _state_of(pid: int) -> dict[str, Any]:
+    if not _alive(pid):
+        raise NotRunningError(f"No process {pid}: the server is not running (stale pidfile?).")
+    state = read_state(pid)
+    if state is None:
+        raise GraceError(
+            f"Process {pid} is not a grace_plugins supervisor run by this user (no state at"
+            f" {state_path(pid)}); signal it with kill -HUP {pid} instead."
+        )
+    return state
+
+
+def reload(args: argparse.Namespace) -> int:
+    """Send SIGHUP and wait for the outcome; blocks at most ``args.timeout`` seconds."""
+    pid = _target_pid(args)
+    before = _state_of(pid)
+    # An upgrade under way finishes first; ours is the follow-up after it.
+    wanted = before.get("upgrades", 0) + (2 if before.get("in_progress") else 1)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        state = read_state(pid)
+        if state is None:
+            if not _alive(pid):
+                print(f"the server (pid {pid}) exited during the upgrade", file=sys.stderr)
+                return NOT_RUNNING
+        elif state.get("upgrades", 0) >= wanted:
+            last = state.get("last_upgrade") or {}
+            if last.get("outcome") == "ok":
+                print(f"upgraded: {last.get('detail', '')}")
+                return ExitCode.OK
+            print(f"rolled back: {last.get('detail', '')}", file=sys.stderr)
+            return ROLLED_BACK
+        time.sleep(0.05)
+    print(
+        f"no outcome within {args.timeout:g} s: the upgrade may still be running", file=sys.stderr
+    )
+    return TIMED_OUT
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the serving generation and the last upgrade; does not block."""
+    pid = _target_pid(args)
+    state = _state_of(pid)
+    now = time.time()
+    print(f"supervisor pid {pid}, up {now - state.get('started', now):.0f} s")
+    if state.get("listeners"):
+        print(f"listening: {', '.join(state['listeners'])}")
+    if "generation" in state:
+        since = state.get("generation_since", now)
+        print(
+            f"serving: generation {state['generation']} (pid {state.get('generation_pid')}),"
+            f" up {now - since:.0f} s"
+        )
+    print(f"upgrades finished: {state.get('upgrades', 0)}", end="")
+    print(" (one in progress)" if state.get("in_progress") else "")
+    last = state.get("last_upgrade")
+    if last:
+        ago = now - last.get("finished", now)
+        print(f"last upgrade: {last.get('outcome')} {ago:.0f} s ago: {last.get('detail', '')}")
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grace-plugins", description="Upgrade a running grace_plugins server and wait."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("reload", reload, "upgrade (SIGHUP) and wait for the outcome"),
+        ("status", status, "show the serving generation and the last upgrade"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        target = sub.add_mutually_exclusive_group(required=True)
+        target.add_argument("--pidfile", help="the server's pidfile")
+        target.add_argument("--pid", type=int, help="the supervisor's (or master's) pid")
+        if name == "reload":
+            sub.add_argument(
+                "--timeout",
+                type=float,
+                default=90.0,
+                help="seconds to wait for the outcome (default: 90)",
+            )
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``grace-plugins``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GraceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return NOT_RUNNING if isinstance(exc, NotRunningError) else ExitCode.USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

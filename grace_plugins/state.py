@@ -1,0 +1,82 @@
+"""The supervisor's state file: what ``grace-plugins reload`` and ``status`` read.
+
+``kill -HUP`` returns before anything is known. The supervisor therefore records, after every
+event, the serving generation and the outcome of the last upgrade in a small JSON file that the
+commands poll. The file lives in a per-user directory (``$XDG_RUNTIME_DIR`` or the temporary
+directory, then ``grace_plugins-<uid>/``) created ``0700`` and checked to be ours, and is
+written ``0600`` by rename: only its owner can read it, nobody can plant one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import time
+from typing import Any
+
+from grace_plugins.errors import GraceError
+
+
+def state_dir() -> str:
+    """Return (creating it) the private directory for state files.
+
+    :raises GraceError: when the directory exists but is not ours or is open to others.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    path = os.path.join(base, f"grace_plugins-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise GraceError(f"{path} is not a directory owned by you: remove it and retry.")
+    if info.st_mode & 0o077:
+        raise GraceError(f"{path} is accessible by other users: chmod 700 it and retry.")
+    return path
+
+
+def state_path(pid: int) -> str:
+    """The state file of the supervisor (or gunicorn master) with this pid."""
+    return os.path.join(state_dir(), f"{pid}.json")
+
+
+class StateFile:
+    """Written by a supervisor: one JSON object, replaced atomically on each update."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.path = state_path(self.pid)
+        self.data: dict[str, Any] = {"pid": self.pid, "started": time.time(), "upgrades": 0}
+
+    def update(self, **fields: Any) -> None:
+        """Merge *fields* and rewrite the file; never raises (state is informative)."""
+        self.data.update(fields)
+        tmp = f"{self.path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.data, handle)
+            os.rename(tmp, self.path)
+        except OSError:
+            pass
+
+    def record_upgrade(self, outcome: str, detail: str, **fields: Any) -> None:
+        """Count a finished upgrade (``ok`` or ``rolled_back``) with what happened."""
+        last = {"outcome": outcome, "detail": detail, "finished": time.time(), **fields}
+        self.update(upgrades=self.data["upgrades"] + 1, in_progress=False, last_upgrade=last)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def read_state(pid: int) -> dict[str, Any] | None:
+    """Return the state recorded by supervisor *pid*, or ``None`` if there is none."""
+    try:
+        with open(state_path(pid)) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
