@@ -408,3 +408,4 @@ def zombies(pid: int) -> list[int]:
 
 
 PYTHON = sys.executable
+LINUX_PROC = os.path.isdir("/proc/self/fd")

@@ -1,0 +1,123 @@
+"""Fault injection against the core (real processes): kills at the worst moments, clients that
+never finish, slow imports under load, and a soak of many upgrades.
+
+The soak runs ``GRACE_SOAK_UPGRADES`` upgrades (default 100; CI runs a reduced form).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from tests.helpers import (
+    LINUX_PROC,
+    Load,
+    child_pids,
+    fd_count,
+    http_get,
+    wait_served_by,
+    wait_until,
+    zombies,
+)
+from tests.test_core_e2e import _has_connection, start, write_code
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    write_code(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.timeout(60)
+def test_new_generation_killed_while_starting_is_rolled_back(start_server, app_dir):
+    server = start(start_server, app_dir, ready=20)
+    old = http_get(server.port).pid
+    write_code(app_dir, "v2", "import time\ntime.sleep(30)")
+    mark = server.mark()
+    os.kill(server.pid, signal.SIGHUP)
+    found = server.wait_for(r"upgrade started \(SIGHUP\): generation 2 \(pid (\d+)\)", 10, mark)
+    os.kill(int(found.group(1)), signal.SIGKILL)
+    server.wait_for(r"rolled back: generation 2 .*killed by SIGKILL", 10, after=mark)
+    assert http_get(server.port).pid == old
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_old_generation_killed_while_draining_leaves_service_up(start_server, app_dir):
+    server = start(start_server, app_dir)
+    old = http_get(server.port).pid
+    slow = threading.Thread(target=_quietly, args=(server.port, "/hello?sleep=5"))
+    slow.start()
+    wait_until(lambda: _has_connection(old), 5, "the slow request to arrive")
+    new = server.upgrade()
+    os.kill(old, signal.SIGKILL)
+    server.wait_for(r"generation 1 .* exited after draining \(killed by SIGKILL\)", 10)
+    assert wait_served_by(server.port, new).status == 200
+    slow.join(10)
+    assert server.stop() == 0
+
+
+def _quietly(port: int, path: str) -> None:
+    with contextlib.suppress(OSError):  # this client's server may be killed on purpose
+        http_get(port, path, timeout=15)
+
+
+@pytest.mark.timeout(60)
+def test_stuck_request_and_slowloris_are_closed_at_the_drain_deadline(start_server, app_dir):
+    server = start(start_server, app_dir, drain=1.5)
+    old = http_get(server.port).pid
+    stuck = threading.Thread(target=_quietly, args=(server.port, "/hello?sleep=30"))
+    stuck.start()
+    loris = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    loris.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+    wait_until(lambda: _has_connection(old), 5, "the stuck requests to arrive")
+    server.upgrade()
+    found = server.wait_for(
+        r"generation 1 drained (\d+) connections in (\d+) ms .* (\d+) closed at", 10
+    )
+    assert int(found.group(1)) >= 2 and int(found.group(3)) >= 2
+    assert 1400 <= int(found.group(2)) < 5000
+    assert loris.recv(100) == b""  # an orderly close, not a reset
+    loris.close()
+    stuck.join(10)
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_one_second_import_under_load_loses_nothing(start_server, app_dir):
+    server = start(start_server, app_dir)
+    with Load(server.port, fresh=3, keepalive=2, slow=1, slow_seconds=0.5) as load:
+        wait_until(lambda: load.report.requests > 50, 10, "load to start")
+        for version in ("v2", "v3"):
+            write_code(app_dir, version, "import time\ntime.sleep(1)")
+            new = server.upgrade()
+            wait_until(lambda pid=new: pid in load.report.pids, 10, "the new generation")
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    assert "v3" in report.versions
+    assert server.stop() == 0
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(600)
+def test_soak_many_upgrades_under_load(start_server, app_dir):
+    upgrades = int(os.environ.get("GRACE_SOAK_UPGRADES", "100"))
+    server = start(start_server, app_dir, interval=0.05)
+    fds_before = fd_count(server.pid)
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=0.3, max_seconds=500) as load:
+        wait_until(lambda: load.report.requests > 20, 10, "load to start")
+        for _ in range(upgrades):
+            server.upgrade()
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    if LINUX_PROC:
+        wait_until(lambda: len(child_pids(server.pid)) == 1, 15, "old generations to exit")
+        wait_until(lambda: fd_count(server.pid) == fds_before, 5, f"{fds_before} fds")
+        assert zombies(server.pid) == []
+    assert max(server.generation_pids()) == upgrades + 1
+    assert server.stop() == 0
