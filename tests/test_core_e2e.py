@@ -224,7 +224,8 @@ def test_generation_inherits_only_listener_and_channel(start_server, app_dir):
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_drains_in_flight_then_exits_zero(start_server, app_dir, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_stop_signal_drains_in_flight_then_exits_zero(start_server, app_dir, tmp_path, stop_signal):
     pidfile = tmp_path / "server.pid"
     server = start(start_server, app_dir, extra=[f"--pidfile={pidfile}"])
     assert int(pidfile.read_text()) == server.pid
@@ -233,7 +234,8 @@ def test_sigterm_drains_in_flight_then_exits_zero(start_server, app_dir, tmp_pat
     slow.start()
     gen = server.generation_pids()[1]
     wait_until(lambda: _has_connection(gen), 5, "the slow request to arrive")
-    assert server.stop() == 0
+    os.kill(server.pid, stop_signal)
+    assert server.proc.wait(20) == 0
     slow.join(10)
     assert result["r"].status == 200
     assert result["r"].headers.get("connection") == "close"

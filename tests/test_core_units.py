@@ -305,3 +305,51 @@ def test_notify_sends_datagrams(tmp_path):
         assert notifier.stopping()
         assert "STOPPING=1" in server.recv(4096).decode()
     assert Notifier("").send("READY=1") is False
+
+
+# -- re-running the program ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv_tail", "expected_tail"),
+    [
+        (["-X", "utf8", "prog.py", "--flag"], ["-X", "utf8", "{dir}/prog.py", "--flag"]),
+        (["-m", "progpkg", "a"], ["-m", "progpkg", "a"]),
+        (["-c", "import progpkg.__main__", "b"], ["-c", "import progpkg.__main__", "b"]),
+    ],
+    ids=["script", "module", "command"],
+)
+def test_program_argv_reproduces_how_python_was_started(tmp_path, argv_tail, expected_tail):
+    report = "import json, grace_plugins.process as p; print(json.dumps(p.program_argv()))"
+    (tmp_path / "prog.py").write_text(report)
+    (tmp_path / "progpkg").mkdir()
+    (tmp_path / "progpkg" / "__init__.py").write_text("")
+    (tmp_path / "progpkg" / "__main__.py").write_text(report)
+    result = subprocess.run(
+        [sys.executable, *argv_tail],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got[0] == sys.executable
+    assert got[1:] == [part.format(dir=tmp_path) for part in expected_tail]
+
+
+def test_non_posix_platform_is_a_clear_error():
+    # A child pretends to be Windows (os.name is the platform seam): one line, exit status 2.
+    code = (
+        "import os; from grace_plugins.runner import run_or_exit; os.name = 'nt';"
+        " run_or_exit(lambda c: None, ['8000'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "needs POSIX signals and file descriptor passing (Linux or macOS)" in result.stderr
