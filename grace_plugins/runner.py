@@ -8,6 +8,7 @@ they turn their framework's options into a ``serve(context)`` function and call 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -15,8 +16,9 @@ from typing import NoReturn
 from grace_plugins import listeners as lst
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
-from grace_plugins.handoff import take_handoff, take_systemd_fds
+from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
 from grace_plugins.log import configure
+from grace_plugins.reexec import PREFLIGHT_VAR, SUPERVISOR_VAR, take_supervisor_handoff
 from grace_plugins.supervisor import Options, Supervisor
 
 ServeFunction = Callable[[GenerationContext], None]
@@ -24,10 +26,6 @@ ServeFunction = Callable[[GenerationContext], None]
 
 def is_generation() -> bool:
     """True in a process the supervisor started (before :func:`run` consumes the variable)."""
-    import os
-
-    from grace_plugins.handoff import HANDOFF_VAR
-
     return HANDOFF_VAR in os.environ
 
 
@@ -66,10 +64,18 @@ def run(
     :raises GraceError: for invalid addresses, inherited fds or platforms.
     """
     require_posix()
+    if os.environ.pop(PREFLIGHT_VAR, None):
+        sys.exit(ExitCode.OK)  # a re-exec preflight: the program got this far, that is all
     handoff = take_handoff()
     if handoff is not None:
         run_generation(handoff, serve)
     configure("supervisor")
+    previous_image = take_supervisor_handoff()
+    if previous_image is not None:
+        sockets = [lst.adopt(fd, name, SUPERVISOR_VAR) for name, fd in previous_image.listeners]
+        supervisor = Supervisor(sockets, options)
+        supervisor.adopt(previous_image)
+        return supervisor.run()
     sockets = open_listeners(addresses)
     if on_listening is not None:
         on_listening([lst.name_of(s) for s in sockets])

@@ -35,6 +35,13 @@ from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
 from grace_plugins.process import Spawner, program_argv
+from grace_plugins.reexec import (
+    AdoptedProcess,
+    SupervisorHandoff,
+    exec_supervisor,
+    preflight,
+    release_held_signals,
+)
 from grace_plugins.sdnotify import Notifier
 from grace_plugins.state import StateFile
 
@@ -43,7 +50,7 @@ KILL_GRACE = 5.0
 #: Restart delays for a generation that keeps dying; reset after a stable run.
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER = 30.0
-_HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2)
 
 
 @dataclass
@@ -68,7 +75,7 @@ class Generation:
     """The supervisor's view of one child generation."""
 
     number: int
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | AdoptedProcess
     channel: Channel
     started: float
     deadline: float
@@ -116,6 +123,20 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._upgrade_started = 0.0
         self.state: StateFile | None = None
+        self.reexec_requested = False
+        self._adopted = False
+
+    def adopt(self, handoff: SupervisorHandoff) -> None:
+        """Take over the generation a previous image of this supervisor ran (after USR2)."""
+        channel = Channel.from_fd(handoff.channel_fd)
+        channel.sock.setblocking(False)
+        now = time.monotonic()
+        self.current = Generation(
+            handoff.generation, AdoptedProcess(handoff.generation_pid), channel, now, now
+        )
+        self.current.ready_at = now
+        self._counter = handoff.counter
+        self._adopted = True
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -134,7 +155,18 @@ class Supervisor:
                 self.state.update(listeners=[name_of(s) for s in self.listeners])
             except GraceError as exc:
                 self.log.error("no state file for grace-plugins reload/status: %s", exc)
-            self._start_generation("start")
+            if self._adopted and self.current is not None:
+                self._selector.register(
+                    self.current.channel.sock, selectors.EVENT_READ, self.current
+                )
+                release_held_signals()
+                self.log.info(
+                    "supervisor re-executed (pid unchanged); adopted %s; upgrading it", self.current
+                )
+                self._record(generation=self.current.number, generation_pid=self.current.pid)
+                self.request_upgrade("supervisor re-exec")
+            else:
+                self._start_generation("start")
             while self.current or self.pending or self.draining or not self.stopping:
                 self._selector_wait()
                 self._reap()
@@ -193,6 +225,11 @@ class Supervisor:
                 self.request_upgrade("SIGHUP")
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.stop(signal.Signals(signum).name)
+            elif signum == signal.SIGUSR2:
+                self.reexec_requested = True
+                if self.pending or self.draining or self.current is None:
+                    self.log.info("re-exec (SIGUSR2) deferred until the upgrade under way ends")
+                self._maybe_reexec()
 
     def _on_channel(self, gen: Generation) -> None:
         lines = gen.channel.receive()
@@ -338,8 +375,32 @@ class Supervisor:
             self._schedule_restart()
         self._maybe_followup()
 
+    def _maybe_reexec(self) -> None:
+        """Re-exec the supervisor (USR2) once no upgrade or drain is under way."""
+        if not self.reexec_requested or self.stopping:
+            return
+        if self.pending or self.draining or self.current is None:
+            return
+        self.reexec_requested = False
+        self.log.info("re-exec (SIGUSR2): checking that the new program starts")
+        why = preflight(self.argv, self.cwd, self.options.ready_timeout)
+        if why is None:
+            gen = self.current
+            handoff = SupervisorHandoff(
+                listeners=[(name_of(s), s.fileno()) for s in self.listeners],
+                generation=gen.number,
+                generation_pid=gen.pid,
+                channel_fd=gen.channel.fileno(),
+                counter=self._counter,
+            )
+            self.log.info("re-executing the supervisor in place; %s keeps serving", gen)
+            keep = [s.fileno() for s in self.listeners] + [gen.channel.fileno()]
+            why = exec_supervisor(self.argv, handoff, keep)
+        self.log.error("re-exec refused: the new program failed: %s; serving on unchanged", why)
+
     def _maybe_followup(self) -> None:
         """Start the coalesced follow-up once nothing is under way and the interval passed."""
+        self._maybe_reexec()
         if not self.followup or self.pending or self.draining or self.stopping:
             self.followup_at = None
             return

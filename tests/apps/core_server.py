@@ -66,6 +66,9 @@ def serve(context):
 if __name__ == "__main__":
     import argparse
 
+    if os.path.exists("break-the-program"):  # tests: the program itself no longer starts
+        sys.exit("core_server: broken on purpose (break-the-program exists)")
+
     if os.environ.get("GRACE_TEST_OPEN_FILE"):  # a supervisor-only fd that must not leak
         _held = open(os.environ.pop("GRACE_TEST_OPEN_FILE"), "w")  # noqa: SIM115
     parser = argparse.ArgumentParser()

@@ -1,0 +1,56 @@
+"""``kill -USR2``: the supervisor re-executes itself in place (same pid, same listeners, the
+serving generation adopted and then upgraded), and a broken new program is never exec'd."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.helpers import LINUX_PROC, Load, fd_count, http_get, wait_until
+from tests.test_core_e2e import start, write_code
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    write_code(tmp_path)
+    return tmp_path
+
+
+def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
+    server = start(start_server, app_dir)
+    fds = fd_count(server.pid)
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=0.5) as load:
+        wait_until(lambda: load.report.requests > 30, 10, "load to start")
+        for _ in range(2):
+            mark = server.mark()
+            os.kill(server.pid, signal.SIGUSR2)
+            server.wait_for(
+                r"supervisor re-executed \(pid unchanged\); adopted generation", 20, mark
+            )
+            found = server.wait_for(r"generation \d+ \(pid (\d+)\) ready after", 20, mark)
+            new = int(found.group(1))
+            wait_until(lambda pid=new: pid in load.report.pids, 10, f"traffic on {new}")
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    assert server.proc.poll() is None  # the same process, still running
+    if LINUX_PROC:
+        wait_until(lambda: fd_count(server.pid) == fds, 10, f"the supervisor back to {fds} fds")
+    assert server.stop() == 0
+
+
+def test_usr2_with_a_broken_program_changes_nothing(start_server, app_dir):
+    server = start(start_server, app_dir)
+    gen = http_get(server.port).pid
+    (app_dir / "break-the-program").write_text("")
+    mark = server.mark()
+    os.kill(server.pid, signal.SIGUSR2)
+    server.wait_for(r"re-exec refused: the new program failed: it exited with status 1", 20, mark)
+    assert http_get(server.port).pid == gen
+    (app_dir / "break-the-program").unlink()
+    new = server.upgrade()  # HUP still works afterwards
+    assert new != gen
+    assert server.stop() == 0
