@@ -121,3 +121,20 @@ def test_soak_many_upgrades_under_load(start_server, app_dir):
         assert zombies(server.pid) == []
     assert max(server.generation_pids()) == upgrades + 1
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_crash_with_broken_code_on_disk_backs_off_then_hup_recovers(start_server, app_dir):
+    server = start(start_server, app_dir)
+    gen1 = http_get(server.port).pid
+    write_code(app_dir, "v2", "raise RuntimeError('broken on disk')")
+    mark = server.mark()
+    os.kill(gen1, signal.SIGKILL)
+    server.wait_for(r"restart failed: generation 2 .*exit status 4", 15, after=mark)
+    server.wait_for(r"next start attempt in 0\.5 s", 5, after=mark)
+    server.wait_for(r"restart failed: generation 3 ", 15, after=mark)
+    server.wait_for(r"next start attempt in 1\.0 s", 5, after=mark)  # backing off, not hot
+    write_code(app_dir, "v3")
+    new = server.upgrade()  # a HUP starts at once instead of waiting for the back-off
+    assert wait_served_by(server.port, new).version == "v3"
+    assert server.stop() == 0
