@@ -172,23 +172,25 @@ class GateDir:
     ) -> tuple[str, str, bool]:
         """Return (status, reason, decided_now) for generation *gen*.
 
-        ``STOPPING`` when a worker of *gen* received a plain SIGTERM (the master is stopping);
-        otherwise the recorded verdict, or a new one (recorded, ``decided_now`` True for the one
-        caller that recorded it), or ``PENDING``.
+        ``STOPPING`` when a worker of *gen* (not rolled back) received a plain SIGTERM: the
+        master is stopping. Otherwise the recorded verdict, or a new one (recorded;
+        ``decided_now`` is True for the one caller that recorded it), or ``PENDING``.
         """
+        verdict = self.resolution(gen)
+        if verdict is not None and verdict != PROMOTED:
+            # its workers are SIGTERMed as the master's surplus: that is not a stop
+            return ROLLED_BACK, verdict, False
         workers = self.workers(gen)
         if any("stopping" in states for states in workers.values()):
             return STOPPING, "the master is stopping", False
-        verdict = self.resolution(gen)
-        if verdict is not None:
-            return (PROMOTED, "", False) if verdict == PROMOTED else (ROLLED_BACK, verdict, False)
+        if verdict == PROMOTED:
+            return PROMOTED, "", False
         status, reason = evaluate(self.generation_info(gen), workers, now, alive)
         if status == PENDING:
             return status, reason, False
         text = PROMOTED if status == PROMOTED else reason
-        won = self._write(f"resolved-{gen}", text, exclusive=True)
-        if not won:  # another worker decided first: take its verdict
-            return self.status(gen, now, alive)
+        if not self._write(f"resolved-{gen}", text, exclusive=True):
+            return self.status(gen, now, alive)  # another worker decided first: its verdict
         return status, reason, True
 
 

@@ -174,10 +174,10 @@ class Supervisor:
                 if self.exit_code != ExitCode.OK and not (self.current or self.pending):
                     break
         finally:
+            # Normally none is left. After an unexpected error, closing a generation's channel
+            # makes it drain and exit by itself: its in-flight requests still complete.
             for gen in [self.pending, self.current, *self.draining]:
                 if gen is not None:
-                    self.spawner.signal_group(gen.process, signal.SIGKILL)
-                    _wait(gen.process, 5.0)
                     gen.channel.close()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,11 @@ def serve_with_upgrades(
 
     :raises SystemExit: as :func:`run_simple`.
     """
-    check_settings(settings)
+    try:
+        check_settings(settings)
+    except GraceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
     if not runner.is_generation():
         if before_start is not None:
             before_start()
@@ -281,6 +286,7 @@ def _serve_function(
             wait_for_children,
         )
 
+        loading_since = time.time()
         if settings.use_reloader:
             os.environ["WERKZEUG_RUN_MAIN"] = "true"
         app = wrap_application(load_app(), settings)
@@ -303,7 +309,7 @@ def _serve_function(
         context.on_stop(server.shutdown)
         context.ready()
         if settings.use_reloader:
-            _start_reloader(context, settings)
+            _start_reloader(context, settings, loading_since)
         server.serve_forever(poll_interval=POLL_INTERVAL)  # closes the server's copy
         context.close_listeners()
         killed = wait_for_children(server, context.drain_timeout)
@@ -313,7 +319,9 @@ def _serve_function(
     return serve
 
 
-def _start_reloader(context: GenerationContext, settings: ServerSettings) -> None:
+def _start_reloader(
+    context: GenerationContext, settings: ServerSettings, since: float
+) -> None:
     from werkzeug._internal import _log
 
     from grace_plugins.werkzeug_reloader import HotReloader
@@ -331,6 +339,7 @@ def _start_reloader(context: GenerationContext, settings: ServerSettings) -> Non
         exclude_patterns=settings.exclude_patterns,
         interval=settings.reloader_interval,
         reloader_type=settings.reloader_type,
+        since=since,
     )
     context.on_stop(reloader.stop)
     reloader.start()

@@ -52,13 +52,18 @@ def seed_app(directory, version: str = "v1") -> str:
 
 
 def set_version(path, version: str, extra: str = "") -> None:
-    """Rewrite VERSION in place (one write, as an editor's save), optionally adding code."""
-    with open(path) as handle:
-        source = handle.read()
+    """Write the app's original source with a new VERSION (one write, as an editor's save),
+    with *extra* code first (to break it)."""
+    path = str(path)
+    if path.endswith("serve.py"):
+        source = SCRIPT
+    else:
+        with open(SEED_APP) as handle:
+            source = handle.read()
     source, count = re.subn(r"^VERSION = .*$", f'VERSION = "{version}"', source, flags=re.M)
-    assert count == 1, "the seed app must define VERSION on one line"
+    assert count == 1, "the app must define VERSION on one line"
     with open(path, "w") as handle:
-        handle.write(extra + source if extra else source)
+        handle.write(extra + source)
 
 
 def hotrun(start_server, tmp_path, *args: str, app: str = "app.py"):
