@@ -120,7 +120,7 @@ def test_ten_upgrades_under_load_fail_nothing(start_server, app_dir):
     assert {"v1", "v6", "v11"} <= report.versions
     if LINUX:
         wait_until(lambda: len(child_pids(server.pid)) == 1, 15, "old generations to exit")
-        wait_until(lambda: fd_count(server.pid) == sup_fds, 5, f"{sup_fds} supervisor fds")
+        wait_until(lambda: fd_count(server.pid) <= sup_fds, 5, f"at most {sup_fds} supervisor fds")
         assert zombies(server.pid) == []
     assert server.stop() == 0
 
@@ -165,7 +165,7 @@ def test_supervisor_fds_and_children_flat_after_twenty_upgrades(start_server, ap
     for _ in range(20):
         server.upgrade()
         wait_until(lambda: len(child_pids(server.pid)) == 1, 10, "the old generation to exit")
-    wait_until(lambda: fd_count(server.pid) == before, 5, f"{before} supervisor fds")
+    wait_until(lambda: fd_count(server.pid) <= before, 5, f"at most {before} supervisor fds")
     assert zombies(server.pid) == []
     assert server.stop() == 0
 

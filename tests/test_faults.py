@@ -117,7 +117,7 @@ def test_soak_many_upgrades_under_load(start_server, app_dir):
     assert report.failures == [], report.summary()
     if LINUX_PROC:
         wait_until(lambda: len(child_pids(server.pid)) == 1, 15, "old generations to exit")
-        wait_until(lambda: fd_count(server.pid) == fds_before, 5, f"{fds_before} fds")
+        wait_until(lambda: fd_count(server.pid) <= fds_before, 5, f"at most {fds_before} fds")
         assert zombies(server.pid) == []
     assert max(server.generation_pids()) == upgrades + 1
     assert server.stop() == 0

@@ -38,7 +38,7 @@ def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
     assert report.failures == [], report.summary()
     assert server.proc.poll() is None  # the same process, still running
     if LINUX_PROC:
-        wait_until(lambda: fd_count(server.pid) == fds, 10, f"the supervisor back to {fds} fds")
+        wait_until(lambda: fd_count(server.pid) <= fds, 10, f"the supervisor back to {fds} fds")
     assert server.stop() == 0
 
 
