@@ -138,3 +138,29 @@ def test_crash_with_broken_code_on_disk_backs_off_then_hup_recovers(start_server
     new = server.upgrade()  # a HUP starts at once instead of waiting for the back-off
     assert wait_served_by(server.port, new).version == "v3"
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_killed_generation_drains_and_exits(start_server, app_dir):
+    server = start(start_server, app_dir)
+    gen = http_get(server.port).pid
+    result = {}
+    slow = threading.Thread(
+        target=lambda: result.update(r=http_get(server.port, "/hello?sleep=1", timeout=10))
+    )
+    slow.start()
+    wait_until(lambda: _has_connection(gen), 5, "the slow request to arrive")
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait_for(r"\[gen 1 \d+\] draining \(the supervisor is gone\)", 10)
+    server.wait_for(r"generation 1 drained 1 connections", 10)
+    slow.join(10)
+    assert result["r"].status == 200  # its request in flight still completed
+    wait_until(lambda: not os.path.exists(f"/proc/{gen}") or _is_zombie(gen), 10, "gen exit")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
