@@ -53,8 +53,9 @@ class Gunicorn(ServerProcess):
         """HUP; wait for generation *gen* to be promoted and the previous workers to exit."""
         start = self.mark()
         os.kill(self.pid, signal.SIGHUP)
-        found = self.wait_for(rf"generation {gen} ready: \d+ workers serving \(pids ([\d,]+)\)",
-                              timeout, after=start)
+        found = self.wait_for(
+            rf"generation {gen} ready: \d+ workers serving \(pids ([\d,]+)\)", timeout, after=start
+        )
         self.wait_until_workers(len(found.group(1).split(",")), timeout)
         return [int(p) for p in found.group(1).split(",")]
 
@@ -312,7 +313,8 @@ def test_keepalive_clients_idle_3s_across_hups(start_server, tmp_path):
         for gen in range(2, 5):
             # every client sends its next request on a connection idle for 3 s, some of them
             # to a worker that is draining
-            wait_until(lambda: load.report.requests >= 4 * (gen - 1), 15, "a round of requests")
+            rounds = 4 * (gen - 1)
+            wait_until(lambda: load.report.requests >= rounds, 15, "a round of requests")  # noqa: B023
             write_code(tmp_path, version(f"v{gen}"))
             server.hup(gen)
         done = load.report.requests
@@ -401,3 +403,29 @@ def test_preload_hup_says_to_use_usr2(start_server, tmp_path):
     server.hup(2)
     assert "--preload is on" in server.output() and "USR2" in server.output()
     assert http_get(server.port).version == "v1"  # the master's cached import
+
+
+@pytest.mark.timeout(90)
+def test_usr2_new_master_retires_the_old_one(start_server, tmp_path):
+    pidfile = tmp_path / "gunicorn.pid"
+    server = start_gunicorn(start_server, tmp_path, "--pid", str(pidfile))
+    old_master = server.pid
+    assert int(pidfile.read_text()) == old_master
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
+        write_code(tmp_path, version("v2"))
+        mark = server.mark()
+        os.kill(old_master, signal.SIGUSR2)
+        found = server.wait_for(r"USR2: the new master (\d+) is ready", 30, after=mark)
+        new_master = int(found.group(1))
+        assert server.proc.wait(30) == 0  # the old master retired by itself
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip() == str(new_master),
+            10,
+            "the pidfile to name the new master",
+        )
+        resp = http_get(server.port)
+        assert resp.version == "v2"
+        report = load.stop()
+    assert_clean(report)
+    os.kill(new_master, signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(f"/proc/{new_master}"), 30, "the new master to exit")

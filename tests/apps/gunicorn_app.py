@@ -9,14 +9,12 @@ import os
 import time
 from urllib.parse import parse_qs
 
-import appcode  # noqa: the code under upgrade
+import appcode  # the code under upgrade
 
 
 def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     time.sleep(float(query.get("sleep", ["0"])[0]))
     body = f"WORLD! ospid:{os.getpid()} version:{appcode.VERSION}\n".encode()
-    start_response(
-        "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
-    )
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
