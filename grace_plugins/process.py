@@ -76,3 +76,25 @@ class Spawner:
         except (ProcessLookupError, PermissionError):
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
+
+
+def reap_orphans(own_pids: set[int]) -> int:
+    """As PID 1 (a container without an init), reap exited orphans re-parented to us.
+
+    Peeks with ``waitid(WNOWAIT)`` so that a generation's status is never stolen from its
+    ``Popen`` (which reaps it by its pid); stops at the first generation found. Returns how many
+    orphans were reaped. Does nothing unless this process is PID 1.
+    """
+    if os.getpid() != 1 or not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
+        return 0
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None or info.si_pid in own_pids:
+            return reaped
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+        reaped += 1

@@ -34,7 +34,7 @@ from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
-from grace_plugins.process import Spawner, program_argv
+from grace_plugins.process import Spawner, program_argv, reap_orphans
 from grace_plugins.reexec import (
     AdoptedProcess,
     SupervisorHandoff,
@@ -422,6 +422,8 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------------
     def _reap(self) -> None:
+        gens = [g for g in [self.pending, self.current, *self.draining] if g is not None]
+        reap_orphans({g.pid for g in gens})
         for gen in [self.pending, self.current, *self.draining]:
             if gen is None or gen.process.poll() is None:
                 continue

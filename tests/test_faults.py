@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 
 import pytest
 
 from tests.helpers import (
     LINUX_PROC,
+    PYTHON,
     Load,
+    ServerProcess,
     child_pids,
     fd_count,
     http_get,
@@ -24,7 +28,7 @@ from tests.helpers import (
     wait_until,
     zombies,
 )
-from tests.test_core_e2e import _has_connection, start, write_code
+from tests.test_core_e2e import SERVER, _has_connection, start, write_code
 
 
 @pytest.fixture
@@ -164,3 +168,53 @@ def _is_zombie(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+ORPHAN_MAKER = (
+    "import os, time\n"
+    "if os.fork() == 0:\n"
+    "    os.close(1), os.close(2)  # let the parent's caller finish reading at once\n"
+    "    time.sleep(0.5)  # outlives its parent: re-parented to PID 1\n"
+    "    os._exit(0)\n"
+    "os._exit(0)\n"
+)
+
+
+class NamespacedServer(ServerProcess):
+    """A server that is PID 1 of its own pid namespace: its generations' pids are namespace
+    pids, meaningless outside, so cleanup kills only our process group; the kernel then kills
+    everything in the namespace with its PID 1."""
+
+    def generation_pids(self) -> dict[int, int]:
+        return {}
+
+    def extra_pids(self) -> list[int]:
+        return []
+
+
+def _can_unshare_pid() -> bool:
+    if not shutil.which("unshare") or not LINUX_PROC:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-fp", "--mount-proc", "true"], capture_output=True, timeout=10
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _can_unshare_pid(), reason="needs unshare -fp (pid namespaces)")
+def test_supervisor_as_pid1_reaps_orphans(start_server, tmp_path):
+    (tmp_path / "appcode.py").write_text(f"VERSION = 'v1'\nCHILD_PROBE = {ORPHAN_MAKER!r}\n")
+    server = start_server(
+        ["unshare", "-fp", "--mount-proc", PYTHON, SERVER, "127.0.0.1:0"],
+        cwd=tmp_path,
+        cls=NamespacedServer,
+    )
+    port = server.wait_ready()
+    assert "[supervisor 1]" in server.output()
+    (supervisor,) = child_pids(server.pid)  # unshare's child: PID 1 inside
+    for _ in range(3):
+        http_get(port, "/spawn")
+        wait_until(lambda: len(child_pids(supervisor)) > 1, 5, "an orphan re-parented to PID 1")
+        wait_until(lambda: len(child_pids(supervisor)) == 1, 10, "PID 1 to reap the orphan")
+    assert zombies(supervisor) == []
