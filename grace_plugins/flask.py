@@ -1,0 +1,134 @@
+"""``flask --app x hotrun``: ``flask run`` with zero-downtime upgrades (``kill -HUP <pid>``).
+
+Registered through the ``flask.commands`` entry point, so every ``flask`` CLI (and every
+:class:`~flask.cli.FlaskGroup` script) has it. Its options are ``flask run``'s own option
+objects, copied (same names, defaults, help texts and checks, such as ``--cert``/``--key``),
+plus ``--pidfile``, ``--ready-timeout`` and ``--drain-timeout``. Each option also reads the
+``FLASK_RUN_*`` variable that ``flask run`` reads, after ``FLASK_HOTRUN_*``.
+
+The process ``flask hotrun`` starts is the supervisor: it never imports the app, so a broken
+app cannot bring it down. Each generation re-runs the same command line and loads the app
+(``--app module``, ``module:name``, ``path/to/file.py``, ``create_app()`` factories: whatever
+``flask run`` accepts) before it reports ready.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import click
+from flask.cli import NoAppException, ScriptInfo, pass_script_info, run_command
+from flask.cli import show_server_banner as _show_flask_banner
+from flask.helpers import get_debug_flag
+
+from grace_plugins.errors import ExitCode
+from grace_plugins.werkzeug import ServerSettings, serve_with_upgrades
+
+__all__ = ["hotrun_command"]
+
+
+def _run_options() -> list[click.Parameter]:
+    """Copies of ``flask run``'s parameters, reading ``FLASK_RUN_*`` as a fallback."""
+    params = []
+    for param in run_command.params:
+        clone = copy.copy(param)
+        if isinstance(clone, click.Option) and clone.envvar is None and clone.name:
+            name = clone.name.upper()
+            clone.envvar = [f"FLASK_HOTRUN_{name}", f"FLASK_RUN_{name}"]
+        params.append(clone)
+    return params
+
+
+_GRACE_OPTIONS = [
+    click.Option(
+        ["--pidfile"],
+        type=click.Path(dir_okay=False, writable=True),
+        default=None,
+        help="Write the pid to signal (the supervisor's) to this file; removed on exit.",
+    ),
+    click.Option(
+        ["--ready-timeout"],
+        type=click.FloatRange(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds new code has to load and serve before the upgrade is rolled back.",
+    ),
+    click.Option(
+        ["--drain-timeout"],
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        help="Seconds the old code has to finish its requests after an upgrade.",
+    ),
+]
+
+
+@click.command(
+    "hotrun",
+    short_help="Run a development server; kill -HUP upgrades it without downtime.",
+    params=[*_run_options(), *_GRACE_OPTIONS],
+)
+@pass_script_info
+def hotrun_command(
+    info: ScriptInfo,
+    host: str,
+    port: int,
+    reload: bool | None,
+    debugger: bool | None,
+    with_threads: bool,
+    cert: Any,
+    extra_files: list[str] | None,
+    exclude_patterns: list[str] | None,
+    pidfile: str | None,
+    ready_timeout: float,
+    drain_timeout: float,
+    **unsupported: Any,
+) -> None:
+    """Run a local development server that upgrades without downtime.
+
+    Same options as 'flask run'. 'kill -HUP <pid>' (the pid it prints) starts the new code in
+    a new process on the same socket; the old process finishes its requests once the new one
+    is ready. With the reloader on, saving a watched file does the same. Broken new code is
+    rolled back: the old code keeps serving.
+
+    This server is for development purposes only. It does not provide
+    the stability, security, or performance of production WSGI servers.
+
+    The reloader and debugger are enabled by default with the '--debug'
+    option.
+    """
+    given = sorted(name for name, value in unsupported.items() if value not in (None, False))
+    if given:
+        raise click.UsageError(
+            f"hotrun does not support {', '.join(given)} yet: use 'flask run' for that."
+        )
+    debug = get_debug_flag()
+    settings = ServerSettings(
+        host,
+        port,
+        use_reloader=debug if reload is None else reload,
+        use_debugger=debug if debugger is None else debugger,
+        threaded=with_threads,
+        ssl_context=cert,
+        extra_files=extra_files,
+        exclude_patterns=exclude_patterns,
+        pidfile=pidfile,
+        ready_timeout=ready_timeout,
+        drain_timeout=drain_timeout,
+    )
+    serve_with_upgrades(
+        settings,
+        lambda: _load_app(info),
+        before_start=lambda: _show_flask_banner(debug, info.app_import_path),
+    )
+
+
+def _load_app(info: ScriptInfo) -> Any:
+    """Load the app in a generation; a usage problem (no such module) is one line, not a
+    traceback, and counts as a failed start (exit 4: the supervisor rolls back)."""
+    try:
+        return info.load_app()
+    except NoAppException as exc:
+        click.secho(f"Error: {exc.format_message()}", err=True, fg="red")
+        raise SystemExit(ExitCode.APP_LOAD_ERROR) from None

@@ -1,0 +1,343 @@
+"""``grace_plugins.run_simple``: werkzeug's ``run_simple`` with zero-downtime upgrades.
+
+Same parameters, same meaning; the difference is what happens on a change. Werkzeug's reloader
+kills the server and starts a new one (the port is served by nobody meanwhile, and broken code
+leaves nothing serving). Here the process the user started becomes the supervisor, binds the
+address once and runs the app in child *generations*; ``kill -HUP <pid>`` (or, with the
+reloader on, saving a watched file) starts a new generation on the same socket, and the old one
+finishes its requests only once the new one is ready. Broken new code is rolled back.
+
+The serving itself is werkzeug's: its server classes and request handler
+(:mod:`grace_plugins.werkzeug_server`), its debugger and static-files middleware, its reloader
+loops (:mod:`grace_plugins.werkzeug_reloader`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from grace_plugins import runner
+from grace_plugins.errors import ExitCode, GraceError
+from grace_plugins.generation import GenerationContext
+from grace_plugins.supervisor import Options
+
+__all__ = ["ServerSettings", "run_simple", "serve_with_upgrades"]
+
+WSGIApp = Callable[..., Any]
+
+
+@dataclass
+class ServerSettings:
+    """``run_simple``'s arguments plus the grace options (see :func:`run_simple`)."""
+
+    hostname: str
+    port: int
+    use_reloader: bool = False
+    use_debugger: bool = False
+    use_evalex: bool = True
+    extra_files: Iterable[str] | None = None
+    exclude_patterns: Iterable[str] | None = None
+    reloader_interval: float = 1
+    reloader_type: str = "auto"
+    threaded: bool = False
+    processes: int = 1
+    request_handler: type | None = None
+    static_files: dict[str, Any] | None = None
+    passthrough_errors: bool = False
+    ssl_context: Any = None
+    pidfile: str | None = None
+    ready_timeout: float = 30.0
+    drain_timeout: float = 30.0
+
+
+def run_simple(
+    hostname: str,
+    port: int,
+    application: WSGIApp,
+    use_reloader: bool = False,
+    use_debugger: bool = False,
+    use_evalex: bool = True,
+    extra_files: Iterable[str] | None = None,
+    exclude_patterns: Iterable[str] | None = None,
+    reloader_interval: int = 1,
+    reloader_type: str = "auto",
+    threaded: bool = False,
+    processes: int = 1,
+    request_handler: type | None = None,
+    static_files: dict[str, Any] | None = None,
+    passthrough_errors: bool = False,
+    ssl_context: Any = None,
+    *,
+    pidfile: str | None = None,
+    ready_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+) -> None:
+    """Serve *application* like :func:`werkzeug.serving.run_simple`, upgradable without
+    downtime by ``kill -HUP <pid>`` (the pid the banner shows: this process's).
+
+    Blocks until stopped (Ctrl+C, ``kill -TERM``), then returns. The program is re-run for
+    each generation, so call this from the ``if __name__ == "__main__":`` block of a script
+    (or a console script), as with werkzeug's reloader.
+
+    :param use_reloader: also upgrade when a watched file changes (werkzeug's ``stat`` or
+        ``watchdog`` loop chooses the files; ``extra_files``, ``exclude_patterns``,
+        ``reloader_interval`` and ``reloader_type`` keep their meaning).
+    :param pidfile: write the supervisor's pid there (atomically), removed on exit.
+    :param ready_timeout: seconds a new generation has to import the app and serve; after
+        that (or if it fails) the upgrade is rolled back and the old code keeps serving.
+    :param drain_timeout: seconds an old generation has to finish its requests.
+    :raises TypeError: if *port* is not an integer.
+    :raises ValueError: for ``threaded`` with ``processes > 1``, or an unknown
+        ``reloader_type``.
+    :raises SystemExit: with status 2 and a one-line ``Error:`` for an unusable address or
+        certificate, 4 when the app fails to start.
+    """
+    settings = ServerSettings(
+        hostname,
+        port,
+        use_reloader=use_reloader,
+        use_debugger=use_debugger,
+        use_evalex=use_evalex,
+        extra_files=extra_files,
+        exclude_patterns=exclude_patterns,
+        reloader_interval=reloader_interval,
+        reloader_type=reloader_type,
+        threaded=threaded,
+        processes=processes,
+        request_handler=request_handler,
+        static_files=static_files,
+        passthrough_errors=passthrough_errors,
+        ssl_context=ssl_context,
+        pidfile=pidfile,
+        ready_timeout=ready_timeout,
+        drain_timeout=drain_timeout,
+    )
+    serve_with_upgrades(settings, lambda: application)
+
+
+def serve_with_upgrades(
+    settings: ServerSettings,
+    load_app: Callable[[], WSGIApp],
+    *,
+    before_start: Callable[[], None] | None = None,
+) -> None:
+    """Supervise (or, in a generation, serve) with *settings*; blocks until stopped.
+
+    *load_app* runs in each generation only, after its signal handlers are in place: the
+    supervisor never imports the app, so a broken app cannot break it. *before_start* runs in
+    the supervisor only, before the address is bound (e.g. Flask's "Serving Flask app" lines).
+
+    :raises SystemExit: as :func:`run_simple`.
+    """
+    try:
+        check_settings(settings)
+    except GraceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
+    if not runner.is_generation():
+        if before_start is not None:
+            before_start()
+        if settings.use_reloader:
+            # As in werkzeug, the process that serves (and only it) runs "from the reloader":
+            # the debugger prints its PIN there, and apps that start things once can tell.
+            os.environ["WERKZEUG_RUN_MAIN"] = "true"
+    options = Options(
+        ready_timeout=settings.ready_timeout,
+        drain_timeout=settings.drain_timeout,
+        pidfile=settings.pidfile,
+    )
+    try:
+        code = runner.run(
+            _serve_function(settings, load_app),
+            [listen_address(settings.hostname, settings.port)],
+            options,
+            on_listening=lambda names: print_banner(settings, names),
+        )
+    except GraceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
+    if code:
+        sys.exit(code)
+
+
+def check_settings(settings: ServerSettings) -> None:
+    """Reject what werkzeug would reject, before anything is bound.
+
+    :raises TypeError, ValueError: as :func:`run_simple`.
+    :raises GraceError: for a certificate that cannot be loaded or a missing library.
+    """
+    from grace_plugins.werkzeug_reloader import check_reloader_type
+
+    if not isinstance(settings.port, int):
+        raise TypeError("port must be an integer")
+    if settings.threaded and settings.processes > 1:
+        raise ValueError("Cannot have a multi-thread and multi-process server.")
+    if settings.use_reloader:
+        problem = check_reloader_type(settings.reloader_type)
+        if problem:
+            raise ValueError(problem)
+    _check_ssl(settings.ssl_context)
+
+
+def _check_ssl(ssl_context: Any) -> None:
+    if ssl_context == "adhoc":
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            raise GraceError(
+                "Using ad-hoc certificates requires the cryptography library:"
+                " pip install cryptography."
+            ) from None
+    elif isinstance(ssl_context, tuple):
+        import ssl
+
+        from werkzeug.serving import load_ssl_context
+
+        try:
+            load_ssl_context(*ssl_context)
+        except (OSError, ssl.SSLError) as exc:
+            raise GraceError(
+                f"Cannot load the TLS certificate and key {ssl_context!r} ({exc}): check the"
+                " paths and that the key matches the certificate."
+            ) from None
+
+
+def listen_address(hostname: str, port: int) -> str:
+    """The core's address for werkzeug's *hostname* and *port*.
+
+    Werkzeug binds a name (``localhost``) as IPv4 and a host with ``:`` as IPv6, and accepts
+    ``unix://path``; the same choices are made here.
+    """
+    if hostname.startswith("unix://"):
+        return "unix:" + hostname[len("unix://") :]
+    if ":" in hostname:
+        return f"[{hostname.strip('[]')}]:{port}"
+    try:
+        host = socket.gethostbyname(hostname)
+    except OSError:
+        host = hostname  # the core says it cannot be resolved, and what to do
+    return f"{host}:{port}"
+
+
+def print_banner(settings: ServerSettings, names: list[str]) -> None:
+    """werkzeug's start-up lines, plus the pid to signal for an upgrade and how."""
+    from werkzeug._internal import _log
+    from werkzeug.serving import _ansi_style, get_interface_ip
+
+    scheme = "https" if settings.ssl_context is not None else "http"
+    messages = [
+        _ansi_style(
+            "WARNING: This is a development server. Do not use it in a production"
+            " deployment. Use a production WSGI server instead.",
+            "bold",
+            "red",
+        )
+    ]
+    for name in names:
+        if name.startswith("unix:"):
+            messages.append(f" * Running on {settings.hostname}")
+            continue
+        host, _, port = name.removeprefix("tcp:").rpartition(":")
+        host = host.strip("[]")
+        if host in ("0.0.0.0", "::"):
+            messages.append(f" * Running on all addresses ({host})")
+            family = socket.AF_INET if host == "0.0.0.0" else socket.AF_INET6
+            localhost = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+            messages.append(f" * Running on {scheme}://{localhost}:{port}")
+            host = get_interface_ip(family)
+        display = f"[{host}]" if ":" in host else host
+        messages.append(f" * Running on {scheme}://{display}:{port}")
+    pid = os.getpid()
+    upgrade = f" * Zero-downtime upgrade: kill -HUP {pid}"
+    if settings.use_reloader:
+        upgrade += f", or save a watched file (reloader: {settings.reloader_type})"
+    messages.append(upgrade)
+    _log("info", "\n".join(messages))
+    _log("info", _ansi_style(f"Press CTRL+C to quit (or kill -TERM {pid})", "yellow"))
+
+
+def wrap_application(app: WSGIApp, settings: ServerSettings) -> WSGIApp:
+    """Add werkzeug's static-files and debugger middleware, in werkzeug's order."""
+    if settings.static_files:
+        from werkzeug.middleware.shared_data import SharedDataMiddleware
+
+        app = SharedDataMiddleware(app, settings.static_files)
+    if settings.use_debugger:
+        from werkzeug.debug import DebuggedApplication
+
+        app = DebuggedApplication(app, evalex=settings.use_evalex)
+        app.trusted_hosts.append(settings.hostname)
+    return app
+
+
+def _serve_function(
+    settings: ServerSettings, load_app: Callable[[], WSGIApp]
+) -> Callable[[GenerationContext], None]:
+    def serve(context: GenerationContext) -> None:
+        from grace_plugins.werkzeug_server import (
+            POLL_INTERVAL,
+            make_hot_server,
+            wait_for_children,
+        )
+
+        loading_since = time.time()
+        if settings.use_reloader:
+            os.environ["WERKZEUG_RUN_MAIN"] = "true"
+        app = wrap_application(load_app(), settings)
+        if len(context.listeners) > 1:
+            context.logger.warning(
+                "werkzeug serves one socket: serving %s, ignoring %s",
+                context.listener_names[0],
+                ", ".join(context.listener_names[1:]),
+            )
+        server = make_hot_server(
+            context.listeners[0],
+            app,
+            context.tracker,
+            threaded=settings.threaded,
+            processes=settings.processes,
+            request_handler=settings.request_handler,
+            passthrough_errors=settings.passthrough_errors,
+            ssl_context=settings.ssl_context,
+        )
+        context.on_stop(server.shutdown)
+        context.ready()
+        if settings.use_reloader:
+            _start_reloader(context, settings, loading_since)
+        server.serve_forever(poll_interval=POLL_INTERVAL)  # closes the server's copy
+        context.close_listeners()
+        killed = wait_for_children(server, context.drain_timeout)
+        if killed:
+            context.logger.warning("killed %d request processes at the drain deadline", killed)
+
+    return serve
+
+
+def _start_reloader(context: GenerationContext, settings: ServerSettings, since: float) -> None:
+    from werkzeug._internal import _log
+
+    from grace_plugins.werkzeug_reloader import HotReloader
+
+    def on_change(paths: list[str]) -> None:
+        if context.stopping:
+            return
+        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+        _log("info", f" * Detected change in {paths[0]!r}{more}, upgrading without downtime")
+        context.request_upgrade(f"file changed: {paths[0]}")
+
+    reloader = HotReloader(
+        on_change,
+        extra_files=settings.extra_files,
+        exclude_patterns=settings.exclude_patterns,
+        interval=settings.reloader_interval,
+        reloader_type=settings.reloader_type,
+        since=since,
+    )
+    context.on_stop(reloader.stop)
+    reloader.start()
