@@ -166,7 +166,7 @@ def _read_channel(channel: Channel, events: queue.SimpleQueue[tuple[str, str]]) 
             return
         for line in lines:
             if line == msg.DRAIN:
-                events.put((_STOP, "the supervisor asked: the next generation is ready"))
+                events.put((_STOP, "asked by the supervisor"))
 
 
 def _control(context: GenerationContext, events: queue.SimpleQueue[tuple[str, str]]) -> None:

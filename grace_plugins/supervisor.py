@@ -300,7 +300,8 @@ class Supervisor:
         gen = Generation(number, process, parent_end, now, now + self.options.ready_timeout)
         self._selector.register(parent_end.sock, selectors.EVENT_READ, gen)
         self.pending = gen
-        self._upgrade_started = now
+        if self.current is not None:  # the interval paces upgrades, not starts and restarts
+            self._upgrade_started = now
         if self.current is not None:
             self.log.info("upgrade started (%s): %s", reason, gen)
             self.notifier.reloading(f"upgrading to generation {number}")
