@@ -84,11 +84,12 @@ class GenerationContext:
         self._send(msg.UPGRADE)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
-        """Register how to stop the serve loop. Called from a control thread, never from the
-        serving thread. If a stop was already requested, it runs at once."""
+        """Register how to stop the serve loop (e.g. ``server.shutdown``). It runs on a thread of
+        its own, never the serving thread, so it may block until the loop ends; if a stop was
+        already requested, it starts at once."""
         self._stop_callbacks.append(callback)
         if self._stop_requested.is_set():
-            _call_quietly(callback)
+            _start_quietly(callback)
 
     @property
     def stopping(self) -> bool:
@@ -134,14 +135,20 @@ class GenerationContext:
         self.logger.info("draining (%s)", reason)
         self.tracker.begin_drain()
         for callback in list(self._stop_callbacks):
-            _call_quietly(callback)
+            _start_quietly(callback)
 
 
-def _call_quietly(callback: Callable[[], None]) -> None:
-    try:
-        callback()
-    except Exception:  # a failing stop hook must not keep the generation alive
-        traceback.print_exc()
+def _start_quietly(callback: Callable[[], None]) -> None:
+    """Run a stop callback on its own daemon thread: ``server.shutdown()`` blocks until the
+    serve loop ends, and must block neither the control thread nor the serving thread."""
+
+    def run() -> None:
+        try:
+            callback()
+        except Exception:  # a failing stop hook must not keep the generation alive
+            traceback.print_exc()
+
+    threading.Thread(target=run, name="grace-stop", daemon=True).start()
 
 
 def _install_signals(events: queue.SimpleQueue[tuple[str, str]]) -> None:
