@@ -1,0 +1,9 @@
+"""The WSGI application (settings.WSGI_APPLICATION), as runserver and runhot serve it."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
+
+application = get_wsgi_application()

@@ -1,0 +1,198 @@
+"""``python manage.py runhot``: Django's ``runserver``, upgraded by ``kill -HUP`` or a saved file
+without refusing, resetting or cutting off a request.
+
+The command *is* ``runserver`` (``django.contrib.staticfiles``' variant when that app is
+installed, as Django picks it): the options, ``addrport`` forms, ``ALLOWED_HOSTS`` check, system
+checks, unapplied-migrations warning, static files handler and banner are Django's own. Only
+:meth:`Command.run` changes. Where ``runserver`` starts its autoreloader, which re-runs the
+program and re-binds the port on every change, ``runhot`` calls :func:`grace_plugins.runner.run`:
+
+* the process the user started becomes the *supervisor*: it binds the port once, keeps its pid
+  (the one to signal), and re-runs ``manage.py runhot ...`` as child *generations*. It only
+  did what ``manage.py`` does before running any command (``django.setup()``); it never
+  imports the URLconf, the views or the WSGI application;
+* a generation runs ``runserver``'s ``inner_run`` (checks, migrations warning, WSGI handler,
+  banner) on the inherited listener. A failing check, a broken import or a hang fails it
+  *before* it reports ready, so the upgrade is rolled back and the old code keeps serving;
+* with the autoreloader on, Django's reloader watches the same files as ``runserver`` and a
+  change asks the supervisor for an upgrade (:mod:`grace_plugins.django.reloader`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import socket
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.management.base import CommandError, SystemCheckError
+from django.core.management.commands.runserver import Command as CoreRunserverCommand
+from django.core.servers.basehttp import WSGIServer
+
+from grace_plugins.django.reloader import HotWatcher
+from grace_plugins.django.server import hot_server_class, stop_soon
+from grace_plugins.generation import GenerationContext
+from grace_plugins.runner import run_or_exit
+from grace_plugins.supervisor import Options
+
+if apps.is_installed("django.contrib.staticfiles"):
+    # As Django does for "runserver": staticfiles' variant (--nostatic, --insecure) wins.
+    from django.contrib.staticfiles.management.commands.runserver import (
+        Command as RunserverCommand,
+    )
+else:  # pragma: no cover - the example project and the tests install staticfiles
+    RunserverCommand = CoreRunserverCommand
+
+logger = logging.getLogger("django.utils.autoreload")
+
+#: Longest wait for the autoreloader's first scan before a generation reports ready anyway.
+WATCH_START_TIMEOUT = 10.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+class Command(RunserverCommand):
+    help = (
+        f"{RunserverCommand.help} Upgrades to new code without dropping a request: kill -HUP"
+        " the printed pid, or save a file (with the autoreloader)."
+    )
+
+    context: GenerationContext | None = None
+    _use_reloader = False
+
+    def add_arguments(self, parser: Any) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--pidfile",
+            help="Write the pid to signal (kill -HUP to upgrade) to this file.",
+        )
+        parser.add_argument(
+            "--ready-timeout",
+            type=_seconds,
+            default=30.0,
+            metavar="SECONDS",
+            help="Seconds new code has to load and pass the system checks before the upgrade"
+            " is rolled back (default: 30).",
+        )
+        parser.add_argument(
+            "--drain-timeout",
+            type=_seconds,
+            default=30.0,
+            metavar="SECONDS",
+            help="Seconds the old code has to finish its requests after an upgrade (default: 30).",
+        )
+
+    # -- both roles ----------------------------------------------------------------------------
+    def run(self, **options: Any) -> None:
+        """Supervise (started by the user) or serve (started by the supervisor); never
+        returns: exits with the supervisor's status, or when the generation has drained."""
+        grace = Options(
+            ready_timeout=options["ready_timeout"],
+            drain_timeout=options["drain_timeout"],
+            pidfile=options["pidfile"],
+        )
+        serve = functools.partial(self.serve_generation, options=options)
+        run_or_exit(serve, [self.listen_address()], grace)
+
+    def listen_address(self) -> str:
+        """The address parsed by ``runserver``'s ``handle`` in the core's notation.
+
+        :raises CommandError: when ``--ipv6`` names a host without an IPv6 address.
+        """
+        addr = "0.0.0.0" if self.addr == "0" else self.addr
+        if not self.use_ipv6:
+            return f"{addr}:{self.port}"
+        if not self._raw_ipv6:  # a host name with --ipv6: bind its IPv6 address, as Django
+            try:
+                addr = socket.getaddrinfo(addr, self.port, socket.AF_INET6)[0][4][0]
+            except socket.gaierror as exc:
+                raise CommandError(
+                    f"{addr!r} has no IPv6 address ({exc.strerror}): give an IPv6 address"
+                    " such as [::1]:8000, or drop --ipv6."
+                ) from None
+        return f"[{addr}]:{self.port}"
+
+    # -- in a generation -----------------------------------------------------------------------
+    def serve_generation(self, context: GenerationContext, options: dict[str, Any]) -> None:
+        """Run ``runserver``'s ``inner_run`` on the inherited listener; blocks until the
+        supervisor asks this generation to stop. Anything that fails before the server can
+        serve (checks, imports) raises, and the upgrade is rolled back."""
+        self.context = context
+        self._use_reloader = bool(options["use_reloader"])
+        if len(context.listeners) > 1:
+            context.logger.warning(
+                "runhot serves one address; ignoring %s", ", ".join(context.listener_names[1:])
+            )
+        base: type[WSGIServer] = self.server_cls
+        self.server_cls = hot_server_class(
+            base,
+            listener=context.listeners[0],
+            tracker=context.tracker,
+            threaded=options["use_threading"],
+            on_serving=functools.partial(self.on_serving, options=options),
+        )
+        try:
+            # basehttp.run must not add its own ThreadingMixIn: the class above has it.
+            self.inner_run(None, **{**options, "use_threading": False})
+        except CommandError as exc:  # shown as manage.py shows it, without a traceback
+            if isinstance(exc, SystemCheckError):
+                self.stderr.write(str(exc), lambda x: x)
+            else:
+                self.stderr.write(f"{type(exc).__name__}: {exc}")
+            raise SystemExit(exc.returncode) from None
+
+    def get_handler(self, *args: Any, **options: Any) -> Any:
+        """``runserver``'s WSGI handler, with the URLconf (and so the views) imported now:
+        ``runserver`` imports it at the first request, but a generation must fail before it
+        reports ready, even with ``--skip-checks``."""
+        handler = super().get_handler(*args, **options)
+        if getattr(settings, "ROOT_URLCONF", None):
+            from django.urls import get_resolver
+
+            _ = get_resolver().url_patterns
+        return handler
+
+    def on_bind(self, server_port: int) -> None:
+        """Django's banner, plus the pid to signal and how."""
+        super().on_bind(server_port)
+        context = self.context
+        if context is None:
+            return
+        self.stdout.write(
+            f"Hot upgrade: kill -HUP {context.supervisor_pid}"
+            f"{' or save a file' if self._use_reloader else ''}"
+            f" (generation {context.generation}, pid {os.getpid()})."
+        )
+
+    def on_serving(self, server: WSGIServer, *, options: dict[str, Any]) -> None:
+        """On the serving thread, just before the accept loop: arm the stop, start watching,
+        report ready."""
+        context = self.context
+        assert context is not None
+        context.on_stop(stop_soon(server))
+        if options["use_reloader"] and not context.stopping:
+            watcher = HotWatcher(functools.partial(self.files_changed, context))
+            context.on_stop(watcher.stop)
+            if not watcher.start(WATCH_START_TIMEOUT):
+                logger.warning("The autoreloader has not scanned the files yet; serving anyway.")
+        context.ready()
+
+    def files_changed(self, context: GenerationContext, paths: list[str]) -> None:
+        """A watched file changed: ask for an upgrade (unless this generation drains)."""
+        if context.stopping:
+            return
+        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+        logger.info("%s changed%s, upgrading.", paths[0], more)
+        context.request_upgrade(f"file changed: {paths[0]}{more}")
