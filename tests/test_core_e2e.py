@@ -34,8 +34,8 @@ from tests.helpers import (
 SERVER = os.path.join(ROOT, "tests", "apps", "core_server.py")
 PROBE = (
     "import os, json; fds = sorted(int(f) for f in os.listdir('/proc/self/fd'));"
-    " print(json.dumps({'fds': fds, 'env': [k for k in os.environ if 'GRACE' in k"
-    " or k.startswith('LISTEN_')]}))"
+    " print(json.dumps({'fds': fds, 'env': [k for k in os.environ"
+    " if k.startswith(('GRACE_PLUGINS_', 'LISTEN_'))]}))"
 )
 LINUX = os.path.isdir("/proc/self/fd")
 
