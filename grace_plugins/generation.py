@@ -66,6 +66,7 @@ class GenerationContext:
         self._stop_requested = threading.Event()
         self._is_ready = False
         self._plug: tuple[int, int] | None = None
+        self._copies: list[socket.socket] = []
 
     # -- for adapters -------------------------------------------------------------------------
     def ready(self) -> None:
@@ -76,6 +77,7 @@ class GenerationContext:
         if self._is_ready:
             return
         self._is_ready = True
+        self._keep_listeners_nonblocking()
         self._send(msg.READY)
 
     def request_upgrade(self, reason: str) -> None:
@@ -96,6 +98,26 @@ class GenerationContext:
         """True once the supervisor (or a signal) asked this generation to drain."""
         return self._stop_requested.is_set()
 
+    def add_listener_copy(self, sock: socket.socket) -> None:
+        """Register a server's own copy of a listener (a framework that duplicates the fd, as
+        werkzeug does) so that :meth:`stop_accepting` stops it too, and its blocking mode is
+        checked at ready."""
+        self._copies.append(sock)
+
+    def _keep_listeners_nonblocking(self) -> None:
+        """Restore ``O_NONBLOCK`` if the framework cleared it (``SSLSocket`` does, re-applying
+        a blocking timeout). The flag is shared by every process holding the listener: left
+        blocking, a generation that loses an ``accept()`` race sits in ``accept()`` where no
+        stop request reaches it."""
+        for sock in [*self.listeners, *self._copies]:
+            fd = sock.fileno()
+            if fd >= 0 and os.get_blocking(fd):
+                os.set_blocking(fd, False)
+                self.logger.warning(
+                    "the server made listener %s blocking; made it non-blocking again",
+                    lst.name_of(sock),
+                )
+
     def stop_accepting(self) -> None:
         """Stop accepting now, from any thread: atomically replace this process's listener fds
         with the read end of a pipe that never becomes readable (``dup2``).
@@ -109,7 +131,7 @@ class GenerationContext:
         if self._plug is not None:
             return
         self._plug = os.pipe()  # the write end stays open: the read end is never readable
-        for sock in self.listeners:
+        for sock in [*self.listeners, *self._copies]:
             fd = sock.fileno()
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -306,6 +306,7 @@ def _serve_function(
             passthrough_errors=settings.passthrough_errors,
             ssl_context=settings.ssl_context,
         )
+        context.add_listener_copy(server.socket)  # werkzeug serves a dup of the listener
         context.on_stop(server.shutdown)
         context.ready()
         if settings.use_reloader:

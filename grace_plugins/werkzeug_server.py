@@ -122,6 +122,9 @@ def make_hot_server(
     else:
         server = HotBaseWSGIServer(host, port, app, handler, passthrough_errors, ssl_context, fd=fd)
     server.tracker = tracker  # type: ignore[attr-defined]
+    # TLS wrapping re-applies a blocking timeout to the listener, clearing O_NONBLOCK on the
+    # file every generation shares; a lost accept() race would then block this serve loop.
+    server.socket.setblocking(False)
     return server
 
 

@@ -218,3 +218,19 @@ def test_supervisor_as_pid1_reaps_orphans(start_server, tmp_path):
         wait_until(lambda: len(child_pids(supervisor)) > 1, 5, "an orphan re-parented to PID 1")
         wait_until(lambda: len(child_pids(supervisor)) == 1, 10, "PID 1 to reap the orphan")
     assert zombies(supervisor) == []
+
+
+@pytest.mark.timeout(90)
+def test_server_that_makes_the_listener_blocking_cannot_hang_a_drain(start_server, app_dir):
+    # SSLSocket re-applies a blocking timeout to the listener; the flag is shared by every
+    # process, and an old generation that lost an accept() race would sit in accept().
+    server = start(start_server, app_dir, env={"GRACE_TEST_BLOCKING_LISTENER": "1"})
+    server.wait_for(r"made listener tcp:127\.0\.0\.1:\d+ blocking; made it non-blocking again", 5)
+    with Load(server.port, fresh=4, keepalive=0, slow=0) as load:
+        wait_until(lambda: load.report.requests > 50, 10, "load to start")
+        for number in range(2, 6):
+            server.upgrade()
+            server.wait_for(rf"generation {number - 1} \(pid \d+\) exited after draining", 10)
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    assert server.stop(timeout=15) == 0

@@ -59,6 +59,8 @@ def serve(context):
     server.socket = context.listeners[0]
     server.tracker = context.tracker
     context.on_stop(server.shutdown)
+    if os.environ.get("GRACE_TEST_BLOCKING_LISTENER"):  # as TLS wrapping does to the listener
+        server.socket.settimeout(None)
     context.ready()
     server.serve_forever(poll_interval=0.1)
 
