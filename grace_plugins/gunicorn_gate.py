@@ -1,0 +1,263 @@
+"""The readiness gate between generations of gunicorn workers (framework-free).
+
+Gunicorn's master has no notion of "the new workers are ready": on HUP it forks the new
+workers and SIGTERMs the old ones at once. The workers therefore coordinate among themselves
+through a private directory of tiny record files that the master creates (``mkdtemp``, mode
+0700, removed when the master exits) and every worker inherits by fork:
+
+* ``gen-G.json`` -- written by the master (in the worker class's constructor, which gunicorn
+  runs in the master before each fork) when it first builds a worker from a new ``Config``,
+  i.e. on start and on every HUP: how many workers generation *G* has and its ready timeout;
+* ``w-G-AGE-PID.STATE`` -- a worker's own progress: ``boot``, ``ready``, ``failed`` (with the
+  reason), ``stopping`` (it received a SIGTERM that was not part of a reload);
+* ``resolved-G`` -- the verdict on generation *G*, written once (``O_EXCL``) by whichever worker
+  first sees it: ``promoted`` (every member ready) or ``rolled back: reason``.
+
+A generation's *members* are the ``expected`` workers the reload forked (gunicorn's ages
+``first_age`` and up, recorded by the master before the first fork).
+Workers forked later in the same generation (a respawn after a crash, ``max_requests``, TTIN)
+are not part of the gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PENDING = "pending"
+PROMOTED = "promoted"
+ROLLED_BACK = "rolled back"
+STOPPING = "stopping"
+
+#: How long past its ready timeout a generation may stay undecided (its own watchdog exits a
+#: hanging worker at the timeout; this covers a worker killed before it could say so).
+GRACE_SECONDS = 3.0
+#: Records of generations this much older than the newest are pruned.
+KEEP_GENERATIONS = 4
+
+_RECORD = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
+_GEN = re.compile(r"^gen-(\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One worker: its generation, gunicorn's age (a spawn counter) and pid."""
+
+    gen: int
+    age: int
+    pid: int
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether *pid* exists (a zombie the master has not reaped yet counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GateDir:
+    """The shared record directory; every method is a few file operations and never raises."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls) -> GateDir:
+        """Make a fresh private directory (mode 0700: no other user can write a record)."""
+        return cls(tempfile.mkdtemp(prefix="grace-gunicorn-"))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -- files ----------------------------------------------------------------------------------
+    def _write(self, name: str, text: str = "", exclusive: bool = False) -> bool:
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        flags |= os.O_EXCL if exclusive else os.O_TRUNC
+        try:
+            fd = os.open(os.path.join(self.path, name), flags, 0o600)
+        except OSError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return True
+
+    def _read(self, name: str) -> str | None:
+        try:
+            with open(os.path.join(self.path, name)) as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def _mtime(self, name: str) -> float | None:
+        try:
+            return os.stat(os.path.join(self.path, name)).st_mtime
+        except OSError:
+            return None
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except OSError:
+            return []
+
+    # -- generations (written by the master) ------------------------------------------------------
+    def open_generation(
+        self, gen: int, expected: int, ready_timeout: float, first_age: int = 0
+    ) -> None:
+        """Announce generation *gen* (before its first fork); prune old records. Its members
+        are the *expected* workers the master forks next: ages ``first_age`` and up."""
+        info = {
+            "expected": expected,
+            "first_age": first_age,
+            "started": time.monotonic(),
+            "ready_timeout": ready_timeout,
+        }
+        self._write(f"gen-{gen}.json", json.dumps(info))
+        for name in self._names():
+            found = _RECORD.match(name) or _GEN.match(name) or re.match(r"^\w+-(\d+)$", name)
+            if found and int(found.group(1)) < gen - KEEP_GENERATIONS:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, name))
+
+    def generation_info(self, gen: int) -> dict | None:
+        text = self._read(f"gen-{gen}.json")
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return None
+
+    def newest_generation(self) -> int:
+        found = [int(m.group(1)) for m in map(_GEN.match, self._names()) if m]
+        return max(found, default=0)
+
+    # -- workers ----------------------------------------------------------------------------------
+    def record(self, member: Member, state: str, detail: str = "") -> None:
+        self._write(f"w-{member.gen}-{member.age}-{member.pid}.{state}", detail)
+        if state == "ready":
+            self._write("ever-ready")
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, "backoff"))
+
+    def workers(self, gen: int) -> dict[Member, dict[str, str]]:
+        """Every worker of *gen* that left a record, with its states (and their details)."""
+        found: dict[Member, dict[str, str]] = {}
+        for name in self._names():
+            match = _RECORD.match(name)
+            if match and int(match.group(1)) == gen:
+                member = Member(gen, int(match.group(2)), int(match.group(3)))
+                detail = self._read(name) if match.group(4) == "failed" else ""
+                found.setdefault(member, {})[match.group(4)] = detail or ""
+        return found
+
+    def members(self, gen: int) -> list[Member]:
+        return member_list(self.generation_info(gen), self.workers(gen))
+
+    def ever_ready(self) -> bool:
+        """Whether any worker of this master ever became ready (else nothing is serving)."""
+        return self._read("ever-ready") is not None
+
+    def bump_backoff(self) -> int:
+        """Count one more failed respawn in a row; return the new count."""
+        count = int((self._read("backoff") or "0").strip() or 0) + 1
+        self._write("backoff", str(count))
+        return count
+
+    def claim(self, what: str, gen: int) -> bool:
+        """True for the first caller only (e.g. who logs a generation's traceback)."""
+        return self._write(f"{what}-{gen}", "", exclusive=True)
+
+    # -- verdicts ---------------------------------------------------------------------------------
+    def resolution(self, gen: int) -> str | None:
+        return self._read(f"resolved-{gen}")
+
+    def resolution_time(self, gen: int) -> float | None:
+        """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
+        return self._mtime(f"resolved-{gen}")
+
+    def stopped_before(self, gen: int, limit: float | None) -> bool:
+        """Whether a worker of *gen* recorded a plain SIGTERM (at or before *limit*)."""
+        for name in self._names():
+            match = _RECORD.match(name)
+            if match and int(match.group(1)) == gen and match.group(4) == "stopping":
+                when = self._mtime(name)
+                if limit is None or (when is not None and when <= limit):
+                    return True
+        return False
+
+    def status(
+        self, gen: int, now: float | None = None, alive: Callable[[int], bool] = pid_alive
+    ) -> tuple[str, str, bool]:
+        """Return (status, reason, decided_now) for generation *gen*.
+
+        ``STOPPING`` when a worker of *gen* (not rolled back) received a plain SIGTERM: the
+        master is stopping. Otherwise the recorded verdict, or a new one (recorded;
+        ``decided_now`` is True for the one caller that recorded it), or ``PENDING``.
+        """
+        verdict = self.resolution(gen)
+        if verdict is not None and verdict != PROMOTED:
+            # After a rollback the master SIGTERMs its workers as surplus: only a SIGTERM
+            # recorded before the verdict means that the master is stopping.
+            if self.stopped_before(gen, self.resolution_time(gen)):
+                return STOPPING, "the master is stopping", False
+            return ROLLED_BACK, verdict, False
+        workers = self.workers(gen)
+        if any("stopping" in states for states in workers.values()):
+            return STOPPING, "the master is stopping", False
+        if verdict == PROMOTED:
+            return PROMOTED, "", False
+        status, reason = evaluate(self.generation_info(gen), workers, now, alive)
+        if status == PENDING:
+            return status, reason, False
+        text = PROMOTED if status == PROMOTED else reason
+        if not self._write(f"resolved-{gen}", text, exclusive=True):
+            return self.status(gen, now, alive)  # another worker decided first: its verdict
+        return status, reason, True
+
+
+def evaluate(
+    info: dict | None,
+    workers: dict[Member, dict[str, str]],
+    now: float | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+) -> tuple[str, str]:
+    """Judge a generation from its records (pure): all members ready -> promoted; a member
+    failed, died before ready, or the ready timeout passed -> rolled back; else pending."""
+    if info is None:
+        return ROLLED_BACK, "its announcement is missing"
+    now = time.monotonic() if now is None else now
+    expected = int(info["expected"])
+    members = member_list(info, workers)
+    for member in members:
+        states = workers[member]
+        if "failed" in states:
+            return ROLLED_BACK, f"worker {member.pid} failed: {states['failed']}"
+    for member in members:
+        if "ready" not in workers[member] and not alive(member.pid):
+            return ROLLED_BACK, f"worker {member.pid} exited before it was ready"
+    if len(members) == expected and all("ready" in workers[m] for m in members):
+        return PROMOTED, ""
+    limit = float(info["ready_timeout"]) + GRACE_SECONDS
+    if now > float(info["started"]) + limit:
+        return ROLLED_BACK, f"not every new worker was ready within {limit:g} s"
+    return PENDING, ""
+
+
+def member_list(info: dict | None, workers: dict[Member, dict[str, str]]) -> list[Member]:
+    """The workers of a generation that its reload forked (later respawns are not members)."""
+    if not info:
+        return []
+    first, expected = int(info.get("first_age", 0)), int(info["expected"])
+    if first <= 0:  # an announcement without ages: the first ones by age
+        return sorted(workers, key=lambda m: m.age)[:expected]
+    return sorted((m for m in workers if first <= m.age < first + expected), key=lambda m: m.age)

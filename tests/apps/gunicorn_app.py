@@ -1,0 +1,20 @@
+"""WSGI app for the gunicorn adapter's tests: ``gunicorn_app:app``.
+
+The upgradable code is the module ``appcode`` in gunicorn's ``--chdir`` directory (the tests
+write it): ``VERSION`` is served, and broken or hanging versions test rollback. ``?sleep=S``
+makes a slow request.
+"""
+
+import os
+import time
+from urllib.parse import parse_qs
+
+import appcode  # the code under upgrade
+
+
+def app(environ, start_response):
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    time.sleep(float(query.get("sleep", ["0"])[0]))
+    body = f"WORLD! ospid:{os.getpid()} version:{appcode.VERSION}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
