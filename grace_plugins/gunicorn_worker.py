@@ -33,6 +33,7 @@ from typing import Any
 from gunicorn.workers import gthread
 
 from grace_plugins.drain import ConnectionTracker
+from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn_gate import (
     PENDING,
     PROMOTED,
@@ -42,6 +43,7 @@ from grace_plugins.gunicorn_gate import (
     Member,
     pid_alive,
 )
+from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
 #: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
@@ -77,6 +79,8 @@ def _ignore_signal(sig: int, frame: Any) -> None:
 def _remove_gate(gate: GateDir, owner: int) -> None:
     if os.getpid() == owner:  # workers inherit the atexit list; only the master removes it
         gate.remove()
+        with contextlib.suppress(GraceError, OSError):
+            os.unlink(state_path(owner))
 
 
 class _Master:
@@ -93,12 +97,15 @@ class _Master:
         if self.pid != os.getpid() or self.gate is None:
             self.pid, self.gate, self.cfg, self.generation = os.getpid(), GateDir.create(), None, 0
             atexit.register(_remove_gate, self.gate, self.pid)
+            # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
+            merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
         if cfg is not self.cfg:
             self.cfg = cfg
             self.generation += 1
             self.gate.open_generation(self.generation, cfg.workers, ready_timeout(cfg), age)
             if self.generation > 1:
                 _announce_reload(self.generation, cfg, log)
+                merge_state(self.pid, in_progress=True)
         return self.generation, self.gate
 
 
@@ -405,6 +412,9 @@ class Worker(gthread.ThreadWorker):
         self.alive = False
 
     def _log_verdict(self, gen: int, status: str, why: str) -> None:
+        """Log the verdict on *gen* and record it for ``grace-plugins reload``; called once,
+        by the worker that decided it."""
+        self._record_verdict(gen, status, why)
         if status == PROMOTED:
             members = self.gate.members(gen)
             self.log.info(
@@ -422,6 +432,17 @@ class Worker(gthread.ThreadWorker):
             )
         elif status == ROLLED_BACK:
             self.log.warning("grace_plugins: generation %s started incomplete (%s)", gen, why)
+
+    def _record_verdict(self, gen: int, status: str, why: str) -> None:
+        pids = ",".join(str(m.pid) for m in self.gate.members(gen))
+        serving = {"generation": gen, "generation_pid": pids, "generation_since": time.time()}
+        if gen == 1:
+            if status == PROMOTED:
+                merge_state(self.ppid, **serving)
+        elif status == PROMOTED:
+            merge_upgrade(self.ppid, "ok", f"generation {gen} ready (workers {pids})", **serving)
+        elif status == ROLLED_BACK:
+            merge_upgrade(self.ppid, "rolled_back", f"generation {gen} rolled back: {why}")
 
     # -- connections ------------------------------------------------------------------------------
     def accept(self, listener: Any) -> None:

@@ -53,14 +53,7 @@ class StateFile:
     def update(self, **fields: Any) -> None:
         """Merge *fields* and rewrite the file; never raises (state is informative)."""
         self.data.update(fields)
-        tmp = f"{self.path}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.data, handle)
-            os.rename(tmp, self.path)
-        except OSError:
-            pass
+        _write(self.path, self.data)
 
     def record_upgrade(self, outcome: str, detail: str, **fields: Any) -> None:
         """Count a finished upgrade (``ok`` or ``rolled_back``) with what happened."""
@@ -70,6 +63,38 @@ class StateFile:
     def remove(self) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _write(path: str, data: dict[str, Any]) -> None:
+    """Replace *path* atomically (private temp file per writer, then rename); never raises."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.rename(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def merge_state(pid: int, **fields: Any) -> None:
+    """Read, merge *fields* into and rewrite the state of *pid*, for a server whose state has
+    several writers (a gunicorn master and the worker that decides an upgrade's verdict)."""
+    try:
+        path = state_path(pid)
+    except GraceError:
+        return
+    data = read_state(pid) or {"pid": pid, "started": time.time(), "upgrades": 0}
+    data.update(fields)
+    _write(path, data)
+
+
+def merge_upgrade(pid: int, outcome: str, detail: str, **fields: Any) -> None:
+    """:meth:`StateFile.record_upgrade` for a state with several writers."""
+    upgrades = (read_state(pid) or {}).get("upgrades", 0) + 1
+    last = {"outcome": outcome, "detail": detail, "finished": time.time()}
+    merge_state(pid, upgrades=upgrades, in_progress=False, last_upgrade=last, **fields)
 
 
 def read_state(pid: int) -> dict[str, Any] | None:

@@ -599,3 +599,34 @@ def test_sigterm_after_a_rollback_stops_at_once(start_server, tmp_path):
     assert server.stop(30) == 0
     assert time.monotonic() - start < 10  # not gunicorn's SIGKILL at graceful_timeout (20 s)
     assert len(re.findall(r"\(generation 1\) drained .*SIGTERM", server.output(mark))) == 2
+
+
+def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
+    """``grace-plugins reload --pid <master>`` blocks until the new workers are promoted (exit
+    0) or rolled back (exit 1, the old code still serving); ``status`` says what happened."""
+    server = start_gunicorn(start_server, tmp_path)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "grace_plugins", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    write_code(tmp_path, version("v2"))
+    good = cli("reload", "--pid", str(server.pid), "--timeout", "40")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("upgraded: generation 2 ready")
+    wait_until(lambda: "version:v2" in http_get(server.port).body, 10, "v2")
+
+    write_code(tmp_path, "raise RuntimeError('broken on purpose')\n")
+    bad = cli("reload", "--pid", str(server.pid), "--timeout", "40")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stderr.startswith("rolled back: generation 3 rolled back")
+    assert "version:v2" in http_get(server.port).body
+
+    shown = cli("status", "--pid", str(server.pid))
+    assert shown.returncode == 0
+    assert "serving: generation 2" in shown.stdout
+    assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout
