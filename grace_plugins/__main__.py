@@ -18,6 +18,7 @@ from typing import Any
 
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.pidfile import read_pidfile
+from grace_plugins.process import pid_alive
 from grace_plugins.state import read_state, state_path
 
 ROLLED_BACK = 1
@@ -38,18 +39,8 @@ def _target_pid(args: argparse.Namespace) -> int:
     return pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _state_of(pid: int) -> dict[str, Any]:
-    if not _alive(pid):
+    if not pid_alive(pid):
         raise NotRunningError(f"No process {pid}: the server is not running (stale pidfile?).")
     state = read_state(pid)
     if state is None:
@@ -71,7 +62,7 @@ def reload(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         state = read_state(pid)
         if state is None:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 print(f"the server (pid {pid}) exited during the upgrade", file=sys.stderr)
                 return NOT_RUNNING
         elif state.get("upgrades", 0) >= wanted:

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from grace_plugins.process import pid_alive
+
 PENDING = "pending"
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled back"
@@ -53,17 +55,6 @@ class Member:
     gen: int
     age: int
     pid: int
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether *pid* exists (a zombie the master has not reaped yet counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class GateDir:

@@ -98,3 +98,15 @@ def reap_orphans(own_pids: set[int]) -> int:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, 0)
         reaped += 1
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether *pid* exists (a zombie not yet reaped counts as alive; so does a process of
+    another user, which we may not signal)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
