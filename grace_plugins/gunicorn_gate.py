@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,14 +74,26 @@ class GateDir:
 
     # -- files ----------------------------------------------------------------------------------
     def _write(self, name: str, text: str = "", exclusive: bool = False) -> bool:
-        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        flags |= os.O_EXCL if exclusive else os.O_TRUNC
+        """Publish *name* with its whole *text* at once: readers never see it empty or half
+        written (a verdict read mid-write once passed for a rollback). The text goes to a
+        private temporary file first, then is renamed into place, or, when *exclusive*, linked
+        (``link`` fails if the name exists: exactly one writer wins). Returns whether it was
+        published."""
+        tmp = os.path.join(self.path, f".tmp-{os.getpid()}-{threading.get_ident()}")
+        final = os.path.join(self.path, name)
         try:
-            fd = os.open(os.path.join(self.path, name), flags, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(tmp, flags, 0o600), "w") as handle:
+                handle.write(text)
+            if exclusive:
+                os.link(tmp, final)
+            else:
+                os.replace(tmp, final)
         except OSError:
             return False
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return True
 
     def _read(self, name: str) -> str | None:

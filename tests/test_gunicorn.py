@@ -630,3 +630,33 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     assert shown.returncode == 0
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout
+
+
+def test_gate_verdicts_are_published_whole_and_once(tmp_path):
+    """A verdict read while it is being written once looked empty, and an empty verdict passed
+    for a rollback: readers must see no verdict or the whole one, and only the first writer
+    wins."""
+    gate = GateDir(str(tmp_path))
+    text = "rolled back: " + "x" * 4000
+    seen_partial: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            for gen in range(1, 301):
+                verdict = gate.resolution(gen)
+                if verdict is not None and verdict not in (text, PROMOTED):
+                    seen_partial.append(verdict[:20])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for gen in range(1, 301):
+            assert gate._write(f"resolved-{gen}", text if gen % 2 else PROMOTED, exclusive=True)
+            assert not gate._write(f"resolved-{gen}", PROMOTED, exclusive=True)
+    finally:
+        done.set()
+        thread.join(10)
+    assert seen_partial == []
+    assert gate.resolution(1) == text and gate.resolution(2) == PROMOTED
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]
