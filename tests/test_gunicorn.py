@@ -3,6 +3,7 @@ client threads, HUPs, broken code; and unit tests of the readiness gate's verdic
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -78,6 +79,19 @@ class Gunicorn(ServerProcess):
 
     def extra_pids(self) -> list[int]:
         return [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.output())]
+
+
+def _worker_sockets(server: ServerProcess) -> int | None:
+    """Sockets held by the master's workers (Linux), or None where /proc is missing."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    total = 0
+    for pid in _children(server.pid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    total += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return total
 
 
 def _children(pid: int) -> list[int]:
@@ -350,6 +364,7 @@ def test_keepalive_clients_idle_3s_across_hups(start_server, tmp_path):
 def test_sigterm_under_load_finishes_in_flight(start_server, tmp_path):
     server = start_gunicorn(start_server, tmp_path)
     results: list[object] = []
+    sockets_before = _worker_sockets(server)
     # the requests are sent from this thread, so they are surely on the wire before the stop
     slow = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=20) for _ in range(3)]
     for conn in slow:
@@ -371,7 +386,8 @@ def test_sigterm_under_load_finishes_in_flight(start_server, tmp_path):
     idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     idle.request("GET", "/hello")
     idle.getresponse().read()
-    time.sleep(0.5)  # the slow requests are being served (accepted within milliseconds)
+    if sockets_before is not None:  # the workers hold the 3 slow connections and the idle one
+        wait_until(lambda: (_worker_sockets(server) or 0) >= sockets_before + 4, 10, "the accepts")
     assert server.stop(30) == 0
     for thread in threads:
         thread.join(10)
