@@ -56,7 +56,6 @@ class GenerationContext:
         self.drain_timeout = handoff.drain_timeout
         self.listeners = listeners
         self.listener_names = [name for name, _ in handoff.listeners]
-        self.extra = handoff.extra
         self.tracker = ConnectionTracker(keepalive_timeout=handoff.keepalive_timeout)
         self.logger = configure(f"gen {handoff.generation}")
         self.started = time.monotonic()

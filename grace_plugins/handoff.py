@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grace_plugins.errors import GraceError
 
@@ -41,7 +41,6 @@ class Handoff:
     ready_timeout: float = 30.0
     drain_timeout: float = 30.0
     keepalive_timeout: float = 5.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> str:
         """Return the variable's value."""
@@ -55,7 +54,6 @@ class Handoff:
                 "ready_timeout": self.ready_timeout,
                 "drain_timeout": self.drain_timeout,
                 "keepalive_timeout": self.keepalive_timeout,
-                "extra": self.extra,
             },
             separators=(",", ":"),
         )
@@ -124,7 +122,6 @@ def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | N
             ready_timeout=float(data.get("ready_timeout", 30.0)),
             drain_timeout=float(data.get("drain_timeout", 30.0)),
             keepalive_timeout=float(data.get("keepalive_timeout", 5.0)),
-            extra={str(k): str(v) for k, v in dict(data.get("extra") or {}).items()},
         )
     except (TypeError, ValueError) as exc:
         raise _bad(f"has an invalid value ({exc})") from None

@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grace_plugins import channel as msg
 from grace_plugins.channel import Channel
@@ -66,8 +66,6 @@ class Options:
     #: Upgrades start at most once per this many seconds; requests in between coalesce.
     upgrade_interval: float = 1.0
     pidfile: str | None = None
-    #: Strings passed to every generation (adapters' own settings).
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,7 +279,6 @@ class Supervisor:
             ready_timeout=self.options.ready_timeout,
             drain_timeout=self.options.drain_timeout,
             keepalive_timeout=self.options.keepalive_timeout,
-            extra=self.options.extra,
         )
         env = dict(os.environ)
         env[HANDOFF_VAR] = handoff.encode()

@@ -46,12 +46,6 @@ def write_code(directory, version="v1", body=""):
     shutil.rmtree(directory / "__pycache__", ignore_errors=True)
 
 
-@pytest.fixture
-def app_dir(tmp_path):
-    write_code(tmp_path)
-    return tmp_path
-
-
 def start(
     start_server,
     app_dir,

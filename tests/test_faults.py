@@ -31,12 +31,6 @@ from tests.helpers import (
 from tests.test_core_e2e import SERVER, _has_connection, start, write_code
 
 
-@pytest.fixture
-def app_dir(tmp_path):
-    write_code(tmp_path)
-    return tmp_path
-
-
 @pytest.mark.timeout(60)
 def test_new_generation_killed_while_starting_is_rolled_back(start_server, app_dir):
     server = start(start_server, app_dir, ready=20)

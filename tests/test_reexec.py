@@ -9,15 +9,9 @@ import signal
 import pytest
 
 from tests.helpers import LINUX_PROC, Load, fd_count, http_get, wait_until
-from tests.test_core_e2e import start, write_code
+from tests.test_core_e2e import start
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def app_dir(tmp_path):
-    write_code(tmp_path)
-    return tmp_path
 
 
 def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
