@@ -56,6 +56,10 @@ What this worker does
     soon as its own first generation is ready; gunicorn then promotes it and renames its
     pidfile. If the new master's workers never get ready, it exits and the old one serves on.
 
+    *systemd.* The master, not gunicorn's arbiter alone, speaks the notify protocol:
+    ``READY=1`` once the first generation is ready, ``RELOADING=1``/``READY=1`` around every
+    HUP, ``STOPPING=1`` on a stop (see :mod:`grace_plugins.gunicorn_notify`).
+
     *Drain.* See :mod:`grace_plugins.gunicorn_worker`: close this worker's listener copies
     (never ``shutdown()``, the listener is shared), finish in-flight requests, answer requests on
     idle keep-alive connections with ``Connection: close``, close connections idle past

@@ -43,6 +43,7 @@ from grace_plugins.gunicorn_gate import (
     Member,
     pid_alive,
 )
+from grace_plugins.gunicorn_notify import MasterNotifier
 from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
@@ -91,6 +92,8 @@ class _Master:
         self.gate: GateDir | None = None
         self.cfg: Any = None
         self.generation = 0
+        # gunicorn loads the worker class before ``Arbiter.start()``: see gunicorn_notify
+        self.systemd = MasterNotifier.take_from_environment()
 
     def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, GateDir]:
         """The generation of a worker built (in the master, before fork) with *cfg*."""
@@ -99,6 +102,7 @@ class _Master:
             atexit.register(_remove_gate, self.gate, self.pid)
             # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
             merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
+            self.systemd.master_started()
         if cfg is not self.cfg:
             self.cfg = cfg
             self.generation += 1
@@ -106,6 +110,7 @@ class _Master:
             if self.generation > 1:
                 _announce_reload(self.generation, cfg, log)
                 merge_state(self.pid, in_progress=True)
+                self.systemd.reloading(self.generation, cfg.workers)
         return self.generation, self.gate
 
 
@@ -164,14 +169,19 @@ class Worker(gthread.ThreadWorker):
     @property
     def age(self) -> int:
         """gunicorn's spawn counter; in the master, older workers that outlived a rolled-back
-        generation count as younger than it.
+        generation count as younger than it; and the master looks for the verdict that ends
+        a start or reload for systemd (see :mod:`grace_plugins.gunicorn_notify`).
 
         ``Arbiter.reload()`` waits (up to ``graceful_timeout``, handling no other signal) until
         no worker is older than the reload, and ``manage_workers()`` SIGTERMs the oldest
         surplus workers: after a rollback the old workers are the ones to keep, so the master
         stops waiting for them at once and never picks them as surplus.
         """
-        if os.getpid() == self.ppid and self._outlived_rollback():
+        if os.getpid() != self.ppid:
+            return self._age
+        if getattr(self, "gate", None) is not None:
+            MASTER.systemd.poll(self.gate)
+        if self._outlived_rollback():
             return self._age + ROLLED_BACK_AGE_BONUS
         return self._age
 

@@ -34,8 +34,8 @@ def start_server(request):
     servers: list[ServerProcess] = []
     request.node._grace_servers = servers
 
-    def start(argv, cwd=None, env=None, cls=ServerProcess):
-        server = cls(argv, cwd=cwd, env=env)
+    def start(argv, cwd=None, env=None, cls=ServerProcess, pass_fds=()):
+        server = cls(argv, cwd=cwd, env=env, pass_fds=pass_fds)
         servers.append(server)
         return server
 

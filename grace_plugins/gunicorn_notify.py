@@ -1,0 +1,111 @@
+"""systemd's notify protocol for a gunicorn master that runs ``grace_plugins.Worker``.
+
+Gunicorn itself sends one ``READY=1`` when the arbiter has bound its sockets, before any worker
+has imported the app, and nothing on reload or stop. Under ``Type=notify`` that makes
+``systemctl start`` return while nothing serves yet, and under ``Type=notify-reload`` a reload
+never completes (no ``RELOADING=1``/``READY=1`` pair). systemd accepts messages from the main
+pid only (``NotifyAccess=main``), so the master must speak, not the workers:
+
+* when gunicorn loads the worker class (in the master, before ``Arbiter.start()``), the master
+  takes ``NOTIFY_SOCKET`` out of its environment: gunicorn's early ``READY=1`` becomes a no-op
+  and the workers (the app) do not inherit the variable;
+* ``READY=1`` + ``STATUS=`` once every worker of the first generation is ready;
+* ``RELOADING=1`` + ``MONOTONIC_USEC=`` + ``STATUS=`` when a HUP opens a new generation, and
+  ``READY=1`` + ``STATUS=`` when its verdict is in (promoted, or rolled back: the previous
+  workers serve, so the service is ready either way and the ``STATUS=`` line says which);
+* ``STOPPING=1`` when the master receives a stop signal (TERM, INT, QUIT), or at exit.
+
+The master runs no thread of ours: it looks for the verdict when gunicorn asks a worker for its
+``age`` (every pass of the arbiter's loop, at least once a second, and every 0.1 s while
+``reload()`` waits for the old workers). A master started by ``kill -USR2`` stays silent: its pid
+is not systemd's main pid.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from grace_plugins.gunicorn_gate import PROMOTED, GateDir
+from grace_plugins.sdnotify import Notifier
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class MasterNotifier:
+    """The gunicorn master's side of ``sd_notify``; every method is a no-op when inactive and
+    in the workers (which inherit this object by fork)."""
+
+    def __init__(self, address: str | None) -> None:
+        self.notifier = Notifier(address or "")
+        self.master_pid: int | None = None
+        self.awaiting: int | None = 1  # the generation whose verdict ends a start or reload
+        self.stopping_sent = False
+
+    @classmethod
+    def take_from_environment(cls) -> MasterNotifier:
+        """Take ``NOTIFY_SOCKET`` if this process is a gunicorn master (else leave it)."""
+        if "gunicorn.arbiter" not in sys.modules or "NOTIFY_SOCKET" not in os.environ:
+            return cls(None)
+        address = os.environ.pop("NOTIFY_SOCKET")
+        if os.environ.get("GUNICORN_PID"):  # started by USR2: not systemd's main pid
+            return cls(None)
+        return cls(address)
+
+    def _speaks(self) -> bool:
+        return self.notifier.address is not None and os.getpid() == self.master_pid
+
+    def master_started(self) -> None:
+        """Called in the master before its first fork: report stops from now on."""
+        if self.notifier.address is None or self.master_pid is not None:
+            return
+        self.master_pid = os.getpid()
+        atexit.register(self._stopping)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in _STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            if callable(previous):  # gunicorn's handler: it only queues the signal
+                signal.signal(sig, self._on_stop_signal(previous))
+
+    def _on_stop_signal(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
+        def handler(sig: int, frame: Any) -> None:
+            self._stopping()
+            previous(sig, frame)
+
+        return handler
+
+    def _stopping(self) -> None:
+        if self._speaks() and not self.stopping_sent:
+            self.stopping_sent = True
+            self.notifier.stopping()
+
+    def reloading(self, gen: int, workers: int) -> None:
+        """A HUP opened generation *gen*: the service is reloading until its verdict."""
+        if not self._speaks():
+            return
+        self.awaiting = gen
+        self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
+
+    def poll(self, gate: GateDir) -> None:
+        """If the awaited generation has a verdict, report the service ready (again)."""
+        gen = self.awaiting
+        if gen is None or not self._speaks():
+            return
+        verdict = gate.resolution(gen)
+        if verdict is None:
+            return
+        self.awaiting = None
+        pids = ",".join(str(m.pid) for m in gate.members(gen))
+        if verdict == PROMOTED:
+            status = f"serving with generation {gen} (workers {pids})"
+        elif gen == 1:
+            status = f"serving with generation 1, incomplete ({verdict})"
+        else:
+            status = f"upgrade rolled back: generation {gen}: {verdict}; the previous workers serve"
+        self.notifier.ready(status)

@@ -1,0 +1,185 @@
+"""systemd end to end, for the core and each adapter: the listener comes from socket activation
+(``LISTEN_FDS``, ``LISTEN_PID``, ``LISTEN_FDNAMES``, fd 3, as systemd passes it) and the notify
+protocol is read from a real ``NOTIFY_SOCKET`` that learns each sender's pid from the kernel, as
+systemd does (``NotifyAccess=main``: only the main pid may speak).
+
+One scenario for all: ``READY=1`` once the app serves (on the test's own socket), then a good
+HUP (``RELOADING=1`` with ``MONOTONIC_USEC``, then ``READY=1``, the new code serving), a broken
+HUP (``RELOADING=1``, then ``READY=1`` saying it was rolled back, the previous code serving),
+then ``SIGTERM`` (``STOPPING=1``, exit status 0).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.helpers import (
+    PYTHON,
+    NotifySocket,
+    ServerProcess,
+    http_get,
+    socket_activated,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(socket, "SO_PASSCRED"), reason="sender credentials need Linux (SO_PASSCRED)"
+)
+
+BROKEN = "raise RuntimeError('broken on purpose')"
+
+
+@dataclass
+class Service:
+    """How to run one adapter: its command line and how to change its code."""
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    set_version: Callable[[str], None]
+    break_code: Callable[[], None]
+    cls: type[ServerProcess] = ServerProcess
+
+
+def core_service(tmp_path) -> Service:
+    from tests.test_core_e2e import SERVER, write_code
+
+    write_code(tmp_path, "v1")
+    return Service(
+        [PYTHON, SERVER, "unused:0"],
+        str(tmp_path),
+        {},
+        lambda v: write_code(tmp_path, v),
+        lambda: write_code(tmp_path, "v3", BROKEN),
+    )
+
+
+def flask_service(tmp_path) -> Service:
+    from tests.test_flask import FLASK, seed_app, set_version
+
+    if not os.path.exists(FLASK):
+        pytest.skip("flask is not installed")
+    path = seed_app(tmp_path)
+    return Service(
+        [FLASK, "--app", "app.py", "hotrun", "-p", "0"],
+        str(tmp_path),
+        {"PYTHONDONTWRITEBYTECODE": "1"},
+        lambda v: set_version(path, v),
+        lambda: set_version(path, "v3", BROKEN + "\n"),
+    )
+
+
+def django_service(tmp_path) -> Service:
+    pytest.importorskip("django")
+    from tests.test_django import EXAMPLE, set_version
+
+    site = tmp_path / "site"
+    shutil.copytree(EXAMPLE, site, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
+    return Service(
+        [PYTHON, "manage.py", "runhot", "--noreload", "127.0.0.1:0"],
+        str(site),
+        {"PYTHONDONTWRITEBYTECODE": "1", "EXAMPLE_LOG_REQUESTS": "0"},
+        lambda v: set_version(site, v),
+        lambda: set_version(site, "v3", BROKEN),
+    )
+
+
+def gunicorn_service(tmp_path) -> Service:
+    pytest.importorskip("gunicorn")
+    from tests.test_gunicorn import APPS, Gunicorn, control_socket, version, write_code
+
+    write_code(tmp_path, version("v1"))
+    argv = [
+        PYTHON, "-m", "gunicorn", "-k", "grace_plugins.Worker",
+        "--chdir", str(tmp_path), "--pythonpath", APPS,
+        "--workers", "2", "--threads", "2", "--timeout", "10", "--graceful-timeout", "15",
+        *control_socket(tmp_path),
+        "gunicorn_app:app",
+    ]  # fmt: skip
+    return Service(
+        argv,
+        str(tmp_path),
+        {"PYTHONDONTWRITEBYTECODE": "1"},
+        lambda v: write_code(tmp_path, version(v)),
+        lambda: write_code(tmp_path, BROKEN + "\n"),
+        cls=Gunicorn,
+    )
+
+
+SERVICES = {
+    "core": core_service,
+    "flask": flask_service,
+    "django": django_service,
+    "gunicorn": gunicorn_service,
+}
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_socket_activation_and_notify(start_server, tmp_path, name):
+    service = SERVICES[name](tmp_path)
+    notify = NotifySocket(str(tmp_path / "notify"))
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        argv, env = socket_activated(service.argv, listener)
+        server = start_server(
+            argv,
+            cwd=service.cwd,
+            env={**service.env, **env, "NOTIFY_SOCKET": notify.path},
+            cls=service.cls,
+            pass_fds=[listener.fileno()],
+        )
+        seen = []
+
+        def expect(field: str, what: str, timeout: float = 60) -> dict[str, str]:
+            message = notify.next(timeout, what)
+            seen.append(message)
+            assert message.pid == server.pid, f"{what}: sent by pid {message.pid}, not the main pid"
+            assert message.fields.get(field) == "1", f"{what}: {message.fields}"
+            return message.fields
+
+        ready = expect("READY", "the first generation is ready")
+        assert "serving with generation 1" in ready["STATUS"], ready
+        # ready means serving, on the socket systemd passed (the server bound none of its own)
+        assert http_get(port).version == "v1"
+
+        service.set_version("v2")
+        before = monotonic_usec()
+        os.kill(server.pid, signal.SIGHUP)
+        reloading = expect("RELOADING", "a HUP starts an upgrade")
+        assert before <= int(reloading["MONOTONIC_USEC"]) <= monotonic_usec(), reloading
+        upgraded = expect("READY", "the upgrade is over")
+        assert "serving with generation 2" in upgraded["STATUS"], upgraded
+        wait_until(lambda: http_get(port).version == "v2", 10, "the new code to serve")
+
+        service.break_code()
+        os.kill(server.pid, signal.SIGHUP)
+        expect("RELOADING", "a broken HUP starts an upgrade")
+        rolled_back = expect("READY", "the broken upgrade is rolled back")
+        assert "upgrade rolled back" in rolled_back["STATUS"], rolled_back
+        assert http_get(port).version == "v2"
+
+        os.kill(server.pid, signal.SIGTERM)
+        expect("STOPPING", "SIGTERM stops the service", timeout=30)
+        assert server.proc.wait(30) == 0
+        # systemd keeps its socket: connections made now wait for the next start
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        listener.close()
+        notify.close()
