@@ -50,6 +50,15 @@ class StateFile:
         self.path = state_path(self.pid)
         self.data: dict[str, Any] = {"pid": self.pid, "started": time.time(), "upgrades": 0}
 
+    @classmethod
+    def resume(cls) -> StateFile:
+        """This process's state as a previous image of it left it (after a USR2 re-exec the
+        pid is the same, so ``status`` keeps its start time and its count of upgrades)."""
+        state = cls()
+        state.data.update(read_state(state.pid) or {})
+        state.data["pid"] = state.pid
+        return state
+
     def update(self, **fields: Any) -> None:
         """Merge *fields* and rewrite the file; never raises (state is informative)."""
         self.data.update(fields)

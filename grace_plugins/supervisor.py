@@ -149,7 +149,7 @@ class Supervisor:
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)
             try:
-                self.state = StateFile()
+                self.state = StateFile.resume() if self._adopted else StateFile()
                 self.state.update(listeners=[name_of(s) for s in self.listeners])
             except GraceError as exc:
                 self.log.error("no state file for grace-plugins reload/status: %s", exc)

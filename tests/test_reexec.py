@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import pytest
 
-from tests.helpers import LINUX_PROC, Load, fd_count, http_get, wait_until
+from tests.helpers import LINUX_PROC, PYTHON, Load, fd_count, http_get, wait_until
 from tests.test_core_e2e import start
 
 pytestmark = pytest.mark.timeout(90)
@@ -31,6 +32,18 @@ def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
         report = load.stop()
     assert report.failures == [], report.summary()
     assert server.proc.poll() is None  # the same process, still running
+
+    def status() -> str:
+        shown = subprocess.run(
+            [PYTHON, "-m", "grace_plugins", "status", "--pid", str(server.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return shown.stdout + shown.stderr
+
+    # the state outlives the re-execs: each one upgraded the generation once
+    wait_until(lambda: "upgrades finished: 2" in status(), 10, "2 upgrades in the state")
     if LINUX_PROC:
         wait_until(lambda: fd_count(server.pid) <= fds, 10, f"the supervisor back to {fds} fds")
     assert server.stop() == 0
