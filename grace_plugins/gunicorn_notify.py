@@ -45,6 +45,7 @@ class MasterNotifier:
         self.notifier = Notifier(address or "")
         self.master_pid: int | None = None
         self.awaiting: int | None = 1  # the generation whose verdict ends a start or reload
+        self.ready_sent = False
         self.stopping_sent = False
 
     @classmethod
@@ -90,6 +91,8 @@ class MasterNotifier:
         if not self._speaks():
             return
         self.awaiting = gen
+        if not self.ready_sent:
+            return  # still starting: the first READY=1 waits for this generation instead
         self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
 
     def poll(self, gate: GateDir) -> None:
@@ -101,6 +104,7 @@ class MasterNotifier:
         if verdict is None:
             return
         self.awaiting = None
+        self.ready_sent = True
         pids = ",".join(str(m.pid) for m in gate.members(gen))
         if verdict == PROMOTED:
             status = f"serving with generation {gen} (workers {pids})"

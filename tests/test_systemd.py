@@ -183,3 +183,32 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
     finally:
         listener.close()
         notify.close()
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_hup_while_starting_is_not_a_reload(start_server, tmp_path):
+    """A HUP before the first workers are ready is part of the start for systemd: no
+    ``RELOADING=1`` while still starting; one ``READY=1`` once the newest workers serve."""
+    service = gunicorn_service(tmp_path)
+    with open(tmp_path / "appcode.py", "a") as handle:
+        handle.write("import time\ntime.sleep(3)\n")  # every generation takes 3 s to start
+    notify = NotifySocket(str(tmp_path / "notify"))
+    try:
+        server = start_server(
+            [*service.argv[:-1], "--bind", "127.0.0.1:0", service.argv[-1]],
+            cwd=service.cwd,
+            env={**service.env, "NOTIFY_SOCKET": notify.path},
+            cls=service.cls,
+        )
+        server.wait_for(r"Booting worker with pid", 30)
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for(r"reload: starting generation 2", 30)
+        assert "generation 1 ready" not in server.output()  # the HUP came while starting
+        ready = notify.next(60, "the start is over")
+        assert ready.pid == server.pid
+        assert ready.fields.get("READY") == "1", ready.fields
+        assert "serving with generation 2" in ready.fields["STATUS"], ready.fields
+        server.wait_ready()
+        assert http_get(server.port).version == "v1"
+    finally:
+        notify.close()
