@@ -17,7 +17,7 @@ from grace_plugins import listeners as lst
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
-from grace_plugins.log import configure
+from grace_plugins.log import configure, get_logger
 from grace_plugins.reexec import PREFLIGHT_VAR, SUPERVISOR_VAR, take_supervisor_handoff
 from grace_plugins.supervisor import Options, Supervisor
 
@@ -36,7 +36,15 @@ def open_listeners(addresses: Sequence[str | lst.Address]) -> list:
     """
     inherited = take_systemd_fds()
     if inherited:
-        return [lst.adopt(fd, None, "LISTEN_FDS") for _, fd in inherited]
+        sockets = [lst.adopt(fd, None, "LISTEN_FDS") for _, fd in inherited]
+        get_logger().info(
+            "socket activation: serving the %d socket(s) systemd passed (LISTEN_FDS): %s",
+            len(sockets),
+            ", ".join(
+                f"{name}={lst.name_of(s)}" for (name, _), s in zip(inherited, sockets, strict=True)
+            ),
+        )
+        return sockets
     sockets = []
     try:
         for address in addresses:

@@ -35,6 +35,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 BROKEN = "raise RuntimeError('broken on purpose')"
+ADOPTED = (
+    r"socket activation: serving the 1 socket\(s\) systemd passed \(LISTEN_FDS\):"
+    r" http=tcp:127\.0\.0\.1:{port}$"
+)
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Service:
     set_version: Callable[[str], None]
     break_code: Callable[[], None]
     cls: type[ServerProcess] = ServerProcess
+    #: the line that says which socket it serves ({port}: the one the test passed)
+    listening: str = ADOPTED
 
 
 def core_service(tmp_path) -> Service:
@@ -111,6 +117,7 @@ def gunicorn_service(tmp_path) -> Service:
         lambda v: write_code(tmp_path, version(v)),
         lambda: write_code(tmp_path, BROKEN + "\n"),
         cls=Gunicorn,
+        listening=r"Listening at: http://127\.0\.0\.1:{port} ",
     )
 
 
@@ -157,6 +164,7 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
         assert "serving with generation 1" in ready["STATUS"], ready
         # ready means serving, on the socket systemd passed (the server bound none of its own)
         assert http_get(port).version == "v1"
+        server.wait_for(service.listening.format(port=port), 5)
 
         service.set_version("v2")
         before = monotonic_usec()
