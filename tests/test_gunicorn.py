@@ -225,11 +225,18 @@ def test_gate_dir_records_one_verdict(tmp_path):
 
 def test_import_does_not_load_gunicorn():
     code = (
-        "import sys, grace_plugins; assert 'gunicorn' not in sys.modules;"
-        " w = grace_plugins.Worker; assert 'gunicorn' in sys.modules; print(w.__name__)"
+        "import os, sys, grace_plugins; assert 'gunicorn' not in sys.modules;"
+        " w = grace_plugins.Worker; assert 'gunicorn' in sys.modules; print(w.__name__);"
+        # only a gunicorn master takes NOTIFY_SOCKET (see grace_plugins.gunicorn_notify)
+        " assert os.environ['NOTIFY_SOCKET'] == '@not-a-master'"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "NOTIFY_SOCKET": "@not-a-master"},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Worker"
