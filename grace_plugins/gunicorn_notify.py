@@ -13,7 +13,12 @@ pid only (``NotifyAccess=main``), so the master must speak, not the workers:
 * ``RELOADING=1`` + ``MONOTONIC_USEC=`` + ``STATUS=`` when a HUP opens a new generation, and
   ``READY=1`` + ``STATUS=`` when its verdict is in (promoted, or rolled back: the previous
   workers serve, so the service is ready either way and the ``STATUS=`` line says which);
-* ``STOPPING=1`` when the master receives a stop signal (TERM, INT, QUIT), or at exit.
+* ``STOPPING=1`` when the master receives a stop signal (TERM, INT, QUIT), or at exit; nothing
+  after it.
+
+While it speaks to systemd the master, not the worker that decided, records each verdict in the
+state file that ``grace-plugins reload`` waits for, right after ``READY=1``: used as
+``ExecReload=``, the command must not return before systemd has heard that the reload is over.
 
 The master runs no thread of ours: it looks for the verdict when gunicorn asks a worker for its
 ``age`` (every pass of the arbiter's loop, at least once a second, and every 0.1 s while
@@ -58,8 +63,16 @@ class MasterNotifier:
             return cls(None)
         return cls(address)
 
+    @property
+    def active(self) -> bool:
+        """Whether the master speaks to systemd (also true in its workers, which inherit this
+        object). The master then records each verdict for ``grace-plugins reload`` itself,
+        after ``READY=1``: as ``ExecReload=``, the command must not end the reload first."""
+        return self.notifier.address is not None and self.master_pid is not None
+
     def _speaks(self) -> bool:
-        return self.notifier.address is not None and os.getpid() == self.master_pid
+        """In the master, until it said ``STOPPING=1`` (systemd then expects nothing else)."""
+        return self.active and os.getpid() == self.master_pid and not self.stopping_sent
 
     def master_started(self) -> None:
         """Called in the master before its first fork: report stops from now on."""
@@ -95,14 +108,21 @@ class MasterNotifier:
             return  # still starting: the first READY=1 waits for this generation instead
         self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
 
-    def poll(self, gate: GateDir) -> None:
-        """If the awaited generation has a verdict, report the service ready (again)."""
+    def poll(self, gate: GateDir) -> tuple[int, str] | None:
+        """If the awaited generation has a verdict, report the service ready (again) and
+        return ``(generation, verdict)``; else None.
+
+        Main thread only: gunicorn 27's control-socket thread reads ``age`` too. While the
+        first generation is not decided (a HUP during the start), the start is not over.
+        """
         gen = self.awaiting
         if gen is None or not self._speaks():
-            return
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None
         verdict = gate.resolution(gen)
-        if verdict is None:
-            return
+        if verdict is None or (not self.ready_sent and gate.resolution(1) is None):
+            return None
         self.awaiting = None
         self.ready_sent = True
         pids = ",".join(str(m.pid) for m in gate.members(gen))
@@ -113,3 +133,4 @@ class MasterNotifier:
         else:
             status = f"upgrade rolled back: generation {gen}: {verdict}; the previous workers serve"
         self.notifier.ready(status)
+        return gen, verdict

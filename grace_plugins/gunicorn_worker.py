@@ -113,8 +113,30 @@ class _Master:
                 self.systemd.reloading(self.generation, cfg.workers)
         return self.generation, self.gate
 
+    def poll(self, gate: GateDir) -> None:
+        """Tell systemd about a verdict, then record it (see gunicorn_notify)."""
+        reported = self.systemd.poll(gate)
+        if reported is not None:
+            gen, verdict = reported
+            status = PROMOTED if verdict == PROMOTED else ROLLED_BACK
+            record_verdict(os.getpid(), gate, gen, status, verdict)
+
 
 MASTER = _Master()
+
+
+def record_verdict(master: int, gate: GateDir, gen: int, status: str, why: str) -> None:
+    """Record the verdict on *gen* in the master's state file, for ``grace-plugins reload``
+    and ``status`` (see grace_plugins.state)."""
+    pids = ",".join(str(m.pid) for m in gate.members(gen))
+    serving = {"generation": gen, "generation_pid": pids, "generation_since": time.time()}
+    if gen == 1:
+        if status == PROMOTED:
+            merge_state(master, **serving)
+    elif status == PROMOTED:
+        merge_upgrade(master, "ok", f"generation {gen} ready (workers {pids})", **serving)
+    elif status == ROLLED_BACK:
+        merge_upgrade(master, "rolled_back", f"generation {gen} rolled back: {why}")
 
 
 def _announce_reload(gen: int, cfg: Any, log: Any) -> None:
@@ -180,7 +202,7 @@ class Worker(gthread.ThreadWorker):
         if os.getpid() != self.ppid:
             return self._age
         if getattr(self, "gate", None) is not None:
-            MASTER.systemd.poll(self.gate)
+            MASTER.poll(self.gate)
         if self._outlived_rollback():
             return self._age + ROLLED_BACK_AGE_BONUS
         return self._age
@@ -423,8 +445,9 @@ class Worker(gthread.ThreadWorker):
 
     def _log_verdict(self, gen: int, status: str, why: str) -> None:
         """Log the verdict on *gen* and record it for ``grace-plugins reload``; called once,
-        by the worker that decided it."""
-        self._record_verdict(gen, status, why)
+        by the worker that decided it (or by the master, after it told systemd)."""
+        if not MASTER.systemd.active:
+            record_verdict(self.ppid, self.gate, gen, status, why)
         if status == PROMOTED:
             members = self.gate.members(gen)
             self.log.info(
@@ -442,17 +465,6 @@ class Worker(gthread.ThreadWorker):
             )
         elif status == ROLLED_BACK:
             self.log.warning("grace_plugins: generation %s started incomplete (%s)", gen, why)
-
-    def _record_verdict(self, gen: int, status: str, why: str) -> None:
-        pids = ",".join(str(m.pid) for m in self.gate.members(gen))
-        serving = {"generation": gen, "generation_pid": pids, "generation_since": time.time()}
-        if gen == 1:
-            if status == PROMOTED:
-                merge_state(self.ppid, **serving)
-        elif status == PROMOTED:
-            merge_upgrade(self.ppid, "ok", f"generation {gen} ready (workers {pids})", **serving)
-        elif status == ROLLED_BACK:
-            merge_upgrade(self.ppid, "rolled_back", f"generation {gen} rolled back: {why}")
 
     # -- connections ------------------------------------------------------------------------------
     def accept(self, listener: Any) -> None:

@@ -11,12 +11,15 @@ import os
 import socket
 import time
 
+#: The variable systemd sets for ``Type=notify`` units.
+NOTIFY_VAR = "NOTIFY_SOCKET"
+
 
 class Notifier:
     """Sends datagrams to the socket systemd named; never raises."""
 
     def __init__(self, address: str | None = None) -> None:
-        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        address = os.environ.get(NOTIFY_VAR) if address is None else address
         if address and address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace
         self.address = address or None

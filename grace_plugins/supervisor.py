@@ -42,7 +42,7 @@ from grace_plugins.reexec import (
     preflight,
     release_held_signals,
 )
-from grace_plugins.sdnotify import Notifier
+from grace_plugins.sdnotify import NOTIFY_VAR, Notifier
 from grace_plugins.state import StateFile
 
 #: Extra time a draining generation gets past its own drain deadline before SIGKILL.
@@ -281,6 +281,7 @@ class Supervisor:
             keepalive_timeout=self.options.keepalive_timeout,
         )
         env = dict(os.environ)
+        env.pop(NOTIFY_VAR, None)  # systemd hears the supervisor (the main pid) only
         env[HANDOFF_VAR] = handoff.encode()
         pass_fds = [s.fileno() for s in self.listeners] + [child_end.fileno()]
         now = time.monotonic()
@@ -325,12 +326,14 @@ class Supervisor:
         else:
             self.log.info("%s ready after %d ms; %s drains", gen, elapsed_ms, old)
             self._retire(old)
-            if self.state is not None:
-                self.state.record_upgrade(
-                    "ok", f"{gen} ready after {elapsed_ms:.0f} ms", ready_ms=round(elapsed_ms)
-                )
-        self._record(generation=gen.number, generation_pid=gen.pid, generation_since=time.time())
+        # systemd first: ``grace-plugins reload`` (ExecReload=) returns once the state file
+        # says the upgrade is over, and systemd must not see it end before READY=1
         self.notifier.ready(f"serving with generation {gen.number} (pid {gen.pid})")
+        if old is not None and self.state is not None:
+            self.state.record_upgrade(
+                "ok", f"{gen} ready after {elapsed_ms:.0f} ms", ready_ms=round(elapsed_ms)
+            )
+        self._record(generation=gen.number, generation_pid=gen.pid, generation_since=time.time())
         self._maybe_followup()
 
     def _record(self, **fields: object) -> None:

@@ -450,10 +450,10 @@ class NotifySocket:
         self.sock.bind(path)
 
     def next(self, timeout: float, what: str) -> Notification:
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(timeout)  # 0: only a notification already received
         try:
             data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise AssertionError(f"no notification ({what}) within {timeout:g} s") from None
         pid = -1
         for level, kind, payload in ancillary:

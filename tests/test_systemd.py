@@ -11,7 +11,9 @@ then ``SIGTERM`` (``STOPPING=1``, exit status 0).
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,12 +31,15 @@ from tests.helpers import (
     socket_activated,
     wait_until,
 )
+from tests.test_cli import cli
 
 pytestmark = pytest.mark.skipif(
     not hasattr(socket, "SO_PASSCRED"), reason="sender credentials need Linux (SO_PASSCRED)"
 )
 
 BROKEN = "raise RuntimeError('broken on purpose')"
+#: Seconds the request in flight during the stop takes.
+SLOW = 4.0
 ADOPTED = (
     r"socket activation: serving the 1 socket\(s\) systemd passed \(LISTEN_FDS\):"
     r" http=tcp:127\.0\.0\.1:{port}$"
@@ -129,6 +134,18 @@ SERVICES = {
 }
 
 
+def app_environment(port: int, name: str, service: Service) -> str | None:
+    """The value of *name* in the environment of the process that serves *port*."""
+    if service.cls is not ServerProcess:  # gunicorn: workers are forked, ask the app
+        found = re.search(rf"env:{name}=(.*)", http_get(port, f"/hello?env={name}").body)
+        assert found, "the test app shows its environment"
+        return None if found.group(1) == "-" else found.group(1)
+    pid = http_get(port).pid  # a generation: exec'd, so /proc shows its environment
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        pairs = [item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item]
+    return {key.decode(): value.decode() for key, value in pairs}.get(name)
+
+
 def monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
@@ -165,25 +182,42 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
         # ready means serving, on the socket systemd passed (the server bound none of its own)
         assert http_get(port).version == "v1"
         server.wait_for(service.listening.format(port=port), 5)
+        for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):  # systemd's, not the app's
+            assert app_environment(port, name, service) is None, name
 
+        # ExecReload=grace-plugins reload: systemd ends the reload when the command exits, so
+        # by then READY=1 must already be in the notify socket (read without waiting: timeout 0)
         service.set_version("v2")
         before = monotonic_usec()
-        os.kill(server.pid, signal.SIGHUP)
+        good = cli("reload", "--pid", str(server.pid), "--timeout", "60")
+        assert good.returncode == 0, good.stdout + good.stderr
         reloading = expect("RELOADING", "a HUP starts an upgrade")
         assert before <= int(reloading["MONOTONIC_USEC"]) <= monotonic_usec(), reloading
-        upgraded = expect("READY", "the upgrade is over")
+        upgraded = expect("READY", "READY=1 before the reload command returns", timeout=0)
         assert "serving with generation 2" in upgraded["STATUS"], upgraded
         wait_until(lambda: http_get(port).version == "v2", 10, "the new code to serve")
 
         service.break_code()
-        os.kill(server.pid, signal.SIGHUP)
+        bad = cli("reload", "--pid", str(server.pid), "--timeout", "60")
+        assert bad.returncode == 1, bad.stdout + bad.stderr
         expect("RELOADING", "a broken HUP starts an upgrade")
-        rolled_back = expect("READY", "the broken upgrade is rolled back")
+        rolled_back = expect("READY", "READY=1 before the reload command fails", timeout=0)
         assert "upgrade rolled back" in rolled_back["STATUS"], rolled_back
         assert http_get(port).version == "v2"
 
+        # a slow request in flight: the stop waits for it, and STOPPING=1 comes at its start
+        slow = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        slow.request("GET", f"/hello?sleep={SLOW}")
+        # accepts are first come, first served: once a later connection is answered, the slow
+        # one is in the server's hands
+        assert http_get(port).version == "v2"
+        stop_sent = time.monotonic()
         os.kill(server.pid, signal.SIGTERM)
         expect("STOPPING", "SIGTERM stops the service", timeout=30)
+        assert time.monotonic() - stop_sent < SLOW / 2, "STOPPING=1 came at the end of the stop"
+        answer = slow.getresponse()
+        assert (answer.status, "version:v2" in answer.read().decode()) == (200, True)
+        slow.close()
         assert server.proc.wait(30) == 0
         # systemd keeps its socket: connections made now wait for the next start
         with socket.create_connection(("127.0.0.1", port), timeout=5):

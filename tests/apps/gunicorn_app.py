@@ -2,7 +2,7 @@
 
 The upgradable code is the module ``appcode`` in gunicorn's ``--chdir`` directory (the tests
 write it): ``VERSION`` is served, and broken or hanging versions test rollback. ``?sleep=S``
-makes a slow request.
+makes a slow request; ``?env=NAME`` shows a variable the app inherited.
 """
 
 import os
@@ -16,5 +16,7 @@ def app(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     time.sleep(float(query.get("sleep", ["0"])[0]))
     body = f"WORLD! ospid:{os.getpid()} version:{appcode.VERSION}\n".encode()
+    for name in query.get("env", []):  # what the app inherited
+        body += f"env:{name}={os.environ.get(name, '-')}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
