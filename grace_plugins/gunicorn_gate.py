@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from grace_plugins.process import pid_alive
@@ -255,6 +255,11 @@ def evaluate(
     if now > float(info["started"]) + limit:
         return ROLLED_BACK, f"not every new worker was ready within {limit:g} s"
     return PENDING, ""
+
+
+def pid_list(members: Iterable[Member]) -> str:
+    """The pids of *members*, comma-separated, as logs, ``STATUS=`` and the state file show."""
+    return ",".join(str(m.pid) for m in members)
 
 
 def member_list(info: dict | None, workers: dict[Member, dict[str, str]]) -> list[Member]:

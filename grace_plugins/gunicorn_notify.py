@@ -36,8 +36,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from grace_plugins.gunicorn_gate import PROMOTED, GateDir
-from grace_plugins.sdnotify import Notifier
+from grace_plugins.gunicorn_gate import PROMOTED, GateDir, pid_list
+from grace_plugins.sdnotify import NOTIFY_VAR, Notifier
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
@@ -56,9 +56,9 @@ class MasterNotifier:
     @classmethod
     def take_from_environment(cls) -> MasterNotifier:
         """Take ``NOTIFY_SOCKET`` if this process is a gunicorn master (else leave it)."""
-        if "gunicorn.arbiter" not in sys.modules or "NOTIFY_SOCKET" not in os.environ:
+        if "gunicorn.arbiter" not in sys.modules or NOTIFY_VAR not in os.environ:
             return cls(None)
-        address = os.environ.pop("NOTIFY_SOCKET")
+        address = os.environ.pop(NOTIFY_VAR)
         if os.environ.get("GUNICORN_PID"):  # started by USR2: not systemd's main pid
             return cls(None)
         return cls(address)
@@ -95,7 +95,7 @@ class MasterNotifier:
         return handler
 
     def _stopping(self) -> None:
-        if self._speaks() and not self.stopping_sent:
+        if self._speaks():
             self.stopping_sent = True
             self.notifier.stopping()
 
@@ -125,7 +125,7 @@ class MasterNotifier:
             return None
         self.awaiting = None
         self.ready_sent = True
-        pids = ",".join(str(m.pid) for m in gate.members(gen))
+        pids = pid_list(gate.members(gen))
         if verdict == PROMOTED:
             status = f"serving with generation {gen} (workers {pids})"
         elif gen == 1:

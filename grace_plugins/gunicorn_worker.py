@@ -42,6 +42,7 @@ from grace_plugins.gunicorn_gate import (
     GateDir,
     Member,
     pid_alive,
+    pid_list,
 )
 from grace_plugins.gunicorn_notify import MasterNotifier
 from grace_plugins.state import merge_state, merge_upgrade, state_path
@@ -128,7 +129,7 @@ MASTER = _Master()
 def record_verdict(master: int, gate: GateDir, gen: int, status: str, why: str) -> None:
     """Record the verdict on *gen* in the master's state file, for ``grace-plugins reload``
     and ``status`` (see grace_plugins.state)."""
-    pids = ",".join(str(m.pid) for m in gate.members(gen))
+    pids = pid_list(gate.members(gen))
     serving = {"generation": gen, "generation_pid": pids, "generation_since": time.time()}
     if gen == 1:
         if status == PROMOTED:
@@ -445,7 +446,8 @@ class Worker(gthread.ThreadWorker):
 
     def _log_verdict(self, gen: int, status: str, why: str) -> None:
         """Log the verdict on *gen* and record it for ``grace-plugins reload``; called once,
-        by the worker that decided it (or by the master, after it told systemd)."""
+        by the worker that decided it. Under systemd the master records it instead, after
+        ``READY=1`` (see :meth:`_Master.poll`)."""
         if not MASTER.systemd.active:
             record_verdict(self.ppid, self.gate, gen, status, why)
         if status == PROMOTED:
@@ -454,7 +456,7 @@ class Worker(gthread.ThreadWorker):
                 "grace_plugins: generation %s ready: %s workers serving (pids %s)%s",
                 gen,
                 len(members),
-                ",".join(str(m.pid) for m in members),
+                pid_list(members),
                 "; the previous workers drain" if gen > 1 else "",
             )
         elif status == ROLLED_BACK and gen > 1:

@@ -413,6 +413,17 @@ PYTHON = sys.executable
 LINUX_PROC = os.path.isdir("/proc/self/fd")
 
 
+def grace_cli(*args: str, timeout: float = 75) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m grace_plugins ARGS`` (``reload``, ``status``) from this checkout."""
+    return subprocess.run(
+        [PYTHON, "-m", "grace_plugins", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+
+
 # -- systemd ------------------------------------------------------------------------------------
 #: Runs a server the way systemd's socket activation does: the listener moved to fd 3,
 #: ``LISTEN_PID`` set to the pid that then execs the server (``argv[2:]``).

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 
 import pytest
 
 from grace_plugins.state import state_dir
-from tests.helpers import PYTHON, ROOT, http_get, wait_served_by
+from tests.helpers import PYTHON, grace_cli, http_get, wait_served_by
 from tests.test_core_e2e import SERVER, write_code
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "grace_plugins", *args],
-        capture_output=True,
-        text=True,
-        timeout=40,
-        env={**os.environ, "PYTHONPATH": ROOT},
-    )
 
 
 def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
@@ -34,19 +23,19 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     port = server.wait_ready()
 
     write_code(tmp_path, "v2")
-    good = cli("reload", "--pidfile", pidfile)
+    good = grace_cli("reload", "--pidfile", pidfile)
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upgraded: generation 2 (pid ")
     new_pid = int(good.stdout.split("(pid ")[1].split(")")[0])
     assert wait_served_by(port, new_pid).version == "v2"
 
     write_code(tmp_path, "v3", "raise RuntimeError('broken')")
-    bad = cli("reload", "--pid", str(server.pid))
+    bad = grace_cli("reload", "--pid", str(server.pid))
     assert bad.returncode == 1
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert http_get(port).version == "v2"  # still up, old code
 
-    shown = cli("status", "--pidfile", pidfile)
+    shown = grace_cli("status", "--pidfile", pidfile)
     assert shown.returncode == 0
     assert f"supervisor pid {server.pid}" in shown.stdout
     assert f"serving: generation 2 (pid {new_pid})" in shown.stdout
@@ -62,9 +51,9 @@ def test_state_directory_is_private():
 
 
 def test_reload_errors_are_one_line(tmp_path):
-    missing = cli("reload", "--pidfile", str(tmp_path / "none.pid"))
+    missing = grace_cli("reload", "--pidfile", str(tmp_path / "none.pid"))
     assert missing.returncode == 7 and "Cannot read a pid" in missing.stderr
-    not_ours = cli("reload", "--pid", str(os.getpid()))
+    not_ours = grace_cli("reload", "--pid", str(os.getpid()))
     assert not_ours.returncode == 2 and "is not a grace_plugins supervisor" in not_ours.stderr
     for result in (missing, not_ours):
         assert len(result.stderr.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from tests.helpers import (
     ROOT,
     Load,
     fd_count,
+    grace_cli,
     http_get,
     wait_served_by,
     wait_until,
@@ -464,17 +465,16 @@ def test_watcher_sees_a_template_change_in_process(django_configured, tmp_path, 
 @pytest.mark.timeout(120)
 def test_grace_plugins_reload_through_runhot(start_server, site):
     """``grace-plugins reload --pidfile`` waits for the outcome of a runhot upgrade."""
-    from tests.test_cli import cli
 
     pidfile = str(site / "runhot.pid")
     server = runhot(start_server, site, "--noreload", f"--pidfile={pidfile}")
     set_version(site, "v2")
-    good = cli("reload", "--pidfile", pidfile)
+    good = grace_cli("reload", "--pidfile", pidfile)
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upgraded: generation 2 (pid ")
     wait_until(lambda: "version:v2" in http_get(server.port).body, 10, "v2 served")
     set_version(site, "v3", extra="raise RuntimeError('broken on purpose')")
-    bad = cli("reload", "--pidfile", pidfile)
+    bad = grace_cli("reload", "--pidfile", pidfile)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert "version:v2" in http_get(server.port).body

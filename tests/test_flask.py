@@ -25,6 +25,7 @@ from tests.helpers import (
     ROOT,
     Load,
     fd_count,
+    grace_cli,
     http_get,
     wait_served_by,
     wait_until,
@@ -569,18 +570,17 @@ def test_reloader_reports_changes_and_honours_exclude_patterns(tmp_path, reloade
 @pytest.mark.timeout(90)
 def test_grace_plugins_reload_through_hotrun(start_server, tmp_path):
     """``grace-plugins reload --pidfile`` waits for the outcome of a hotrun upgrade."""
-    from tests.test_cli import cli
 
     app = seed_app(tmp_path)
     pidfile = str(tmp_path / "hotrun.pid")
     server, port = hotrun(start_server, tmp_path, f"--pidfile={pidfile}")
     set_version(app, "v2")
-    good = cli("reload", "--pidfile", pidfile)
+    good = grace_cli("reload", "--pidfile", pidfile)
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upgraded: generation 2 (pid ")
     wait_until(lambda: "version:v2" in http_get(port).body, 10, "v2 served")
     set_version(app, "v3", extra="raise RuntimeError('broken on purpose')\n")
-    bad = cli("reload", "--pidfile", pidfile)
+    bad = grace_cli("reload", "--pidfile", pidfile)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert "version:v2" in http_get(port).body

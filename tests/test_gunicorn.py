@@ -16,7 +16,16 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, Load, ServerProcess, fd_count, http_get, wait_until, zombies
+from tests.helpers import (
+    ROOT,
+    Load,
+    ServerProcess,
+    fd_count,
+    grace_cli,
+    http_get,
+    wait_until,
+    zombies,
+)
 
 pytest.importorskip("gunicorn")
 
@@ -629,27 +638,19 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     0) or rolled back (exit 1, the old code still serving); ``status`` says what happened."""
     server = start_gunicorn(start_server, tmp_path)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "grace_plugins", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
     write_code(tmp_path, version("v2"))
-    good = cli("reload", "--pid", str(server.pid), "--timeout", "40")
+    good = grace_cli("reload", "--pid", str(server.pid), "--timeout", "40")
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upgraded: generation 2 ready")
     wait_until(lambda: "version:v2" in http_get(server.port).body, 10, "v2")
 
     write_code(tmp_path, "raise RuntimeError('broken on purpose')\n")
-    bad = cli("reload", "--pid", str(server.pid), "--timeout", "40")
+    bad = grace_cli("reload", "--pid", str(server.pid), "--timeout", "40")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stderr.startswith("rolled back: generation 3 rolled back")
     assert "version:v2" in http_get(server.port).body
 
-    shown = cli("status", "--pid", str(server.pid))
+    shown = grace_cli("status", "--pid", str(server.pid))
     assert shown.returncode == 0
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 
-from tests.helpers import LINUX_PROC, PYTHON, Load, fd_count, http_get, wait_until
+from tests.helpers import LINUX_PROC, Load, fd_count, grace_cli, http_get, wait_until
 from tests.test_core_e2e import start
 
 pytestmark = pytest.mark.timeout(90)
@@ -34,12 +33,7 @@ def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
     assert server.proc.poll() is None  # the same process, still running
 
     def status() -> str:
-        shown = subprocess.run(
-            [PYTHON, "-m", "grace_plugins", "status", "--pid", str(server.pid)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        shown = grace_cli("status", "--pid", str(server.pid))
         return shown.stdout + shown.stderr
 
     # the state outlives the re-execs: each one upgraded the generation once

@@ -3,10 +3,12 @@
 protocol is read from a real ``NOTIFY_SOCKET`` that learns each sender's pid from the kernel, as
 systemd does (``NotifyAccess=main``: only the main pid may speak).
 
-One scenario for all: ``READY=1`` once the app serves (on the test's own socket), then a good
-HUP (``RELOADING=1`` with ``MONOTONIC_USEC``, then ``READY=1``, the new code serving), a broken
-HUP (``RELOADING=1``, then ``READY=1`` saying it was rolled back, the previous code serving),
-then ``SIGTERM`` (``STOPPING=1``, exit status 0).
+One scenario for all: ``READY=1`` once the app serves (on the test's own socket), the app
+inheriting none of systemd's variables; then a good upgrade with ``grace-plugins reload`` as
+``ExecReload=`` runs it (``RELOADING=1`` with ``MONOTONIC_USEC``, and ``READY=1`` already sent
+when the command returns), a broken one (the same, ``READY=1`` saying it was rolled back, the
+previous code serving), then ``SIGTERM`` with a slow request in flight (``STOPPING=1`` at once,
+the request answered, exit status 0).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from tests.helpers import (
     PYTHON,
     NotifySocket,
     ServerProcess,
+    grace_cli,
     http_get,
     socket_activated,
     wait_until,
 )
-from tests.test_cli import cli
 
 pytestmark = pytest.mark.skipif(
     not hasattr(socket, "SO_PASSCRED"), reason="sender credentials need Linux (SO_PASSCRED)"
@@ -189,7 +191,7 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
         # by then READY=1 must already be in the notify socket (read without waiting: timeout 0)
         service.set_version("v2")
         before = monotonic_usec()
-        good = cli("reload", "--pid", str(server.pid), "--timeout", "60")
+        good = grace_cli("reload", "--pid", str(server.pid), "--timeout", "60")
         assert good.returncode == 0, good.stdout + good.stderr
         reloading = expect("RELOADING", "a HUP starts an upgrade")
         assert before <= int(reloading["MONOTONIC_USEC"]) <= monotonic_usec(), reloading
@@ -198,7 +200,7 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
         wait_until(lambda: http_get(port).version == "v2", 10, "the new code to serve")
 
         service.break_code()
-        bad = cli("reload", "--pid", str(server.pid), "--timeout", "60")
+        bad = grace_cli("reload", "--pid", str(server.pid), "--timeout", "60")
         assert bad.returncode == 1, bad.stdout + bad.stderr
         expect("RELOADING", "a broken HUP starts an upgrade")
         rolled_back = expect("READY", "READY=1 before the reload command fails", timeout=0)
