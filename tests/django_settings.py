@@ -1,4 +1,4 @@
-"""Settings for the in-process Django tests in tests/test_django.py (applied there with
+"""Settings for the in-process Django tests in tests/e2e/test_django.py (applied there with
 ``settings.configure``, never through ``DJANGO_SETTINGS_MODULE``), and their URLconf."""
 
 import os

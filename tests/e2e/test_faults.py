@@ -16,6 +16,7 @@ import threading
 
 import pytest
 
+from tests.e2e.test_core_e2e import SERVER, _has_connection, start, write_code
 from tests.helpers import (
     LINUX_PROC,
     PYTHON,
@@ -28,7 +29,6 @@ from tests.helpers import (
     wait_until,
     zombies,
 )
-from tests.test_core_e2e import SERVER, _has_connection, start, write_code
 
 
 @pytest.mark.timeout(60)

@@ -63,7 +63,7 @@ class Service:
 
 
 def core_service(tmp_path) -> Service:
-    from tests.test_core_e2e import SERVER, write_code
+    from tests.e2e.test_core_e2e import SERVER, write_code
 
     write_code(tmp_path, "v1")
     return Service(
@@ -76,7 +76,7 @@ def core_service(tmp_path) -> Service:
 
 
 def flask_service(tmp_path) -> Service:
-    from tests.test_flask import FLASK, seed_app, set_version
+    from tests.e2e.test_flask import FLASK, seed_app, set_version
 
     if not os.path.exists(FLASK):
         pytest.skip("flask is not installed")
@@ -92,7 +92,7 @@ def flask_service(tmp_path) -> Service:
 
 def django_service(tmp_path) -> Service:
     pytest.importorskip("django")
-    from tests.test_django import EXAMPLE, set_version
+    from tests.e2e.test_django import EXAMPLE, set_version
 
     site = tmp_path / "site"
     shutil.copytree(EXAMPLE, site, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
@@ -107,7 +107,7 @@ def django_service(tmp_path) -> Service:
 
 def gunicorn_service(tmp_path) -> Service:
     pytest.importorskip("gunicorn")
-    from tests.test_gunicorn import APPS, Gunicorn, control_socket, version, write_code
+    from tests.e2e.test_gunicorn import APPS, Gunicorn, control_socket, version, write_code
 
     write_code(tmp_path, version("v1"))
     argv = [

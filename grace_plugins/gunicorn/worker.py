@@ -6,7 +6,7 @@ for the design). It is gunicorn's threaded worker (``gthread``) with four change
   requests on idle keep-alive connections with ``Connection: close``, close connections idle past
   ``keepalive`` (not gthread's 2 s linger), give up at ``graceful_timeout``; one log line;
 * a SIGTERM that a reload sent is held until the new generation is ready (then drain) or rolled
-  back (then keep serving), through the records of :mod:`grace_plugins.gunicorn_gate`;
+  back (then keep serving), through the records of :mod:`grace_plugins.gunicorn.gate`;
 * an app that does not load in a new worker, or does not load within the ready timeout, exits
   with :data:`EXIT_NOT_LOADED` instead of gunicorn's 3/4 (which halt the master) as long as
   older workers serve; a respawn that meets broken code waits (exponential back-off) before it
@@ -34,7 +34,7 @@ from gunicorn.workers import gthread
 
 from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import GraceError
-from grace_plugins.gunicorn_gate import (
+from grace_plugins.gunicorn.gate import (
     PENDING,
     PROMOTED,
     ROLLED_BACK,
@@ -44,7 +44,7 @@ from grace_plugins.gunicorn_gate import (
     pid_alive,
     pid_list,
 )
-from grace_plugins.gunicorn_notify import MasterNotifier
+from grace_plugins.gunicorn.notify import MasterNotifier
 from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
@@ -193,7 +193,7 @@ class Worker(gthread.ThreadWorker):
     def age(self) -> int:
         """gunicorn's spawn counter; in the master, older workers that outlived a rolled-back
         generation count as younger than it; and the master looks for the verdict that ends
-        a start or reload for systemd (see :mod:`grace_plugins.gunicorn_notify`).
+        a start or reload for systemd (see :mod:`grace_plugins.gunicorn.notify`).
 
         ``Arbiter.reload()`` waits (up to ``graceful_timeout``, handling no other signal) until
         no worker is older than the reload, and ``manage_workers()`` SIGTERMs the oldest

@@ -8,8 +8,8 @@ reloader on, saving a watched file) starts a new generation on the same socket, 
 finishes its requests only once the new one is ready. Broken new code is rolled back.
 
 The serving itself is werkzeug's: its server classes and request handler
-(:mod:`grace_plugins.werkzeug_server`), its debugger and static-files middleware, its reloader
-loops (:mod:`grace_plugins.werkzeug_reloader`).
+(:mod:`grace_plugins.werkzeug.server`), its debugger and static-files middleware, its reloader
+loops (:mod:`grace_plugins.werkzeug.reloader`).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def check_settings(settings: ServerSettings) -> None:
     :raises TypeError, ValueError: as :func:`run_simple`.
     :raises GraceError: for a certificate that cannot be loaded or a missing library.
     """
-    from grace_plugins.werkzeug_reloader import check_reloader_type
+    from grace_plugins.werkzeug.reloader import check_reloader_type
 
     if not isinstance(settings.port, int):
         raise TypeError("port must be an integer")
@@ -280,7 +280,7 @@ def _serve_function(
     settings: ServerSettings, load_app: Callable[[], WSGIApp]
 ) -> Callable[[GenerationContext], None]:
     def serve(context: GenerationContext) -> None:
-        from grace_plugins.werkzeug_server import (
+        from grace_plugins.werkzeug.server import (
             POLL_INTERVAL,
             make_hot_server,
             wait_for_children,
@@ -323,7 +323,7 @@ def _serve_function(
 def _start_reloader(context: GenerationContext, settings: ServerSettings, since: float) -> None:
     from werkzeug._internal import _log
 
-    from grace_plugins.werkzeug_reloader import HotReloader
+    from grace_plugins.werkzeug.reloader import HotReloader
 
     def on_change(paths: list[str]) -> None:
         if context.stopping:

@@ -29,7 +29,7 @@ from tests.helpers import (
 
 pytest.importorskip("gunicorn")
 
-from grace_plugins.gunicorn_gate import (  # noqa: E402
+from grace_plugins.gunicorn.gate import (  # noqa: E402
     PENDING,
     PROMOTED,
     ROLLED_BACK,
@@ -236,7 +236,7 @@ def test_import_does_not_load_gunicorn():
     code = (
         "import os, sys, grace_plugins; assert 'gunicorn' not in sys.modules;"
         " w = grace_plugins.Worker; assert 'gunicorn' in sys.modules; print(w.__name__);"
-        # only a gunicorn master takes NOTIFY_SOCKET (see grace_plugins.gunicorn_notify)
+        # only a gunicorn master takes NOTIFY_SOCKET (see grace_plugins.gunicorn.notify)
         " assert os.environ['NOTIFY_SOCKET'] == '@not-a-master'"
     )
     out = subprocess.run(

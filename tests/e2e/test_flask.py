@@ -505,7 +505,7 @@ def test_run_simple_rejects_what_werkzeug_rejects(tmp_path):
 
 # -- small pieces, in process -------------------------------------------------------------------
 def test_listen_address_follows_werkzeug():
-    from grace_plugins.werkzeug import listen_address
+    from grace_plugins.werkzeug.serving import listen_address
 
     assert listen_address("localhost", 5000) == "127.0.0.1:5000"  # names bind IPv4
     assert listen_address("::1", 5000) == "[::1]:5000"
@@ -515,7 +515,7 @@ def test_listen_address_follows_werkzeug():
 def test_tracked_handler_keeps_the_users_protocol_version():
     from werkzeug.serving import WSGIRequestHandler
 
-    from grace_plugins.werkzeug_server import tracked_handler
+    from grace_plugins.werkzeug.server import tracked_handler
 
     class OldSchool(WSGIRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -527,7 +527,7 @@ def test_tracked_handler_keeps_the_users_protocol_version():
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("reloader_type", ["stat", "watchdog"])
 def test_reloader_reports_changes_and_honours_exclude_patterns(tmp_path, reloader_type):
-    from grace_plugins.werkzeug_reloader import HotReloader
+    from grace_plugins.werkzeug.reloader import HotReloader
 
     watched, ignored = tmp_path / "settings.cfg", tmp_path / "notes.cfg"
     watched.write_text("a")

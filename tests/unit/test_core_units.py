@@ -329,7 +329,12 @@ def test_program_argv_reproduces_how_python_was_started(tmp_path, argv_tail, exp
         capture_output=True,
         text=True,
         timeout=20,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.path.dirname(
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            ),
+        },
     )
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout.strip().splitlines()[-1])
@@ -348,7 +353,12 @@ def test_non_posix_platform_is_a_clear_error():
         capture_output=True,
         text=True,
         timeout=20,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.path.dirname(
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            ),
+        },
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from grace_plugins.gunicorn_gate import PROMOTED, GateDir, pid_list
+from grace_plugins.gunicorn.gate import PROMOTED, GateDir, pid_list
 from grace_plugins.sdnotify import NOTIFY_VAR, Notifier
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

@@ -23,7 +23,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 DOCS = os.path.join(ROOT, "docs")
 UNITS = os.path.join(DOCS, "systemd")
 SERVICES = sorted(f for f in os.listdir(UNITS) if f.endswith(".service"))

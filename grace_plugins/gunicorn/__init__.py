@@ -15,7 +15,7 @@ What this worker does
     *Generations.* The worker class's constructor runs in the master before every fork; the
     first worker built from a new ``Config`` opens a new generation in a private record
     directory (``mkdtemp``, 0700, removed when the master exits; see
-    :mod:`grace_plugins.gunicorn_gate`). Workers inherit it by fork and leave records there:
+    :mod:`grace_plugins.gunicorn.gate`). Workers inherit it by fork and leave records there:
     boot, ready, failed (with the reason), stopping.
 
     *Readiness-gated reload.* A worker does not act on a SIGTERM in the signal handler: the loop
@@ -42,7 +42,7 @@ What this worker does
     kept; the next HUP tries again).
 
     *Broken code never halts the master.* A new worker whose app does not load exits with
-    :data:`~grace_plugins.gunicorn_worker.EXIT_NOT_LOADED` (75), not gunicorn's 3/4, as long
+    :data:`~grace_plugins.gunicorn.worker.EXIT_NOT_LOADED` (75), not gunicorn's 3/4, as long
     as some worker of this master was ever ready; the first one logs the traceback once. An
     import that hangs is bounded by gunicorn's ``timeout`` (the worker logs where it was stuck
     and exits). After a rollback the code on disk is still broken: a worker gunicorn respawns
@@ -58,9 +58,9 @@ What this worker does
 
     *systemd.* The master, not gunicorn's arbiter alone, speaks the notify protocol:
     ``READY=1`` once the first generation is ready, ``RELOADING=1``/``READY=1`` around every
-    HUP, ``STOPPING=1`` on a stop (see :mod:`grace_plugins.gunicorn_notify`).
+    HUP, ``STOPPING=1`` on a stop (see :mod:`grace_plugins.gunicorn.notify`).
 
-    *Drain.* See :mod:`grace_plugins.gunicorn_worker`: close this worker's listener copies
+    *Drain.* See :mod:`grace_plugins.gunicorn.worker`: close this worker's listener copies
     (never ``shutdown()``, the listener is shared), finish in-flight requests, answer requests on
     idle keep-alive connections with ``Connection: close``, close connections idle past
     ``keepalive``, stop at ``graceful_timeout``, log one line with the counts and the time.
@@ -86,6 +86,6 @@ Limits
 
 from __future__ import annotations
 
-from grace_plugins.gunicorn_worker import EXIT_NOT_LOADED, Worker
+from grace_plugins.gunicorn.worker import EXIT_NOT_LOADED, Worker
 
 __all__ = ["EXIT_NOT_LOADED", "Worker"]

@@ -23,7 +23,7 @@ from flask.cli import show_server_banner as _show_flask_banner
 from flask.helpers import get_debug_flag
 
 from grace_plugins.errors import ExitCode
-from grace_plugins.werkzeug import ServerSettings, serve_with_upgrades
+from grace_plugins.werkzeug.serving import ServerSettings, serve_with_upgrades
 
 __all__ = ["hotrun_command"]
 
