@@ -15,23 +15,34 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # the harness is shared with the tests (tests/harness)
+    sys.path.insert(0, ROOT)
+
+from tests.harness import (  # noqa: E402
+    BODY,
+    FAILURE_KINDS,  # noqa: F401 (the bench scripts take it from here)
+    INHERITED_VARS,
+    LoadEngine,
+    Outcome,
+    ServerProcess,
+    classify,  # noqa: F401 (the bench scripts take it from here)
+    http_get,
+    server_env,
+    write_bench_code,
+)
+
 APPS = os.path.join(HERE, "apps")
-BODY = re.compile(r"ospid:(\d+) version:(\S+)")
-FAILURE_KINDS = ("refused", "reset", "timeout", "5xx", "truncated", "other")
 #: A client that failed waits this long before its next request.
 FAILURE_PAUSE = 0.05
 
@@ -83,28 +94,11 @@ class Timeline:
         )
 
 
-def classify(exc: BaseException) -> str:
-    """Name a client-side failure: refused, reset, timeout, truncated or other."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return "reset"
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timeout"
-    if isinstance(exc, http.client.RemoteDisconnected | http.client.IncompleteRead):
-        return "truncated"
-    return "other"
-
-
-# -- the load -------------------------------------------------------------------------------------
-class Load:
-    """Client threads on 127.0.0.1, bounded in time and count, recording every request.
-
-    * ``fresh`` threads open a new connection per request;
-    * ``keepalive`` threads reuse one HTTP/1.1 connection and never retry: a failed request
-      counts, then a new connection is opened (also when the server said ``Connection: close``);
-    * ``slow`` threads send ``?sleep=slow_seconds`` requests, which are in flight across upgrades.
-    """
+# -- the load: the harness's clients, each request kept as a timeline sample -----------------------
+class Load(LoadEngine):
+    """Client threads on 127.0.0.1 (see ``tests/harness/load.py``), bounded in time and count,
+    recording every request in *timeline* (times from *t0*). A failed client pauses
+    ``FAILURE_PAUSE`` before its next request, as a real client would."""
 
     def __init__(
         self,
@@ -120,115 +114,44 @@ class Load:
         max_seconds: float = 120.0,
         max_requests: int = 100_000,
     ) -> None:
-        self.port = port
+        super().__init__(
+            port,
+            fresh=fresh,
+            keepalive=keepalive,
+            slow=slow,
+            slow_seconds=slow_seconds,
+            timeout=timeout,
+            failure_pause=FAILURE_PAUSE,
+            max_seconds=max_seconds,
+            max_requests=max_requests,
+        )
         self.t0 = t0
         self.timeline = timeline
-        self.slow_seconds = slow_seconds
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + max_seconds
-        self._max_requests = max_requests
-        self._threads = (
-            [threading.Thread(target=self._fresh, daemon=True) for _ in range(fresh)]
-            + [threading.Thread(target=self._keepalive, daemon=True) for _ in range(keepalive)]
-            + [threading.Thread(target=self._slow, daemon=True) for _ in range(slow)]
-        )
 
     def start(self) -> None:
         self.timeline.load_start = time.monotonic() - self.t0
-        for thread in self._threads:
-            thread.start()
+        super().start()
 
     def stop(self) -> None:
         """Stop the clients; each finishes (or times out) its request in flight."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + self.slow_seconds + 5.0)
+        super().stop()
         self.timeline.load_end = time.monotonic() - self.t0
 
-    def _running(self) -> bool:
-        return (
-            not self._stop.is_set()
-            and time.monotonic() < self._deadline
-            and len(self.timeline.samples) < self._max_requests
-        )
+    def record(self, outcome: Outcome) -> None:
+        start, end = outcome.start - self.t0, outcome.end - self.t0
+        resp = outcome.response
+        if outcome.failure or resp is None:
+            sample = Sample(
+                outcome.kind, start, end, failure=outcome.failure, detail=outcome.detail
+            )
+        else:
+            sample = Sample(outcome.kind, start, end, resp.pid, resp.version)
+            if outcome.kind == "slow":
+                self.timeline.slow_completed += 1
+        self.timeline.samples.append(sample)
 
-    def _now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def _add(self, sample: Sample) -> None:
-        with self._lock:
-            self.timeline.samples.append(sample)
-
-    def _answer(self, kind: str, start: float, status: int, body: str) -> Sample:
-        end = self._now()
-        found = BODY.search(body)
-        if status >= 500 or not found:
-            return Sample(kind, start, end, failure="5xx", detail=f"{status} {body[:60]!r}")
-        return Sample(kind, start, end, int(found.group(1)), found.group(2))
-
-    def _get(self, kind: str, path: str, timeout: float) -> Sample:
-        start = self._now()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read().decode("utf-8", "replace")
-            return self._answer(kind, start, resp.status, body)
-        except Exception as exc:
-            return Sample(kind, start, self._now(), failure=classify(exc), detail=repr(exc)[:120])
-        finally:
-            conn.close()
-
-    def _pause_after(self, sample: Sample) -> None:
-        """After a failure, wait a little as a real client would: a refused port is not
-        hammered thousands of times, so counts stay comparable between servers."""
-        if sample.failure:
-            self._stop.wait(FAILURE_PAUSE)
-
-    def _fresh(self) -> None:
-        while self._running():
-            sample = self._get("fresh", "/hello", self.timeout)
-            self._add(sample)
-            self._pause_after(sample)
-
-    def _keepalive(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while self._running():
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            start = self._now()
-            try:
-                conn.request("GET", "/hello")
-                resp = conn.getresponse()
-                body = resp.read().decode("utf-8", "replace")
-                self._add(self._answer("keepalive", start, resp.status, body))
-                if resp.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as exc:  # no retry: the failure counts
-                failed = Sample(
-                    "keepalive", start, self._now(), failure=classify(exc), detail=repr(exc)[:120]
-                )
-                self._add(failed)
-                conn.close()
-                conn = None
-                self._pause_after(failed)
-        if conn is not None:
-            conn.close()
-
-    def _slow(self) -> None:
-        path = f"/hello?sleep={self.slow_seconds}"
-        while self._running():
-            with self._lock:
-                self.timeline.slow_started += 1
-            sample = self._get("slow", path, self.timeout + self.slow_seconds)
-            self._add(sample)
-            self._pause_after(sample)
-            if not sample.failure:
-                with self._lock:
-                    self.timeline.slow_completed += 1
+    def slow_started(self) -> None:
+        self.timeline.slow_started += 1
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -241,21 +164,7 @@ def free_port() -> int:
 
 def write_code(app_dir: str, version: str, import_seconds: float) -> None:
     """Write ``benchcode.py``, the code under upgrade, with a new mtime (reloaders poll it)."""
-    path = os.path.join(app_dir, "benchcode.py")
-    text = (
-        '"""The code under upgrade (written by bench/run.py)."""\n\n'
-        "import time\n\n"
-        f"VERSION = {version!r}\n"
-        f"IMPORT_SECONDS = {import_seconds!r}\n"
-        "time.sleep(IMPORT_SECONDS)\n"
-    )
-    old_mtime = os.stat(path).st_mtime if os.path.exists(path) else 0.0
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)  # a reader never sees half a file
-    mtime = max(time.time(), old_mtime + 1.0)
-    os.utime(path, (mtime, mtime))
+    write_bench_code(app_dir, version, import_seconds)
 
 
 def make_app_dir(import_seconds: float) -> str:
@@ -269,20 +178,9 @@ def make_app_dir(import_seconds: float) -> str:
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
+    env = server_env(extra)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-    for name in (
-        "GRACE_PLUGINS_HANDOFF",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "NOTIFY_SOCKET",
-        "WERKZEUG_SERVER_FD",
-        "WERKZEUG_RUN_MAIN",
-        "RUN_MAIN",
-    ):
+    for name in INHERITED_VARS:
         env.pop(name, None)
     env.update(extra or {})
     return env
@@ -312,29 +210,17 @@ def import_seconds(app_dir: str, code: str, env: dict[str, str], repeat: int = 1
     return best
 
 
-class Server:
-    """A server process started in its own session, its output in a log file."""
+class Server(ServerProcess):
+    """A server process started in its own session, its output in a log file; stopping it
+    kills only what it started (the harness records its descendants by pid and start time)."""
 
     def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: str) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
+        super().__init__(argv, cwd=cwd, full_env=env, log_path=log_path)
         self.seen_pids: set[int] = set()
 
-    def output(self, tail: int = 4000, quiet: bool = False) -> str:
+    def output(self, tail: int = 4000, quiet: bool = False) -> str:  # type: ignore[override]
         """The end of the server's output; *quiet* drops per-request access log lines."""
-        with open(self.log_path, "rb") as handle:
-            text = handle.read().decode("utf-8", "replace")
+        text = super().output()
         if quiet:
             text = "\n".join(ln for ln in text.splitlines() if '"GET /' not in ln)
         return text[-tail:]
@@ -346,12 +232,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.output()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                try:
-                    conn.request("GET", "/hello")
-                    found = BODY.search(conn.getresponse().read().decode("utf-8", "replace"))
-                finally:
-                    conn.close()
+                found = BODY.search(http_get(port, timeout=2).body)
+                self.owned.scan()
                 if found:
                     self.seen_pids.add(int(found.group(1)))
                     return int(found.group(1)), found.group(2)
@@ -359,31 +241,12 @@ class Server:
         raise RuntimeError(f"server did not answer within {timeout:g} s:\n{self.output()}")
 
     def signal(self, sig: int) -> None:
+        self.owned.scan()
         os.kill(self.pid, sig)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL the process group and every pid that answered."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        for pid in [self.pid, *self.seen_pids]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if pid != self.pid and _is_ours(pid):
-                    os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._log.close()
-
-
-def _is_ours(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
-    except OSError:
-        return False
+    def stop(self, timeout: float = 20.0) -> None:  # type: ignore[override]
+        """SIGTERM, then SIGKILL of every process this server started (recorded, not guessed)."""
+        self.close(grace=timeout)
 
 
 # -- one run --------------------------------------------------------------------------------------

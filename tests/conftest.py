@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.harness import ServerProcess
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -22,7 +22,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def app_dir(tmp_path):
     """A directory holding the core test server's upgradable code (``appcode.py``, v1)."""
-    from tests.e2e.test_core_e2e import write_code
+    from tests.harness import write_code
 
     write_code(tmp_path)
     return tmp_path

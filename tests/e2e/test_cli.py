@@ -9,7 +9,7 @@ import pytest
 
 from grace_plugins.state import state_dir
 from tests.e2e.test_core_e2e import SERVER, write_code
-from tests.helpers import PYTHON, grace_cli, http_get, wait_served_by
+from tests.harness import PYTHON, grace_cli, http_get, wait_served_by
 
 pytestmark = pytest.mark.timeout(60)
 

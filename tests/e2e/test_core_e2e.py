@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from tests.helpers import (
+from tests.harness import (
     PYTHON,
     ROOT,
     Load,
@@ -28,22 +27,12 @@ from tests.helpers import (
     http_get,
     wait_served_by,
     wait_until,
+    write_code,
     zombies,
 )
 
 SERVER = os.path.join(ROOT, "tests", "apps", "core_server.py")
-PROBE = (
-    "import os, json; fds = sorted(int(f) for f in os.listdir('/proc/self/fd'));"
-    " print(json.dumps({'fds': fds, 'env': [k for k in os.environ"
-    " if k.startswith(('GRACE_PLUGINS_', 'LISTEN_'))]}))"
-)
 LINUX = os.path.isdir("/proc/self/fd")
-
-
-def write_code(directory, version="v1", body=""):
-    code = f"VERSION = {version!r}\nCHILD_PROBE = {PROBE!r}\n{body}\n"
-    (directory / "appcode.py").write_text(code)
-    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
 
 
 def start(

@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.harness import ROOT
 
 DOCS = os.path.join(ROOT, "docs")
 UNITS = os.path.join(DOCS, "systemd")

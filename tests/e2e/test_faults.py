@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from tests.e2e.test_core_e2e import SERVER, _has_connection, start, write_code
-from tests.helpers import (
+from tests.harness import (
     LINUX_PROC,
     PYTHON,
     Load,

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from tests.helpers import (
+from tests.harness import (
     PYTHON,
     READY_LINE,
     ROOT,

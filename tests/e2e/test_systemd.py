@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers import (
+from tests.harness import (
     PYTHON,
     NotifySocket,
     ServerProcess,
