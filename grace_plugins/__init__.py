@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from grace_plugins.errors import ExitCode, GraceError
-from grace_plugins.supervisor import Options
+from grace_plugins.options import Options
 
 __version__ = "0.1.0"
 __all__ = ["ExitCode", "GraceError", "Options", "Worker", "run_simple", "__version__"]

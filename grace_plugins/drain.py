@@ -23,6 +23,8 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from grace_plugins.options import DEFAULTS
+
 
 @dataclass
 class DrainReport:
@@ -47,7 +49,7 @@ class _Connection:
 class ConnectionTracker:
     """Counts connections (active vs idle keep-alive); thread-safe."""
 
-    def __init__(self, keepalive_timeout: float = 5.0) -> None:
+    def __init__(self, keepalive_timeout: float = DEFAULTS.keepalive_timeout) -> None:
         self.keepalive_timeout = keepalive_timeout
         self._lock = threading.Condition()
         self._connections: dict[Hashable, _Connection] = {}

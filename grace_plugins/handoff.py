@@ -21,6 +21,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from grace_plugins.errors import GraceError
+from grace_plugins.options import DEFAULTS
 
 HANDOFF_VAR = "GRACE_PLUGINS_HANDOFF"
 FORMAT_VERSION = 1
@@ -38,9 +39,9 @@ class Handoff:
     listeners: list[tuple[str, int]]
     #: The private channel to the supervisor (readiness, upgrade requests, drain orders).
     channel_fd: int
-    ready_timeout: float = 30.0
-    drain_timeout: float = 30.0
-    keepalive_timeout: float = 5.0
+    ready_timeout: float = DEFAULTS.ready_timeout
+    drain_timeout: float = DEFAULTS.drain_timeout
+    keepalive_timeout: float = DEFAULTS.keepalive_timeout
 
     def encode(self) -> str:
         """Return the variable's value."""
@@ -119,9 +120,9 @@ def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | N
             generation=int(data.get("generation", 0)),
             listeners=pairs,
             channel_fd=_fd(data.get("channel"), "channel"),
-            ready_timeout=float(data.get("ready_timeout", 30.0)),
-            drain_timeout=float(data.get("drain_timeout", 30.0)),
-            keepalive_timeout=float(data.get("keepalive_timeout", 5.0)),
+            ready_timeout=float(data.get("ready_timeout", DEFAULTS.ready_timeout)),
+            drain_timeout=float(data.get("drain_timeout", DEFAULTS.drain_timeout)),
+            keepalive_timeout=float(data.get("keepalive_timeout", DEFAULTS.keepalive_timeout)),
         )
     except (TypeError, ValueError) as exc:
         raise _bad(f"has an invalid value ({exc})") from None

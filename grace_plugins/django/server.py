@@ -131,7 +131,7 @@ def hot_server_class(
         "on_serving": staticmethod(on_serving),
         "daemon_threads": True,
     }
-    return type("WSGIServer", (*bases, base), attributes)  # type: ignore[return-value]
+    return type("WSGIServer", (*bases, base), attributes)
 
 
 def stop_soon(server: socketserver.BaseServer) -> Callable[[], None]:

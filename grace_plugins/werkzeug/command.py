@@ -3,8 +3,9 @@
 Registered through the ``flask.commands`` entry point, so every ``flask`` CLI (and every
 :class:`~flask.cli.FlaskGroup` script) has it. Its options are ``flask run``'s own option
 objects, copied (same names, defaults, help texts and checks, such as ``--cert``/``--key``),
-plus ``--pidfile``, ``--ready-timeout`` and ``--drain-timeout``. Each option also reads the
-``FLASK_RUN_*`` variable that ``flask run`` reads, after ``FLASK_HOTRUN_*``.
+plus the grace settings of :mod:`grace_plugins.options` (``--pidfile``, ``--ready-timeout``,
+``--drain-timeout``...). Each ``flask run`` option also reads the ``FLASK_RUN_*`` variable that
+``flask run`` reads, after ``FLASK_HOTRUN_*``.
 
 The process ``flask hotrun`` starts is the supervisor: it never imports the app, so a broken
 app cannot bring it down. Each generation re-runs the same command line and loads the app
@@ -23,6 +24,7 @@ from flask.cli import show_server_banner as _show_flask_banner
 from flask.helpers import get_debug_flag
 
 from grace_plugins.errors import ExitCode
+from grace_plugins.options import BY_NAME, SETTINGS, InvalidValue, Setting, options_from
 from grace_plugins.werkzeug.serving import ServerSettings, serve_with_upgrades
 
 __all__ = ["hotrun_command"]
@@ -40,34 +42,46 @@ def _run_options() -> list[click.Parameter]:
     return params
 
 
-_GRACE_OPTIONS = [
-    click.Option(
-        ["--pidfile"],
-        type=click.Path(dir_okay=False, writable=True),
-        default=None,
-        help="Write the pid to signal (the supervisor's) to this file; removed on exit.",
-    ),
-    click.Option(
-        ["--ready-timeout"],
-        type=click.FloatRange(min=0, min_open=True),
-        default=30.0,
-        show_default=True,
-        help="Seconds new code has to load and serve before the upgrade is rolled back.",
-    ),
-    click.Option(
-        ["--drain-timeout"],
-        type=click.FloatRange(min=0),
-        default=30.0,
-        show_default=True,
-        help="Seconds the old code has to finish its requests after an upgrade.",
-    ),
-]
+class _SettingType(click.ParamType):
+    """A shared setting's parser as a click type: click frames its message ("Invalid value
+    for '--drain-timeout': must be ...") as argparse and run_simple frame the same text."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.name = setting.metavar.lower() or setting.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.setting.parse(value)
+        except InvalidValue as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _grace_options() -> list[click.Parameter]:
+    """``--pidfile``, the timeouts, ``--ready-path``, ``--warm/--no-warm``... from the
+    options module (one default, check and help text for every adapter)."""
+    params: list[click.Parameter] = []
+    for setting in SETTINGS:
+        if setting.is_switch:
+            params.append(click.Option([setting.flag], default=setting.default, help=setting.help))
+        else:
+            params.append(
+                click.Option(
+                    [setting.flag],
+                    type=_SettingType(setting),
+                    default=setting.default,
+                    show_default=setting.default is not None,
+                    metavar=setting.metavar,
+                    help=setting.help,
+                )
+            )
+    return params
 
 
 @click.command(
     "hotrun",
     short_help="Run a development server; kill -HUP upgrades it without downtime.",
-    params=[*_run_options(), *_GRACE_OPTIONS],
+    params=[*_run_options(), *_grace_options()],
 )
 @pass_script_info
 def hotrun_command(
@@ -80,10 +94,7 @@ def hotrun_command(
     cert: Any,
     extra_files: list[str] | None,
     exclude_patterns: list[str] | None,
-    pidfile: str | None,
-    ready_timeout: float,
-    drain_timeout: float,
-    **unsupported: Any,
+    **rest: Any,
 ) -> None:
     """Run a local development server that upgrades without downtime.
 
@@ -98,7 +109,8 @@ def hotrun_command(
     The reloader and debugger are enabled by default with the '--debug'
     option.
     """
-    given = sorted(name for name, value in unsupported.items() if value not in (None, False))
+    grace = options_from(**{name: rest.pop(name) for name in BY_NAME})
+    given = sorted(name for name, value in rest.items() if value not in (None, False))
     if given:
         raise click.UsageError(
             f"hotrun does not support {', '.join(given)} yet: use 'flask run' for that."
@@ -113,9 +125,7 @@ def hotrun_command(
         ssl_context=cert,
         extra_files=extra_files,
         exclude_patterns=exclude_patterns,
-        pidfile=pidfile,
-        ready_timeout=ready_timeout,
-        drain_timeout=drain_timeout,
+        grace=grace,
     )
     serve_with_upgrades(
         settings,

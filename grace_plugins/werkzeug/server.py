@@ -74,7 +74,7 @@ def tracked_handler(handler: type[WSGIRequestHandler] | None) -> type[WSGIReques
         if "protocol_version" in vars(base)
         else {}
     )
-    return type(f"Hot{base.__name__}", (TrackedHandlerMixin, base), own)  # type: ignore[return-value]
+    return type(f"Hot{base.__name__}", (TrackedHandlerMixin, base), own)
 
 
 def werkzeug_host(listener: socket.socket) -> tuple[str, int]:
@@ -121,7 +121,7 @@ def make_hot_server(
         )
     else:
         server = HotBaseWSGIServer(host, port, app, handler, passthrough_errors, ssl_context, fd=fd)
-    server.tracker = tracker  # type: ignore[attr-defined]
+    server.tracker = tracker
     # TLS wrapping re-applies a blocking timeout to the listener, clearing O_NONBLOCK on the
     # file every generation shares; a lost accept() race would then block this serve loop.
     server.socket.setblocking(False)

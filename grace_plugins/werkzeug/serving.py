@@ -20,12 +20,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from grace_plugins import runner
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.generation import GenerationContext
-from grace_plugins.supervisor import Options
+from grace_plugins.options import DEFAULTS, Options, options_from
 
 __all__ = ["ServerSettings", "run_simple", "serve_with_upgrades"]
 
@@ -51,9 +51,8 @@ class ServerSettings:
     static_files: dict[str, Any] | None = None
     passthrough_errors: bool = False
     ssl_context: Any = None
-    pidfile: str | None = None
-    ready_timeout: float = 30.0
-    drain_timeout: float = 30.0
+    #: The grace settings shared with the other adapters (checked by the options module).
+    grace: Options = DEFAULTS
 
 
 def run_simple(
@@ -75,8 +74,13 @@ def run_simple(
     ssl_context: Any = None,
     *,
     pidfile: str | None = None,
-    ready_timeout: float = 30.0,
-    drain_timeout: float = 30.0,
+    ready_timeout: float = DEFAULTS.ready_timeout,
+    drain_timeout: float = DEFAULTS.drain_timeout,
+    keepalive_timeout: float = DEFAULTS.keepalive_timeout,
+    upgrade_interval: float = DEFAULTS.upgrade_interval,
+    max_draining: int = DEFAULTS.max_draining,
+    ready_path: str | None = DEFAULTS.ready_path,
+    warm: bool = DEFAULTS.warm,
 ) -> None:
     """Serve *application* like :func:`werkzeug.serving.run_simple`, upgradable without
     downtime by ``kill -HUP <pid>`` (the pid the banner shows: this process's).
@@ -88,16 +92,28 @@ def run_simple(
     :param use_reloader: also upgrade when a watched file changes (werkzeug's ``stat`` or
         ``watchdog`` loop chooses the files; ``extra_files``, ``exclude_patterns``,
         ``reloader_interval`` and ``reloader_type`` keep their meaning).
-    :param pidfile: write the supervisor's pid there (atomically), removed on exit.
-    :param ready_timeout: seconds a new generation has to import the app and serve; after
-        that (or if it fails) the upgrade is rolled back and the old code keeps serving.
-    :param drain_timeout: seconds an old generation has to finish its requests.
+    The keyword-only grace settings (``pidfile``, ``ready_timeout``, ``drain_timeout``,
+    ``keepalive_timeout``, ``upgrade_interval``, ``max_draining``, ``ready_path``, ``warm``)
+    mean what the flags of ``flask hotrun`` mean (:data:`grace_plugins.options.SETTINGS`).
     :raises TypeError: if *port* is not an integer.
     :raises ValueError: for ``threaded`` with ``processes > 1``, or an unknown
         ``reloader_type``.
-    :raises SystemExit: with status 2 and a one-line ``Error:`` for an unusable address or
-        certificate, 4 when the app fails to start.
+    :raises SystemExit: with status 2 and a one-line ``Error:`` for an unusable address,
+        certificate or grace setting, 4 when the app fails to start.
     """
+    try:
+        grace = options_from(
+            pidfile=pidfile,
+            ready_timeout=ready_timeout,
+            drain_timeout=drain_timeout,
+            keepalive_timeout=keepalive_timeout,
+            upgrade_interval=upgrade_interval,
+            max_draining=max_draining,
+            ready_path=ready_path,
+            warm=warm,
+        )
+    except GraceError as exc:
+        _usage_error(exc)
     settings = ServerSettings(
         hostname,
         port,
@@ -114,9 +130,7 @@ def run_simple(
         static_files=static_files,
         passthrough_errors=passthrough_errors,
         ssl_context=ssl_context,
-        pidfile=pidfile,
-        ready_timeout=ready_timeout,
-        drain_timeout=drain_timeout,
+        grace=grace,
     )
     serve_with_upgrades(settings, lambda: application)
 
@@ -138,8 +152,7 @@ def serve_with_upgrades(
     try:
         check_settings(settings)
     except GraceError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(ExitCode.USAGE)
+        _usage_error(exc)
     if not runner.is_generation():
         if before_start is not None:
             before_start()
@@ -147,23 +160,22 @@ def serve_with_upgrades(
             # As in werkzeug, the process that serves (and only it) runs "from the reloader":
             # the debugger prints its PIN there, and apps that start things once can tell.
             os.environ["WERKZEUG_RUN_MAIN"] = "true"
-    options = Options(
-        ready_timeout=settings.ready_timeout,
-        drain_timeout=settings.drain_timeout,
-        pidfile=settings.pidfile,
-    )
     try:
         code = runner.run(
             _serve_function(settings, load_app),
             [listen_address(settings.hostname, settings.port)],
-            options,
+            settings.grace,
             on_listening=lambda names: print_banner(settings, names),
         )
     except GraceError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(ExitCode.USAGE)
+        _usage_error(exc)
     if code:
         sys.exit(code)
+
+
+def _usage_error(exc: GraceError) -> NoReturn:
+    print(f"Error: {exc}", file=sys.stderr)
+    sys.exit(ExitCode.USAGE)
 
 
 def check_settings(settings: ServerSettings) -> None:

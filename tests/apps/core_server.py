@@ -14,7 +14,7 @@ from socketserver import ThreadingMixIn
 from urllib.parse import parse_qs, urlsplit
 
 from grace_plugins.runner import run_or_exit
-from grace_plugins.supervisor import Options
+from grace_plugins.options import Options
 from grace_plugins.tracked_server import TrackedHandlerMixin, TrackedServerMixin
 
 

@@ -20,7 +20,6 @@ program and re-binds the port on every change, ``runhot`` calls :func:`grace_plu
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -36,8 +35,9 @@ from django.core.servers.basehttp import WSGIServer
 from grace_plugins.django.reloader import HotWatcher
 from grace_plugins.django.server import hot_server_class, stop_soon
 from grace_plugins.generation import GenerationContext
+from grace_plugins.options import BY_NAME, options_from
+from grace_plugins.options import add_arguments as add_grace_arguments
 from grace_plugins.runner import run_or_exit
-from grace_plugins.supervisor import Options
 
 if apps.is_installed("django.contrib.staticfiles"):
     # As Django does for "runserver": staticfiles' variant (--nostatic, --insecure) wins.
@@ -53,16 +53,6 @@ logger = logging.getLogger("django.utils.autoreload")
 WATCH_START_TIMEOUT = 10.0
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
 class Command(RunserverCommand):
     help = (
         f"{RunserverCommand.help} Upgrades to new code without dropping a request: kill -HUP"
@@ -70,39 +60,18 @@ class Command(RunserverCommand):
     )
 
     context: GenerationContext | None = None
+    server_cls: type[WSGIServer]  # runserver's class attribute; a generation replaces it
     _use_reloader = False
 
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
-        parser.add_argument(
-            "--pidfile",
-            help="Write the pid to signal (kill -HUP to upgrade) to this file.",
-        )
-        parser.add_argument(
-            "--ready-timeout",
-            type=_seconds,
-            default=30.0,
-            metavar="SECONDS",
-            help="Seconds new code has to load and pass the system checks before the upgrade"
-            " is rolled back (default: 30).",
-        )
-        parser.add_argument(
-            "--drain-timeout",
-            type=_seconds,
-            default=30.0,
-            metavar="SECONDS",
-            help="Seconds the old code has to finish its requests after an upgrade (default: 30).",
-        )
+        add_grace_arguments(parser)
 
     # -- both roles ----------------------------------------------------------------------------
     def run(self, **options: Any) -> None:
         """Supervise (started by the user) or serve (started by the supervisor); never
         returns: exits with the supervisor's status, or when the generation has drained."""
-        grace = Options(
-            ready_timeout=options["ready_timeout"],
-            drain_timeout=options["drain_timeout"],
-            pidfile=options["pidfile"],
-        )
+        grace = options_from(**{name: options[name] for name in BY_NAME})
         serve = functools.partial(self.serve_generation, options=options)
         run_or_exit(serve, [self.listen_address()], grace)
 
