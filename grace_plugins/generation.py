@@ -37,7 +37,10 @@ from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.handoff import Handoff
 from grace_plugins.log import configure
+from grace_plugins.readycheck import NotReady, WSGIApp, check_ready
 
+#: Seconds of the ready timeout kept back from the ready check (see ``check_ready``).
+READY_CHECK_MARGIN = 0.5
 _STOP = "stop"
 _UPGRADE = "upgrade"
 
@@ -54,6 +57,7 @@ class GenerationContext:
         self.generation = handoff.generation
         self.supervisor_pid = handoff.supervisor_pid
         self.drain_timeout = handoff.drain_timeout
+        self.ready_timeout = handoff.ready_timeout
         self.listeners = listeners
         self.listener_names = [name for name, _ in handoff.listeners]
         self.tracker = ConnectionTracker(keepalive_timeout=handoff.keepalive_timeout)
@@ -78,6 +82,25 @@ class GenerationContext:
         self._is_ready = True
         self._keep_listeners_nonblocking()
         self._send(msg.READY)
+
+    def check_ready(
+        self, app: WSGIApp, path: str, *, host: str, port: int, scheme: str = "http"
+    ) -> None:
+        """Run the ready check (:func:`grace_plugins.readycheck.check_ready`) before
+        :meth:`ready`, bounded by what is left of the ready timeout (less a margin, so that
+        the generation, not the supervisor's deadline, says what the check got).
+
+        :raises NotReady: the check failed; raising it from ``serve`` rolls the upgrade back.
+        """
+        left = self.started + self.ready_timeout - time.monotonic() - READY_CHECK_MARGIN
+        began = time.monotonic()
+        status = check_ready(app, path, host=host, port=port, timeout=max(left, 0.1), scheme=scheme)
+        self.logger.info(
+            "ready check GET %s answered %d in %d ms",
+            path,
+            status,
+            (time.monotonic() - began) * 1000,
+        )
 
     def request_upgrade(self, reason: str) -> None:
         """Ask the supervisor to start the next generation (a file changed, a HUP arrived)."""
@@ -230,7 +253,7 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
         if isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping:
             pass
         else:
-            if not isinstance(exc, SystemExit):
+            if not isinstance(exc, (SystemExit, NotReady)):  # NotReady printed its own
                 traceback.print_exc()
             code = ExitCode.APP_LOAD_ERROR if not context._is_ready else 1
             logger.error(
@@ -269,4 +292,6 @@ def _exit(code: int) -> NoReturn:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"it called sys.exit({exc.code!r})"
+    if isinstance(exc, GraceError):  # our own one-line message (e.g. the ready check's)
+        return str(exc)
     return f"{type(exc).__name__}: {exc}".strip()

@@ -26,6 +26,7 @@ from grace_plugins import runner
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.generation import GenerationContext
 from grace_plugins.options import DEFAULTS, Options, options_from
+from grace_plugins.readycheck import host_and_port
 
 __all__ = ["ServerSettings", "run_simple", "serve_with_upgrades"]
 
@@ -320,6 +321,10 @@ def _serve_function(
         )
         context.add_listener_copy(server.socket)  # werkzeug serves a dup of the listener
         context.on_stop(server.shutdown)
+        if settings.grace.ready_path:
+            host, port = host_and_port(context.listeners[0])
+            scheme = "https" if settings.ssl_context is not None else "http"
+            context.check_ready(app, settings.grace.ready_path, host=host, port=port, scheme=scheme)
         context.ready()
         if settings.use_reloader:
             _start_reloader(context, settings, loading_since)

@@ -37,6 +37,7 @@ from grace_plugins.django.server import hot_server_class, stop_soon
 from grace_plugins.generation import GenerationContext
 from grace_plugins.options import BY_NAME, options_from
 from grace_plugins.options import add_arguments as add_grace_arguments
+from grace_plugins.readycheck import host_and_port
 from grace_plugins.runner import run_or_exit
 
 if apps.is_installed("django.contrib.staticfiles"):
@@ -156,6 +157,11 @@ class Command(RunserverCommand):
             context.on_stop(watcher.stop)
             if not watcher.start(WATCH_START_TIMEOUT):
                 logger.warning("The autoreloader has not scanned the files yet; serving anyway.")
+        if options["ready_path"]:
+            host, port = host_and_port(context.listeners[0])
+            context.check_ready(
+                server.get_app(), options["ready_path"], host=allowed_host(host), port=port
+            )
         context.ready()
 
     def files_changed(self, context: GenerationContext, paths: list[str]) -> None:
@@ -165,3 +171,18 @@ class Command(RunserverCommand):
         more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
         logger.info("%s changed%s, upgrading.", paths[0], more)
         context.request_upgrade(f"file changed: {paths[0]}{more}")
+
+
+def allowed_host(host: str) -> str:
+    """A ``Host`` for the ready check that ``ALLOWED_HOSTS`` accepts (else Django answers 400
+    without running a view): the listener's own address if allowed, else the first name the
+    setting gives."""
+    from django.http.request import validate_host
+
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:  # what Django itself allows in that case
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    if validate_host(host, allowed):
+        return host
+    names = [name.lstrip(".") for name in allowed if name != "*" and name.lstrip(".")]
+    return names[0] if names else host
