@@ -1,0 +1,238 @@
+"""What the supervisor's rules (:mod:`grace_plugins.rules`) can decide, and what they hear.
+
+Events go in, actions come out; both are plain data, so the rules are tested without a
+process and the loop (:mod:`grace_plugins.supervisor`) is the only code with effects. Every
+event carries ``now`` (``time.monotonic()`` in the loop, a fake clock in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Begin:
+    """The loop is ready: start the first generation (or upgrade the adopted one)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class SignalEvent:
+    """A signal reached the supervisor (HUP, TERM, INT, USR2)."""
+
+    now: float
+    signum: int
+
+
+@dataclass(frozen=True)
+class UpgradeAsked:
+    """A generation asked for an upgrade over its channel (a HUP reached it, a file changed)."""
+
+    now: float
+    number: int
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A generation said ``ready`` over its channel."""
+
+    now: float
+    number: int
+
+
+@dataclass(frozen=True)
+class ChannelClosed:
+    """A generation's channel reached end of file (it is exiting, or closed it)."""
+
+    now: float
+    number: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A generation's process exited (``returncode`` as ``Popen``: negative for a signal)."""
+
+    now: float
+    number: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """The :class:`Spawn` just asked for succeeded."""
+
+    now: float
+    number: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    """The :class:`Spawn` just asked for failed (``OSError`` text)."""
+
+    now: float
+    number: int
+    error: str
+
+
+@dataclass(frozen=True)
+class ReexecRefused:
+    """The :class:`Reexec` asked for did not happen: the new program failed its preflight."""
+
+    now: float
+    why: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed: check the deadlines."""
+
+    now: float
+
+
+Event = (
+    Begin
+    | SignalEvent
+    | UpgradeAsked
+    | Ready
+    | ChannelClosed
+    | Exited
+    | Spawned
+    | SpawnFailed
+    | ReexecRefused
+    | Tick
+)
+
+# -- actions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start generation *number*; answer with :class:`Spawned` or :class:`SpawnFailed`."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Tell a generation to drain (over its channel; SIGTERM to its group if that is gone).
+    Sent again to a draining generation, it means: your deadline is now."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    """SIGKILL the generation's process group; with *wait*, reap it (bounded) before going on."""
+
+    number: int
+    wait: bool = False
+
+
+@dataclass(frozen=True)
+class Forget:
+    """The generation is gone: stop watching and close its channel."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class Unwatch:
+    """Stop watching the generation's channel (end of file); its exit comes later."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class Log:
+    """One log line: ``logger.log(level, fmt, *args)``."""
+
+    level: int
+    fmt: str
+    args: tuple[Any, ...] = ()
+
+    def text(self) -> str:
+        return self.fmt % self.args if self.args else self.fmt
+
+
+def info(fmt: str, *args: Any) -> Log:
+    return Log(logging.INFO, fmt, args)
+
+
+def error(fmt: str, *args: Any) -> Log:
+    return Log(logging.ERROR, fmt, args)
+
+
+def warning(fmt: str, *args: Any) -> Log:
+    return Log(logging.WARNING, fmt, args)
+
+
+@dataclass(frozen=True)
+class Notify:
+    """A systemd message other than ``READY=1``: ``reloading`` or ``stopping``."""
+
+    kind: str
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """``READY=1`` to systemd, *then* the upgrade's outcome (if any) in the state file, then
+    the serving generation: ``grace-plugins reload`` returns once the outcome is recorded,
+    and systemd must not see the reload end before ``READY=1``."""
+
+    status: str
+    outcome: str | None = None
+    detail: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+    number: int | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """Merge these fields into the state file."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Draining:
+    """One draining generation as the state file shows it (``deadline`` is monotonic)."""
+
+    number: int
+    pid: int
+    deadline: float
+    cut: bool
+
+
+@dataclass(frozen=True)
+class RecordDraining:
+    """The draining generations changed: record them for ``grace-plugins status``."""
+
+    generations: tuple[Draining, ...]
+
+
+@dataclass(frozen=True)
+class Reexec:
+    """Preflight the new program, then exec it in place; answer :class:`ReexecRefused`."""
+
+
+Action = (
+    Spawn
+    | Drain
+    | Kill
+    | Forget
+    | Unwatch
+    | Log
+    | Notify
+    | Serving
+    | Record
+    | RecordDraining
+    | Reexec
+)

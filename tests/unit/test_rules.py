@@ -1,0 +1,365 @@
+"""The supervisor's rules as a table of situations: events in, actions out, no process, no clock.
+
+Each test drives :class:`grace_plugins.rules.Rules` with a fake clock (``now`` in each event)
+and reads what it decided: the log lines (as the supervisor will print them), the processes
+it starts, drains and kills, and what it tells systemd and the state file.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from grace_plugins import actions as act
+from grace_plugins.errors import ExitCode
+from grace_plugins.options import Options
+from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Driver:
+    """Rules plus a fake clock and fake pids; answers every Spawn as the loop would."""
+
+    def __init__(self, **options: object) -> None:
+        self.rules = Rules(Options(**options), ["tcp:127.0.0.1:8000"], 100)  # type: ignore[arg-type]
+        self.now = 1000.0
+        self.actions: list[act.Action] = []
+        self.fail_spawn = False
+
+    def feed(self, event: act.Event) -> list[act.Action]:
+        out = self._feed(event)
+        self.actions += out
+        return out
+
+    def _feed(self, event: act.Event) -> list[act.Action]:
+        out = []
+        for action in self.rules.handle(event):
+            out.append(action)
+            if isinstance(action, act.Spawn):
+                if self.fail_spawn:
+                    answer: act.Event = act.SpawnFailed(self.now, action.number, "no such file")
+                else:
+                    answer = act.Spawned(self.now, action.number, 1000 + action.number)
+                out += self._feed(answer)
+        return out
+
+    def advance(self, seconds: float) -> list[act.Action]:
+        self.now += seconds
+        return self.feed(act.Tick(self.now))
+
+    def begin(self) -> None:
+        self.feed(act.Begin(self.now))
+
+    def ready(self, number: int) -> list[act.Action]:
+        return self.feed(act.Ready(self.now, number))
+
+    def signal(self, signum: int) -> list[act.Action]:
+        return self.feed(act.SignalEvent(self.now, signum))
+
+    def exit(self, number: int, code: int = 0) -> list[act.Action]:
+        return self.feed(act.Exited(self.now, number, code))
+
+    def serving(self) -> Driver:
+        """Start generation 1 and make it ready."""
+        self.begin()
+        self.ready(1)
+        return self
+
+    def upgrade(self, number: int, after: float = 2.0) -> None:
+        """HUP (after the interval) and make the new generation ready."""
+        self.advance(after)
+        self.signal(signal.SIGHUP)
+        self.ready(number)
+
+
+def lines(actions: list[act.Action]) -> list[str]:
+    return [a.text() for a in actions if isinstance(a, act.Log)]
+
+
+def kinds(actions: list[act.Action], kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def spawned(actions: list[act.Action]) -> list[int]:
+    return [a.number for a in kinds(actions, act.Spawn)]
+
+
+# -- start --------------------------------------------------------------------------------------
+def test_first_start_then_ready_says_how_to_upgrade_and_tells_systemd():
+    d = Driver()
+    d.begin()
+    assert spawned(d.actions) == [1]
+    assert lines(d.actions) == ["starting generation 1 (pid 1001) (start)"]
+    out = d.ready(1)
+    assert lines(out) == [
+        "generation 1 (pid 1001) ready after 0 ms; serving tcp:127.0.0.1:8000."
+        " Upgrade: kill -HUP 100. Stop: kill -TERM 100."
+    ]
+    (news,) = kinds(out, act.Serving)
+    assert news.outcome is None and (news.number, news.pid) == (1, 1001)
+    assert d.rules.current is not None and d.rules.current.number == 1
+
+
+def test_first_start_failure_exits_with_app_load_error():
+    d = Driver()
+    d.begin()
+    out = d.exit(1, 4)
+    assert kinds(out, act.Kill) == [act.Kill(1, wait=True)]
+    assert (
+        "the app failed to start: generation 1 (pid 1001) exited (exit status 4)" in (lines(out)[0])
+    )
+    assert d.rules.exit_code == ExitCode.APP_LOAD_ERROR
+    assert d.rules.finished
+
+
+def test_first_start_that_cannot_spawn_backs_off():
+    d = Driver()
+    d.fail_spawn = True
+    d.begin()
+    assert lines(d.actions) == [
+        "cannot start generation 1: no such file",
+        "next start attempt in 0.1 s (or at the next SIGHUP)",
+    ]
+    d.fail_spawn = False
+    assert spawned(d.advance(0.1)) == [2]
+
+
+# -- upgrades, coalescing, pacing ---------------------------------------------------------------
+def test_upgrade_reports_reloading_then_ready_then_outcome():
+    d = Driver().serving()
+    d.advance(2)
+    out = d.signal(signal.SIGHUP)
+    assert lines(out) == ["upgrade started (SIGHUP): generation 2 (pid 1002)"]
+    assert kinds(out, act.Notify) == [act.Notify("reloading", "upgrading to generation 2")]
+    assert kinds(out, act.Record) == [act.Record({"in_progress": True})]
+    d.now += 0.25
+    out = d.ready(2)
+    assert (
+        lines(out)[0]
+        == "generation 2 (pid 1002) ready after 250 ms; generation 1 (pid 1001) drains"
+    )
+    assert kinds(out, act.Drain) == [act.Drain(1)]
+    (news,) = kinds(out, act.Serving)
+    assert (news.outcome, news.detail, news.fields) == (
+        "ok",
+        "generation 2 (pid 1002) ready after 250 ms",
+        {"ready_ms": 250},
+    )
+    assert [g.number for g in d.rules.draining] == [1]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
+def test_triggers_while_starting_coalesce_into_one_followup():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    first = d.signal(signal.SIGHUP)
+    assert lines(first) == [
+        "upgrade (SIGHUP) queued: generation 2 (pid 1002) is still starting;"
+        " one follow-up upgrade will run"
+    ]
+    for _ in range(10):
+        assert d.signal(signal.SIGHUP) == []  # queued once, said once
+    d.feed(act.UpgradeAsked(d.now, 1))
+    d.now += 2
+    out = d.ready(2)
+    assert spawned(out) == [3]
+    assert "upgrade started (queued follow-up): generation 3 (pid 1003)" in lines(out)
+    d.ready(3)
+    assert spawned(d.advance(5)) == []  # one follow-up, no more
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
+def test_upgrades_are_paced_by_the_interval():
+    d = Driver(upgrade_interval=1.0).serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.now += 0.2
+    d.ready(2)
+    out = d.signal(signal.SIGHUP)
+    assert spawned(out) == []
+    assert "the last upgrade started less than 1 s ago" in lines(out)[0]
+    assert d.rules.timeout(d.now) == pytest.approx(0.8)
+    assert spawned(d.advance(0.5)) == []
+    assert spawned(d.advance(0.3)) == [3]
+
+
+def test_the_interval_does_not_pace_a_restart():
+    d = Driver(upgrade_interval=10.0).serving()
+    d.exit(1, 1)
+    assert spawned(d.signal(signal.SIGHUP)) == [2]  # a HUP while waiting to restart: now
+
+
+def test_upgrade_asked_by_a_generation_names_it():
+    d = Driver().serving()
+    d.advance(2)
+    out = d.feed(act.UpgradeAsked(d.now, 1))
+    assert lines(out) == [
+        "upgrade started (requested by generation 1 (pid 1001)): generation 2 (pid 1002)"
+    ]
+
+
+# -- rollback -------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
+def test_rollback_when_the_new_generation_exits():
+    d = Driver().serving()
+    d.upgrade(2)
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    assert kinds(d.feed(act.ChannelClosed(d.now, 3)), act.Unwatch) == [act.Unwatch(3)]
+    out = d.exit(3, 4)
+    assert kinds(out, act.Kill) == [act.Kill(3, wait=True)] and act.Forget(3) in out
+    assert lines(out) == [
+        "upgrade rolled back: generation 3 (pid 1003) exited (exit status 4) before it was"
+        " ready; generation 2 (pid 1002) keeps serving (its traceback, if any, is above)"
+    ]
+    (news,) = kinds(out, act.Serving)
+    assert news.outcome == "rolled_back" and news.number is None
+    assert (
+        news.status
+        == "upgrade rolled back: generation 3 exited (exit status 4) before it was ready"
+    )
+    assert d.rules.current is not None and d.rules.current.number == 2
+
+
+def test_rollback_names_the_signal_that_killed_it():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    assert "exited (killed by SIGABRT) before" in lines(d.exit(2, -signal.SIGABRT))[0]
+
+
+def test_rollback_at_the_ready_deadline():
+    d = Driver(ready_timeout=2.0).serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    assert d.rules.timeout(d.now) == pytest.approx(1.0)
+    assert lines(d.advance(1.9)) == []
+    out = d.advance(0.1)
+    assert act.Kill(2, wait=True) in out
+    assert "generation 2 (pid 1002) was not ready within 2 s" in lines(out)[0]
+
+
+def test_ready_from_a_generation_rolled_back_is_ignored():
+    d = Driver(ready_timeout=2.0).serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.advance(2)
+    assert d.ready(2) == []
+    assert d.rules.current is not None and d.rules.current.number == 1
+
+
+def test_followup_runs_after_a_rollback():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.signal(signal.SIGHUP)
+    out = d.exit(2, 4)
+    assert spawned(out) == [] and d.rules.timeout(d.now) == pytest.approx(1.0)  # the interval
+    assert "upgrade started (queued follow-up): generation 3 (pid 1003)" in lines(d.advance(1))
+
+
+# -- restarts -----------------------------------------------------------------------------------
+def test_restart_backs_off_and_resets_after_a_stable_run():
+    d = Driver().serving()
+    d.advance(1)
+    out = d.exit(1, 1)
+    assert lines(out) == [
+        "generation 1 (pid 1001) exited unexpectedly (exit status 1)",
+        "next start attempt in 0.1 s (or at the next SIGHUP)",
+    ]
+    delays = []
+    for number in range(2, 6):
+        d.advance(BACKOFF[number - 2])
+        out = kinds(d.actions[-3:], act.Spawn)
+        d.now += 0.1
+        out = d.exit(number, 4)
+        assert f"restart failed: generation {number} (pid {1000 + number})" in lines(out)[0]
+        delays.append(lines(out)[1])
+    assert delays == [
+        f"next start attempt in {s:.1f} s (or at the next SIGHUP)" for s in BACKOFF[1:5]
+    ]
+    d.advance(BACKOFF[4])
+    d.ready(6)
+    d.advance(STABLE_AFTER + 1)
+    out = d.exit(6, 1)
+    assert "next start attempt in 0.1 s" in lines(out)[1]
+
+
+def test_restart_that_comes_due_while_an_upgrade_starts_does_nothing():
+    d = Driver().serving()
+    d.exit(1, 1)
+    d.signal(signal.SIGHUP)  # starts 2 at once
+    assert spawned(d.advance(5)) == []
+
+
+# -- stopping -----------------------------------------------------------------------------------
+def test_stop_drains_then_finishes():
+    d = Driver(drain_timeout=10.0).serving()
+    out = d.signal(signal.SIGTERM)
+    assert lines(out) == ["stopping (SIGTERM): draining"]
+    assert act.Notify("stopping") in out and act.Drain(1) in out
+    assert not d.rules.finished
+    assert lines(d.signal(signal.SIGHUP)) == ["upgrade (SIGHUP) ignored: stopping"]
+    d.exit(1, 0)
+    assert d.rules.finished and d.rules.exit_code == ExitCode.OK
+
+
+def test_stop_during_an_upgrade_kills_the_new_generation_and_drains_the_old():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.signal(signal.SIGINT)
+    assert act.Kill(2) in out and act.Drain(1) in out
+    out = d.exit(2, -9)
+    assert lines(out) == []  # no rollback line while stopping
+    assert d.ready(2) == []
+    d.exit(1)
+    assert d.rules.finished
+
+
+def test_second_stop_kills_now_and_the_deadline_kills_anyway():
+    d = Driver(drain_timeout=10.0).serving()
+    d.signal(signal.SIGTERM)
+    out = d.signal(signal.SIGTERM)
+    assert lines(out) == ["SIGTERM again: stopping now"]
+    assert act.Kill(1) in d.advance(0)
+    d2 = Driver(drain_timeout=10.0).serving()
+    d2.signal(signal.SIGTERM)
+    assert act.Kill(1) not in d2.advance(10)
+    out = d2.advance(KILL_GRACE)
+    assert "generation 1 (pid 1001) still running after its drain deadline: killed" in lines(out)
+    assert act.Kill(1) in out
+
+
+# -- re-exec ------------------------------------------------------------------------------------
+def test_usr2_is_deferred_during_an_upgrade():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.signal(signal.SIGUSR2)
+    assert lines(out) == ["re-exec (SIGUSR2) deferred until the upgrade under way ends"]
+    assert kinds(out, act.Reexec) == []
+    d.ready(2)
+    out = d.exit(1)
+    assert kinds(out, act.Reexec) == [act.Reexec()]
+    assert "re-exec (SIGUSR2): checking that the new program starts" in lines(out)
+    refused = d.feed(act.ReexecRefused(d.now, "it exited with status 1"))
+    assert lines(refused) == [
+        "re-exec refused: the new program failed: it exited with status 1; serving on unchanged"
+    ]
+
+
+def test_usr2_when_idle_reexecs_at_once_and_an_adopted_generation_is_upgraded():
+    d = Driver().serving()
+    assert kinds(d.signal(signal.SIGUSR2), act.Reexec) == [act.Reexec()]
+    d2 = Driver()
+    d2.rules.adopt(7, 4242, 7, d2.now)
+    d2.begin()
+    assert lines(d2.actions)[0] == (
+        "supervisor re-executed (pid unchanged); adopted generation 7 (pid 4242); upgrading it"
+    )
+    assert spawned(d2.actions) == [8]
+    assert act.Record({"generation": 7, "generation_pid": 4242}) in d2.actions

@@ -1,0 +1,261 @@
+"""The supervisor's loop and effects with a fake spawner: no process is started.
+
+A fake "generation" is the far end of its real channel (a socketpair the supervisor passes in
+``pass_fds``): it says ``ready`` and exits when told to drain, so the loop, the selector, the
+signal wakeup pipe and the reporting run for real, in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from grace_plugins import actions as act
+from grace_plugins import supervisor as sup_module
+from grace_plugins.handoff import HANDOFF_VAR
+from grace_plugins.options import Options
+from grace_plugins.reporting import Reporter
+from grace_plugins.supervisor import Supervisor
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class FakeProcess:
+    """A generation as the supervisor sees it: exits when drained, signalled or told to."""
+
+    def __init__(self, pid: int, channel: socket.socket, answer: str | None) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+        self.heard: list[str] = []
+        channel.setblocking(False)
+        if answer:
+            channel.sendall(answer.encode() + b"\n")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                data = self.channel.recv(4096)
+            except BlockingIOError:
+                data = None
+            if data:
+                self.heard += data.decode().split()
+                if "drain" in self.heard:
+                    self.exit(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.returncode is not None, "waited for a process that never exits"
+        return self.returncode
+
+    def exit(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            self.channel.close()
+
+
+class FakeSpawner:
+    """Records each spawn; the fake generation answers ``ready`` unless told otherwise."""
+
+    def __init__(self, answers: list[str | None] | None = None, fail: bool = False) -> None:
+        self.answers = answers or []
+        self.fail = fail
+        self.spawned: list[tuple[list[str], dict[str, str], list[int], FakeProcess]] = []
+        self.signalled: list[tuple[int, int]] = []
+
+    def spawn(self, argv, env, pass_fds, cwd):
+        if self.fail:
+            raise OSError(2, "No such file or directory")
+        theirs = socket.socket(fileno=os.dup(pass_fds[-1]))
+        answer = self.answers.pop(0) if self.answers else "ready"
+        process = FakeProcess(5000 + len(self.spawned), theirs, answer)
+        self.spawned.append((list(argv), dict(env), list(pass_fds), process))
+        return process
+
+    def signal_group(self, process, signum):
+        self.signalled.append((process.pid, signum))
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            process.exit(-signum)
+
+
+class FakeNotifier:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def ready(self, status: str) -> bool:
+        self.events.append(f"READY=1 {status}")
+        return True
+
+    def reloading(self, status: str) -> bool:
+        self.events.append(f"RELOADING=1 {status}")
+        return True
+
+    def stopping(self) -> bool:
+        self.events.append("STOPPING=1")
+        return True
+
+
+class FakeState:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.data: dict[str, object] = {}
+
+    def update(self, **fields: object) -> None:
+        self.data.update(fields)
+        self.events.append(f"state {sorted(fields)}")
+
+    def record_upgrade(self, outcome: str, detail: str, **fields: object) -> None:
+        self.events.append(f"outcome {outcome}")
+
+    def remove(self) -> None:
+        self.events.append("state removed")
+
+
+@pytest.fixture
+def listener():
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def make(listener, spawner, events=None, **options):
+    events = [] if events is None else events
+    sup = Supervisor(
+        [listener],
+        Options(**options),
+        argv=["python", "app.py"],
+        spawner=spawner,
+        notifier=FakeNotifier(events),  # type: ignore[arg-type]
+    )
+    sup.report.state = FakeState(events)  # type: ignore[assignment]
+    return sup, events
+
+
+def run_until(sup: Supervisor, predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        sup.step()
+
+
+def test_spawn_passes_only_the_listeners_and_the_channel(listener, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/notify")
+    spawner = FakeSpawner()
+    sup, _ = make(listener, spawner)
+    sup.feed(act.Begin(sup.now()))
+    argv, env, pass_fds, process = spawner.spawned[0]
+    assert argv == ["python", "app.py"]
+    assert pass_fds[0] == listener.fileno() and len(pass_fds) == 2
+    assert HANDOFF_VAR in env and "NOTIFY_SOCKET" not in env
+    with pytest.raises(OSError):
+        os.fstat(pass_fds[1])  # the supervisor closed its copy of the generation's end
+    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    process.exit(0)
+    for child in sup.children.values():
+        child.channel.close()
+
+
+def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
+    spawner = FakeSpawner()
+    sup, events = make(listener, spawner)
+    sup.feed(act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.current.number == 2, "generation 2 ready")
+    assert events.index("outcome ok") > events.index("READY=1 serving with generation 2 (pid 5001)")
+    assert events.index("RELOADING=1 upgrading to generation 2") < events.index("outcome ok")
+    run_until(sup, lambda: not sup.rules.draining, "generation 1 to drain and exit")
+    assert spawner.spawned[0][3].heard == ["drain"]
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.finished, "the stop")
+    assert sup.children == {}
+    assert sup.exit_code == 0
+
+
+def test_rollback_kills_and_reaps_the_new_generation(listener):
+    spawner = FakeSpawner(answers=["ready", None])
+    sup, events = make(listener, spawner, ready_timeout=0.2)
+    sup.feed(act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.pending is None, "the ready deadline")
+    assert (5001, signal.SIGKILL) in spawner.signalled
+    assert "outcome rolled_back" in events and 2 not in sup.children
+    spawner.spawned[0][3].exit(0)
+    run_until(sup, lambda: sup.rules.current is None, "generation 1 exit")
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    assert sup.rules.finished
+
+
+def test_spawn_failure_is_logged_and_retried(listener, caplog):
+    spawner = FakeSpawner(fail=True)
+    sup, _ = make(listener, spawner)
+    sup.feed(act.Begin(sup.now()))
+    assert sup.rules.pending is None and sup.rules.pace.restart_at is not None
+    spawner.fail = False
+    run_until(sup, lambda: sup.rules.current is not None, "the restart")
+    assert sup.rules.current.number == 2
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.finished, "the stop")
+
+
+def test_usr2_refused_by_preflight_serves_on(listener, monkeypatch):
+    monkeypatch.setattr(sup_module, "preflight", lambda argv, cwd, timeout: "it exited with 1")
+    spawner = FakeSpawner()
+    sup, _ = make(listener, spawner)
+    sup.feed(act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    logged: list[str] = []
+    sup.report.log = lambda line: logged.append(line.text())  # type: ignore[method-assign]
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGUSR2))
+    assert logged[-1] == (
+        "re-exec refused: the new program failed: it exited with 1; serving on unchanged"
+    )
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.finished, "the stop")
+
+
+def test_run_serves_until_sigterm_and_cleans_up(listener):
+    """The whole loop, signals included: HUP upgrades, TERM stops; handlers are restored."""
+    spawner = FakeSpawner()
+    sup, events = make(listener, spawner, upgrade_interval=0.0)
+    before = signal.getsignal(signal.SIGHUP)
+    result: list[int] = []
+
+    def drive() -> None:
+        deadline = time.monotonic() + 10
+        while sup.rules.current is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGHUP)
+        while len(spawner.spawned) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=drive)
+    thread.start()
+    result.append(sup.run())
+    thread.join(10)
+    assert result == [0]
+    assert len(spawner.spawned) == 2
+    assert signal.getsignal(signal.SIGHUP) == before
+    assert events[-2:] == ["STOPPING=1", "STOPPING=1"]  # at the stop, and on the way out
+    assert listener.fileno() == -1  # closed by the supervisor on its way out
+
+
+def test_reporter_records_draining_generations_with_wall_clock_deadlines():
+    events: list[str] = []
+    reporter = Reporter(None, FakeNotifier(events))  # type: ignore[arg-type]
+    state = FakeState(events)
+    reporter.state = state  # type: ignore[assignment]
+    now = time.monotonic()
+    reporter.record_draining(act.RecordDraining((act.Draining(3, 42, now + 10, False),)), now)
+    (entry,) = state.data["draining"]  # type: ignore[misc]
+    assert entry["generation"] == 3 and entry["pid"] == 42 and not entry["cut"]
+    assert entry["deadline"] == pytest.approx(time.time() + 10, abs=0.5)
