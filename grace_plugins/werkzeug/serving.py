@@ -19,41 +19,18 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from grace_plugins import runner
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.generation import GenerationContext
-from grace_plugins.options import DEFAULTS, Options, options_from
+from grace_plugins.options import DEFAULTS, options_from
 from grace_plugins.readycheck import host_and_port
+from grace_plugins.werkzeug.settings import ServerSettings, check_settings, listen_address
 
 __all__ = ["ServerSettings", "run_simple", "serve_with_upgrades"]
 
 WSGIApp = Callable[..., Any]
-
-
-@dataclass
-class ServerSettings:
-    """``run_simple``'s arguments plus the grace options (see :func:`run_simple`)."""
-
-    hostname: str
-    port: int
-    use_reloader: bool = False
-    use_debugger: bool = False
-    use_evalex: bool = True
-    extra_files: Iterable[str] | None = None
-    exclude_patterns: Iterable[str] | None = None
-    reloader_interval: float = 1
-    reloader_type: str = "auto"
-    threaded: bool = False
-    processes: int = 1
-    request_handler: type | None = None
-    static_files: dict[str, Any] | None = None
-    passthrough_errors: bool = False
-    ssl_context: Any = None
-    #: The grace settings shared with the other adapters (checked by the options module).
-    grace: Options = DEFAULTS
 
 
 def run_simple(
@@ -177,65 +154,6 @@ def serve_with_upgrades(
 def _usage_error(exc: GraceError) -> NoReturn:
     print(f"Error: {exc}", file=sys.stderr)
     sys.exit(ExitCode.USAGE)
-
-
-def check_settings(settings: ServerSettings) -> None:
-    """Reject what werkzeug would reject, before anything is bound.
-
-    :raises TypeError, ValueError: as :func:`run_simple`.
-    :raises GraceError: for a certificate that cannot be loaded or a missing library.
-    """
-    from grace_plugins.werkzeug.reloader import check_reloader_type
-
-    if not isinstance(settings.port, int):
-        raise TypeError("port must be an integer")
-    if settings.threaded and settings.processes > 1:
-        raise ValueError("Cannot have a multi-thread and multi-process server.")
-    if settings.use_reloader:
-        problem = check_reloader_type(settings.reloader_type)
-        if problem:
-            raise ValueError(problem)
-    _check_ssl(settings.ssl_context)
-
-
-def _check_ssl(ssl_context: Any) -> None:
-    if ssl_context == "adhoc":
-        try:
-            import cryptography  # noqa: F401
-        except ImportError:
-            raise GraceError(
-                "Using ad-hoc certificates requires the cryptography library:"
-                " pip install cryptography."
-            ) from None
-    elif isinstance(ssl_context, tuple):
-        import ssl
-
-        from werkzeug.serving import load_ssl_context
-
-        try:
-            load_ssl_context(*ssl_context)
-        except (OSError, ssl.SSLError) as exc:
-            raise GraceError(
-                f"Cannot load the TLS certificate and key {ssl_context!r} ({exc}): check the"
-                " paths and that the key matches the certificate."
-            ) from None
-
-
-def listen_address(hostname: str, port: int) -> str:
-    """The core's address for werkzeug's *hostname* and *port*.
-
-    Werkzeug binds a name (``localhost``) as IPv4 and a host with ``:`` as IPv6, and accepts
-    ``unix://path``; the same choices are made here.
-    """
-    if hostname.startswith("unix://"):
-        return "unix:" + hostname[len("unix://") :]
-    if ":" in hostname:
-        return f"[{hostname.strip('[]')}]:{port}"
-    try:
-        host = socket.gethostbyname(hostname)
-    except OSError:
-        host = hostname  # the core says it cannot be resolved, and what to do
-    return f"{host}:{port}"
 
 
 def print_banner(settings: ServerSettings, names: list[str]) -> None:
