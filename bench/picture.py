@@ -1,17 +1,16 @@
-"""Draw ``docs/upgrade.svg``: requests over time during upgrades, grace_plugins next to gunicorn.
+"""Draw ``docs/upgrade.svg`` with matplotlib: requests over time during upgrades, grace_plugins
+next to gunicorn.
 
-Regenerate it from the repository root with::
+Regenerate it from the repository root (matplotlib comes with the ``bench`` extra)::
 
     python bench/picture.py             # runs the two servers (~1 min), writes docs/upgrade.svg
-    python bench/picture.py --out x.svg
+    python bench/picture.py --out x.svg # or x.png
 
 (``python bench/run.py`` draws it too, from the same rows of its own run.) Left panel:
 ``flask hotrun`` serving an app that takes 1 s to import, upgraded by ``kill -HUP``; right
 panel: ``gunicorn -k gthread`` with the same app and gunicorn's plain HUP. Each dot is one
 request: x is when it started, y how long it took (log scale), its colour the process (pid and
 code version) that answered; red crosses are failed requests; dashed lines are the HUPs.
-
-Plain hand-written SVG: no plotting library needed.
 """
 
 from __future__ import annotations
@@ -20,38 +19,25 @@ import argparse
 import math
 import os
 import sys
-from html import escape
 from typing import Any
 
 from common import ROOT, RunPlan, Sample, Timeline
 
-PANEL_W, PANEL_H = 520, 330
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 62, 16, 46, 96
 MAX_DOTS = 1500  # quick requests drawn per panel (every failure and slow request is drawn)
-PALETTE = [
-    "#1f77b4",
-    "#2ca02c",
-    "#9467bd",
-    "#ff7f0e",
-    "#17becf",
-    "#8c564b",
-    "#e377c2",
-    "#bcbd22",
-    "#7f7f7f",
-    "#393b79",
-]
+#: matplotlib's tab10 without its red, which marks the failures.
+PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22"]
 FAIL = "#d62728"
 Y_MIN, Y_MAX = 0.0005, 20.0  # seconds, log scale
 PANELS = (
     ("`flask hotrun`", "HUP", "grace_plugins: flask hotrun (HUP)"),
     ("`gunicorn -k gthread`", "HUP", "gunicorn -k gthread (plain HUP)"),
 )
+MISSING = "matplotlib not installed: pip install 'grace_plugins[bench]' (or pip install matplotlib)"
 
 
-def _y(seconds: float, top: float, height: float) -> float:
-    value = min(max(seconds, Y_MIN), Y_MAX)
-    frac = (math.log10(value) - math.log10(Y_MIN)) / (math.log10(Y_MAX) - math.log10(Y_MIN))
-    return top + height * (1 - frac)
+def drawn(row: Any) -> bool:
+    """Is *row* (of ``upgrades.ROWS``) one of the two the picture draws?"""
+    return any(row.label == label and row.trigger == trigger for label, trigger, _ in PANELS)
 
 
 def _thin(samples: list[Sample]) -> list[Sample]:
@@ -61,120 +47,70 @@ def _thin(samples: list[Sample]) -> list[Sample]:
     return quick[::stride] + keep
 
 
-def panel(timeline: Timeline, title: str, x0: float, note: str) -> list[str]:
-    """SVG elements of one panel whose left edge is at *x0*."""
-    left, top = x0 + MARGIN_L, MARGIN_T
-    width = PANEL_W - MARGIN_L - MARGIN_R
-    height = PANEL_H - MARGIN_T - MARGIN_B
-    t_min = timeline.load_start
-    t_max = max(timeline.load_end, t_min + 1.0)
-
-    def x(t: float) -> float:
-        return left + width * (t - t_min) / (t_max - t_min)
-
-    out = [
-        f'<text x="{x0 + PANEL_W / 2:.0f}" y="22" text-anchor="middle" font-size="14"'
-        f' font-weight="bold">{escape(title)}</text>',
-        f'<text x="{x0 + PANEL_W / 2:.0f}" y="38" text-anchor="middle" font-size="11"'
-        f' fill="#444">{escape(note)}</text>',
-        f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="#fafafa"'
-        ' stroke="#999"/>',
-    ]
-    for exp in range(int(math.log10(Y_MIN)), int(math.log10(Y_MAX)) + 1):
-        value = 10.0**exp
-        if not Y_MIN <= value <= Y_MAX:
-            continue
-        y = _y(value, top, height)
-        label = f"{value * 1000:g} ms" if value < 1 else f"{value:g} s"
-        out.append(
-            f'<line x1="{left}" x2="{left + width}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-        )
-        out.append(
-            f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{label}</text>'
-        )
-    step = max(1, math.ceil((t_max - t_min) / 8))
-    for tick in range(0, int(t_max - t_min) + 1, step):  # seconds since the load started
-        xt = x(t_min + tick)
-        out.append(
-            f'<line x1="{xt:.1f}" x2="{xt:.1f}" y1="{top + height}" y2="{top + height + 4}"'
-            ' stroke="#666"/>'
-        )
-        out.append(
-            f'<text x="{xt:.1f}" y="{top + height + 16}" text-anchor="middle"'
-            f' font-size="10">{tick}</text>'
-        )
-    out.append(
-        f'<text x="{left + width / 2:.0f}" y="{top + height + 32}" text-anchor="middle"'
-        ' font-size="11">time (s)</text>'
-    )
-    out.append(
-        f'<text x="{x0 + 14}" y="{top + height / 2:.0f}" text-anchor="middle"'
-        f' font-size="11" transform="rotate(-90 {x0 + 14} {top + height / 2:.0f})">'
-        "request latency (log scale)</text>"
-    )
+def panel(ax: Any, timeline: Timeline, title: str, note: str) -> None:
+    """Draw one timeline on the axes *ax*."""
+    t0 = timeline.load_start
+    ax.set_title(f"{title}\n{note}", fontsize=10)
+    ax.set_yscale("log")
+    ax.set_ylim(Y_MIN, Y_MAX)
+    ax.set_xlim(0, max(timeline.load_end - t0, 1.0))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("request latency (log scale)")
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v * 1000:g} ms" if v < 1 else f"{v:g} s")
+    ax.grid(True, axis="y", color="#e4e4e4", linewidth=0.6)
     for up in timeline.upgrades:
-        xu = x(up.triggered)
-        out.append(
-            f'<line x1="{xu:.1f}" x2="{xu:.1f}" y1="{top}" y2="{top + height}"'
-            ' stroke="#555" stroke-dasharray="4 3"/>'
-        )
-        out.append(f'<text x="{xu + 3:.1f}" y="{top + 11}" font-size="10" fill="#555">HUP</text>')
+        ax.axvline(up.triggered - t0, color="#555", linestyle="--", linewidth=0.9)
+        ax.text(up.triggered - t0, Y_MAX * 0.6, " HUP", color="#555", fontsize=8, va="top")
     served: dict[int, str] = {}
-    for sample in timeline.samples:
-        if sample.pid > 0 and sample.pid not in served:
-            served[sample.pid] = sample.version
-    colour = {
-        pid: PALETTE[i % len(PALETTE)]
-        for i, pid in enumerate(
-            sorted(served, key=lambda p: min(s.start for s in timeline.samples if s.pid == p))
+    first: dict[int, float] = {}
+    for s in timeline.samples:
+        if s.pid > 0 and s.pid not in served:
+            served[s.pid], first[s.pid] = s.version, s.start
+    drawn = _thin(timeline.samples)
+    for number, pid in enumerate(sorted(served, key=first.__getitem__)):
+        mine = [s for s in drawn if s.pid == pid and not s.failure]
+        ax.scatter(
+            [s.start - t0 for s in mine],
+            [max(s.end - s.start, Y_MIN) for s in mine],
+            s=[14 if s.kind == "slow" else 5 for s in mine],
+            color=PALETTE[number % len(PALETTE)],
+            alpha=0.6,
+            linewidths=0,
+            rasterized=True,  # thousands of dots: a bitmap inside the SVG, text stays text
+            label=f"pid {pid} · {served[pid]}",
         )
-    }
-    for sample in sorted(_thin(timeline.samples), key=lambda s: bool(s.failure)):
-        xs, ys = x(sample.start), _y(sample.end - sample.start, top, height)
-        if sample.failure:
-            out.append(
-                f'<path d="M{xs - 3:.1f},{ys - 3:.1f}l6,6m0,-6l-6,6" stroke="{FAIL}"'
-                ' stroke-width="1.6"/>'
-            )
-        else:
-            radius = 2.6 if sample.kind == "slow" else 1.8
-            out.append(
-                f'<circle cx="{xs:.1f}" cy="{ys:.1f}" r="{radius}"'
-                f' fill="{colour[sample.pid]}" fill-opacity="0.6"/>'
-            )
-    failures = sum(1 for s in timeline.samples if s.failure)
-    legend_y = top + height + 50
-    items = [(colour[p], f"pid {p} · {served[p]}", "dot") for p in colour]
-    items.append((FAIL, f"failed request ({failures})", "cross"))
-    for i, (fill, text, shape) in enumerate(items):
-        lx = left + (i % 3) * 150
-        ly = legend_y + (i // 3) * 16
-        if shape == "dot":
-            out.append(f'<circle cx="{lx + 4}" cy="{ly - 4}" r="4" fill="{fill}"/>')
-        else:
-            out.append(
-                f'<path d="M{lx},{ly - 8}l8,8m0,-8l-8,8" stroke="{FAIL}" stroke-width="1.6"/>'
-            )
-        out.append(f'<text x="{lx + 12}" y="{ly}" font-size="10">{escape(text)}</text>')
-    return out
+    failed = [s for s in timeline.samples if s.failure]
+    ax.scatter(
+        [s.start - t0 for s in failed],
+        [min(max(s.end - s.start, Y_MIN), Y_MAX) for s in failed],
+        marker="x",
+        color=FAIL,
+        s=24,
+        linewidths=1.4,
+        label=f"failed request ({len(failed)})",
+    )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False,
+              markerscale=1.6)  # fmt: skip
 
 
 def render(panels: list[tuple[str, Timeline, str]], path: str) -> None:
-    """Write the SVG with one panel per (title, timeline, note)."""
-    total_w = PANEL_W * len(panels)
-    body: list[str] = []
-    for i, (title, timeline, note) in enumerate(panels):
-        body += panel(timeline, title, i * PANEL_W, note)
-    svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{PANEL_H}"'
-        f' viewBox="0 0 {total_w} {PANEL_H}" font-family="sans-serif">',
-        f'<rect width="{total_w}" height="{PANEL_H}" fill="white"/>',
-        *body,
-        "</svg>",
-    ]
+    """Write the picture (SVG or PNG, by *path*'s suffix), one panel per (title, timeline,
+    note). Raises ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams.update(
+        {"svg.fonttype": "none", "svg.hashsalt": "grace_plugins", "font.family": "sans-serif"}
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, (title, timeline, note) in zip(axes[0], panels, strict=True):
+        panel(ax, timeline, title, note)
+    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        handle.write("\n".join(svg) + "\n")
+    fig.savefig(path, dpi=110, metadata={"Date": None} if path.endswith(".svg") else None)
+    plt.close(fig)
 
 
 def _note(result: Any) -> str:
@@ -182,12 +118,13 @@ def _note(result: Any) -> str:
     failed = sum(n.failures.values())
     return (
         f"app import 1 s; {n.requests} requests, {failed} failed, slow"
-        f" {n.slow_completed}/{n.slow_started} completed, longest stall {n.stall_s * 1000:.0f} ms"
+        f" {n.slow_completed}/{n.slow_started}, longest stall {n.stall_s * 1000:.0f} ms"
     )
 
 
 def render_from_results(results: list[Any], path: str) -> bool:
-    """Draw the picture from ``bench/run.py`` results (the 1 s import rows); False if missing."""
+    """Draw the picture from the upgrade rows' results (the 1 s import rows); False if one is
+    missing. Raises ImportError without matplotlib."""
     chosen = []
     for label, trigger, title in PANELS:
         found = [
@@ -207,17 +144,22 @@ def render_from_results(results: list[Any], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import run
+    import upgrades
 
     parser = argparse.ArgumentParser(description="Draw docs/upgrade.svg (runs two servers).")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "upgrade.svg"))
     parser.add_argument("--upgrades", type=int, default=3)
     args = parser.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(MISSING, file=sys.stderr)
+        return 2
     plan = RunPlan(upgrades=args.upgrades)
     results = []
     for label, trigger, _ in PANELS:
-        row = next(r for r in run.ROWS if r.label == label and r.trigger == trigger)
-        results.append(run.run_row(row, 1.0, plan))
+        row = next(r for r in upgrades.ROWS if r.label == label and r.trigger == trigger)
+        results.append(upgrades.run_row(row, 1.0, plan))
     if not render_from_results(results, args.out):
         print("cannot draw: a server was skipped (see above)", file=sys.stderr)
         return 1

@@ -1,0 +1,212 @@
+"""``docs/benchmarks.md``: the machine, the versions, the three measurements, how to redo them."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+
+import throughput
+import upgrades
+import wrk_hups
+from common import RunPlan
+
+DISTRIBUTIONS = ("grace_plugins", "flask", "werkzeug", "django", "gunicorn", "matplotlib")
+
+
+def _proc_field(path: str, name: str) -> str:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def machine_facts(wrk_version: str, load: tuple[float, float]) -> list[str]:
+    """One line each: cores and CPU, memory and OS, load averages, Python, packages, tools."""
+    cpu = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "CPU unknown"
+    kib = _proc_field("/proc/meminfo", "MemTotal").split()[:1]
+    memory = f"{int(kib[0]) / 1024**2:.1f} GiB memory" if kib else "memory unknown"
+    versions = []
+    for dist in DISTRIBUTIONS:
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    return [
+        f"{os.cpu_count()} cores ({cpu}), {memory}",
+        f"{platform.system()} {platform.release()} ({platform.machine()}); load average"
+        f" {load[0]:.1f} at the start, {load[1]:.1f} at the end (the machine was shared)",
+        f"Python {platform.python_version()} ({platform.python_implementation()})",
+        ", ".join(versions),
+        wrk_version or "wrk not used (--no-wrk)",
+    ]
+
+
+@dataclass
+class Run:
+    """Everything one ``bench/run.py`` measured, and how."""
+
+    command: str
+    seconds: float
+    facts: list[str]
+    tput_plan: throughput.Plan
+    tput: list[throughput.GroupResult]
+    hup_plan: wrk_hups.Plan
+    hups: list[wrk_hups.HupResult]
+    plan: RunPlan
+    rows: list[upgrades.Result]
+    picture: str | None
+
+
+def _throughput_section(run: Run) -> list[str]:
+    p = run.tput_plan
+    return [
+        "## Throughput and latency (wrk)",
+        "",
+        "Each adapter against the server it replaces, same app (imported in ~0 s, no"
+        " reloader), loaded by [wrk](https://github.com/wg/wrk) (C, epoll) with one thread and"
+        f" {p.connections} connections: *keep-alive* reuses them, *fresh* sends"
+        " `Connection: close` so that every request opens a new connection. The servers of a"
+        f" group run side by side; each of {p.rounds} rounds loads each server for"
+        f" {p.seconds} s in turn, in alternating order (A B, then B A), after a {p.warmup} s"
+        " warm-up. A ratio is taken within a round (a busy neighbour hurts both sides of it"
+        " alike) and given as **min / median / max over the rounds**; above 1 means more"
+        " requests per second, or a longer latency, for grace_plugins.",
+        "",
+        *throughput.tables(run.tput),
+        "",
+        "* *errors*: wrk's socket errors (connect, read, write, timeout) and HTTP errors,"
+        " summed over the rounds. Against Django's development server (`runserver` and"
+        " `runhot` alike) the *fresh* rows count about one read error per request: the server"
+        " closes the connection as asked without saying `Connection: close` in its answer, so"
+        " wrk writes its next request into a closed connection, counts a read error and"
+        " reconnects; no answered request is lost.",
+        "* Django's server answers keep-alive requests in ~40 ms (it writes headers and body in"
+        " two packets: Nagle's algorithm meets the client's delayed ACK), `runserver` and"
+        " `runhot` alike; gunicorn's `sync` worker closes every connection (no keep-alive).",
+        "",
+    ]
+
+
+def _hups_section(run: Run) -> list[str]:
+    p = run.hup_plan
+    clients = " and ".join(f"{n} {m}" for m, n, _ in wrk_hups.CLIENTS)
+    return [
+        "## Across HUPs, seen by wrk",
+        "",
+        "A second, independent client: wrk knows nothing of pids or versions and counts what"
+        f" it sees while the server takes {p.hups} `kill -HUP` upgrades, {p.interval:g} s apart,"
+        f" of an app that takes {wrk_hups.IMPORT_SECONDS:g} s to import. Two wrk processes run"
+        f" at once, with {clients} connections. *versions answering*: code versions found in"
+        " the answers (its Lua script reads the bodies), i.e. every upgrade took effect.",
+        "",
+        *wrk_hups.table(run.hups),
+        "",
+        "The *max* latency of gunicorn's own workers is the stall of a HUP: the old workers stop"
+        " accepting, the connections wait in the listen queue while the new workers import the"
+        " app. Django's *fresh* read errors are the artefact explained above (about one per"
+        " request, with or without upgrades); a failure would show as read errors above the"
+        " number of requests.",
+        "",
+    ]
+
+
+def _upgrades_section(run: Run) -> list[str]:
+    plan = run.plan
+    return [
+        "## Upgrades under load (our client)",
+        "",
+        f"Each row starts the server on 127.0.0.1, loads it with {plan.fresh} client threads"
+        f" opening a fresh connection per request, {plan.keepalive} reusing a keep-alive"
+        f" connection without ever retrying, and {plan.slow} sending slow requests"
+        f" (`?sleep={plan.slow_seconds:g}`, in flight across the upgrades); after"
+        f" {plan.steady_seconds:g} s of steady load it performs {plan.upgrades} upgrade(s): new"
+        " code is written (`benchcode.py`, a new `VERSION`) and the upgrade is triggered by the"
+        " reloader seeing the file (*file save*) or by `kill -HUP` to the pid the server"
+        f" printed (*HUP*); the next upgrade comes {plan.settle_seconds:g} s after the new"
+        " code first answered. The app is served with the import times of *app import* (the"
+        " delay, and in brackets the bare import time of the app in a fresh interpreter,"
+        " framework included). This client attributes every answer to a pid and a code"
+        " version; it is written in Python and shares the cores with the server, so its"
+        " throughput column is indicative only (the wrk tables above are the measure).",
+        "",
+        "* **requests**: all requests sent; **refused / reset / timeout / 5xx / truncated**:"
+        " failed requests by kind, as the client saw them (a keep-alive client never retries,"
+        " so a connection closed under it counts);",
+        "* **slow completed**: slow requests answered / sent;",
+        "* **cutover ÷ import**: median time from the trigger to the first answer from the new"
+        " code, divided by the bare import time (a file-save row includes the reloader's"
+        " polling delay);",
+        "* **longest stall ÷ import**: the longest time, in any upgrade window, during which"
+        " no request completed, divided by the bare import time;",
+        "* **p99 upgrade ÷ steady**: p99 latency of the quick requests that started in an"
+        " upgrade window (trigger to 1 s after the cutover) divided by their p99 before the"
+        " first upgrade;",
+        "* **throughput ÷ peer**: successful requests per second of the grace_plugins row"
+        " divided by the same figure for the server it replaces (same app, same load).",
+        "",
+        "Notes: a client whose request failed waits 50 ms before its next one, so *refused*"
+        " counts how long the port was closed rather than how fast a client can retry; the"
+        " Flask rows use werkzeug's `stat` reloader (1 s polls, as Django's runserver without"
+        " pywatchman; `--watchdog` lets werkzeug choose), ignore `*/grace_plugins/*` and watch"
+        " `benchcode.py` (`--extra-files`); gunicorn runs 2 workers (`--threads 4` for gthread"
+        " and grace_plugins.Worker), `--graceful-timeout 10 --keep-alive 5`; the grace_plugins"
+        " servers `--drain-timeout 10`.",
+        "",
+        *upgrades.table(run.rows),
+        "",
+    ]
+
+
+def _picture_section(run: Run) -> list[str]:
+    if not run.picture:
+        return []
+    return [
+        "## The picture",
+        "",
+        f"![requests during upgrades]({os.path.basename(run.picture)})",
+        "",
+        "Drawn with matplotlib from the two 1 s import HUP rows above. Every dot is one request"
+        " (x: when it started; y: how long it took, log scale), coloured by the process (pid"
+        " and code version) that answered it; red crosses are failed requests; dashed lines"
+        " are the HUPs. Left: `flask hotrun`; right: gunicorn's plain HUP (`-k gthread`), same"
+        " app. A blank band after a HUP is time in which no request started: every client was"
+        " waiting, its connection queued on a socket nobody accepted on while the new code"
+        " imported (the few dots high up at its left edge are those waits).",
+        "",
+    ]
+
+
+def write(path: str, run: Run) -> None:
+    """Write the whole document to *path*."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run.py`; do not edit by hand. Regenerate everything, this page"
+        " and the picture, with one command from the repository root (needs wrk, and the"
+        " `bench` extra: `pip install -e '.[bench]'`):",
+        "",
+        "```sh",
+        "python bench/run.py            # full run (~6 min on 2 cores); --quick: smoke run",
+        "python bench/picture.py        # only the picture, docs/upgrade.svg (~1 min)",
+        "```",
+        "",
+        f"This page was made by `{run.command}` in {run.seconds:.0f} s on:",
+        "",
+        *[f"* {fact}" for fact in run.facts],
+        "",
+        "Ratios, not absolute numbers: the machine is small and was shared while this ran.",
+        "",
+        *_throughput_section(run),
+        *_hups_section(run),
+        *_upgrades_section(run),
+        *_picture_section(run),
+    ]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines).rstrip() + "\n")
