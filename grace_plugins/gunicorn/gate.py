@@ -1,9 +1,9 @@
-"""The readiness gate between generations of gunicorn workers (framework-free).
+"""The readiness gate between generations of gunicorn workers: records and verdicts.
 
-Gunicorn's master has no notion of "the new workers are ready": on HUP it forks the new
-workers and SIGTERMs the old ones at once. The workers therefore coordinate among themselves
-through a private directory of tiny record files that the master creates (``mkdtemp``, mode
-0700, removed when the master exits) and every worker inherits by fork:
+Gunicorn's master has no notion of "the new workers are ready", so the workers coordinate
+through a private directory of small record files (``mkdtemp``, 0700) that they inherit by fork.
+Reading the records (:meth:`GateDir.facts`) and judging them (:func:`judge`, pure) are apart
+from publishing a verdict (:meth:`GateDir.publish`, first writer wins). The files:
 
 * ``gen-G.json`` -- written by the master (in the worker class's constructor, which gunicorn
   runs in the master before each fork) when it first builds a worker from a new ``Config``,
@@ -189,44 +189,82 @@ class GateDir:
         """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
         return self._mtime(f"resolved-{gen}")
 
-    def stopped_before(self, gen: int, limit: float | None) -> bool:
-        """Whether a worker of *gen* recorded a plain SIGTERM (at or before *limit*)."""
+    def facts(self, gen: int) -> Facts:
+        """What the records say about *gen* (reads only)."""
+        verdict = self.resolution(gen)
+        verdict_time = self.resolution_time(gen) if verdict is not None else None
+        stops = []
         for name in self._names():
             match = _RECORD.match(name)
             if match and int(match.group(1)) == gen and match.group(4) == "stopping":
-                when = self._mtime(name)
-                if limit is None or (when is not None and when <= limit):
-                    return True
-        return False
+                stops.append(self._mtime(name))
+        return Facts(
+            self.generation_info(gen), self.workers(gen), verdict, verdict_time, tuple(stops)
+        )
 
     def status(
         self, gen: int, now: float | None = None, alive: Callable[[int], bool] = pid_alive
-    ) -> tuple[str, str, bool]:
-        """Return (status, reason, decided_now) for generation *gen*.
+    ) -> Verdict:
+        """The verdict on *gen* from its records (a query: it writes nothing; see
+        :meth:`publish`)."""
+        return judge(self.facts(gen), now, alive)
 
-        ``STOPPING`` when a worker of *gen* (not rolled back) received a plain SIGTERM: the
-        master is stopping. Otherwise the recorded verdict, or a new one (recorded;
-        ``decided_now`` is True for the one caller that recorded it), or ``PENDING``.
-        """
-        verdict = self.resolution(gen)
-        if verdict is not None and verdict != PROMOTED:
-            # After a rollback the master SIGTERMs its workers as surplus: only a SIGTERM
-            # recorded before the verdict means that the master is stopping.
-            if self.stopped_before(gen, self.resolution_time(gen)):
-                return STOPPING, "the master is stopping", False
-            return ROLLED_BACK, verdict, False
-        workers = self.workers(gen)
-        if any("stopping" in states for states in workers.values()):
-            return STOPPING, "the master is stopping", False
-        if verdict == PROMOTED:
-            return PROMOTED, "", False
-        status, reason = evaluate(self.generation_info(gen), workers, now, alive)
-        if status == PENDING:
-            return status, reason, False
-        text = PROMOTED if status == PROMOTED else reason
-        if not self._write(f"resolved-{gen}", text, exclusive=True):
-            return self.status(gen, now, alive)  # another worker decided first: its verdict
-        return status, reason, True
+    def publish(self, gen: int, verdict: Verdict) -> bool:
+        """Record a new verdict on *gen*, once: True for the one caller that recorded it."""
+        if not verdict.new:
+            return False
+        text = PROMOTED if verdict.status == PROMOTED else verdict.reason
+        return self._write(f"resolved-{gen}", text, exclusive=True)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The records of one generation, as :meth:`GateDir.facts` read them."""
+
+    info: dict | None
+    workers: dict[Member, dict[str, str]]
+    verdict: str | None = None  # the published verdict, if any
+    verdict_time: float | None = None  # when it was published (wall clock)
+    stops: tuple[float | None, ...] = ()  # when its workers recorded a plain SIGTERM
+
+    def stopped_before_verdict(self) -> bool:
+        """A plain SIGTERM recorded before the verdict: the master is stopping."""
+        if self.verdict_time is None:
+            return bool(self.stops)
+        limit = self.verdict_time
+        return any(when is not None and when <= limit for when in self.stops)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A generation's status; ``new`` when judged from the records and not published yet."""
+
+    status: str
+    reason: str = ""
+    new: bool = False
+
+
+def judge(
+    facts: Facts, now: float | None = None, alive: Callable[[int], bool] = pid_alive
+) -> Verdict:
+    """The gate's rules (pure), in order:
+
+    * a published rollback stays a rollback, unless a worker recorded a plain SIGTERM before it
+      (after a rollback the master SIGTERMs the failed workers as surplus): then ``STOPPING``;
+    * a worker of the generation recorded a plain SIGTERM: ``STOPPING`` (the master stops);
+    * a published promotion stays a promotion;
+    * else :func:`evaluate` decides from the records (a *new* verdict) or it is ``PENDING``.
+    """
+    if facts.verdict is not None and facts.verdict != PROMOTED:
+        if facts.stopped_before_verdict():
+            return Verdict(STOPPING, "the master is stopping")
+        return Verdict(ROLLED_BACK, facts.verdict)
+    if any("stopping" in states for states in facts.workers.values()):
+        return Verdict(STOPPING, "the master is stopping")
+    if facts.verdict == PROMOTED:
+        return Verdict(PROMOTED)
+    status, reason = evaluate(facts.info, facts.workers, now, alive)
+    return Verdict(status, reason, new=status != PENDING)
 
 
 def evaluate(

@@ -20,10 +20,10 @@ While it speaks to systemd the master, not the worker that decided, records each
 state file that ``grace-plugins reload`` waits for, right after ``READY=1``: used as
 ``ExecReload=``, the command must not return before systemd has heard that the reload is over.
 
-The master runs no thread of ours: it looks for the verdict when gunicorn asks a worker for its
-``age`` (every pass of the arbiter's loop, at least once a second, and every 0.1 s while
-``reload()`` waits for the old workers). A master started by ``kill -USR2`` stays silent: its pid
-is not systemd's main pid.
+The master looks for the verdict from one watcher thread of ours (see ``master.py``: gunicorn's
+loop offers no periodic hook, and ``reload()`` blocks the main thread up to ``graceful_timeout``);
+one lock orders its messages with ``STOPPING=1``. A master started by ``kill -USR2`` stays
+silent: its pid is not systemd's main pid.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class MasterNotifier:
         self.awaiting: int | None = 1  # the generation whose verdict ends a start or reload
         self.ready_sent = False
         self.stopping_sent = False
+        # re-entrant: a stop signal's handler runs on the main thread, maybe inside ``reloading``
+        self._lock = threading.RLock()
 
     @classmethod
     def take_from_environment(cls) -> MasterNotifier:
@@ -70,7 +72,7 @@ class MasterNotifier:
         after ``READY=1``: as ``ExecReload=``, the command must not end the reload first."""
         return self.notifier.address is not None and self.master_pid is not None
 
-    def _speaks(self) -> bool:
+    def speaks(self) -> bool:
         """In the master, until it said ``STOPPING=1`` (systemd then expects nothing else)."""
         return self.active and os.getpid() == self.master_pid and not self.stopping_sent
 
@@ -95,42 +97,44 @@ class MasterNotifier:
         return handler
 
     def _stopping(self) -> None:
-        if self._speaks():
-            self.stopping_sent = True
-            self.notifier.stopping()
+        if os.getpid() != self.master_pid:
+            return  # a worker's exit (it inherits the atexit list; the lock may be held)
+        with self._lock:
+            if self.speaks():
+                self.stopping_sent = True
+                self.notifier.stopping()
 
     def reloading(self, gen: int, workers: int) -> None:
         """A HUP opened generation *gen*: the service is reloading until its verdict."""
-        if not self._speaks():
-            return
-        self.awaiting = gen
-        if not self.ready_sent:
-            return  # still starting: the first READY=1 waits for this generation instead
-        self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
+        with self._lock:
+            if not self.speaks():
+                return
+            self.awaiting = gen
+            if not self.ready_sent:
+                return  # still starting: the first READY=1 waits for this generation instead
+            self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
 
     def poll(self, gate: GateDir) -> tuple[int, str] | None:
         """If the awaited generation has a verdict, report the service ready (again) and
-        return ``(generation, verdict)``; else None.
-
-        Main thread only: gunicorn 27's control-socket thread reads ``age`` too. While the
-        first generation is not decided (a HUP during the start), the start is not over.
-        """
-        gen = self.awaiting
-        if gen is None or not self._speaks():
-            return None
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        verdict = gate.resolution(gen)
-        if verdict is None or (not self.ready_sent and gate.resolution(1) is None):
-            return None
-        self.awaiting = None
-        self.ready_sent = True
-        pids = pid_list(gate.members(gen))
-        if verdict == PROMOTED:
-            status = f"serving with generation {gen} (workers {pids})"
-        elif gen == 1:
-            status = f"serving with generation 1, incomplete ({verdict})"
-        else:
-            status = f"upgrade rolled back: generation {gen}: {verdict}; the previous workers serve"
-        self.notifier.ready(status)
-        return gen, verdict
+        return ``(generation, verdict)``; else None. While the first generation is not decided
+        (a HUP during the start), the start is not over."""
+        with self._lock:
+            gen = self.awaiting
+            if gen is None or not self.speaks():
+                return None
+            verdict = gate.resolution(gen)
+            if verdict is None or (not self.ready_sent and gate.resolution(1) is None):
+                return None
+            self.awaiting = None
+            self.ready_sent = True
+            pids = pid_list(gate.members(gen))
+            if verdict == PROMOTED:
+                status = f"serving with generation {gen} (workers {pids})"
+            elif gen == 1:
+                status = f"serving with generation 1, incomplete ({verdict})"
+            else:
+                status = (
+                    f"upgrade rolled back: generation {gen}: {verdict}; the previous workers serve"
+                )
+            self.notifier.ready(status)
+            return gen, verdict

@@ -1,5 +1,5 @@
 """End-to-end tests of ``gunicorn -k grace_plugins.Worker``: real gunicorn masters on 127.0.0.1,
-client threads, HUPs, broken code; and unit tests of the readiness gate's verdicts."""
+client threads, HUPs, broken code (the gate's rules: tests/unit/test_gunicorn_gate.py)."""
 
 from __future__ import annotations
 
@@ -28,15 +28,6 @@ from tests.helpers import (
 )
 
 pytest.importorskip("gunicorn")
-
-from grace_plugins.gunicorn.gate import (  # noqa: E402
-    PENDING,
-    PROMOTED,
-    ROLLED_BACK,
-    GateDir,
-    Member,
-    evaluate,
-)
 
 APPS = os.path.join(ROOT, "tests", "apps")
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+) \((\d+)\)"
@@ -187,49 +178,6 @@ def assert_clean(report, *, slow: bool = True) -> None:
     assert not report.failures, report.summary()
     if slow:
         assert report.slow_started - report.slow_completed <= 0, report.summary()
-
-
-# -- the gate's verdicts (pure) ------------------------------------------------------------------
-INFO = {"expected": 2, "first_age": 3, "started": 100.0, "ready_timeout": 5.0}
-
-
-def _records(*states: tuple[int, int, str]) -> dict:
-    found: dict = {}
-    for age, pid, state in states:
-        found.setdefault(Member(2, age, pid), {})[state] = "boom" if state == "failed" else ""
-    return found
-
-
-def test_verdicts():
-    alive = lambda pid: True  # noqa: E731
-    ready = _records((3, 30, "ready"), (4, 40, "ready"))
-    assert evaluate(INFO, ready, 101, alive)[0] == PROMOTED
-    assert evaluate(INFO, _records((3, 30, "ready")), 101, alive)[0] == PENDING
-    failed = _records((3, 30, "ready"), (4, 40, "failed"))
-    status, why = evaluate(INFO, failed, 101, alive)
-    assert status == ROLLED_BACK and "worker 40 failed: boom" in why
-    # a later respawn (age 5) is not a member: the verdict is about the reload's workers
-    late = _records((3, 30, "ready"), (4, 40, "ready"), (5, 50, "failed"))
-    assert evaluate(INFO, late, 101, alive)[0] == PROMOTED
-    # a member killed before it wrote a record does not make a respawn a member
-    assert evaluate(INFO, _records((3, 30, "ready"), (5, 50, "ready")), 101, alive)[0] == PENDING
-    dead = _records((3, 30, "ready"), (4, 40, "boot"))
-    assert evaluate(INFO, dead, 101, lambda pid: pid != 40)[0] == ROLLED_BACK
-    slow = _records((3, 30, "boot"), (4, 40, "boot"))
-    assert evaluate(INFO, slow, 104, alive)[0] == PENDING
-    assert evaluate(INFO, slow, 109, alive)[0] == ROLLED_BACK
-
-
-def test_gate_dir_records_one_verdict(tmp_path):
-    gate = GateDir(str(tmp_path))
-    gate.open_generation(2, 1, 5.0, first_age=3)
-    gate.record(Member(2, 3, os.getpid()), "ready")
-    status, _, decided = gate.status(2)
-    assert (status, decided) == (PROMOTED, True)
-    assert gate.status(2)[2] is False  # decided once, by one worker
-    assert gate.ever_ready() and gate.newest_generation() == 2
-    assert gate.claim("logged", 2) and not gate.claim("logged", 2)
-    assert oct(os.stat(GateDir.create().path).st_mode & 0o777) == "0o700"
 
 
 def test_import_does_not_load_gunicorn():
@@ -654,33 +602,3 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     assert shown.returncode == 0
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout
-
-
-def test_gate_verdicts_are_published_whole_and_once(tmp_path):
-    """A verdict read while it is being written once looked empty, and an empty verdict passed
-    for a rollback: readers must see no verdict or the whole one, and only the first writer
-    wins."""
-    gate = GateDir(str(tmp_path))
-    text = "rolled back: " + "x" * 4000
-    seen_partial: list[str] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            for gen in range(1, 301):
-                verdict = gate.resolution(gen)
-                if verdict is not None and verdict not in (text, PROMOTED):
-                    seen_partial.append(verdict[:20])
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for gen in range(1, 301):
-            assert gate._write(f"resolved-{gen}", text if gen % 2 else PROMOTED, exclusive=True)
-            assert not gate._write(f"resolved-{gen}", PROMOTED, exclusive=True)
-    finally:
-        done.set()
-        thread.join(10)
-    assert seen_partial == []
-    assert gate.resolution(1) == text and gate.resolution(2) == PROMOTED
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]

@@ -1,0 +1,126 @@
+"""A new worker's boot: the app import is bounded, and broken code never halts the master.
+
+Gunicorn halts its master when a worker exits with 3 (``WORKER_BOOT_ERROR``) or 4
+(``APP_LOAD_ERROR``). Once some worker of this master was ever ready, a worker whose app does
+not load records the failure in the gate (the reload is rolled back) and exits with
+:data:`EXIT_NOT_LOADED` instead. An import that hangs is cut at the ready timeout. A respawn
+that meets broken code waits (exponential back-off) before it exits, so the master does not fork
+in a hot loop. At the very first start gunicorn's own behaviour is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from grace_plugins.gunicorn.gate import Member
+from grace_plugins.gunicorn.master import ready_timeout
+from grace_plugins.gunicorn.serve import DrainingWorker
+
+#: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
+#: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
+EXIT_NOT_LOADED = 75
+#: gunicorn's own status for an app that does not load: used when nothing else serves.
+APP_LOAD_ERROR = 4
+#: Longest back-off of a respawned worker that meets code that does not load.
+MAX_BACKOFF = 60.0
+
+
+class BootingWorker(DrainingWorker):
+    """The boot of a worker of a generation (``gate``, ``member``: see ``worker.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._settled = threading.Event()  # set once ready or failed: ends the boot watchdog
+        self._boot_start = 0.0
+
+    def init_process(self) -> None:
+        self.member = Member(self.generation, self._age, os.getpid())
+        self._boot_start = time.monotonic()
+        self.gate.record(self.member, "boot")
+        threading.Thread(target=self._watch_boot, name="grace-boot", daemon=True).start()
+        try:
+            super().init_process()  # imports the app, then run()
+        except SystemExit:
+            raise
+        except Exception as exc:
+            if self.booted or not self.gate.ever_ready():
+                raise  # nothing else serves: gunicorn's own handling (the master halts)
+            self._load_failed(exc)
+
+    def _watch_boot(self) -> None:
+        """Bound the app import: a worker not ready in time fails (a hang must not block)."""
+        limit = ready_timeout(self.cfg)
+        deadline = self._boot_start + limit
+        main = threading.main_thread().ident
+        while not self._settled.wait(1.0):
+            if time.monotonic() < deadline:
+                self.notify()  # the ready timeout is ours; spare gunicorn's heartbeat kill
+                continue
+            frame = sys._current_frames().get(main or 0)
+            where = "".join(traceback.format_stack(frame)).rstrip() if frame else "(unknown)"
+            reason = f"not ready after {limit:g} s (does the app hang at import?)"
+            self.log.error(
+                "grace_plugins: worker %s (generation %s) %s; it was at:\n%s",
+                self.member.pid,
+                self.generation,
+                reason,
+                where,
+            )
+            os._exit(self._fail(reason))
+
+    def _load_failed(self, exc: Exception) -> None:
+        self._settled.set()
+        reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        if self.gate.claim("logged", self.generation):
+            self.log.error(
+                "grace_plugins: generation %s: the new code does not load (%s); the running"
+                " workers keep serving the previous code. Fix it and send HUP again.",
+                self.generation,
+                reason,
+                exc_info=exc,
+            )
+        else:
+            self.log.error(
+                "grace_plugins: worker %s (generation %s): the code on disk does not load: %s",
+                self.member.pid,
+                self.generation,
+                reason,
+            )
+        status = self._fail(reason)
+        if not self._is_member():
+            self._back_off()
+        sys.exit(status)
+
+    def _fail(self, reason: str) -> int:
+        """Record that this worker's app did not load; return the exit status to use."""
+        if not self.gate.ever_ready():
+            return APP_LOAD_ERROR
+        self.gate.record(self.member, "failed", reason)
+        if self._is_member():
+            self._check_own()
+        return EXIT_NOT_LOADED
+
+    def _back_off(self) -> None:
+        """A respawn met broken code: wait before exiting so gunicorn does not fork hot."""
+        count = self.gate.bump_backoff()
+        delay = min(MAX_BACKOFF, 2.0 ** (count - 1))
+        self.log.error(
+            "grace_plugins: the code on disk does not load (%s failed respawns in a row); this"
+            " worker exits in %g s, then gunicorn respawns it. Fix the code and send HUP.",
+            count,
+            delay,
+        )
+        for listener in self.sockets:
+            listener.close()
+        deadline = time.monotonic() + delay
+        while not self._term_pending and time.monotonic() < deadline:
+            self.notify()
+            time.sleep(0.2)
+
+    def _is_member(self) -> bool:
+        return self.generation >= 2 and self.member in self.gate.members(self.generation)

@@ -1,0 +1,169 @@
+"""gunicorn's threaded worker (``gthread``) whose stop is a drain.
+
+Every connection is counted in a :class:`~grace_plugins.drain.ConnectionTracker` from accept to
+close, and a stop closes this worker's copies of the listeners (never ``shutdown()``: the
+listener is shared), finishes what is in flight, answers requests on idle keep-alive
+connections with ``Connection: close``, closes connections idle past ``keepalive`` (not
+gthread's 2 s stop linger), gives up at ``graceful_timeout`` and logs one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import inspect
+import os
+import selectors
+import threading
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers import gthread
+
+from grace_plugins.drain import ConnectionTracker
+
+#: How often a draining worker (and one that waits for a verdict) looks around.
+POLL = 0.1
+# gthread's internals changed across releases: tolerate what older ones lack (24.1+).
+_DEFER = getattr(gthread, "_DEFER", object())
+_GRACEFUL_CLOSE = "graceful" in inspect.signature(gthread.TConn.close).parameters
+
+
+class _TrackedConn(gthread.TConn):
+    """gthread's connection, counted in the tracker from accept to close."""
+
+    def __init__(self, cfg: Any, sock: Any, client: Any, server: Any, tracker: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.tracker = tracker
+        tracker.accepted(self, sock)
+
+    def close(self, graceful: bool = False) -> None:
+        try:
+            if _GRACEFUL_CLOSE:
+                super().close(graceful)
+            else:
+                super().close()
+        finally:
+            self.tracker.closed(self)
+
+
+class DrainingWorker(gthread.ThreadWorker):
+    """gthread with counted connections and a drain (``_drain``) as its way to stop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # runs in the master, before the fork
+        self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
+        self._stop_reason = ""
+
+    # -- connections ------------------------------------------------------------------------------
+    def accept(self, listener: Any) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        client_sock.setblocking(True)
+        conn = _TrackedConn(
+            self.cfg, client_sock, client_addr, listener.getsockname(), self.tracker
+        )
+        self.enqueue_req(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        self.tracker.request_started(conn)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            self.tracker.request_finished(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
+        whole ``keepalive`` (a request on it during a drain gets ``Connection: close``)."""
+        try:
+            result = fs.result() if not fs.cancelled() else False
+            if result is _DEFER:
+                conn.sock.setblocking(False)
+                conn.timeout = time.monotonic() + self.cfg.keepalive
+                self.pending_conns.append(conn)
+                self.poller.register(
+                    conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
+                )
+            elif result:
+                buffered = getattr(getattr(conn.parser, "unreader", None), "buf", None)
+                if buffered is not None and buffered.getvalue():
+                    self.enqueue_req(conn)  # the next request was read ahead already
+                    return
+                conn.sock.setblocking(False)
+                conn.set_timeout()
+                self.keepalived_conns.append(conn)
+                self.poller.register(
+                    conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+                )
+            else:
+                self.nr_conns -= 1
+                conn.close(graceful=True)
+        except Exception:
+            self.nr_conns -= 1
+            conn.close()
+
+    # -- drain ------------------------------------------------------------------------------------
+    def _murder_idle(self) -> None:
+        self.murder_keepalived()
+        if hasattr(self, "murder_pending"):  # gunicorn >= 25.3
+            self.murder_pending()
+
+    def _drain(self) -> None:
+        """Stop accepting (close our listener copies, never shutdown()), finish, exit."""
+        self.alive = False
+        reason = self._stop_reason or (
+            "max_requests reached" if self.nr >= self.max_requests else "stop"
+        )
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        self.tracker.begin_drain()
+        reports: list[Any] = []
+        drainer = threading.Thread(
+            target=lambda: reports.append(self.tracker.drain(float(self.cfg.graceful_timeout))),
+            name="grace-drain",
+            daemon=True,
+        )
+        drainer.start()
+        while drainer.is_alive():
+            self.notify()
+            self.wait_for_and_dispatch_events(timeout=POLL)
+            self._murder_idle()
+        drainer.join()
+        left = sum(self.tracker.counts())
+        while self.keepalived_conns:  # only after the deadline: everything else is closed
+            conn = self.keepalived_conns.popleft()
+            with contextlib.suppress(Exception):
+                self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
+        self.tpool.shutdown(wait=False)
+        self.poller.close()
+        self.method_queue.close()
+        report = reports[0]
+        self.log.info(
+            "grace_plugins: worker %s (generation %s) drained %s connections in %d ms (%s;"
+            " %s requests served, %s idle closed, %s cut at graceful_timeout)",
+            self.member.pid,
+            self.generation,
+            report.connections,
+            report.elapsed_ms,
+            reason,
+            self.nr,
+            report.idle_closed,
+            report.closed_at_deadline + left,
+        )
+        if report.closed_at_deadline or left:
+            # Request threads still inside the app would hold the exit: do not wait for them.
+            threading.Thread(target=_exit_soon, daemon=True).start()
+
+
+def _exit_soon() -> None:
+    time.sleep(1.0)
+    os._exit(0)
