@@ -80,7 +80,10 @@ def reload(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    """Print the serving generation and the last upgrade; does not block."""
+    """Print the serving generation, the draining ones and the last upgrade; does not block.
+
+    Connections a draining generation still holds are not shown: only the generation knows
+    them (its drain logs the count when it ends)."""
     pid = _target_pid(args)
     state = _state_of(pid)
     now = time.time()
@@ -92,6 +95,13 @@ def status(args: argparse.Namespace) -> int:
         print(
             f"serving: generation {state['generation']} (pid {state.get('generation_pid')}),"
             f" up {now - since:.0f} s"
+        )
+    for gen in state.get("draining") or []:
+        left = max(0.0, gen.get("deadline", now) - now)
+        cut = " (cut short: more than max_draining drain)" if gen.get("cut") else ""
+        print(
+            f"draining: generation {gen.get('generation')} (pid {gen.get('pid')}),"
+            f" {left:.0f} s to its deadline{cut}"
         )
     print(f"upgrades finished: {state.get('upgrades', 0)}", end="")
     print(" (one in progress)" if state.get("in_progress") else "")
@@ -109,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("reload", reload, "upgrade (SIGHUP) and wait for the outcome"),
-        ("status", status, "show the serving generation and the last upgrade"),
+        ("status", status, "show the serving and draining generations and the last upgrade"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         target = sub.add_mutually_exclusive_group(required=True)

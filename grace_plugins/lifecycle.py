@@ -142,6 +142,10 @@ class Lifecycle:
         gen.deadline = gen.drain_deadline + KILL_GRACE
         self.draining.append(gen)
         self._emit(act.Drain(gen.number))
+        uncut = [g for g in self.draining if not g.cut]
+        if len(uncut) > self.options.max_draining:
+            self._cut(now, uncut[0], len(uncut))
+        self._record_draining()
 
     def _cut(self, now: float, gen: Gen, count: int) -> None:
         gen.cut = True
@@ -222,6 +226,7 @@ class Lifecycle:
             self._emit(act.Forget(number))
             self.draining.remove(gen)
             self._emit(act.info("%s exited after draining (%s)", gen, status))
+            self._record_draining()
             self._maybe_followup(now)
 
     # -- supplied by Rules ------------------------------------------------------------------------

@@ -107,14 +107,12 @@ class Rules(Lifecycle):
             self._emit(act.info("upgrade (%s) ignored: stopping", reason))
             return
         interval = self.options.upgrade_interval
-        if self.pending or self.draining or (self.pace.too_soon(now) and self.current):
+        if self.pending or (self.pace.too_soon(now) and self.current):
             if self.pace.queue():
-                busy = self.pending or (self.draining[0] if self.draining else None)
-                if busy is None:
-                    state = f"the last upgrade started less than {interval:g} s ago"
+                if self.pending is not None:
+                    state = f"{self.pending} is still starting"
                 else:
-                    doing = "starting" if busy is self.pending else "draining"
-                    state = f"{busy} is still {doing}"
+                    state = f"the last upgrade started less than {interval:g} s ago"
                 self._emit(
                     act.info(
                         "upgrade (%s) queued: %s; one follow-up upgrade will run", reason, state
@@ -138,9 +136,10 @@ class Rules(Lifecycle):
         )
 
     def _maybe_followup(self, now: float) -> None:
-        """Start the coalesced follow-up once nothing starts and the interval passed."""
+        """Start the coalesced follow-up once nothing starts and the interval passed (however
+        many generations drain)."""
         self._maybe_reexec()
-        busy = bool(self.pending or self.draining) or self.stopping
+        busy = self.pending is not None or self.stopping
         if self.pace.followup_due(now, busy):
             self._start(now, "queued follow-up")
 

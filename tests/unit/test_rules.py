@@ -150,7 +150,6 @@ def test_upgrade_reports_reloading_then_ready_then_outcome():
     assert [g.number for g in d.rules.draining] == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
 def test_triggers_while_starting_coalesce_into_one_followup():
     d = Driver().serving()
     d.advance(2)
@@ -171,7 +170,6 @@ def test_triggers_while_starting_coalesce_into_one_followup():
     assert spawned(d.advance(5)) == []  # one follow-up, no more
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
 def test_upgrades_are_paced_by_the_interval():
     d = Driver(upgrade_interval=1.0).serving()
     d.advance(2)
@@ -202,7 +200,6 @@ def test_upgrade_asked_by_a_generation_names_it():
 
 
 # -- rollback -------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="issue 13: an upgrade waits for drains")
 def test_rollback_when_the_new_generation_exits():
     d = Driver().serving()
     d.upgrade(2)
@@ -363,3 +360,68 @@ def test_usr2_when_idle_reexecs_at_once_and_an_adopted_generation_is_upgraded():
     )
     assert spawned(d2.actions) == [8]
     assert act.Record({"generation": 7, "generation_pid": 4242}) in d2.actions
+
+
+# -- never wait for drains (issue 13) -------------------------------------------------------------
+def test_an_upgrade_starts_at_once_while_older_generations_drain():
+    d = Driver(drain_timeout=30.0).serving()
+    d.upgrade(2)
+    d.upgrade(3)
+    assert [g.number for g in d.rules.draining] == [1, 2]
+    d.advance(2)
+    out = d.signal(signal.SIGHUP)
+    assert spawned(out) == [4]
+    assert lines(out) == ["upgrade started (SIGHUP): generation 4 (pid 1004)"]
+
+
+def test_each_draining_generation_has_its_own_deadline():
+    d = Driver(drain_timeout=10.0).serving()
+    d.upgrade(2, after=2)  # generation 1 drains from t+2
+    d.upgrade(3, after=3)  # generation 2 drains from t+5
+    (first, second) = d.rules.draining
+    assert (second.deadline - first.deadline) == pytest.approx(3.0)
+    out = d.advance(10 + KILL_GRACE - 3)  # past generation 1's kill deadline only
+    assert kinds(out, act.Kill) == [act.Kill(1)]
+    out = d.advance(3)
+    assert kinds(out, act.Kill) == [act.Kill(1), act.Kill(2)]  # 1 again (every second), 2 now
+
+
+def test_past_max_draining_the_oldest_drain_is_cut_short():
+    d = Driver(max_draining=2, drain_timeout=30.0).serving()
+    d.upgrade(2)
+    d.upgrade(3)
+    assert kinds(d.actions, act.Drain) == [act.Drain(1), act.Drain(2)]
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.ready(4)
+    assert lines(out)[1] == (
+        "generation 1 (pid 1001) drain cut short: 3 generations draining, more than"
+        " max_draining=2; what it still holds is closed now"
+    )
+    assert kinds(out, act.Drain) == [act.Drain(3), act.Drain(1)]  # a second order to 1: now
+    (record,) = kinds(out, act.RecordDraining)
+    assert [(g.number, g.cut) for g in record.generations] == [(1, True), (2, False), (3, False)]
+    assert record.generations[0].deadline == d.now
+    # the cut generation is killed after the grace, not at its own 30 s deadline
+    assert kinds(d.advance(KILL_GRACE), act.Kill) == [act.Kill(1)]
+    d.exit(1, -9)
+    d.upgrade(5)  # 2 and 3 uncut plus 4: cut 2, never 1 twice
+    assert "generation 2 (pid 1002) drain cut short" in " ".join(lines(d.actions))
+
+
+def test_draining_generations_are_recorded_as_they_come_and_go():
+    d = Driver(drain_timeout=30.0).serving()
+    d.upgrade(2)
+    d.upgrade(3)
+    out = d.exit(1)
+    (record,) = kinds(out, act.RecordDraining)
+    assert [g.number for g in record.generations] == [2]
+    assert record.generations[0].deadline == pytest.approx(d.now + 30.0)
+
+
+def test_usr2_waits_for_the_drains_to_end():
+    d = Driver().serving()
+    d.upgrade(2)
+    out = d.signal(signal.SIGUSR2)
+    assert lines(out) == ["re-exec (SIGUSR2) deferred until the upgrade under way ends"]
+    assert kinds(d.exit(1), act.Reexec) == [act.Reexec()]
