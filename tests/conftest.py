@@ -3,6 +3,9 @@ when a test fails."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from tests.harness import ServerProcess
@@ -17,6 +20,21 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(
                 (f"server output ({' '.join(server.argv)[:80]})", server.output()[-6000:])
             )
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_the_test():
+    """Threads a test starts (clients, servers in process) end with it: checked after every
+    other fixture's clean-up, with a short grace for threads already finishing."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() >= deadline:
+            break
+        left[0].join(max(0.0, deadline - time.monotonic()))
+    assert not left, f"threads outlived the test: {[t.name for t in left]}"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pytest
@@ -48,6 +49,62 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
 def test_state_directory_is_private():
     mode = stat.S_IMODE(os.stat(state_dir()).st_mode)
     assert mode & 0o077 == 0
+
+
+def _spoil(kind: str, path, elsewhere) -> None:
+    """Make *path* a state directory grace_plugins must refuse."""
+    if kind == "not-yours":
+        path.mkdir(mode=0o700)
+        os.chown(path, 65534, 65534)  # nobody's (the suite runs as root)
+    elif kind == "open":
+        path.mkdir()
+        path.chmod(0o755)
+    else:
+        elsewhere.mkdir(mode=0o700)
+        path.symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("not-yours", r"is not a directory owned by you: remove it and retry\."),
+        ("open", r"is accessible by other users: chmod 700 it and retry\."),
+        ("symlink", r"is not a directory owned by you: remove it and retry\."),
+    ],
+)
+def test_state_directory_refused_by_server_and_status(start_server, tmp_path, kind, problem):
+    """A state directory someone else could read or plant files in is never used: the server
+    says so in one line and serves anyway; ``status`` exits 2 with that one line."""
+    if kind == "not-yours" and os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    bad = runtime / f"grace_plugins-{os.getuid()}"
+    _spoil(kind, bad, tmp_path / "elsewhere")
+    before = sorted(os.listdir(bad))
+    app = tmp_path / "app"
+    app.mkdir()
+    write_code(app, "v1")
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    server = start_server([PYTHON, SERVER, "127.0.0.1:0"], cwd=app, env=env)
+    port = server.wait_ready()
+    line = server.wait_for(r"no state file for grace-plugins reload/status: (.*)", 5)
+    assert re.fullmatch(re.escape(str(bad)) + " " + problem, line.group(1)), line.group(0)
+    assert http_get(port).version == "v1"
+
+    shown = grace_cli("status", "--pid", str(server.pid), env=env)
+    assert shown.returncode == 2, shown
+    lines = shown.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        "Error: " + re.escape(str(bad)) + " " + problem, lines[0]
+    ), shown.stderr
+    reload = grace_cli("reload", "--pid", str(server.pid), env=env)
+    assert reload.returncode == 2 and reload.stderr == shown.stderr
+    assert server.stop() == 0
+    assert sorted(os.listdir(bad)) == before  # nothing written through it
+    assert bad.is_symlink() == (kind == "symlink")
+    if kind == "open":
+        assert stat.S_IMODE(bad.stat().st_mode) == 0o755  # left as found: the user decides
 
 
 def test_reload_errors_are_one_line(tmp_path):

@@ -479,3 +479,63 @@ def test_grace_plugins_reload_through_runhot(start_server, site):
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert "version:v2" in http_get(server.port).body
     assert server.stop() == 0
+
+
+# -- issue 16: the rollback matrix and idle keep-alive clients, through runhot -------------------
+BROKEN_VIEWS = {
+    "sys.exit(3)": ("import sys\nsys.exit(3)", r"exit status"),
+    "sys.exit(msg)": ("import sys\nsys.exit('broken on purpose')", r"exit status"),
+    "os._exit(3)": ("import os\nos._exit(3)", r"exit status 3"),
+    "os.abort()": ("import os\nos.abort()", r"killed by SIGABRT"),
+    "exception": ("raise RuntimeError('broken on purpose')", r"exit status"),
+    "hang": ("import time\ntime.sleep(600)", r"was not ready within 10 s"),
+}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("kind", list(BROKEN_VIEWS))
+def test_rollback_matrix_under_load(start_server, site, kind):
+    """Every way new code can fail at import rolls back under load (HUP): no failed request,
+    the old pid keeps serving, the next good upgrade works."""
+    broken, why = BROKEN_VIEWS[kind]
+    server = runhot(start_server, site, "--noreload", "--ready-timeout", "10")
+    port, old = server.port, first_pid(server)
+    with Load(port, fresh=1, keepalive=1, slow=1, slow_seconds=0.5, max_seconds=100) as load:
+        wait_until(lambda: load.report.requests > 10, 15, "load to start")
+        set_version(site, "broken", extra=broken)
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for(r"upgrade rolled back: generation 2 .*" + why, 40, after=mark)
+        still = http_get(port)
+        assert (still.pid, still.version) == (old, "v1")
+        set_version(site, "fixed")
+        new = server.upgrade(60)
+        assert wait_served_by(port, new).version == "fixed"
+        wait_until(lambda: new in load.report.pids, 15, "the load to reach the fix")
+        report = load.stop()
+    assert not report.failures, report.summary()
+    assert report.slow_completed == report.slow_started, report.summary()
+    assert old in report.pids
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(150)
+def test_idle_keepalive_clients_across_four_upgrades(start_server, site):
+    """The threaded runserver keeps connections alive: clients idle between requests (less
+    than the keep-alive timeout) across 4 upgrades see no failure."""
+    server = runhot(start_server, site, "--noreload")
+    port = server.port
+    with Load(
+        port, fresh=0, keepalive=0, slow=0, idle=3, idle_seconds=1.0, max_seconds=120
+    ) as load:
+        for number in range(2, 6):
+            done = load.report.requests
+            wait_until(lambda d=done: load.report.requests >= d + 3, 20, "a round of requests")
+            set_version(site, f"v{number}")
+            new = server.upgrade(60)
+            wait_until(lambda p=new: p in load.report.pids, 20, f"idle clients on pid {new}")
+        report = load.stop()
+    assert not report.failures, report.summary()
+    assert report.reconnects < report.requests  # connections really were kept alive
+    assert "v5" in report.versions
+    assert server.stop() == 0

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import threading
 
 import pytest
 
+from tests.e2e.test_core_e2e import MALFORMED_INPUTS, run_with_inherited
 from tests.harness import (
     PYTHON,
     READY_LINE,
@@ -584,4 +586,85 @@ def test_grace_plugins_reload_through_hotrun(start_server, tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert "version:v2" in http_get(port).body
+    assert server.stop() == 0
+
+
+# -- issue 16: what the core promises, through flask hotrun ---------------------------------------
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", list(MALFORMED_INPUTS))
+def test_malformed_inherited_input_through_hotrun(tmp_path, case):
+    """Each malformed inherited input, through ``flask hotrun`` as a user starts it: one line,
+    exit status 2, no traceback."""
+    seed_app(tmp_path)
+    env, kind, message = MALFORMED_INPUTS[case]
+    argv = [FLASK, "--app", "app.py", "hotrun", "-p", "0"]
+    status, stderr = run_with_inherited(argv, env, kind, tmp_path)
+    lines = stderr.strip().splitlines()
+    assert status == 2, stderr
+    assert len(lines) == 1 and re.search(message, lines[0]), stderr
+    assert "Traceback" not in stderr
+
+
+BROKEN_AT_IMPORT = {
+    "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exit status"),
+    "sys.exit(msg)": ("import sys\nsys.exit('broken on purpose')\n", r"exit status"),
+    "os._exit(3)": ("import os\nos._exit(3)\n", r"exit status 3"),
+    "os.abort()": ("import os\nos.abort()\n", r"killed by SIGABRT"),
+    "exception": ("raise RuntimeError('broken on purpose')\n", r"exit status"),
+    "hang": ("import time\ntime.sleep(120)\n", r"was not ready within 3 s"),
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", list(BROKEN_AT_IMPORT))
+def test_rollback_matrix_under_load(start_server, tmp_path, kind):
+    """Every way new code can fail at import rolls back under load: no failed request, the old
+    pid keeps serving, and the next good upgrade works."""
+    broken, why = BROKEN_AT_IMPORT[kind]
+    app = seed_app(tmp_path)
+    server, port = hotrun(start_server, tmp_path, "--no-reload", "--ready-timeout", "3")
+    old_pid = server.generation_pids()[1]
+    with Load(port, fresh=1, keepalive=1, slow=1, slow_seconds=0.5, max_seconds=60) as load:
+        wait_until(lambda: load.report.requests > 10, 10, "load to start")
+        set_version(app, "v2", extra=broken)
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for(r"upgrade rolled back: generation 2 .*" + why, 20, mark)
+        resp = http_get(port)
+        assert (resp.pid, resp.version) == (old_pid, "v1")
+        set_version(app, "v3")
+        pid = server.upgrade(30)
+        assert wait_served_by(port, pid).version == "v3"
+        wait_until(lambda: pid in load.report.pids, 10, "the load to reach the fix")
+        report = load.stop()
+    assert_clean(report)
+    assert old_pid in report.pids
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_idle_keepalive_clients_across_upgrades(start_server, tmp_path):
+    """werkzeug's dev server has no keep-alive: every answer says ``Connection: close``, and
+    clients that keep connections idle reconnect across 4 upgrades without one failure."""
+    app = seed_app(tmp_path)
+    server, port = hotrun(start_server, tmp_path, "--no-reload")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/hello")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.getheader("Connection", "").lower() == "close" and resp.will_close
+    finally:
+        conn.close()
+    with Load(port, fresh=0, keepalive=0, slow=0, idle=3, idle_seconds=0.5) as load:
+        for number in range(2, 6):
+            done = load.report.requests
+            wait_until(lambda d=done: load.report.requests >= d + 3, 15, "a round of requests")
+            set_version(app, f"v{number}")
+            pid = server.upgrade(30)
+            wait_until(lambda p=pid: p in load.report.pids, 15, f"idle clients on pid {pid}")
+        report = load.stop()
+    assert_clean(report)
+    assert report.reconnects == report.requests  # each answer closed; each client reconnected
+    assert "v5" in report.versions
     assert server.stop() == 0

@@ -52,6 +52,13 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
         time.sleep(0.02)
 
 
+def joined(thread: threading.Thread, timeout: float, what: str = "a client thread") -> None:
+    """Join *thread*; fail (naming *what*) if it is still running after *timeout* s."""
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what} still running after {timeout:g} s")
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment, unbuffered, with the checkout on ``PYTHONPATH`` and *extra* on top."""
     env = dict(os.environ)
@@ -113,6 +120,7 @@ class ServerProcess:
     ) -> None:
         self.argv = list(argv)
         self._lines: list[str] = []
+        self._times: list[float] = []  # time.monotonic() when each line was read
         self._cond = threading.Condition()
         self._log: IO[bytes] | None = open(log_path, "wb") if log_path else None  # noqa: SIM115
         self.log_path = log_path
@@ -143,9 +151,11 @@ class ServerProcess:
                 self.owned.scan()
             with self._cond:
                 self._lines.append(line)
+                self._times.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self._lines.append("<EOF>")
+            self._times.append(time.monotonic())
             self._cond.notify_all()
 
     def output(self, after: int = 0) -> str:
@@ -186,6 +196,13 @@ class ServerProcess:
         regex = re.compile(pattern)
         with self._cond:
             return sum(1 for line in self._lines[after:] if regex.search(line))
+
+    def times_of(self, pattern: str, after: int = 0) -> list[float]:
+        """When (``time.monotonic()``, as read) each line matching *pattern* was printed."""
+        regex = re.compile(pattern)
+        with self._cond:
+            pairs = list(zip(self._lines[after:], self._times[after:], strict=True))
+        return [moment for line, moment in pairs if regex.search(line)]
 
     def wait_ready(self, timeout: float = 30.0) -> int:
         """Wait for the first generation's ready line; return the port it listens on."""
@@ -254,14 +271,17 @@ class ServerProcess:
         self.close()
 
 
-def grace_cli(*args: str, timeout: float = 75) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m grace_plugins ARGS`` (``reload``, ``status``) from this checkout."""
+def grace_cli(
+    *args: str, timeout: float = 75, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m grace_plugins ARGS`` (``reload``, ``status``) from this checkout, with
+    *env* on top of this environment."""
     return subprocess.run(
         [PYTHON, "-m", "grace_plugins", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
     )
 
 

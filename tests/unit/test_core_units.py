@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,15 +19,6 @@ from grace_plugins.pidfile import read_pidfile, remove_pidfile, write_pidfile
 from grace_plugins.sdnotify import Notifier
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def test_import_pulls_in_no_web_framework():
-    code = (
-        "import sys, grace_plugins, grace_plugins.runner, grace_plugins.tracked_server;"
-        "bad = [m for m in ('flask', 'werkzeug', 'django', 'gunicorn') if m in sys.modules];"
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=20)
 
 
 # -- addresses and binding ------------------------------------------------------------------------
@@ -222,10 +212,12 @@ def test_systemd_malformed(env, problem):
 # -- channel, tracker, pidfile, notify -------------------------------------------------------------
 def test_channel_lines_and_eof():
     ours, theirs_sock = Channel.pair()
+    ours.sock.settimeout(5)  # a lost message fails the test instead of hanging it
     theirs = Channel(theirs_sock)
     assert theirs.send("ready") and theirs.send("upgrade")
     received: list[str] = []
-    while len(received) < 2:
+    deadline = time.monotonic() + 5
+    while len(received) < 2 and time.monotonic() < deadline:
         received += ours.receive() or []
     assert received == ["ready", "upgrade"]
     theirs.close()
@@ -244,19 +236,30 @@ def test_tracker_waits_for_active_and_closes_long_idle():
         tracker.request_finished("idle")
         assert tracker.counts() == (1, 1)
 
+        seen_draining: list[bool] = []
+
         def finish_busy() -> None:
             time.sleep(0.4)
+            # responses said Connection: close meanwhile (checked by the test, not here)
+            seen_draining.append(tracker.draining)
             tracker.request_finished("busy")
             tracker.closed("busy")
-            assert tracker.draining  # responses said Connection: close meanwhile
+
+        def close_idle() -> None:
+            d.settimeout(5)  # the drain shuts the idle socket: its handler sees EOF
+            with contextlib.suppress(OSError):
+                d.recv(1)
+            tracker.closed("idle")
 
         worker = threading.Thread(target=finish_busy)
+        closer = threading.Thread(target=close_idle)
         worker.start()
-        closer = threading.Thread(target=lambda: (d.recv(1), tracker.closed("idle")))
-        closer.start()  # the idle handler sees EOF when the drain shuts its socket
+        closer.start()
         report = tracker.drain(timeout=5)
-        worker.join()
-        closer.join()
+        worker.join(5)
+        closer.join(5)
+        assert not worker.is_alive() and not closer.is_alive()
+        assert seen_draining == [True]
         assert report.connections == 2
         assert report.idle_closed == 1 and report.closed_at_deadline == 0
         assert 300 < report.elapsed_ms < 4000
@@ -305,61 +308,3 @@ def test_notify_sends_datagrams(tmp_path):
         assert notifier.stopping()
         assert "STOPPING=1" in server.recv(4096).decode()
     assert Notifier("").send("READY=1") is False
-
-
-# -- re-running the program ------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("argv_tail", "expected_tail"),
-    [
-        (["-X", "utf8", "prog.py", "--flag"], ["-X", "utf8", "{dir}/prog.py", "--flag"]),
-        (["-m", "progpkg", "a"], ["-m", "progpkg", "a"]),
-        (["-c", "import progpkg.__main__", "b"], ["-c", "import progpkg.__main__", "b"]),
-    ],
-    ids=["script", "module", "command"],
-)
-def test_program_argv_reproduces_how_python_was_started(tmp_path, argv_tail, expected_tail):
-    report = "import json, grace_plugins.process as p; print(json.dumps(p.program_argv()))"
-    (tmp_path / "prog.py").write_text(report)
-    (tmp_path / "progpkg").mkdir()
-    (tmp_path / "progpkg" / "__init__.py").write_text("")
-    (tmp_path / "progpkg" / "__main__.py").write_text(report)
-    result = subprocess.run(
-        [sys.executable, *argv_tail],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.path.dirname(
-                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            ),
-        },
-    )
-    assert result.returncode == 0, result.stderr
-    got = json.loads(result.stdout.strip().splitlines()[-1])
-    assert got[0] == sys.executable
-    assert got[1:] == [part.format(dir=tmp_path) for part in expected_tail]
-
-
-def test_non_posix_platform_is_a_clear_error():
-    # A child pretends to be Windows (os.name is the platform seam): one line, exit status 2.
-    code = (
-        "import os; from grace_plugins.runner import run_or_exit; os.name = 'nt';"
-        " run_or_exit(lambda c: None, ['8000'])"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.path.dirname(
-                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            ),
-        },
-    )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1
-    assert "needs POSIX signals and file descriptor passing (Linux or macOS)" in result.stderr

@@ -1,0 +1,376 @@
+"""Unit tests of the core's smaller pieces (no process started): the command line of
+``grace-plugins``, the state file, the log format, re-running the program, the re-exec
+variable, errors and the channel's inherited end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+import pytest
+
+from grace_plugins import __main__ as cli
+from grace_plugins import log, process, reexec, state
+from grace_plugins.channel import Channel
+from grace_plugins.errors import ExitCode, GraceError, require_posix
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """A private XDG_RUNTIME_DIR, so state files are this test's own."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    return tmp_path
+
+
+# -- the state file -------------------------------------------------------------------------------
+def test_state_file_round_trip_private_and_removed(runtime):
+    saved = state.StateFile(pid=424242)
+    saved.update(generation=1, generation_pid=5)
+    saved.record_upgrade("ok", "generation 2 (pid 6)", generation=2)
+    data = state.read_state(424242)
+    assert data is not None
+    assert data["upgrades"] == 1 and data["generation"] == 1
+    assert data["last_upgrade"]["generation"] == 2
+    assert data["last_upgrade"]["outcome"] == "ok" and not data["in_progress"]
+    assert oct(os.stat(saved.path).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(state.state_dir()).st_mode & 0o777) == "0o700"
+    saved.remove()
+    assert state.read_state(424242) is None
+    saved.remove()  # twice is fine
+
+
+def test_state_resume_keeps_start_and_count(runtime):
+    first = state.StateFile()
+    first.update(upgrades=3, started=123.0)
+    resumed = state.StateFile.resume()
+    assert resumed.data["upgrades"] == 3 and resumed.data["started"] == 123.0
+    first.remove()
+
+
+def test_merge_state_for_several_writers(runtime):
+    state.merge_state(31337, in_progress=True)
+    state.merge_upgrade(31337, "rolled_back", "broken", generation=1)
+    data = state.read_state(31337)
+    assert data is not None and data["upgrades"] == 1 and data["in_progress"] is False
+    assert data["last_upgrade"]["detail"] == "broken"
+    os.unlink(state.state_path(31337))
+
+
+def test_state_read_ignores_garbage(runtime):
+    with open(state.state_path(99), "w") as handle:
+        handle.write("[1, 2]")
+    assert state.read_state(99) is None
+    with open(state.state_path(99), "w") as handle:
+        handle.write("{not json")
+    assert state.read_state(99) is None
+
+
+@pytest.mark.parametrize("kind", ["open", "symlink", "file"])
+def test_state_dir_refused(runtime, kind):
+    path = runtime / f"grace_plugins-{os.getuid()}"
+    if kind == "open":
+        path.mkdir()
+        path.chmod(0o755)
+        problem = "accessible by other users: chmod 700 it"
+    elif kind == "symlink":
+        (runtime / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(runtime / "elsewhere")
+        problem = "not a directory owned by you: remove it"
+    else:
+        path.write_text("")
+        problem = "not a directory owned by you: remove it"
+    with pytest.raises(GraceError, match=problem):
+        state.state_dir()
+    state.merge_state(5, x=1)  # several writers: a refused directory is silently skipped
+    state.StateFile.__init__  # noqa: B018 (the supervisor reports the refusal itself)
+
+
+def test_state_write_failure_never_raises(runtime, monkeypatch):
+    saved = state.StateFile(pid=77)
+    monkeypatch.setattr(os, "rename", _raise_oserror)
+    saved.update(generation=1)  # informative only: no exception
+    assert state.read_state(77) is None
+    assert not [n for n in os.listdir(state.state_dir()) if n.endswith(".tmp")]
+
+
+def _raise_oserror(*args, **kwargs):
+    raise OSError("disk full")
+
+
+# -- grace-plugins reload / status ----------------------------------------------------------------
+def _write_state(pid: int, **fields) -> None:
+    data = {"pid": pid, "started": 0.0, "upgrades": 0, **fields}
+    with open(state.state_path(pid), "w") as handle:
+        json.dump(data, handle)
+
+
+def test_status_prints_what_the_supervisor_recorded(runtime, capsys):
+    me = os.getpid()
+    last = {"outcome": "ok", "detail": "generation 2 (pid 9)", "finished": 0.0}
+    _write_state(
+        me, listeners=["tcp:127.0.0.1:80"], generation=2, generation_pid=9, last_upgrade=last
+    )
+    assert cli.main(["status", "--pid", str(me)]) == 0
+    out = capsys.readouterr().out
+    assert f"supervisor pid {me}" in out and "listening: tcp:127.0.0.1:80" in out
+    assert "serving: generation 2 (pid 9)" in out and "upgrades finished: 0" in out
+    assert "last upgrade: ok" in out
+
+
+def test_status_of_a_pidfile_target(runtime, tmp_path, capsys):
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    _write_state(os.getpid(), in_progress=True)
+    assert cli.main(["status", "--pidfile", str(pidfile)]) == 0
+    assert "(one in progress)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["status", "--pidfile", "/nonexistent/x.pid"], cli.NOT_RUNNING, "Cannot read a pid"),
+        (["status", "--pid", "999999999"], cli.NOT_RUNNING, "the server is not running"),
+        (["reload", "--pid", "SELF"], ExitCode.USAGE, "is not a grace_plugins supervisor"),
+    ],
+)
+def test_cli_errors_are_one_line(runtime, capsys, args, status, message):
+    args = [str(os.getpid()) if a == "SELF" else a for a in args]
+    assert cli.main(args) == status
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("Error: ")
+
+
+def test_cli_needs_a_target(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["reload"])
+    assert info.value.code == 2
+
+
+class _FakeSupervisor:
+    """Stands in for the signalled supervisor: records the outcome it is asked for."""
+
+    def __init__(self, pid: int, outcome: str | None, upgrades: int = 1, vanish=False) -> None:
+        self.pid, self.outcome, self.upgrades, self.vanish = pid, outcome, upgrades, vanish
+        self.signals: list[int] = []
+
+    def kill(self, pid: int, sig: int) -> None:
+        assert pid == self.pid
+        self.signals.append(sig)
+        if sig == 0:
+            if self.vanish and len(self.signals) > 1:
+                raise ProcessLookupError
+            return
+        if self.vanish:
+            os.unlink(state.state_path(pid))
+        elif self.outcome:
+            last = {"outcome": self.outcome, "detail": "generation 2 (pid 8)", "finished": 0}
+            _write_state(pid, upgrades=self.upgrades, last_upgrade=last)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "vanish", "status", "stream", "text"),
+    [
+        ("ok", False, 0, "out", "upgraded: generation 2 (pid 8)"),
+        ("rolled_back", False, cli.ROLLED_BACK, "err", "rolled back: generation 2"),
+        (None, False, cli.TIMED_OUT, "err", "no outcome within 0.2 s"),
+        (None, True, cli.NOT_RUNNING, "err", "exited during the upgrade"),
+    ],
+)
+def test_reload_waits_for_the_outcome(
+    runtime, monkeypatch, capsys, outcome, vanish, status, stream, text
+):
+    pid = 4242424
+    _write_state(pid)
+    fake = _FakeSupervisor(pid, outcome, vanish=vanish)
+    monkeypatch.setattr(cli.os, "kill", fake.kill)
+    monkeypatch.setattr(cli, "pid_alive", lambda p: not (vanish and signal.SIGHUP in fake.signals))
+    assert cli.main(["reload", "--pid", str(pid), "--timeout", "0.2"]) == status
+    assert signal.SIGHUP in fake.signals
+    captured = capsys.readouterr()
+    assert text in (captured.out if stream == "out" else captured.err)
+
+
+def test_reload_during_an_upgrade_waits_for_the_follow_up(runtime, monkeypatch):
+    pid = 4242425
+    _write_state(pid, in_progress=True)
+    fake = _FakeSupervisor(pid, "ok", upgrades=1)  # only the upgrade under way finished
+    monkeypatch.setattr(cli.os, "kill", fake.kill)
+    monkeypatch.setattr(cli, "pid_alive", lambda p: True)
+    assert cli.main(["reload", "--pid", str(pid), "--timeout", "0.2"]) == cli.TIMED_OUT
+
+
+# -- the log --------------------------------------------------------------------------------------
+def test_log_lines_say_who_speaks_and_configure_is_idempotent(capsys):
+    logger = log.configure("supervisor")
+    again = log.configure("gen 3")
+    assert logger is again is log.get_logger()
+    assert len([h for h in logger.handlers if getattr(h, "_grace", False)]) == 1
+    handler = next(h for h in logger.handlers if getattr(h, "_grace", False))
+    record = logging.LogRecord("grace_plugins", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    assert handler.format(record) == f"[grace_plugins] [gen 3 {os.getpid()}] hello x"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "ValueError: boom" in handler.format(record)
+
+
+# -- re-running the program -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("orig", "argv", "expected"),
+    [
+        (
+            ["py", "-X", "utf8", "prog.py", "-v"],
+            ["prog.py", "-v"],
+            ["-X", "utf8", "{dir}/prog.py", "-v"],
+        ),
+        (["py", "-m", "pkg", "a"], ["/abs/pkg/__main__.py", "a"], ["-m", "pkg", "a"]),
+        (["py", "-c", "code", "b"], ["-c", "b"], ["-c", "code", "b"]),
+        (["py", "missing.py"], ["missing.py"], ["missing.py"]),
+    ],
+    ids=["script", "module", "command", "missing-script"],
+)
+def test_program_argv(tmp_path, monkeypatch, orig, argv, expected):
+    (tmp_path / "prog.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
+    monkeypatch.setattr(sys, "argv", argv)
+    got = process.program_argv()
+    assert got == [sys.executable, *(part.format(dir=tmp_path) for part in expected)]
+
+
+def test_pid_alive_and_reaping_outside_pid1():
+    assert process.pid_alive(os.getpid())
+    assert not process.pid_alive(2**22 + 12345)
+    assert process.reap_orphans(set()) == 0  # not PID 1: nothing to do
+
+
+def test_signal_group_leaves_finished_processes_alone():
+    class Finished:
+        returncode = 0
+        pid = -1
+
+        def send_signal(self, signum):  # pragma: no cover - must not be called
+            raise AssertionError("signalled a finished process")
+
+    process.Spawner().signal_group(Finished(), signal.SIGTERM)  # type: ignore[arg-type]
+
+
+def test_signal_group_falls_back_to_the_process():
+    sent = []
+
+    class Gone:
+        returncode = None
+        pid = 2**22 + 4321  # no such group
+
+        def send_signal(self, signum):
+            sent.append(signum)
+
+    process.Spawner().signal_group(Gone(), signal.SIGTERM)  # type: ignore[arg-type]
+    assert sent == [signal.SIGTERM]
+
+
+# -- the re-exec variable -------------------------------------------------------------------------
+def test_supervisor_handoff_round_trip_and_removed():
+    original = reexec.SupervisorHandoff([("tcp:127.0.0.1:1", 3)], 4, 1234, 5, 9)
+    env = {reexec.SUPERVISOR_VAR: original.encode(), "KEEP": "1"}
+    assert reexec.take_supervisor_handoff(env) == original
+    assert env == {"KEEP": "1"}
+    assert reexec.take_supervisor_handoff({}) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"v": 2}, "format version 2"),
+        ({"pid": 1}, "written by pid 1"),
+        ({"generation": "x"}, "is malformed"),
+        ({"listeners": [5]}, "is malformed"),
+    ],
+)
+def test_supervisor_handoff_malformed(change, problem):
+    value = json.loads(reexec.SupervisorHandoff([("tcp:x", 3)], 1, 2, 4, 0).encode())
+    value.update(change)
+    with pytest.raises(GraceError, match=problem) as info:
+        reexec.take_supervisor_handoff({reexec.SUPERVISOR_VAR: json.dumps(value)})
+    assert "\n" not in str(info.value)
+    with pytest.raises(GraceError, match="is malformed"):
+        reexec.take_supervisor_handoff({reexec.SUPERVISOR_VAR: "garbage"})
+
+
+# -- errors, the channel's inherited end ----------------------------------------------------------
+def test_require_posix(monkeypatch):
+    require_posix()
+    monkeypatch.setattr(os, "name", "nt")
+    with pytest.raises(GraceError, match="needs POSIX signals"):
+        require_posix()
+
+
+def test_channel_from_inherited_fd_and_peer_gone():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.set_inheritable(True)
+    theirs = Channel.from_fd(b.detach())
+    ours = Channel(a)
+    with a:
+        assert theirs.sock.get_inheritable() is False
+        assert theirs.fileno() >= 0
+        theirs.close()
+        assert ours.send("x" * 10) in (True, False)  # the peer may already be gone
+        a.settimeout(2)
+        assert ours.receive() is None
+        assert ours.send("drain") is False
+
+
+# -- a generation's context and the tracked stdlib server (threads, no process) -------------------
+def test_tracked_server_counts_and_closes_keepalive_while_draining():
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from socketserver import ThreadingMixIn
+
+    from grace_plugins.drain import ConnectionTracker
+    from grace_plugins.tracked_server import TrackedHandlerMixin, TrackedServerMixin
+
+    class Server(TrackedServerMixin, ThreadingMixIn, HTTPServer):
+        daemon_threads = True
+
+    class Handler(TrackedHandlerMixin, BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Connection", "keep-alive")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    import http.client
+    import threading
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.tracker = ConnectionTracker(keepalive_timeout=5)
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    loop.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+    try:
+        conn.request("GET", "/")
+        first = conn.getresponse()
+        assert first.read() == b"ok" and not first.will_close
+        assert server.tracker.total_accepted == 1
+        server.tracker.begin_drain()
+        conn.request("GET", "/")  # the idle keep-alive connection is served, then closed
+        second = conn.getresponse()
+        assert second.read() == b"ok" and second.getheader("Connection") == "close"
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
+        loop.join(5)
+    assert not loop.is_alive()
