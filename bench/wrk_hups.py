@@ -35,9 +35,9 @@ NO_HUP = ("`flask run`", "`manage.py runserver`")
 @dataclass
 class Plan:
     hups: int = 3
-    interval: float = 3.0  # seconds between HUPs (import 1 s + cutover + drain)
+    interval: float = 2.5  # seconds between HUPs (import 1 s + cutover + drain)
     lead: float = 1.0  # wrk runs alone before the first HUP
-    tail: float = 2.0  # and after the last
+    tail: float = 1.5  # and after the last
 
 
 @dataclass
