@@ -3,7 +3,8 @@
 Gunicorn halts its master when a worker exits with 3 (``WORKER_BOOT_ERROR``) or 4
 (``APP_LOAD_ERROR``). Once some worker of this master was ever ready, a worker whose app does
 not load records the failure in the gate (the reload is rolled back) and exits with
-:data:`EXIT_NOT_LOADED` instead. An import that hangs is cut at the ready timeout. A respawn
+:data:`EXIT_NOT_LOADED` instead, whatever ended the import: an exception, ``sys.exit(N)``, or
+``os._exit(N)`` called from Python. An import that hangs is cut at the ready timeout. A respawn
 that meets broken code waits (exponential back-off) before it exits, so the master does not fork
 in a hot loop. At the very first start gunicorn's own behaviour is kept.
 """
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.gate import Member
 from grace_plugins.gunicorn.master import ready_timeout
@@ -28,6 +29,12 @@ EXIT_NOT_LOADED = 75
 APP_LOAD_ERROR = 4
 #: Longest back-off of a respawned worker that meets code that does not load.
 MAX_BACKOFF = 60.0
+#: The real ``os._exit``: our own exits never pass through the guard of ``load_wsgi``.
+_real_exit = os._exit
+
+
+class AppExited(Exception):
+    """The app's code ended this worker while it was loading (``sys.exit``, ``os._exit``)."""
 
 
 class BootingWorker(DrainingWorker):
@@ -52,6 +59,31 @@ class BootingWorker(DrainingWorker):
                 raise  # nothing else serves: gunicorn's own handling (the master halts)
             self._load_failed(exc)
 
+    def load_wsgi(self) -> None:
+        """Import the app. Once something serves, an exit the import asks for becomes a load
+        failure: gunicorn halts its master on a worker's 3 or 4, whoever chose the status. At
+        the very first start gunicorn's own handling is kept."""
+        if not self.gate.ever_ready():
+            super().load_wsgi()
+            return
+        os_exit = os._exit
+        setattr(os, "_exit", self._exit_while_loading)  # noqa: B010 (a module's function)
+        try:
+            super().load_wsgi()
+        except SystemExit as exc:
+            failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
+            raise failure.with_traceback(exc.__traceback__) from None
+        finally:
+            setattr(os, "_exit", os_exit)  # noqa: B010
+
+    def _exit_while_loading(self, status: int) -> NoReturn:
+        """``os._exit`` while the app loads: record the failure, exit with our status."""
+        if os.getpid() != self.member.pid:  # a process the app forked: its own business
+            _real_exit(status)
+        where = "".join(traceback.format_stack()[:-1])
+        reason = f"the app called os._exit({status}) while loading"
+        _real_exit(self._not_loaded(reason, where=f"Traceback (most recent call last):\n{where}"))
+
     def _watch_boot(self) -> None:
         """Bound the app import: a worker not ready in time fails (a hang must not block)."""
         limit = ready_timeout(self.cfg)
@@ -71,17 +103,23 @@ class BootingWorker(DrainingWorker):
                 reason,
                 where,
             )
-            os._exit(self._fail(reason))
+            _real_exit(self._fail(reason))
 
-    def _load_failed(self, exc: Exception) -> None:
-        self._settled.set()
+    def _load_failed(self, exc: Exception) -> NoReturn:
         reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        sys.exit(self._not_loaded(reason, exc))
+
+    def _not_loaded(self, reason: str, exc: BaseException | None = None, where: str = "") -> int:
+        """Log (the traceback once per generation) and record that the app did not load;
+        back off if this worker is a respawn. Returns the exit status to use."""
+        self._settled.set()
         if self.gate.claim("logged", self.generation):
             self.log.error(
                 "grace_plugins: generation %s: the new code does not load (%s); the running"
-                " workers keep serving the previous code. Fix it and send HUP again.",
+                " workers keep serving the previous code. Fix it and send HUP again.%s",
                 self.generation,
                 reason,
+                f"\n{where.rstrip()}" if where else "",
                 exc_info=exc,
             )
         else:
@@ -94,7 +132,7 @@ class BootingWorker(DrainingWorker):
         status = self._fail(reason)
         if not self._is_member():
             self._back_off()
-        sys.exit(status)
+        return status
 
     def _fail(self, reason: str) -> int:
         """Record that this worker's app did not load; return the exit status to use."""
