@@ -6,7 +6,8 @@ system). Messages are short ASCII lines:
 
 * generation -> supervisor: ``ready`` (the app is imported and serving), ``upgrade`` (please
   start a new generation: a HUP reached the generation, or a watched file changed);
-* supervisor -> generation: ``drain`` (stop accepting, finish, exit).
+* supervisor -> generation: ``drain`` (stop accepting, finish, exit); a second ``drain``
+  cuts the drain short (close what is left now: too many generations are draining).
 
 End of file means the other side is gone: a supervisor sees it when a generation dies (so a
 crash before ``ready`` rolls the upgrade back at once), a generation when its supervisor died

@@ -34,6 +34,9 @@ class DrainReport:
     closed_at_deadline: int
     idle_closed: int
     elapsed_ms: float
+    #: The supervisor cut the drain short (too many generations draining): what was left was
+    #: closed then, not at the deadline.
+    cut_short: bool = False
 
 
 class _Connection:
@@ -55,6 +58,7 @@ class ConnectionTracker:
         self._connections: dict[Hashable, _Connection] = {}
         self._draining = False
         self._seen_while_draining = 0
+        self._cut = False
         self.total_accepted = 0
 
     @property
@@ -108,6 +112,13 @@ class ConnectionTracker:
                 self._seen_while_draining = len(self._connections)
                 self._lock.notify_all()
 
+    def cut_short(self) -> None:
+        """Bring the drain's deadline to now (the supervisor has too many generations
+        draining): :meth:`drain` closes what is left at once and counts it."""
+        with self._lock:
+            self._cut = True
+            self._lock.notify_all()
+
     def drain(self, timeout: float) -> DrainReport:
         """Wait until every connection is closed, at most *timeout* seconds; blocks.
 
@@ -121,7 +132,7 @@ class ConnectionTracker:
         with self._lock:
             while self._connections:
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= deadline or self._cut:
                     break
                 next_check = deadline
                 for conn in self._connections.values():
@@ -140,11 +151,13 @@ class ConnectionTracker:
                     leftovers += _shut(conn.sock)
                     conn.sock = None
             seen = self._seen_while_draining
+            cut = self._cut
         return DrainReport(
             connections=seen,
             closed_at_deadline=leftovers,
             idle_closed=idle_closed,
             elapsed_ms=(time.monotonic() - start) * 1000,
+            cut_short=cut,
         )
 
 

@@ -42,6 +42,7 @@ from grace_plugins.readycheck import NotReady, WSGIApp, check_ready
 #: Seconds of the ready timeout kept back from the ready check (see ``check_ready``).
 READY_CHECK_MARGIN = 0.5
 _STOP = "stop"
+_CUT = "cut"
 _UPGRADE = "upgrade"
 
 
@@ -171,6 +172,11 @@ class GenerationContext:
         with self._send_lock:
             self._channel.send(message)
 
+    def _cut_short(self) -> None:
+        self._stop("asked by the supervisor")
+        self.logger.info("drain cut short by the supervisor: closing what is left")
+        self.tracker.cut_short()
+
     def _stop(self, reason: str) -> None:
         if self._stop_requested.is_set():
             return
@@ -210,14 +216,16 @@ def _install_signals(events: queue.SimpleQueue[tuple[str, str]]) -> None:
 
 def _read_channel(channel: Channel, events: queue.SimpleQueue[tuple[str, str]]) -> None:
     channel.sock.setblocking(True)
+    orders = 0
     while True:
         lines = channel.receive()
         if lines is None:
             events.put((_STOP, "the supervisor is gone"))
             return
         for line in lines:
-            if line == msg.DRAIN:
-                events.put((_STOP, "asked by the supervisor"))
+            if line == msg.DRAIN:  # a second order cuts the drain short (too many draining)
+                orders += 1
+                events.put((_STOP, "asked by the supervisor") if orders == 1 else (_CUT, ""))
 
 
 def _control(context: GenerationContext, events: queue.SimpleQueue[tuple[str, str]]) -> None:
@@ -227,6 +235,8 @@ def _control(context: GenerationContext, events: queue.SimpleQueue[tuple[str, st
             context.request_upgrade(reason)
         elif kind == _STOP:
             context._stop(reason)
+        elif kind == _CUT:
+            context._cut_short()
 
 
 def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None]) -> NoReturn:
@@ -266,14 +276,15 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
     context.close_listeners()
     report = context.tracker.drain(context.drain_timeout)
     logger.info(
-        "generation %d drained %d connections in %d ms (%d idle closed, %d closed at the"
-        " %.0f s deadline)",
+        "generation %d drained %d connections in %d ms (%d idle closed, %d closed %s)",
         handoff.generation,
         report.connections,
         report.elapsed_ms,
         report.idle_closed,
         report.closed_at_deadline,
-        context.drain_timeout,
+        "when the drain was cut short"
+        if report.cut_short
+        else f"at the {context.drain_timeout:.0f} s deadline",
     )
     _exit(ExitCode.OK)
 
