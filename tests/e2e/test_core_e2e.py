@@ -25,6 +25,7 @@ from tests.harness import (
     Load,
     child_pids,
     fd_count,
+    gone_or_zombie,
     http_get,
     joined,
     wait_served_by,
@@ -505,3 +506,29 @@ def test_idle_keepalive_clients_across_four_upgrades(start_server, app_dir):
     assert report.reconnects < report.requests, report.summary()
     assert "v5" in report.versions
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(30)
+def test_cleanup_kills_only_what_the_server_started(start_server, tmp_path):
+    """A pid printed in a server's output is not ours on its word alone (a reused pid, as root,
+    could be anyone's): clean-up kills the processes recorded as the server's descendants."""
+    stranger = subprocess.Popen(
+        [PYTHON, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        script = (
+            "import os, subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+            " start_new_session=True)\n"
+            f"print('generation 1 (pid {stranger.pid}) ready; helper pid', child.pid, flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        server = start_server([PYTHON, "-c", script], cwd=tmp_path)
+        found = server.wait_for(r"helper pid (\d+)", 10)
+        helper = int(found.group(1))
+        server.close()
+        assert stranger.poll() is None, "clean-up killed a process the server did not start"
+        wait_until(lambda: gone_or_zombie(helper), 5, "the server's own helper to be killed")
+    finally:
+        stranger.kill()
+        stranger.wait(5)
