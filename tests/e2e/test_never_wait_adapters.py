@@ -1,0 +1,179 @@
+"""An upgrade never waits for older generations to drain (issue 13), through the adapters.
+
+``flask --app app hotrun`` and ``python manage.py runhot`` (``--noreload``: HUP is the
+trigger) run under load (fresh connections, keep-alive and idle keep-alive clients). Three
+upgrades 2 s apart, each with a ~6 s request in flight: every upgrade reaches new code well
+within 2 s although older generations drain, every long request completes with 200 from the
+pid that accepted it (so on the code it started on), nothing fails, no zombie, no fd growth.
+A long request is known to be in flight once a generation holds its connection (``/proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.e2e.test_never_wait import LongRequest, new_code_after
+from tests.harness import Load, fd_count, wait_until, zombies
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.isdir("/proc/net"), reason="needs /proc"),
+    pytest.mark.timeout(180),
+]
+LONG_SECONDS = 6.0
+#: Trigger -> new code beyond the new generation's own start time (HUP, the probes' polling).
+OVERHEAD = 1.0
+#: trigger -> new code, per adapter: with an older generation draining, and with none.
+SAMPLES: dict[str, dict[str, list[float]]] = {}
+#: each new generation's start time ("ready after N ms"), per adapter
+STARTS: dict[str, list[float]] = {}
+
+
+def _holder(pids: list[int], client_port: int) -> int | None:
+    """Which of *pids* holds the server side of the connection from *client_port*."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if int(fields[2].split(":")[1], 16) == client_port and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if links & inodes:
+            return pid
+    return None
+
+
+def held_by(server, long: LongRequest) -> int:
+    """Wait until a generation (as the supervisor logged them) holds *long*'s connection."""
+
+    def probe() -> int | None:
+        return _holder(list(server.generation_pids().values()), long.client_port)
+
+    return int(wait_until(probe, 5, "a generation to hold the long request"))  # type: ignore[call-overload]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def three_upgrades_with_long_requests(
+    adapter: str, server, set_code: Callable[[str], None], load_options: dict
+) -> None:
+    """The scenario (see the module doc); samples go to ``SAMPLES[adapter]``."""
+    samples = SAMPLES.setdefault(adapter, {"draining": [], "idle": []})
+    first = server.generation_pids()[1]
+    sup_fds = fd_count(server.pid)
+    version_of = {first: "v1"}
+    longs: list[tuple[LongRequest, int]] = []
+    starts = STARTS.setdefault(adapter, [])
+    with Load(server.port, **load_options) as load:
+        wait_until(lambda: load.report.requests > 20, 15, "load to start")
+        for number in (2, 3, 4):
+            tick = time.monotonic()
+            long = LongRequest(server.port, LONG_SECONDS)
+            holder = held_by(server, long)
+            longs.append((long, holder))
+            draining = any(alive(p) for p in version_of if p != holder)
+            set_code(f"v{number}")
+            pid, took = new_code_after(server, f"v{number}")
+            samples["draining" if draining else "idle"].append(took)
+            found = server.wait_for(rf"\(pid {pid}\) ready after (\d+) ms", 5)
+            start_time = int(found.group(1)) / 1000
+            starts.append(start_time)
+            # the new code's start time, plus the trigger and the probes: never a drain's wait
+            # (waiting for the drain of the previous long request would add seconds)
+            assert took < start_time + OVERHEAD, (
+                f"v{number} took {took:.2f} s, its start {start_time:.2f} s (draining: {draining})"
+            )
+            version_of[pid] = f"v{number}"
+            if number < 4:  # the next trigger 2 s after this one
+                time.sleep(max(0.0, tick + 2.0 - time.monotonic()))
+        for long, holder in longs:
+            resp = long.finish(LONG_SECONDS + 15)
+            assert (resp.status, resp.pid) == (200, holder), long.result
+            assert resp.version == version_of[holder]
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    assert len(samples["draining"]) >= 2 * len(samples["idle"])  # two of three, each run
+    newest = max(version_of, key=lambda p: version_of[p])
+    wait_until(
+        lambda: not any(alive(p) for p in version_of if p != newest), 30, "old generations to exit"
+    )
+    wait_until(lambda: zombies(server.pid) == [], 10, "the supervisor to reap its children")
+    wait_until(lambda: fd_count(server.pid) <= sup_fds, 5, f"at most {sup_fds} supervisor fds")
+    assert server.stop() == 0
+
+
+def _summary() -> str:
+    rows = []
+    for adapter, samples in SAMPLES.items():
+        for kind, values in samples.items():
+            if values:
+                rows.append(
+                    f"{adapter} {kind}: n={len(values)} min={min(values):.3f}"
+                    f" median={statistics.median(values):.3f} max={max(values):.3f} s"
+                )
+    for adapter, values in STARTS.items():
+        rows.append(
+            f"{adapter} start times: min={min(values):.3f}"
+            f" median={statistics.median(values):.3f} max={max(values):.3f} s"
+        )
+    return "\n".join(rows)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_samples():
+    yield
+    print("\ntrigger -> new code\n" + _summary())
+
+
+# -- flask hotrun ---------------------------------------------------------------------------------
+def test_flask_hotrun_three_upgrades_two_seconds_apart_each_with_a_long_request(
+    start_server, tmp_path
+):
+    flask_tests = pytest.importorskip("tests.e2e.test_flask")
+    if not os.path.exists(flask_tests.FLASK):
+        pytest.skip("flask is not installed")
+    app = flask_tests.seed_app(tmp_path)
+    server = start_server(
+        [flask_tests.FLASK, "--app", "app.py", "hotrun", "-p", "0", "--no-reload"],
+        cwd=str(tmp_path),
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    server.wait_ready(30)
+    three_upgrades_with_long_requests(
+        "flask hotrun",
+        server,
+        lambda version: flask_tests.set_version(app, version),
+        {"fresh": 2, "keepalive": 2, "slow": 0, "idle": 2, "idle_seconds": 0.5},
+    )
+
+
+# -- manage.py runhot -----------------------------------------------------------------------------
+def test_runhot_three_upgrades_two_seconds_apart_each_with_a_long_request(start_server, tmp_path):
+    pytest.importorskip("django")
+    django_tests = pytest.importorskip("tests.e2e.test_django")
+    site = tmp_path / "site"
+    shutil.copytree(
+        django_tests.EXAMPLE, site, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3")
+    )
+    server = django_tests.runhot(start_server, site, "--noreload")
+    three_upgrades_with_long_requests(
+        "manage.py runhot",
+        server,
+        lambda version: django_tests.set_version(site, version),
+        {"fresh": 2, "keepalive": 2, "slow": 0, "idle": 2, "idle_seconds": 1.0},
+    )
