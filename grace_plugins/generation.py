@@ -37,6 +37,7 @@ from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.handoff import Handoff
 from grace_plugins.log import configure
+from grace_plugins.preload import write_report
 from grace_plugins.readycheck import NotReady, WSGIApp, check_ready
 
 #: Seconds of the ready timeout kept back from the ready check (see ``check_ready``).
@@ -82,6 +83,7 @@ class GenerationContext:
             return
         self._is_ready = True
         self._keep_listeners_nonblocking()
+        write_report(self.supervisor_pid)
         self._send(msg.READY)
 
     def check_ready(

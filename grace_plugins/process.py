@@ -21,7 +21,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+#: Processes of ours that are not generations (the warm-start template): never reaped as orphans.
+KEEP_PIDS: set[int] = set()
+_subreaper = False
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def program_argv() -> list[str]:
@@ -42,8 +48,87 @@ def program_argv() -> list[str]:
     return [sys.executable, *args]
 
 
+class GenerationPopen(subprocess.Popen[bytes]):
+    """A generation started by exec; ``on_poll`` runs each time the supervisor polls it (the
+    warm starter's chance to notice, between two events, that it has work to do)."""
+
+    on_poll: Callable[[], None] | None = None
+
+    def poll(self) -> int | None:
+        if self.on_poll is not None:
+            self.on_poll()
+        return super().poll()
+
+
+class ForkedProcess(subprocess.Popen[bytes]):
+    """A generation forked by the warm-start template and re-parented to this process (a child
+    subreaper): the same face as a ``Popen`` (``pid``, ``poll``, ``wait``, ``returncode``,
+    ``send_signal``), reaped by pid with ``waitpid``, its status converted as ``Popen`` does
+    (``-N`` for signal N)."""
+
+    def __init__(self, pid: int, on_poll: Callable[[], None] | None = None) -> None:
+        # No Popen.__init__: the process exists already. Set what Popen's methods read.
+        self.args = ["<forked>"]
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = self.stdout = self.stderr = None
+        self._child_created = False  # Popen.__del__ leaves us alone
+        self.on_poll = on_poll
+
+    def poll(self) -> int | None:
+        if self.on_poll is not None:
+            self.on_poll()
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the status is lost, as in Popen
+                self.returncode = 0
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def __repr__(self) -> str:
+        return f"<ForkedProcess pid={self.pid} returncode={self.returncode}>"
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux), so that a generation
+    the template double-forks becomes our child. Returns whether it worked."""
+    global _subreaper
+    if _subreaper:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    return _subreaper
+
+
 class Spawner:
     """Starts and signals generation processes (replace it in tests)."""
+
+    #: Called whenever the supervisor polls a generation this spawner started.
+    on_poll: Callable[[], None] | None = None
 
     def spawn(
         self,
@@ -56,7 +141,7 @@ class Spawner:
         for it. Does not block on the child. Raises ``OSError`` if it cannot start."""
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            return subprocess.Popen(
+            process = GenerationPopen(
                 list(argv),
                 env=dict(env),
                 pass_fds=tuple(pass_fds),
@@ -66,6 +151,11 @@ class Spawner:
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        process.on_poll = self.on_poll
+        return process
+
+    def close(self) -> None:
+        """Release what the spawner holds (nothing here; the warm starter's template)."""
 
     def signal_group(self, process: subprocess.Popen[bytes], signum: int) -> None:
         """Send *signum* to the process group a generation leads (its forked helpers too)."""
@@ -79,14 +169,18 @@ class Spawner:
 
 
 def reap_orphans(own_pids: set[int]) -> int:
-    """As PID 1 (a container without an init), reap exited orphans re-parented to us.
+    """As PID 1 (a container without an init) or a child subreaper (warm start), reap exited
+    orphans re-parented to us.
 
     Peeks with ``waitid(WNOWAIT)`` so that a generation's status is never stolen from its
-    ``Popen`` (which reaps it by its pid); stops at the first generation found. Returns how many
-    orphans were reaped. Does nothing unless this process is PID 1.
+    ``Popen`` (which reaps it by its pid); stops at the first generation (or :data:`KEEP_PIDS`
+    process) found. Returns how many orphans were reaped. Does nothing otherwise.
     """
-    if os.getpid() != 1 or not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
+    if not (_subreaper or os.getpid() == 1):
         return 0
+    if not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
+        return 0
+    own_pids = own_pids | KEEP_PIDS
     reaped = 0
     while True:
         try:

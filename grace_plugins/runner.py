@@ -18,6 +18,7 @@ from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
 from grace_plugins.log import configure, get_logger
+from grace_plugins.process import Spawner
 from grace_plugins.reexec import PREFLIGHT_VAR, SUPERVISOR_VAR, take_supervisor_handoff
 from grace_plugins.supervisor import Options, Supervisor
 
@@ -78,16 +79,40 @@ def run(
     if handoff is not None:
         run_generation(handoff, serve)
     configure("supervisor")
+    options = options or Options()
     previous_image = take_supervisor_handoff()
     if previous_image is not None:
         sockets = [lst.adopt(fd, name, SUPERVISOR_VAR) for name, fd in previous_image.listeners]
-        supervisor = Supervisor(sockets, options)
-        supervisor.adopt(previous_image)
+    else:
+        sockets = open_listeners(addresses)
+        if on_listening is not None:
+            on_listening([lst.name_of(s) for s in sockets])
+    spawner = make_spawner(options)
+    try:
+        supervisor = Supervisor(sockets, options, spawner=spawner)
+        if previous_image is not None:
+            supervisor.adopt(previous_image)
         return supervisor.run()
-    sockets = open_listeners(addresses)
-    if on_listening is not None:
-        on_listening([lst.name_of(s) for s in sockets])
-    return Supervisor(sockets, options).run()
+    finally:
+        spawner.close()
+
+
+def make_spawner(options: Options) -> Spawner:
+    """The warm starter when ``options.warm`` and the platform allow it, else the cold one
+    (saying why in one log line)."""
+    if not options.warm:
+        return Spawner()
+    from grace_plugins import warm
+
+    why = warm.unsupported()
+    if why is not None:
+        get_logger().info("%s: every generation starts cold", why)
+        return Spawner()
+    try:
+        return warm.WarmSpawner()
+    except (OSError, GraceError) as exc:
+        get_logger().info("warm start unavailable (%s): every generation starts cold", exc)
+        return Spawner()
 
 
 def run_or_exit(

@@ -1,0 +1,224 @@
+"""Which modules a warm-start template may import: everything but the project's own.
+
+"The project's own" is decided here, in pure functions, so that the rule is tested without a
+process and is the same in the template and in its checks. A module is the project's own when
+its file is under one of the project's *roots* (the working directory, the script's directory
+(``manage.py``'s, say), and every ``sys.path`` entry the program added at run time, such as
+the directory ``flask --app path/app.py`` inserts), unless that file is inside an installed
+environment (a ``site-packages`` or ``dist-packages`` directory, or the standard library).
+``__main__`` is always the project's own. Everything else (the standard library, installed
+packages, a module on ``PYTHONPATH`` outside the project, a ``pip install -e`` sibling) is
+preloaded, and watched: its file changing on disk rebuilds the template.
+
+A serving generation reports its modules with :func:`write_report` (a small JSON file in the
+private state directory, named by supervisor pid, written ``0600`` by rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+REPORT_VERSION = 1
+#: Module names that are never preloaded, whatever their file.
+ALWAYS_PROJECT = frozenset({"__main__", "__mp_main__"})
+_INSTALLED_PARTS = frozenset({"site-packages", "dist-packages"})
+
+#: (mtime in ns, size) of a file, or None when it is gone.
+Stamp = tuple[int, int] | None
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _under(path: str, root: str) -> bool:
+    root = _norm(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def project_roots(
+    cwd: str, script_dir: str | None, generation_path: Sequence[str], base_path: Sequence[str]
+) -> list[str]:
+    """The directories whose modules are the project's own.
+
+    *base_path* is the ``sys.path`` of a fresh interpreter with the same flags and environment
+    (the standard library, ``PYTHONPATH``, site-packages and what ``.pth`` files add); entries
+    of the generation's *generation_path* beyond it were added by the program itself (the
+    script's directory, the app's directory) and are the project's. Relative entries are
+    relative to *cwd*.
+    """
+    base = {_norm(os.path.join(cwd, p)) for p in base_path if p}
+    roots = [_norm(cwd)]
+    if script_dir:
+        roots.append(_norm(os.path.join(cwd, script_dir)))
+    for entry in generation_path:
+        path = _norm(os.path.join(cwd, entry or "."))
+        if path not in base and path not in roots:
+            roots.append(path)
+    return roots
+
+
+def is_installed(path: str, stdlib_dirs: Iterable[str]) -> bool:
+    """Whether *path* (normalised, absolute) belongs to an installed environment."""
+    if _INSTALLED_PARTS.intersection(path.split(os.sep)):
+        return True
+    return any(_under(path, d) for d in stdlib_dirs if d)
+
+
+def is_project_module(
+    name: str, origin: str | None, roots: Sequence[str], stdlib_dirs: Iterable[str]
+) -> bool:
+    """Whether module *name*, loaded from *origin* (its file, or its package directory for a
+    namespace package; ``None`` for built-in modules), is the project's own."""
+    if name in ALWAYS_PROJECT:
+        return True
+    if not origin or not os.path.isabs(origin):
+        return False
+    path = _norm(origin)
+    if is_installed(path, stdlib_dirs):
+        return False
+    return any(_under(path, root) for root in roots)
+
+
+def split_modules(
+    modules: Sequence[tuple[str, str | None]],
+    roots: Sequence[str],
+    stdlib_dirs: Iterable[str],
+) -> tuple[list[str], list[str]]:
+    """Split a generation's modules into (preload, project), keeping their import order.
+
+    A submodule of a project package is the project's too, wherever its file is.
+    """
+    stdlib = list(stdlib_dirs)
+    preload: list[str] = []
+    project: list[str] = []
+    own: set[str] = set()
+    for name, origin in modules:
+        parent = name.rpartition(".")[0]
+        if (parent and parent in own) or is_project_module(name, origin, roots, stdlib):
+            own.add(name)
+            project.append(name)
+        else:
+            preload.append(name)
+    return preload, project
+
+
+def changed_files(recorded: Mapping[str, Stamp], current: Mapping[str, Stamp]) -> list[str]:
+    """The files of *recorded* whose stamp in *current* differs (changed, replaced or gone)."""
+    return [path for path, stamp in recorded.items() if current.get(path) != stamp]
+
+
+def stamp(path: str) -> Stamp:
+    """(mtime ns, size) of *path*, or ``None`` if it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)
+
+
+def stdlib_dirs() -> list[str]:
+    """The standard library directories of this interpreter and of its base installation."""
+    import sysconfig
+
+    dirs: set[str] = set()
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        for key in ("stdlib", "platstdlib"):
+            with contextlib.suppress(KeyError, ValueError):
+                path = sysconfig.get_path(key, vars={"base": prefix, "platbase": prefix})
+                if path:
+                    dirs.add(_norm(path))
+    return sorted(dirs)
+
+
+# -- the command line a template re-runs ---------------------------------------------------------
+@dataclass(frozen=True)
+class Program:
+    """The user's command line, as the template must re-run it."""
+
+    flags: list[str]
+    kind: str  # "script" or "module"
+    target: str  # the script's path, or the module's name
+    args: list[str]  # what follows the target
+
+
+def parse_program(argv: Sequence[str], argv_len: int) -> Program | None:
+    """Split ``[python, *args]`` (:func:`grace_plugins.process.program_argv`) into interpreter
+    flags, script or module, and arguments; ``None`` for what a template cannot re-run
+    (``-c``, standard input). *argv_len* is ``len(sys.argv)``: sys.argv is args' tail."""
+    args = list(argv[1:])
+    index = len(args) - argv_len
+    if index < 0 or index >= len(args):
+        return None
+    before = args[index - 1] if index > 0 else ""
+    target = args[index]
+    if before == "-m":
+        return Program(args[: index - 1], "module", target, args[index + 1 :])
+    if target.startswith("-m") and len(target) > 2:
+        return Program(args[:index], "module", target[2:], args[index + 1 :])
+    if before == "-c" or target.startswith("-") or not os.path.isabs(target):
+        return None
+    return Program(args[:index], "script", target, args[index + 1 :])
+
+
+def program_path0(program: Program, cwd: str) -> str:
+    """The ``sys.path[0]`` the interpreter gives this program."""
+    if program.kind == "script":
+        return os.path.dirname(os.path.realpath(program.target))
+    return cwd
+
+
+# -- the generation's report ----------------------------------------------------------------------
+def module_origin(module: object) -> str | None:
+    """The file a module came from (a namespace package: its first directory)."""
+    origin = getattr(module, "__file__", None)
+    if isinstance(origin, str):
+        return origin
+    path = getattr(module, "__path__", None)
+    with contextlib.suppress(TypeError, IndexError):
+        first = list(path)[0] if path is not None else None
+        if isinstance(first, str):
+            return first
+    return None
+
+
+def report_path(supervisor_pid: int) -> str:
+    """Where the generations of supervisor *supervisor_pid* report their modules."""
+    from grace_plugins.state import state_dir
+
+    return os.path.join(state_dir(), f"warm-{supervisor_pid}.json")
+
+
+def write_report(supervisor_pid: int) -> None:
+    """Record this generation's modules for the supervisor's warm-start template.
+
+    Only when the supervisor asked for it (it created the file); never raises: warm start is
+    an optimisation, a failure here must not touch the generation.
+    """
+    try:
+        path = report_path(supervisor_pid)
+        if not os.path.exists(path):
+            return
+        report = {
+            "v": REPORT_VERSION,
+            "modules": [[name, module_origin(m)] for name, m in list(sys.modules.items())],
+            "path": list(sys.path),
+            "cwd": os.getcwd(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".warm-")
+        try:
+            with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
+                json.dump(report, handle, separators=(",", ":"))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except Exception:  # noqa: BLE001 - see the docstring
+        return

@@ -1,0 +1,112 @@
+"""Warm start's decisions, without a process: what is the project's own, what is stale, and how
+a command line is re-run in-process."""
+
+from __future__ import annotations
+
+import os
+
+from grace_plugins.preload import (
+    Program,
+    changed_files,
+    is_project_module,
+    parse_program,
+    program_path0,
+    project_roots,
+    split_modules,
+)
+
+STDLIB = ["/usr/lib/python3.11"]
+SITE = "/srv/app/.venv/lib/python3.11/site-packages"
+BASE = ["/usr/lib/python3.11", "/usr/lib/python3.11/lib-dynload", SITE, "/opt/shared"]
+
+
+def roots(generation_path=("/srv/app", *BASE), script_dir="/srv/app"):
+    return project_roots("/srv/app", script_dir, list(generation_path), BASE)
+
+
+def test_roots_are_cwd_script_dir_and_paths_the_program_added():
+    found = roots(generation_path=["/srv/app", "/srv/src/webapp", *BASE], script_dir="/srv/bin")
+    assert found == ["/srv/app", "/srv/bin", "/srv/src/webapp"]
+
+
+def test_pythonpath_and_site_packages_are_not_roots():
+    assert "/opt/shared" not in roots()
+    assert SITE not in roots()
+
+
+def test_project_modules_are_those_under_a_root():
+    r = roots()
+    assert is_project_module("views", "/srv/app/views.py", r, STDLIB)
+    assert is_project_module("pkg.models", "/srv/app/pkg/models.py", r, STDLIB)
+    assert not is_project_module("flask", f"{SITE}/flask/__init__.py", r, STDLIB)
+    assert not is_project_module("json", "/usr/lib/python3.11/json/__init__.py", r, STDLIB)
+    assert not is_project_module("shared", "/opt/shared/shared.py", r, STDLIB)
+    assert not is_project_module("sys", None, r, STDLIB)
+
+
+def test_a_virtualenv_inside_the_project_is_not_the_project():
+    assert not is_project_module("django", f"{SITE}/django/__init__.py", ["/srv/app"], STDLIB)
+    dist = "/srv/app/env/lib/python3/dist-packages/six.py"
+    assert not is_project_module("six", dist, ["/srv/app"], STDLIB)
+
+
+def test_a_stdlib_under_the_working_directory_is_not_the_project():
+    assert not is_project_module("json", "/srv/app/py/lib/json.py", ["/srv/app"], ["/srv/app/py"])
+
+
+def test_main_is_always_the_project():
+    assert is_project_module("__main__", f"{SITE}/flask/__main__.py", roots(), STDLIB)
+    assert is_project_module("__main__", None, roots(), STDLIB)
+
+
+def test_a_sibling_directory_with_a_common_prefix_is_not_under_the_root():
+    assert not is_project_module("x", "/srv/application/x.py", ["/srv/app"], STDLIB)
+
+
+def test_split_keeps_import_order_and_takes_submodules_of_project_packages():
+    modules = [
+        ("sys", None),
+        ("flask", f"{SITE}/flask/__init__.py"),
+        ("__main__", "/srv/app/manage.py"),
+        ("shop", "/srv/app/shop/__init__.py"),
+        ("shop.generated", "/tmp/gen/generated.py"),  # a project package's, wherever it is
+        ("shared", "/opt/shared/shared.py"),
+        ("views", "/srv/app/views.py"),
+    ]
+    preload, project = split_modules(modules, roots(), STDLIB)
+    assert preload == ["sys", "flask", "shared"]
+    assert project == ["__main__", "shop", "shop.generated", "views"]
+
+
+def test_relative_paths_are_relative_to_the_working_directory():
+    assert project_roots("/srv/app", None, ["", "lib"], []) == ["/srv/app", "/srv/app/lib"]
+
+
+def test_changed_files_notices_mtime_size_and_removal():
+    recorded = {"/a.py": (1, 10), "/b.py": (2, 20), "/c.py": (3, 30), "/d.py": (4, 40)}
+    current = {"/a.py": (1, 10), "/b.py": (5, 20), "/c.py": (3, 31), "/d.py": None}
+    assert changed_files(recorded, current) == ["/b.py", "/c.py", "/d.py"]
+    assert changed_files(recorded, dict(recorded)) == []
+
+
+def test_parse_program_script_module_and_flags():
+    script = os.path.abspath("manage.py")
+    got = parse_program(["/py", "-X", "dev", script, "runhot", "8000"], 3)
+    assert got == Program(["-X", "dev"], "script", script, ["runhot", "8000"])
+    got = parse_program(["/py", "-u", "-m", "flask", "--app", "app", "hotrun"], 4)
+    assert got == Program(["-u"], "module", "flask", ["--app", "app", "hotrun"])
+    assert parse_program(["/py", "-mflask", "run"], 2) == Program([], "module", "flask", ["run"])
+
+
+def test_parse_program_refuses_what_cannot_be_rerun_in_process():
+    assert parse_program(["/py", "-c", "print(1)", "x"], 2) is None  # sys.argv == ['-c', 'x']
+    assert parse_program(["/py", "-", "x"], 2) is None
+    assert parse_program(["/py", "relative.py"], 1) is None
+    assert parse_program(["/py"], 3) is None
+
+
+def test_path0_is_the_script_directory_or_the_working_directory(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text("")
+    assert program_path0(Program([], "script", str(script), []), "/x") == str(tmp_path)
+    assert program_path0(Program([], "module", "flask", []), "/srv/app") == "/srv/app"
