@@ -7,6 +7,10 @@ not load records the failure in the gate (the reload is rolled back) and exits w
 ``os._exit(N)`` called from Python. An import that hangs is cut at the ready timeout. A respawn
 that meets broken code waits (exponential back-off) before it exits, so the master does not fork
 in a hot loop. At the very first start gunicorn's own behaviour is kept.
+
+With ``GRACE_READY_PATH`` set (the environment or ``raw_env``), the worker then calls its own
+app with ``GET PATH`` before it accepts (see :mod:`grace_plugins.readycheck`); a failed check
+is a load failure.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.gate import Member
 from grace_plugins.gunicorn.master import ready_timeout
 from grace_plugins.gunicorn.serve import DrainingWorker
+from grace_plugins.options import BY_NAME, InvalidValue
+from grace_plugins.readycheck import NotReady, check_ready, host_and_port
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
 #: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
@@ -29,12 +36,31 @@ EXIT_NOT_LOADED = 75
 APP_LOAD_ERROR = 4
 #: Longest back-off of a respawned worker that meets code that does not load.
 MAX_BACKOFF = 60.0
+#: The variable that turns the ready check on: ``GRACE_READY_PATH=/healthz``.
+READY_PATH_VAR = "GRACE_READY_PATH"
+#: The boot watchdog waits this much longer while the ready check (bounded itself) runs.
+CHECK_SLACK = 2.0
 #: The real ``os._exit``: our own exits never pass through the guard of ``load_wsgi``.
 _real_exit = os._exit
 
 
 class AppExited(Exception):
     """The app's code ended this worker while it was loading (``sys.exit``, ``os._exit``)."""
+
+
+def ready_path(environ: Mapping[str, str]) -> str | None:
+    """The ready check's path from *environ*, or None when it is off.
+
+    :raises RuntimeError: one line, for a value that is not a URL path.
+    """
+    try:
+        path: str | None = BY_NAME["ready_path"].parse(environ.get(READY_PATH_VAR))
+    except InvalidValue as exc:
+        raise RuntimeError(
+            f"{READY_PATH_VAR} {exc}. Set it (or raw_env in gunicorn.conf.py) to a path of"
+            " your app that answers GET, or unset it."
+        ) from None
+    return path
 
 
 class BootingWorker(DrainingWorker):
@@ -44,10 +70,12 @@ class BootingWorker(DrainingWorker):
         super().__init__(*args, **kwargs)
         self._settled = threading.Event()  # set once ready or failed: ends the boot watchdog
         self._boot_start = 0.0
+        self._boot_deadline = 0.0
 
     def init_process(self) -> None:
         self.member = Member(self.generation, self._age, os.getpid())
         self._boot_start = time.monotonic()
+        self._boot_deadline = self._boot_start + ready_timeout(self.cfg)
         self.gate.record(self.member, "boot")
         threading.Thread(target=self._watch_boot, name="grace-boot", daemon=True).start()
         try:
@@ -84,13 +112,35 @@ class BootingWorker(DrainingWorker):
         reason = f"the app called os._exit({status}) while loading"
         _real_exit(self._not_loaded(reason, where=f"Traceback (most recent call last):\n{where}"))
 
+    def _ready_check(self) -> None:
+        """With ``GRACE_READY_PATH``: GET it from the app in-process before accepting; a
+        failure (500 or more, an exception, no answer within what is left of the ready
+        timeout) exits like an app that does not load."""
+        try:
+            path = ready_path(os.environ)
+        except RuntimeError as exc:
+            path, reason = None, str(exc)
+        else:
+            if path is None:
+                return
+            listener = self.sockets[0]
+            host, port = host_and_port(getattr(listener, "sock", listener))
+            left = max(1.0, self._boot_deadline - time.monotonic())
+            self._boot_deadline = time.monotonic() + left + CHECK_SLACK
+            try:
+                scheme = "https" if self.cfg.is_ssl else "http"
+                check_ready(self.wsgi, path, host=host, port=port, timeout=left, scheme=scheme)
+                return
+            except NotReady as exc:
+                reason = str(exc)
+        sys.exit(self._not_loaded(reason))
+
     def _watch_boot(self) -> None:
         """Bound the app import: a worker not ready in time fails (a hang must not block)."""
         limit = ready_timeout(self.cfg)
-        deadline = self._boot_start + limit
         main = threading.main_thread().ident
         while not self._settled.wait(1.0):
-            if time.monotonic() < deadline:
+            if time.monotonic() < self._boot_deadline:
                 self.notify()  # the ready timeout is ours; spare gunicorn's heartbeat kill
                 continue
             frame = sys._current_frames().get(main or 0)

@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from grace_plugins.gunicorn.boot import BootingWorker
+from grace_plugins.gunicorn.boot import BootingWorker, ready_path
 from grace_plugins.gunicorn.gate import (
     PENDING,
     PROMOTED,
@@ -66,6 +66,7 @@ class Worker(BootingWorker):
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         super().check_config(cfg, log)
+        ready_path({**os.environ, **cfg.env})  # a bad GRACE_READY_PATH: one line at start
         if cfg.reuse_port:
             raise RuntimeError(
                 "grace_plugins.Worker does not support --reuse-port: every worker would own a"
@@ -92,6 +93,7 @@ class Worker(BootingWorker):
 
     # -- serving ----------------------------------------------------------------------------------
     def run(self) -> None:
+        self._ready_check()  # before accepting: code that fails it never takes traffic
         self.poller.register(
             self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks
         )
