@@ -80,10 +80,7 @@ def reload(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    """Print the serving generation, the draining ones and the last upgrade; does not block.
-
-    Connections a draining generation still holds are not shown: only the generation knows
-    them (its drain logs the count when it ends)."""
+    """Print the serving generation, the draining ones and the last upgrade; does not block."""
     pid = _target_pid(args)
     state = _state_of(pid)
     now = time.time()
@@ -97,12 +94,7 @@ def status(args: argparse.Namespace) -> int:
             f" up {now - since:.0f} s"
         )
     for gen in state.get("draining") or []:
-        left = max(0.0, gen.get("deadline", now) - now)
-        cut = " (cut short: more than max_draining drain)" if gen.get("cut") else ""
-        print(
-            f"draining: generation {gen.get('generation')} (pid {gen.get('pid')}),"
-            f" {left:.0f} s to its deadline{cut}"
-        )
+        print(draining_line(gen, now))
     print(f"upgrades finished: {state.get('upgrades', 0)}", end="")
     print(" (one in progress)" if state.get("in_progress") else "")
     last = state.get("last_upgrade")
@@ -110,6 +102,19 @@ def status(args: argparse.Namespace) -> int:
         ago = now - last.get("finished", now)
         print(f"last upgrade: {last.get('outcome')} {ago:.0f} s ago: {last.get('detail', '')}")
     return ExitCode.OK
+
+
+def draining_line(gen: dict[str, Any], now: float) -> str:
+    """One draining generation as ``status`` prints it. The count of connections is left out
+    when the generation never reported it (one run by an older version)."""
+    seconds = max(0.0, gen.get("deadline", now) - now)
+    left = gen.get("left")
+    held = f" {left} connections left," if isinstance(left, int) else ""
+    cut = " (cut short: more than max_draining drain)" if gen.get("cut") else ""
+    return (
+        f"draining: generation {gen.get('generation')} (pid {gen.get('pid')}),{held}"
+        f" {seconds:.0f} s to its deadline{cut}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

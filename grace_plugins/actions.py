@@ -46,6 +46,15 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class ConnectionsLeft:
+    """A draining generation said ``left N``: it still holds *count* connections."""
+
+    now: float
+    number: int
+    count: int
+
+
+@dataclass(frozen=True)
 class ChannelClosed:
     """A generation's channel reached end of file (it is exiting, or closed it)."""
 
@@ -100,6 +109,7 @@ Event = (
     | SignalEvent
     | UpgradeAsked
     | Ready
+    | ConnectionsLeft
     | ChannelClosed
     | Exited
     | Spawned
@@ -203,12 +213,14 @@ class Record:
 
 @dataclass(frozen=True)
 class Draining:
-    """One draining generation as the state file shows it (``deadline`` is monotonic)."""
+    """One draining generation as the state file shows it (``deadline`` is monotonic;
+    ``left``: the connections it last said it holds, ``None`` if it never said)."""
 
     number: int
     pid: int
     deadline: float
     cut: bool
+    left: int | None = None
 
 
 @dataclass(frozen=True)

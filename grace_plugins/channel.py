@@ -5,9 +5,15 @@ listeners that a generation inherits. Nobody else can open it (it has no name in
 system). Messages are short ASCII lines:
 
 * generation -> supervisor: ``ready`` (the app is imported and serving), ``upgrade`` (please
-  start a new generation: a HUP reached the generation, or a watched file changed);
+  start a new generation: a HUP reached the generation, or a watched file changed),
+  ``left N`` (while draining: it still holds N connections; sent when N changes, at most
+  every :data:`LEFT_INTERVAL` s, for ``grace-plugins status``);
 * supervisor -> generation: ``drain`` (stop accepting, finish, exit); a second ``drain``
   cuts the drain short (close what is left now: too many generations are draining).
+
+A side ignores a line it does not know (a supervisor and a generation may run different
+versions after an upgrade of the package): a generation that never sends ``left`` only makes
+``status`` omit the count.
 
 End of file means the other side is gone: a supervisor sees it when a generation dies (so a
 crash before ``ready`` rolls the upgrade back at once), a generation when its supervisor died
@@ -21,7 +27,25 @@ import socket
 READY = "ready"
 UPGRADE = "upgrade"
 DRAIN = "drain"
+LEFT = "left"
+#: The least time between two ``left`` messages from one generation (the state file is
+#: rewritten on each).
+LEFT_INTERVAL = 0.25
 _MAX_BUFFER = 4096
+
+
+def left_message(count: int) -> str:
+    """The ``left N`` line: *count* connections still held by a draining generation."""
+    return f"{LEFT} {max(0, int(count))}"
+
+
+def parse_left(line: str) -> int | None:
+    """The count of a well-formed ``left N`` line (N a decimal >= 0), else ``None``: the
+    caller ignores the line, as any line it does not know."""
+    word, _, rest = line.partition(" ")
+    if word != LEFT or not rest.isascii() or not rest.isdigit() or len(rest) > 9:
+        return None
+    return int(rest)
 
 
 class Channel:

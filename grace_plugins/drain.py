@@ -17,10 +17,11 @@ During a drain (:meth:`~ConnectionTracker.drain`):
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from grace_plugins.options import DEFAULTS
@@ -119,22 +120,38 @@ class ConnectionTracker:
             self._cut = True
             self._lock.notify_all()
 
-    def drain(self, timeout: float) -> DrainReport:
+    def drain(
+        self,
+        timeout: float,
+        on_left: Callable[[int], None] | None = None,
+        left_interval: float = 0.25,
+    ) -> DrainReport:
         """Wait until every connection is closed, at most *timeout* seconds; blocks.
 
         Idle keep-alive connections are closed once idle for ``keepalive_timeout``; at the
         deadline every remaining connection is closed. Call after the listeners are closed.
+        *on_left* hears how many connections are still open: at the start, then when the
+        count changes, at most once per *left_interval* s (called without the lock held).
         """
         self.begin_drain()
         start = time.monotonic()
         deadline = start + timeout
         idle_closed = 0
+        told: int | None = None  # the count *on_left* last heard
+        told_at = float("-inf")
         with self._lock:
             while self._connections:
                 now = time.monotonic()
                 if now >= deadline or self._cut:
                     break
                 next_check = deadline
+                left = len(self._connections)
+                if on_left is not None and left != told:
+                    if now >= told_at + left_interval:
+                        told, told_at = left, now
+                        self._unlocked(on_left, left)
+                        continue  # the connections may have changed meanwhile
+                    next_check = told_at + left_interval
                 for conn in self._connections.values():
                     if conn.active:
                         continue
@@ -159,6 +176,16 @@ class ConnectionTracker:
             elapsed_ms=(time.monotonic() - start) * 1000,
             cut_short=cut,
         )
+
+    def _unlocked(self, callback: Callable[[int], None], count: int) -> None:
+        """Run *callback* with the lock released (it writes to a socket: request threads
+        must not wait on it)."""
+        self._lock.release()
+        try:
+            with contextlib.suppress(Exception):  # informative only: never ends the drain
+                callback(count)
+        finally:
+            self._lock.acquire()
 
 
 def _shut(sock: socket.socket) -> int:

@@ -9,7 +9,8 @@
 3. calls the adapter's ``serve(context)``, which imports the app, builds a server on the
    listeners, calls :meth:`GenerationContext.ready` and serves until asked to stop;
 4. drains: the listeners (this process's copies only) are closed, and the connection tracker
-   waits for in-flight requests until the drain deadline; then the process exits.
+   waits for in-flight requests until the drain deadline, telling the supervisor how many
+   connections are left (``left N``); then the process exits.
 
 Signal handlers only queue an event; a control thread acts on it (a handler running on the
 thread that runs ``serve_forever`` must never call ``shutdown()`` on it: that deadlocks).
@@ -174,6 +175,10 @@ class GenerationContext:
         with self._send_lock:
             self._channel.send(message)
 
+    def _send_left(self, count: int) -> None:
+        """Tell the supervisor how many connections the drain still holds (``status``)."""
+        self._send(msg.left_message(count))
+
     def _cut_short(self) -> None:
         self._stop("asked by the supervisor")
         self.logger.info("drain cut short by the supervisor: closing what is left")
@@ -276,7 +281,9 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
             )
             _exit(code)
     context.close_listeners()
-    report = context.tracker.drain(context.drain_timeout)
+    report = context.tracker.drain(
+        context.drain_timeout, on_left=context._send_left, left_interval=msg.LEFT_INTERVAL
+    )
     logger.info(
         "generation %d drained %d connections in %d ms (%d idle closed, %d closed %s)",
         handoff.generation,

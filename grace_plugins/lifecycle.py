@@ -31,6 +31,7 @@ class Gen:
     ready_at: float | None = None
     drain_deadline: float | None = None  # the generation's own (what ``status`` shows)
     cut: bool = False
+    left: int | None = None  # connections it still holds, as it last said while draining
 
     def __str__(self) -> str:
         return f"generation {self.number} (pid {self.pid})"
@@ -166,11 +167,18 @@ class Lifecycle:
         self._emit(
             act.RecordDraining(
                 tuple(
-                    act.Draining(g.number, g.pid, g.drain_deadline or g.deadline, g.cut)
+                    act.Draining(g.number, g.pid, g.drain_deadline or g.deadline, g.cut, g.left)
                     for g in self.draining
                 )
             )
         )
+
+    def _left(self, number: int, count: int) -> None:
+        """A draining generation said how many connections it holds: record a change."""
+        gen = next((g for g in self.draining if g.number == number), None)
+        if gen is not None and gen.left != count:
+            gen.left = count
+            self._record_draining()
 
     def _rollback(self, now: float, gen: Gen, why: str) -> None:
         self._emit(act.Kill(gen.number, wait=True), act.Forget(gen.number))

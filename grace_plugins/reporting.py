@@ -59,21 +59,17 @@ class Reporter:
             self.state.update(**fields)
 
     def record_draining(self, draining: act.RecordDraining, now: float) -> None:
-        """Record the draining generations with wall-clock deadlines (*now* is monotonic)."""
+        """Record the draining generations with wall-clock deadlines (*now* is monotonic) and
+        the connections each still holds (``left``, only from a generation that said it)."""
         wall = time.time()
-        self.record(
-            {
-                "draining": [
-                    {
-                        "generation": g.number,
-                        "pid": g.pid,
-                        "deadline": wall + (g.deadline - now),
-                        "cut": g.cut,
-                    }
-                    for g in draining.generations
-                ]
-            }
-        )
+        entries = []
+        for g in draining.generations:
+            entry = {"generation": g.number, "pid": g.pid, "deadline": wall + (g.deadline - now)}
+            entry["cut"] = g.cut
+            if g.left is not None:
+                entry["left"] = g.left
+            entries.append(entry)
+        self.record({"draining": entries})
 
     def close(self) -> None:
         """The supervisor is leaving: remove the state file, say ``STOPPING=1``."""

@@ -61,6 +61,8 @@ class Rules(Lifecycle):
             self.request_upgrade(now, f"requested by {gen or f'generation {event.number}'}")
         elif isinstance(event, act.Ready):
             self._ready(now, event.number)
+        elif isinstance(event, act.ConnectionsLeft):
+            self._left(event.number, event.count)
         elif isinstance(event, act.ChannelClosed):
             self._out.append(act.Unwatch(event.number))
         elif isinstance(event, act.Exited):

@@ -167,6 +167,8 @@ class Supervisor:
                 self.feed(act.Ready(self.now(), number))
             elif line == msg.UPGRADE:
                 self.feed(act.UpgradeAsked(self.now(), number))
+            elif (count := msg.parse_left(line)) is not None:
+                self.feed(act.ConnectionsLeft(self.now(), number, count))
 
     def reap(self) -> None:
         """Tell the rules of every generation that exited (never ``waitpid(-1)``)."""

@@ -259,3 +259,27 @@ def test_reporter_records_draining_generations_with_wall_clock_deadlines():
     (entry,) = state.data["draining"]  # type: ignore[misc]
     assert entry["generation"] == 3 and entry["pid"] == 42 and not entry["cut"]
     assert entry["deadline"] == pytest.approx(time.time() + 10, abs=0.5)
+
+
+def test_a_left_line_on_the_channel_reaches_the_state_file(listener):
+    """``left N`` from a draining generation is recorded for ``status``; a line the
+    supervisor does not know (a newer generation's) is ignored."""
+    spawner = FakeSpawner()
+    sup, _ = make(listener, spawner)
+    sup.feed(act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    first = spawner.spawned[0][3]
+    first.poll = lambda: first.returncode  # type: ignore[method-assign]  # drains until told
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.draining, "generation 1 to drain")
+    first.channel.sendall(b"left 2\nsomething new 5\nleft x\n")
+
+    def recorded():
+        return [g.get("left") for g in sup.report.state.data.get("draining", [])]  # type: ignore[union-attr]
+
+    run_until(sup, lambda: recorded() == [2], "the count in the state file")
+    first.exit(0)
+    run_until(sup, lambda: not sup.rules.draining, "generation 1 to exit")
+    assert recorded() == []
+    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.finished, "the stop")
