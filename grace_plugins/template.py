@@ -127,12 +127,12 @@ class Template:
         began = time.monotonic()
         verdict = self.preload(setup["report"], cwd, base, program)
         verdict["ms"] = ms = round((time.monotonic() - began) * 1000)
+        self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
         if "unsafe" in verdict:
             _say(f"unusable, upgrades will start cold: {verdict['unsafe']}")
         else:
             left = len(verdict["skipped"])
             _say(f"preloaded {verdict['ready']} modules in {ms} ms ({left} left to generations)")
-        self.wire.send(verdict)
         if "unsafe" in verdict:
             sys.exit(0)
         while True:
@@ -189,7 +189,7 @@ class Template:
         gc.freeze()
         return {
             "ready": len(names) - len(skipped),
-            "known": names + project,
+            "known": sorted({*names, *project, *sys.modules}),  # what forks will report
             "skipped": skipped,
             "stamps": stamps,
             "files": files,

@@ -37,8 +37,6 @@ from grace_plugins.process import KEEP_PIDS, ForkedProcess, Spawner, become_subr
 from grace_plugins.sdnotify import NOTIFY_VAR
 from grace_plugins.template import BOOT, Wire
 
-#: Seconds a spawn waits for a template still importing before starting cold instead.
-BUILD_WAIT = 0.0
 #: Seconds a spawn waits for the template's fork before starting cold instead.
 FORK_TIMEOUT = 5.0
 
@@ -80,7 +78,8 @@ class WarmSpawner(Spawner):
         with open(self.report, "w"):  # its existence asks generations to report
             pass
         self.on_poll = self.tick
-        self.template: _Template | None = None
+        self.template: _Template | None = None  # ready: forks generations
+        self.building: _Template | None = None  # importing: replaces it once ready
         self._report_stamp: preload.Stamp = None
         #: module names the last template covered (ok or unusable): no rebuild for those.
         self._basis: frozenset[str] | None = None
@@ -97,7 +96,7 @@ class WarmSpawner(Spawner):
         cwd: str,
     ) -> subprocess.Popen[bytes]:
         """Fork from the template, or start cold (see the module's docstring). Blocks at most
-        :data:`BUILD_WAIT` + :data:`FORK_TIMEOUT` seconds. Raises ``OSError`` as cold does."""
+        :data:`FORK_TIMEOUT` seconds (the template's fork). Raises ``OSError`` as cold does."""
         self._spawns += 1
         self._program = (list(argv), dict(env), cwd)
         self.tick()
@@ -116,35 +115,35 @@ class WarmSpawner(Spawner):
         return ForkedProcess(pid, self.tick)
 
     def close(self) -> None:
-        """Stop the template and withdraw the report request. Blocks up to a second."""
+        """Stop the templates and withdraw the report request. Blocks up to two seconds."""
         self._drop()
         with contextlib.suppress(OSError):
             os.unlink(self.report)
 
     # -- the template's life ----------------------------------------------------------------
     def tick(self) -> None:
-        """Between events: notice the template's verdict or death, and a new module report."""
+        """Between events: notice a template's verdict or death, and a new module report."""
         with contextlib.suppress(Exception):  # warm start must never break the loop
-            self._check_template()
+            self._check_templates()
             self._check_report()
 
-    def _check_template(self) -> None:
+    def _check_templates(self) -> None:
         t = self.template
-        if t is None:
-            return
-        if t.process.poll() is not None:
+        if t is not None and t.process.poll() is not None:
             self.log.info(
                 "warm start: the template (pid %d) exited with status %s; the next generation"
                 " starts cold",
                 t.process.pid,
                 t.process.returncode,
             )
-            self._drop(reason=f"the template exited with status {t.process.returncode}")
+            _stop(t)
+            self.template = None
+            self._unusable = f"the template exited with status {t.process.returncode}"
             self._basis = None  # the next report rebuilds it
-            return
-        if not t.ready:
+        b = self.building
+        if b is not None:
             with contextlib.suppress(TimeoutError):
-                self._verdict(t, 0.0)
+                self._verdict(b, 0.0)
 
     def _check_report(self) -> None:
         current = preload.stamp(self.report)
@@ -157,10 +156,12 @@ class WarmSpawner(Spawner):
             self._build(names)
 
     def _build(self, names: frozenset[str]) -> None:
+        """Start a new template; the current one (if any) forks until the new one is ready."""
         assert self._program is not None
         argv, env, cwd = self._program
         program = parse_program(argv, self.argv_len)
-        self._drop()
+        _stop(self.building)
+        self.building = None
         self._basis = names
         if program is None or argv[0] != sys.executable:
             self._unusable = "the command line cannot be re-run in-process (python -c?)"
@@ -168,11 +169,10 @@ class WarmSpawner(Spawner):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
         boot = [sys.executable, *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
-        child_env = {k: v for k, v in env.items() if k != NOTIFY_VAR}
         try:
             process = subprocess.Popen(
                 boot,
-                env=child_env,
+                env={k: v for k, v in env.items() if k != NOTIFY_VAR},
                 pass_fds=(theirs.fileno(),),
                 close_fds=True,
                 cwd=cwd,
@@ -185,53 +185,55 @@ class WarmSpawner(Spawner):
         finally:
             theirs.close()
         KEEP_PIDS.add(process.pid)
-        wire = Wire(ours)
-        self.template = _Template(process, wire, argv, time.monotonic())
-        self._unusable = None
-        wire.send({"report": self.report, "program": dataclasses.asdict(program), "cwd": cwd})
+        self.building = _Template(process, Wire(ours), argv, time.monotonic())
+        self.building.wire.send(
+            {"report": self.report, "program": dataclasses.asdict(program), "cwd": cwd}
+        )
 
-    def _verdict(self, t: _Template, timeout: float) -> None:
-        """Read the template's answer to its preload (:raises TimeoutError: not yet)."""
-        got = t.wire.receive(timeout)
+    def _verdict(self, b: _Template, timeout: float) -> None:
+        """Read a new template's answer to its preload; promote it if ready.
+
+        :raises TimeoutError: no answer yet.
+        """
+        try:
+            got = b.wire.receive(timeout)
+        except TimeoutError:
+            raise
+        except (OSError, ValueError):  # a broken template: as if it had exited
+            got = None
+        self.building = None
         if got is None or "unsafe" in got[0]:
-            why = "the template exited" if got is None else got[0]["unsafe"]
-            self._drop(reason=f"the template is unusable: {why}")
+            why = "it exited" if got is None else got[0]["unsafe"]
+            _stop(b)
+            if self.template is None:
+                self._unusable = f"the template is unusable: {why}"
             return
         answer = got[0]
-        t.ready = True
-        t.names = {str(k): str(v) for k, v in answer["files"].items()}
+        b.ready = True
+        b.names = {str(k): str(v) for k, v in answer["files"].items()}
         for path, value in answer["stamps"].items():
-            t.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
+            b.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
         self._basis = (self._basis or frozenset()) | frozenset(answer["known"])
+        _stop(self.template)
+        self.template, self._unusable = b, None
 
     def _drop(self, reason: str | None = None) -> None:
-        """Stop the template (if any); *reason* is why later generations start cold."""
-        t, self.template = self.template, None
+        """Stop both templates; *reason* is why later generations start cold."""
+        _stop(self.template)
+        _stop(self.building)
+        self.template = self.building = None
         self._unusable = reason
-        if t is None:
-            return
-        t.wire.sock.close()
-        with contextlib.suppress(OSError):
-            os.killpg(t.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            t.process.wait(1.0)
-        KEEP_PIDS.discard(t.process.pid)
 
     # -- one warm spawn ---------------------------------------------------------------------
     def _fork(self, argv: list[str], env: Mapping[str, str], fds: Sequence[int], cwd: str) -> int:
         t = self.template
         if t is None:
+            if self.building is not None:
+                raise _Cold("the template is still importing")
             raise _Cold(self._unusable or "no template yet (built once a generation reports)")
         if argv != t.argv:
             self._drop()
             raise _Cold("the command line changed")
-        if not t.ready:
-            try:
-                self._verdict(t, max(0.0, t.started + BUILD_WAIT - time.monotonic()))
-            except (TimeoutError, OSError, ValueError):
-                raise _Cold("the template is still importing") from None
-            if self.template is not t:
-                raise _Cold(self._unusable or "the template is unusable")
         changed = preload.changed_files(t.stamps, {p: preload.stamp(p) for p in t.stamps})
         if changed:
             self._drop()
@@ -241,14 +243,32 @@ class WarmSpawner(Spawner):
         try:
             t.wire.send({"argv": argv, "env": dict(env), "cwd": cwd, "fds": list(fds)}, fds)
             got = t.wire.receive(FORK_TIMEOUT)
-        except (TimeoutError, OSError, ValueError) as exc:
+        except TimeoutError:
             self._drop(reason="the template stopped answering")
-            raise _Cold(f"the template did not fork within {FORK_TIMEOUT:g} s ({exc})") from None
+            self._basis = None
+            raise _Cold(f"the template did not fork within {FORK_TIMEOUT:g} s") from None
+        except (OSError, ValueError) as exc:
+            got, problem = None, f" ({exc})"
+        else:
+            problem = ""
         if got is None:
             self._drop(reason="the template is gone")
-            raise _Cold("the template exited")
+            self._basis = None  # the next report rebuilds it
+            raise _Cold(f"the template exited{problem}")
         if "pid" not in got[0]:
             self._drop(reason=str(got[0].get("error")))
             self._basis = None
             raise _Cold(f"the template refused to fork: {got[0].get('error')}")
         return int(got[0]["pid"])
+
+
+def _stop(t: _Template | None) -> None:
+    """Stop template *t* (if any): closing its socket ends it; SIGKILL makes sure. Bounded."""
+    if t is None:
+        return
+    t.wire.sock.close()
+    with contextlib.suppress(OSError):
+        os.killpg(t.process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        t.process.wait(1.0)
+    KEEP_PIDS.discard(t.process.pid)
