@@ -68,19 +68,28 @@ class MasterBook:
 
     # -- what the master reads ---------------------------------------------------------------------
     @staticmethod
-    def age_of(age: int, generation: int, gate: GateDir | None) -> int:
+    def age_of(age: int, generation: int, gate: GateDir | None) -> float:
         """The age the master should see for a worker of *generation* (a query).
 
         ``Arbiter.reload()`` waits (up to ``graceful_timeout``, handling no other signal) until
         no worker is older than the reload, and ``manage_workers()`` SIGTERMs the oldest surplus
-        workers: after a rollback the old workers are the ones to keep, so they count as younger
-        than the failed generation (the master stops waiting at once, never picks them).
+        workers. After a rollback the old workers are the ones to keep: they count as younger
+        than the failed generation (the master stops waiting at once, never picks them). After
+        a promotion the old workers drain: they count as just younger than the reload, still
+        older than the new workers, so the master stops waiting once the new generation is
+        ready (not when the drains end) and handles signals while they drain.
         """
         if gate is None:
             return age
         newest = gate.newest_generation()
-        if newest > generation and gate.resolution(newest) not in (None, PROMOTED):
+        if newest <= generation:
+            return age
+        if gate.resolution(newest) not in (None, PROMOTED):
             return age + ROLLED_BACK_AGE_BONUS
+        for gen in range(newest, generation, -1):
+            if gate.resolution(gen) == PROMOTED:
+                first_age = int((gate.generation_info(gen) or {}).get("first_age", 0))
+                return first_age - 0.5 if first_age > 0 else age
         return age
 
     # -- what runs in the master -------------------------------------------------------------------

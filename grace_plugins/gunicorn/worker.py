@@ -52,7 +52,7 @@ class Worker(BootingWorker):
         self._next_check = 0.0
 
     @property
-    def age(self) -> int:
+    def age(self) -> float:
         """gunicorn's spawn counter; as the master sees it, workers that outlived a rolled-back
         generation count as younger than it (a query: see ``MasterBook.age_of``)."""
         if os.getpid() != self.ppid:
@@ -85,6 +85,8 @@ class Worker(BootingWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: only record it; the loop decides (drain now, or after the new generation)."""
+        if not self.alive:
+            return  # already stopping (the master re-sends SIGTERM to surplus workers)
         self._term_pending = True
         self._last_term = time.time()  # wall clock, compared with the verdict file's mtime
         if self.member.pid and self.gate.newest_generation() <= self.generation:

@@ -729,3 +729,50 @@ def test_bad_ready_path_is_one_line(start_server, tmp_path):
     )
     assert server.proc.wait(30) != 0
     server.wait_for(r"GRACE_READY_PATH must be a URL path such as /healthz, not 'healthz'", 10)
+
+
+# -- an upgrade never waits for drains ------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_hups_while_old_workers_drain_bring_new_code_at_once(start_server, tmp_path):
+    """Three HUPs 2 s apart, each with a 10 s request in flight: each HUP reaches new code
+    within a few seconds (gunicorn's reload() would wait for the drains, handling no signal),
+    the master handles a signal (TTIN) while old workers drain, and each long request
+    completes on the code it started on."""
+    server = start_gunicorn(start_server, tmp_path, graceful=30)
+    results: dict[int, object] = {}
+
+    def long_get(gen: int) -> None:
+        try:
+            results[gen] = http_get(server.port, "/hello?sleep=10", timeout=40).version
+        except Exception as exc:  # recorded, asserted below
+            results[gen] = exc
+
+    threads = []
+    reached: list[float] = []
+    with Load(server.port, fresh=2, keepalive=2, slow=0) as load:
+        for gen in range(2, 5):
+            thread = threading.Thread(target=long_get, args=(gen - 1,))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.5)  # pacing: the long request reaches a worker before the HUP
+            write_code(tmp_path, version(f"v{gen}"))
+            mark = server.mark()
+            start = time.monotonic()
+            os.kill(server.pid, signal.SIGHUP)
+            server.wait_for(rf"generation {gen} ready: \d+ workers serving", 30, after=mark)
+            wait_until(lambda: http_get(server.port).version == f"v{gen}", 10, f"v{gen}")  # noqa: B023
+            reached.append(time.monotonic() - start)
+            time.sleep(max(0.0, 2.0 - (time.monotonic() - start)))  # HUPs 2 s apart
+        # the old workers still drain (their long requests run): the master handles signals
+        assert any(thread.is_alive() for thread in threads)
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGTTIN)
+        server.wait_for(r"Handling signal: ttin", 3, after=mark)
+        for thread in threads:
+            thread.join(40)
+        report = load.stop()
+    assert_clean(report, slow=False)
+    assert results == {1: "v1", 2: "v2", 3: "v3"}, results
+    print("HUP -> new code (s):", [f"{r:.2f}" for r in reached])
+    assert max(reached) < 5.0, [f"{r:.1f}" for r in reached]
+    assert server.proc.poll() is None
