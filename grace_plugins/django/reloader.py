@@ -11,16 +11,26 @@ receivers add (template and locale directories). A change still sends Django's
 goes on serving, *and watching*, so if the new code is broken and rolled back, the next save
 tries again. A template change is an upgrade too (``runserver`` would only reset its template
 cache): the new generation renders it, and the old one finishes its requests unchanged.
+
+Django's first scan takes the files' mtimes as they are; a save made while the generation was
+still loading would be invisible. With ``catch_up``, that first scan also reports every watched
+file saved since this process started, and every Python file beside the project's modules (a
+module whose import failed is not in ``sys.modules``, and it is the file a developer fixes).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import site
+import sysconfig
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import django
 from django.utils import autoreload
 
 logger = logging.getLogger("django.utils.autoreload")
@@ -29,11 +39,65 @@ logger = logging.getLogger("django.utils.autoreload")
 SETTLE_SECONDS = 0.1
 
 
+def process_start_time() -> float | None:
+    """When this process started, on the ``time.time()`` scale, or ``None`` where ``/proc``
+    does not say (at most a clock tick late: a save in that tick precedes any import). A
+    generation's load begins there (``manage.py`` runs ``django.setup()`` before any command):
+    at its exec (cold start) or its fork (warm start), after whatever triggered it."""
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rpartition(")")[2].split()[19])
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)  # /proc counts from boot too
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    # /proc rounds the start down to a tick: take the tick's end
+    return time.time() - (since_boot - (ticks + 1) / per_second)
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Where installed code lives (the standard library, site-packages, Django): not the
+    project's."""
+    paths = sysconfig.get_paths()
+    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    dirs.update(getattr(site, "getsitepackages", list)())
+    dirs.add(site.getusersitepackages())
+    dirs.add(os.path.dirname(django.__file__))
+    return tuple(str(Path(d).resolve()) + os.sep for d in dirs if d)
+
+
+def _beside_project_modules(files: Iterable[Path]) -> set[Path]:
+    """The Python files in the directories of the project's watched modules: where a module
+    whose import failed (absent from ``sys.modules``, so unwatched) most likely is."""
+    library = _library_dirs()
+    dirs = {f.parent for f in files if f.suffix == ".py"}
+    found: set[Path] = set()
+    for directory in dirs:
+        if (str(directory) + os.sep).startswith(library):
+            continue
+        try:
+            found.update(p for p in directory.iterdir() if p.suffix == ".py")
+        except OSError:
+            continue
+    return found
+
+
+def _mtimes(files: Iterable[Path]) -> dict[Path, float]:
+    found: dict[Path, float] = {}
+    for path in files:
+        try:
+            found[Path(path)] = Path(path).stat().st_mtime
+        except OSError:
+            continue
+    return found
+
+
 class _HotHooks:
     """Mixed in before Django's reloader class: report changes instead of exiting."""
 
     _grace_primed: threading.Event
     _grace_report: Callable[[Path], None]
+    _grace_since: float | None
 
     def notify_file_changed(self, path: Path) -> None:
         try:  # receivers (template cache reset, translations) still hear about it
@@ -44,25 +108,52 @@ class _HotHooks:
 
     # StatReloader: the first scan records every file's mtime; later scans compare.
     def snapshot_files(self) -> Any:
-        yield from super().snapshot_files()  # type: ignore[misc]
+        first = not self._grace_primed.is_set()
+        seen: dict[Path, float] = {}
+        for path, mtime in super().snapshot_files():  # type: ignore[misc]
+            if first:
+                seen[path] = mtime
+            yield path, mtime
+        if first:
+            self._grace_catch_up(seen)
         self._grace_primed.set()
 
     # WatchmanReloader: changes are reported from the subscriptions made here.
     def update_watches(self) -> None:
+        first = not self._grace_primed.is_set()
         super().update_watches()  # type: ignore[misc]
+        if first:
+            self._grace_catch_up(_mtimes(self.watched_files()))  # type: ignore[attr-defined]
         self._grace_primed.set()
+
+    def _grace_catch_up(self, seen: dict[Path, float]) -> None:
+        """Report the files saved since the load began: the first scan's baseline hides them.
+        *seen* is that scan (file: mtime); the files beside the project's modules are added."""
+        since = self._grace_since
+        if since is None:
+            return
+        now = time.time()
+        files = dict(seen)
+        files.update(_mtimes(_beside_project_modules(seen).difference(seen)))
+        for path, mtime in sorted(files.items()):
+            if since <= mtime <= now:  # never a file dated in the future: no upgrade loop
+                self.notify_file_changed(path)
 
 
 class HotWatcher:
     """Watches what Django's autoreloader watches; calls *on_change(paths)* on a change."""
 
-    def __init__(self, on_change: Callable[[list[str]], None]) -> None:
+    def __init__(self, on_change: Callable[[list[str]], None], *, catch_up: bool = False) -> None:
+        """:param catch_up: in a generation, report at the first scan the watched files saved
+        since this process started (its load began then), which that scan cannot tell apart
+        from the others."""
         base = type(autoreload.get_reloader())
         #: Django's reloader class name (``StatReloader``, ``WatchmanReloader``).
         self.name = base.__name__
         self.reloader = type(f"Hot{base.__name__}", (_HotHooks, base), {})()
         self.reloader._grace_primed = threading.Event()
         self.reloader._grace_report = self._report
+        self.reloader._grace_since = process_start_time() if catch_up else None
         self.on_change = on_change
         self._lock = threading.Lock()
         self._changed: set[str] = set()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import itertools
 import os
 import threading
 import time
@@ -28,6 +27,22 @@ from werkzeug._internal import _log
 
 #: After a first change event, wait this long for the rest of the same save (several events).
 SETTLE_SECONDS = 0.1
+
+
+def process_start_time() -> float | None:
+    """When this process started, on the ``time.time()`` scale, or ``None`` where ``/proc``
+    does not say (at most a clock tick late: a save in that tick precedes any import). A
+    generation's load begins there: at its exec (cold start) or its fork (warm start), after
+    whatever triggered it."""
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rpartition(")")[2].split()[19])
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)  # /proc counts from boot too
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    # /proc rounds the start down to a tick: take the tick's end
+    return time.time() - (since_boot - (ticks + 1) / per_second)
 
 
 def reloader_types() -> list[str]:
@@ -164,9 +179,11 @@ class HotReloader:
         reloader_type: str = "auto",
         since: float | None = None,
     ) -> None:
-        """:param since: when the app began loading (``time.time()``): modules saved after
-        it are reported as soon as the watch begins."""
-        self.since = since
+        """:param since: when the app began loading (``time.time()``), or ``None``: watched
+        files saved after it (or after this process started, if earlier: a script may import
+        its app before it calls ``run_simple``) are reported as soon as the watch begins."""
+        started = process_start_time()
+        self.since = since if since is None or started is None else min(since, started)
         base = _reloader.reloader_loops[reloader_type]
         loop_class = type(f"Hot{base.__name__}", (_Hooks, base), {})
         self.loop = loop_class(
@@ -207,22 +224,26 @@ class HotReloader:
             _log("error", f" * The reloader stopped: {type(exc).__name__}: {exc}")
 
     def _catch_up(self) -> None:
-        """Report modules saved after the app began loading but before the watch began.
+        """Report the watched files saved after the app began loading, before the first scan.
 
         Watching starts once the generation serves (it can take seconds for watchdog to set
-        up its watches), and a save in between would otherwise be missed until the next one.
+        up its watches), and the first scan takes what it finds as the baseline: a save in
+        between would be missed until the next one. The candidates are the files the stat
+        loop watches (imported modules, the extra files, and the Python files under the
+        non-system ``sys.path`` entries, which the watchdog loop watches too), not only the
+        imported modules: a module whose import failed is not in ``sys.modules``, and it is
+        the very file a developer is fixing.
         """
         if self.since is None:
             return
         now = time.time()
-        paths = set(itertools.chain(_reloader._iter_module_paths(), self.loop.extra_files))
-        _reloader._remove_by_pattern(paths, self.loop.exclude_patterns)
+        paths = _reloader._find_stat_paths(self.loop.extra_files, self.loop.exclude_patterns)
         for path in sorted(paths):
             try:
                 mtime = os.stat(path).st_mtime
             except OSError:
                 continue
-            if self.since < mtime <= now:  # never a file dated in the future: no upgrade loop
+            if self.since <= mtime <= now:  # never a file dated in the future: no upgrade loop
                 self.loop.trigger_reload(path)
 
     def _step(self) -> None:

@@ -153,7 +153,7 @@ class Command(RunserverCommand):
         assert context is not None
         context.on_stop(stop_soon(server))
         if options["use_reloader"] and not context.stopping:
-            watcher = HotWatcher(functools.partial(self.files_changed, context))
+            watcher = HotWatcher(functools.partial(self.files_changed, context), catch_up=True)
             context.on_stop(watcher.stop)
             if not watcher.start(WATCH_START_TIMEOUT):
                 logger.warning("The autoreloader has not scanned the files yet; serving anyway.")
