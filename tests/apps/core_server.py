@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 from urllib.parse import parse_qs, urlsplit
 
-from grace_plugins.runner import run_or_exit
 from grace_plugins.options import Options
+from grace_plugins.runner import run_or_exit
 from grace_plugins.tracked_server import TrackedHandlerMixin, TrackedServerMixin
 
 
@@ -79,6 +79,7 @@ if __name__ == "__main__":
     parser.add_argument("--drain", type=float, default=10.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--pidfile")
+    parser.add_argument("--max-draining", type=int, default=3)
     args = parser.parse_args()
     run_or_exit(
         serve,
@@ -88,5 +89,6 @@ if __name__ == "__main__":
             drain_timeout=args.drain,
             upgrade_interval=args.interval,
             pidfile=args.pidfile,
+            max_draining=args.max_draining,
         ),
     )

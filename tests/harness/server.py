@@ -212,6 +212,12 @@ class ServerProcess:
             self.port = int(found.group(1))
         return self.port or 0
 
+    def live_generations(self) -> list[int]:
+        """Pids of the generations still running as the supervisor's children (the warm-start
+        template, also a child, is not a generation)."""
+        generations = set(self.generation_pids().values())
+        return [pid for pid in procfs.child_pids(self.pid) or [] if pid in generations]
+
     def generation_pids(self) -> dict[int, int]:
         """{generation number: pid} for every generation the supervisor reported."""
         pids: dict[int, int] = {}
