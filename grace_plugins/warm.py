@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import grace_plugins
 from grace_plugins import preload
+from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.log import get_logger
 from grace_plugins.preload import parse_program
 from grace_plugins.process import KEEP_PIDS, ForkedProcess, Spawner, become_subreaper
@@ -172,7 +173,7 @@ class WarmSpawner(Spawner):
         try:
             process = subprocess.Popen(
                 boot,
-                env={k: v for k, v in env.items() if k != NOTIFY_VAR},
+                env={k: v for k, v in env.items() if k not in (NOTIFY_VAR, HANDOFF_VAR)},
                 pass_fds=(theirs.fileno(),),
                 close_fds=True,
                 cwd=cwd,
