@@ -24,6 +24,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -92,8 +93,6 @@ def _threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
     except OSError:
-        import threading
-
         return threading.active_count()
 
 
@@ -125,16 +124,17 @@ class Template:
             base = base[1:]
             sys.path[0] = program_path0(program, cwd)
         began = time.monotonic()
-        verdict = self.preload(setup["report"], cwd, base, program)
+        try:
+            verdict = self.preload(setup["report"], cwd, base, program)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            verdict = {"unsafe": f"the generation's module report is unreadable ({exc})"}
         verdict["ms"] = ms = round((time.monotonic() - began) * 1000)
         self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
         if "unsafe" in verdict:
             _say(f"unusable, upgrades will start cold: {verdict['unsafe']}")
-        else:
-            left = len(verdict["skipped"])
-            _say(f"preloaded {verdict['ready']} modules in {ms} ms ({left} left to generations)")
-        if "unsafe" in verdict:
             sys.exit(0)
+        left = len(verdict["skipped"])
+        _say(f"preloaded {verdict['ready']} modules in {ms} ms ({left} left to generations)")
         while True:
             got = self.wire.receive(None)
             if got is None:
