@@ -14,12 +14,15 @@ The template configures no logging and refuses to fork with a second thread or a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import importlib.abc
 import importlib.machinery
 import json
 import os
+import pkgutil  # noqa: F401 - runpy.run_path imports it: known to the template, not new
+import runpy
 import select
 import signal
 import socket
@@ -309,8 +312,6 @@ def _say(message: str) -> None:
 def _place_fds(received: list[int], targets: list[int]) -> None:
     """Put *received* at the numbers *targets* (inheritable, as ``pass_fds`` makes them) and
     close every other fd but 0-2: the template's files are not the generation's."""
-    import fcntl
-
     top = max([*received, *targets, 2]) + 1
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in received]
     try:
@@ -327,8 +328,6 @@ def _place_fds(received: list[int], targets: list[int]) -> None:
 
 
 def _run_program(program: Program) -> None:
-    import runpy
-
     if program.kind == "script":
         sys.argv = [program.target, *program.args]
         runpy.run_path(program.target, run_name="__main__")

@@ -6,6 +6,7 @@ Real processes and sockets; every wait is on a line the server prints, bounded i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -61,7 +62,12 @@ def next_template(server, mark: int) -> int:
 
 
 def proc_fds(pid: int) -> list[str]:
-    return sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    """What *pid*'s open fds point to (an fd closed while we look is left out)."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return sorted(links)
 
 
 def library(tmp_path_factory, name: str, text: str) -> str:
