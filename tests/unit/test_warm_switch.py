@@ -1,0 +1,31 @@
+"""The off switch and the platform fallback pick the cold spawner, saying why once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from grace_plugins import warm
+from grace_plugins.options import Options
+from grace_plugins.process import Spawner
+from grace_plugins.runner import make_spawner
+
+
+def test_no_warm_is_the_cold_spawner():
+    assert type(make_spawner(Options(warm=False))) is Spawner
+
+
+def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    logger = logging.getLogger("grace_plugins")
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.INFO, logger="grace_plugins"):
+        spawner = make_spawner(Options(warm=True))
+    assert type(spawner) is Spawner
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["warm start needs Linux (this is darwin): every generation starts cold"]
+
+
+def test_unsupported_names_what_is_missing(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert "needs Linux" in (warm.unsupported() or "")
