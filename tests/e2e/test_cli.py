@@ -46,11 +46,6 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     assert not os.path.exists(os.path.join(state_dir(), f"{server.pid}.json"))
 
 
-def test_state_directory_is_private():
-    mode = stat.S_IMODE(os.stat(state_dir()).st_mode)
-    assert mode & 0o077 == 0
-
-
 def _spoil(kind: str, path, elsewhere) -> None:
     """Make *path* a state directory grace_plugins must refuse."""
     if kind == "not-yours":

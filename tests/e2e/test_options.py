@@ -10,6 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
+FLASK = os.path.join(BIN, "flask")
 RUN_SIMPLE = (
     "import sys; from grace_plugins import run_simple\n"
     "run_simple('127.0.0.1', 0, lambda e, s: [], **{sys.argv[1]: sys.argv[2]})\n"
@@ -17,7 +18,9 @@ RUN_SIMPLE = (
 
 
 def _run(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # This checkout first: console scripts would otherwise import the installed package.
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path}
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -33,11 +36,11 @@ def _run(argv: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
 def test_same_message_in_every_adapter(flag, value, message):
     runs = {
         "flask hotrun": _run(
-            [os.path.join(BIN, "flask"), "--app", "app.py", "hotrun", f"--{flag}={value}"],
+            [FLASK, "--app", "app.py", "hotrun", "-p", "0", f"--{flag}={value}"],
             os.path.join(ROOT, "example_flask"),
         ),
         "runhot": _run(
-            [sys.executable, "manage.py", "runhot", f"--{flag}={value}"],
+            [sys.executable, "manage.py", "runhot", "127.0.0.1:0", f"--{flag}={value}"],
             os.path.join(ROOT, "example_django"),
         ),
         "run_simple": _run([sys.executable, "-c", RUN_SIMPLE, flag.replace("-", "_"), value], ROOT),

@@ -50,6 +50,8 @@ def test_values_accepted(name, value, expected):
         ("ready_timeout", "soon", "ready_timeout must be a number of seconds > 0, not 'soon'."),
         ("drain_timeout", -1, "drain_timeout must be a number of seconds >= 0, not -1."),
         ("drain_timeout", "inf", "drain_timeout must be a number of seconds >= 0, not 'inf'."),
+        ("drain_timeout", "soon", "drain_timeout must be a number of seconds >= 0, not 'soon'."),
+        ("keepalive_timeout", "-0.5", "keepalive_timeout must be a number of seconds >= 0"),
         ("upgrade_interval", "nan", "upgrade_interval must be a number of seconds >= 0"),
         ("max_draining", 0, "max_draining must be a whole number >= 1, not 0."),
         ("max_draining", "2.5", "max_draining must be a whole number >= 1, not '2.5'."),
