@@ -296,29 +296,6 @@ def test_first_generation_broken_exits_with_clear_error(start_server, app_dir):
     assert server.proc.wait(10) == 4
 
 
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"GRACE_PLUGINS_HANDOFF": "garbage"}, r"GRACE_PLUGINS_HANDOFF is not valid JSON"),
-        ({"LISTEN_FDS": "1", "LISTEN_PID": "1"}, r"LISTEN_PID=1 is not this process"),
-        ({"LISTEN_FDS": "two", "LISTEN_PID": "1"}, r"LISTEN_FDS='two' is not a count"),
-    ],
-)
-def test_malformed_inherited_input_is_one_line(app_dir, env, message):
-    result = subprocess.run(
-        [PYTHON, SERVER, "127.0.0.1:0"],
-        cwd=app_dir,
-        env={**os.environ, "PYTHONPATH": ROOT, **env},
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
-
-
 # -- moved from the unit tests: they start a process ---------------------------------------
 def test_import_pulls_in_no_web_framework():
     code = (
