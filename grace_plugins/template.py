@@ -85,11 +85,9 @@ class _ProjectGuard(importlib.abc.MetaPathFinder):
         self.stdlib = stdlib
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        origin = None if spec is None else spec.origin
+        origin = getattr(importlib.machinery.PathFinder.find_spec(name, path), "origin", None)
         if origin and preload.is_project_module(name, origin, self.roots, self.stdlib):
             raise ImportError(f"{name} is the project's own: not preloaded")
-        return None
 
 
 def _threads() -> int:
@@ -132,7 +130,10 @@ class Template:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             verdict = {"unsafe": f"the generation's module report is unreadable ({exc})"}
         verdict["ms"] = ms = round((time.monotonic() - began) * 1000)
-        self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
+        try:
+            self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
+        except OSError:  # the supervisor is gone, or replaced this template: nothing to say
+            sys.exit(0)
         if "unsafe" in verdict:
             _say(f"unusable, upgrades will start cold: {verdict['unsafe']}")
             sys.exit(0)
@@ -228,7 +229,7 @@ class Template:
     def _double_fork(self, request: dict[str, Any], fds: list[int]) -> Callable[[], None] | None:
         with contextlib.suppress(Exception):
             sys.stdout.flush(), sys.stderr.flush()
-        gc.freeze()
+        gc.freeze()  # the collector must not touch (and so copy) the preloaded pages
         read_end, write_end = os.pipe()
         try:
             middle = os.fork()
@@ -340,7 +341,7 @@ def _run_program(program: Program) -> None:
 
 
 def main() -> None:
-    """The template's entry point (``BOOT``): ``sys.argv`` is [-c, package dir, socket fd]."""
+    """The template's entry point (``BOOT``); ``sys.argv``: [-c, package dir, socket fd]."""
     if sys.path and sys.path[-1] == sys.argv[1]:
         del sys.path[-1]
     sock = socket.socket(fileno=int(sys.argv[2]))

@@ -34,7 +34,13 @@ from grace_plugins import preload
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.log import get_logger
 from grace_plugins.preload import parse_program
-from grace_plugins.process import KEEP_PIDS, ForkedProcess, Spawner, become_subreaper
+from grace_plugins.process import (
+    KEEP_PIDS,
+    ForkedProcess,
+    Spawner,
+    become_subreaper,
+    pid_alive,
+)
 from grace_plugins.sdnotify import NOTIFY_VAR
 from grace_plugins.template import BOOT, Wire
 
@@ -76,6 +82,7 @@ class WarmSpawner(Spawner):
         self.log = log or get_logger()
         self.argv_len = len(sys.argv) if argv_len is None else argv_len
         self.report = preload.report_path(os.getpid())
+        _forget_dead_reports(os.path.dirname(self.report))
         with open(self.report, "w"):  # its existence asks generations to report
             pass
         self.on_poll = self.tick
@@ -273,3 +280,14 @@ def _stop(t: _Template | None) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         t.process.wait(1.0)
     KEEP_PIDS.discard(t.process.pid)
+
+
+def _forget_dead_reports(directory: str) -> None:
+    """Remove the module reports of supervisors that are gone (killed, never closed)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            pid = name[len("warm-") : -len(".json")]
+            ours = name.startswith("warm-") and name.endswith(".json") and pid.isdigit()
+            if ours and not pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))

@@ -15,14 +15,19 @@ def test_no_warm_is_the_cold_spawner():
     assert type(make_spawner(Options(warm=False))) is Spawner
 
 
-def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch, caplog):
+def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("grace_plugins")
-    monkeypatch.setattr(logger, "propagate", True)
-    with caplog.at_level(logging.INFO, logger="grace_plugins"):
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
         spawner = make_spawner(Options(warm=True))
+    finally:
+        logger.removeHandler(handler)
     assert type(spawner) is Spawner
-    lines = [r.getMessage() for r in caplog.records]
     assert lines == ["warm start needs Linux (this is darwin): every generation starts cold"]
 
 
