@@ -1,6 +1,7 @@
 """A framework-free server for the core's end-to-end tests (stdlib http.server only).
 
 Usage: python core_server.py ADDRESS [--ready S] [--drain S] [--interval S] [--pidfile P]
+       [--max-draining N] [--no-warm]
 
 The upgradable code is the module ``appcode`` found on ``sys.path`` (the tests write it into
 the working directory): ``VERSION`` is served, and broken or hanging versions test rollback.
@@ -80,6 +81,7 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--pidfile")
     parser.add_argument("--max-draining", type=int, default=3)
+    parser.add_argument("--no-warm", dest="warm", action="store_false")
     args = parser.parse_args()
     run_or_exit(
         serve,
@@ -90,5 +92,6 @@ if __name__ == "__main__":
             upgrade_interval=args.interval,
             pidfile=args.pidfile,
             max_draining=args.max_draining,
+            warm=args.warm,
         ),
     )

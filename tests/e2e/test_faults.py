@@ -200,7 +200,9 @@ def test_supervisor_as_pid1_reaps_orphans(start_server, tmp_path):
         pytest.skip("needs unshare -fp (pid namespaces)")
     (tmp_path / "appcode.py").write_text(f"VERSION = 'v1'\nCHILD_PROBE = {ORPHAN_MAKER!r}\n")
     server = start_server(
-        ["unshare", "-fp", "--mount-proc", PYTHON, SERVER, "127.0.0.1:0"],
+        # cold starts: the warm-start template would be a second child of PID 1 (its
+        # generations' reaping is tested in tests/e2e/test_warm.py)
+        ["unshare", "-fp", "--mount-proc", PYTHON, SERVER, "127.0.0.1:0", "--no-warm"],
         cwd=tmp_path,
         cls=NamespacedServer,
     )
