@@ -224,6 +224,12 @@ class WarmSpawner(Spawner):
         self._basis = (self._basis or frozenset()) | frozenset(answer["known"])
         _stop(self.template)
         self.template, self._unusable = b, None
+        self.log.info(
+            "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
+            b.process.pid,
+            (time.monotonic() - b.started) * 1000,
+            len(b.names),
+        )
 
     def _drop(self, reason: str | None = None) -> None:
         """Stop both templates; *reason* is why later generations start cold."""

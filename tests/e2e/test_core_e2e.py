@@ -89,6 +89,7 @@ def _has_connection(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_ten_upgrades_under_load_fail_nothing(start_server, app_dir):
     server = start(start_server, app_dir)
+    server.wait_warm()
     sup_fds = fd_count(server.pid)
     with Load(server.port, fresh=2, keepalive=2, slow=2, slow_seconds=0.5) as load:
         wait_until(lambda: load.report.requests > 50, 10, "load to start")
@@ -147,6 +148,7 @@ def test_supervisor_fds_and_children_flat_after_twenty_upgrades(start_server, ap
     if not LINUX:
         pytest.skip("needs /proc")
     server = start(start_server, app_dir)
+    server.wait_warm()
     before = fd_count(server.pid)
     for _ in range(20):
         server.upgrade()

@@ -174,6 +174,7 @@ def test_upgrades_under_load_hup_and_file_saves(start_server, site):
     server = runhot(start_server, site, "--ready-timeout", "30", "--drain-timeout", "15")
     port = server.port
     pids = [first_pid(server)]
+    server.wait_warm(60)
     fds = None
     with Load(port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0, max_seconds=150) as load:
         wait_until(lambda: load.report.requests > 20, 20, "the first requests")

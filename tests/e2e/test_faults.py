@@ -110,6 +110,7 @@ def test_soak_many_upgrades_under_load(start_server, app_dir):
     # Upgrades every ~50 ms outpace 0.3 s drains: without room for every drain, the
     # max_draining limit would cut the oldest short by design (tests/e2e/test_never_wait.py).
     server = start(start_server, app_dir, interval=0.05, extra=["--max-draining=50"])
+    server.wait_warm()
     fds_before = fd_count(server.pid)
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=0.3, max_seconds=500) as load:
         wait_until(lambda: load.report.requests > 20, 10, "load to start")

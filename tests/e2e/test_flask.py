@@ -194,6 +194,7 @@ def test_ten_hup_upgrades_under_load(start_server, tmp_path):
     app = seed_app(tmp_path)
     server, port = hotrun(start_server, tmp_path)
     http_get(port)
+    server.wait_warm()
     fds = fd_count(server.pid)
     with Load(port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
         for number in range(2, 12):

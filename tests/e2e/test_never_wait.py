@@ -118,6 +118,7 @@ def new_code_after(server, version: str, timeout: float = 10.0) -> tuple[int, fl
 
 def test_three_upgrades_two_seconds_apart_each_with_a_long_request(start_server, app_dir):
     server = start(start_server, app_dir)
+    server.wait_warm()
     sup_fds = fd_count(server.pid)
     version_of: dict[int, str] = {}
     with Load(server.port, fresh=2, keepalive=2, slow=0) as load:

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(90)
 
 def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
     server = start(start_server, app_dir)
+    server.wait_warm()
     fds = fd_count(server.pid)
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=0.5) as load:
         wait_until(lambda: load.report.requests > 30, 10, "load to start")

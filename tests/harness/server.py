@@ -212,6 +212,12 @@ class ServerProcess:
             self.port = int(found.group(1))
         return self.port or 0
 
+    def wait_warm(self, timeout: float = 30.0) -> None:
+        """Wait until the warm-start template is ready (where warm start is available), so that
+        fd counts taken afterwards include the supervisor's socket to it."""
+        if sys.platform.startswith("linux"):
+            self.wait_for(r"warm start: template \(pid \d+\) ready after", timeout)
+
     def live_generations(self) -> list[int]:
         """Pids of the generations still running as the supervisor's children (the warm-start
         template, also a child, is not a generation)."""
