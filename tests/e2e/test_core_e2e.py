@@ -23,6 +23,7 @@ from tests.harness import (
     PYTHON,
     ROOT,
     Load,
+    established_connections,
     fd_count,
     gone_or_zombie,
     http_get,
@@ -78,12 +79,11 @@ def test_seed_scenario_slow_request_finishes_on_old_generation(start_server, app
 
 
 def _has_connection(pid: int) -> bool:
-    """True once *pid* holds more sockets than when idle (a connection was accepted)."""
-    try:
-        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    except OSError:
-        return True  # not Linux: fall back to the request's own timing
-    return sum(link.startswith("socket:") for link in links) >= 3
+    """True once *pid* holds a request in flight: an ESTABLISHED connection (a connection of
+    an earlier request, closed by its client but not yet by the server, does not count)."""
+    if not LINUX:
+        return True  # fall back to the request's own timing
+    return established_connections(pid) >= 1
 
 
 @pytest.mark.timeout(120)

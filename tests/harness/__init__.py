@@ -20,6 +20,7 @@ from tests.harness.load import Load, LoadEngine, LoadReport, Outcome
 from tests.harness.procfs import (
     LINUX_PROC,
     child_pids,
+    established_connections,
     fd_count,
     fd_links,
     gone_or_zombie,
@@ -50,6 +51,7 @@ from tests.harness.systemd import (
 )
 
 __all__ = [
+    "established_connections",
     "BODY",
     "CHILD_PROBE",
     "FAILURE_KINDS",

@@ -76,6 +76,20 @@ def socket_count(pid: int) -> int:
     return sum(link.startswith("socket:") for link in fd_links(pid))
 
 
+def established_connections(pid: int) -> int:
+    """TCP connections *pid* holds in the ESTABLISHED state: a request in flight, not the
+    listener, nor a connection its client already closed (CLOSE_WAIT) that a handler thread
+    has not closed yet."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01":
+                    inodes.add(f"socket:[{fields[9]}]")
+    return sum(link in inodes for link in fd_links(pid))
+
+
 def child_pids(pid: int) -> list[int] | None:
     """Direct children of *pid*, zombies included; None if unknown."""
     try:
