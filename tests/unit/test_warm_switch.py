@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from grace_plugins import warm
 from grace_plugins.options import Options
@@ -19,7 +20,10 @@ def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     lines: list[str] = []
     handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    here = threading.get_ident()  # count this thread's records only (not a stray thread's)
+    handler.emit = lambda record: (  # type: ignore[method-assign]
+        lines.append(record.getMessage()) if record.thread == here else None
+    )
     logger = logging.getLogger("grace_plugins")
     logger.addHandler(handler)
     monkeypatch.setattr(logger, "level", logging.INFO)
