@@ -204,3 +204,19 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start_time() -> float | None:
+    """When this process started, on the ``time.time()`` scale, or ``None`` where ``/proc``
+    does not say (at most a clock tick late: a save in that tick precedes any import). A
+    generation's load begins there: at its exec (cold start) or its fork (warm start), after
+    whatever triggered it; the reloaders catch up on saves made since."""
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rpartition(")")[2].split()[19])
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)  # /proc counts from boot too
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    # /proc rounds the start down to a tick: take the tick's end
+    return time.time() - (since_boot - (ticks + 1) / per_second)
