@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from importlib import metadata
 
 import throughput
 import upgrades
+import warm
 import wrk_hups
 from common import RunPlan
 
@@ -62,6 +64,9 @@ class Run:
     plan: RunPlan
     rows: list[upgrades.Result]
     picture: str | None
+    #: bench/warm.py's results (cold start vs warm and cold upgrades, memory), one per app.
+    warm: list[dict] = dataclasses.field(default_factory=list)
+    warm_rounds: int = 0
 
 
 def _throughput_section(run: Run) -> list[str]:
@@ -183,6 +188,26 @@ def _picture_section(run: Run) -> list[str]:
     ]
 
 
+def _warm_section(run: Run) -> list[str]:
+    if not run.warm:
+        return []
+    return [
+        "## Warm start: trigger to new code, against a cold start",
+        "",
+        f"`bench/warm.py`, {run.warm_rounds} rounds per app: the app's cold start (process"
+        " start to first answer), our upgrade with warm start on and off (file save or HUP to"
+        " the first answer from the new code), and the framework's own reloader (`flask run"
+        " --reload` with the stat reloader, `runserver`) for the Flask example and a"
+        " startproject-shaped Django site (`bench/apps/djsite`: admin, auth, sessions,"
+        " messages, a models app). Times are medians; the last column is warm upgrade ÷ the"
+        " median cold start, min / median / max over the rounds. Memory is PSS"
+        " (`/proc/<pid>/smaps_rollup`) of the processes serving one app.",
+        "",
+        warm.table(run.warm),
+        "",
+    ]
+
+
 def write(path: str, run: Run) -> None:
     """Write the whole document to *path*."""
     lines = [
@@ -193,7 +218,7 @@ def write(path: str, run: Run) -> None:
         " `bench` extra: `pip install -e '.[bench]'`):",
         "",
         "```sh",
-        "python bench/run.py            # full run (~6 min on 2 cores); --quick: smoke run",
+        "python bench/run.py            # full run (~8 min on 2 cores); --quick: smoke run",
         "python bench/picture.py        # only the picture, docs/upgrade.svg (~1 min)",
         "```",
         "",
@@ -206,6 +231,7 @@ def write(path: str, run: Run) -> None:
         *_throughput_section(run),
         *_hups_section(run),
         *_upgrades_section(run),
+        *_warm_section(run),
         *_picture_section(run),
     ]
     with open(path, "w") as handle:

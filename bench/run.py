@@ -2,7 +2,7 @@
 
 Run it from the repository root, with the ``bench`` extra installed and wrk on the PATH::
 
-    python bench/run.py            # full run, ~6 min on 2 cores: docs/benchmarks.md, upgrade.svg
+    python bench/run.py            # full run, ~8 min on 2 cores: docs/benchmarks.md, upgrade.svg
     python bench/run.py --quick    # smoke run, under a minute
     python bench/run.py --only gunicorn --out gunicorn-only.md
 
@@ -12,7 +12,9 @@ Three measurements, each bounded in time (see the modules):
    connections, each adapter against the server it replaces, in ABAB rounds;
 2. ``wrk_hups.py``: wrk's socket errors and non-2xx answers across repeated HUPs;
 3. ``upgrades.py``: our own client across upgrades (failures by kind, slow requests, cutover,
-   stalls), whose flask hotrun and gunicorn gthread rows ``picture.py`` draws.
+   stalls), whose flask hotrun and gunicorn gthread rows ``picture.py`` draws;
+4. ``warm.py``: trigger to new code with warm start on and off against the app's cold start
+   and the framework's own reloader, and the memory (RSS, PSS) of each arrangement.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
@@ -29,6 +32,7 @@ import picture
 import report
 import throughput
 import upgrades
+import warm
 import wrk
 import wrk_hups
 from common import ROOT, RunPlan
@@ -112,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             if chosen(row.label, row.group, args.only) and (not quick or picture.drawn(row)):
                 rows.append(upgrades.run_row(row, delay, plan, watchdog=args.watchdog))
 
+    warm_results: list[dict] = []
+    warm_rounds = 2 if quick else 5
+    print("warm start against cold (bench/warm.py):", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-warm-") as workdir:
+        for kind in ("flask", "django"):
+            if chosen(kind, kind, args.only):
+                warm_results.append(warm.run(kind, warm_rounds, workdir))
+
     drawn = None
     if not args.no_picture:
         drawn = os.path.join(os.path.dirname(args.out), "upgrade.svg")
@@ -132,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         plan=plan,
         rows=rows,
         picture=drawn,
+        warm=warm_results,
+        warm_rounds=warm_rounds,
     )
     report.write(args.out, run)
     print(f"wrote {args.out} ({run.seconds:.0f} s)")
     print("\n".join(throughput.tables(tput) + [""] + upgrades.table(rows)))
+    if warm_results:
+        print(warm.table(warm_results))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([_row_json(r) for r in rows], handle)
