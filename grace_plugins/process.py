@@ -60,15 +60,17 @@ class GenerationPopen(subprocess.Popen[bytes]):
         return super().poll()
 
 
-class ForkedProcess(subprocess.Popen[bytes]):
-    """A generation forked by the warm-start template and re-parented to this process (a child
-    subreaper): the same face as a ``Popen`` (``pid``, ``poll``, ``wait``, ``returncode``,
-    ``send_signal``), reaped by pid with ``waitpid``, its status converted as ``Popen`` does
-    (``-N`` for signal N)."""
+class ChildProcess(subprocess.Popen[bytes]):
+    """A child of this process known only by its pid: a generation forked by the warm-start
+    template and re-parented to us (a child subreaper), or one inherited across a USR2 exec.
+    The same face as a ``Popen`` (``pid``, ``poll``, ``wait``, ``returncode``,
+    ``send_signal``), reaped by its pid with ``waitpid`` (never ``waitpid(-1)``, which would
+    steal other children's statuses), its status converted as ``Popen`` does (``-N`` for
+    signal N)."""
 
     def __init__(self, pid: int, on_poll: Callable[[], None] | None = None) -> None:
         # No Popen.__init__: the process exists already. Set what Popen's methods read.
-        self.args = ["<forked>"]
+        self.args = [f"<pid {pid}>"]
         self.pid = pid
         self.returncode: int | None = None
         self.stdin = self.stdout = self.stderr = None
@@ -103,7 +105,7 @@ class ForkedProcess(subprocess.Popen[bytes]):
                 os.kill(self.pid, sig)
 
     def __repr__(self) -> str:
-        return f"<ForkedProcess pid={self.pid} returncode={self.returncode}>"
+        return f"<ChildProcess pid={self.pid} returncode={self.returncode}>"
 
 
 def become_subreaper() -> bool:

@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
@@ -131,38 +130,3 @@ def exec_supervisor(argv: list[str], handoff: SupervisorHandoff, keep_fds: list[
 def release_held_signals() -> None:
     """Unblock the signals held across the exec (called once handlers are installed)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
-
-
-class AdoptedProcess:
-    """A generation inherited across an exec: our child, but not a ``Popen`` of ours.
-
-    Offers the part of ``Popen`` the supervisor uses, reaping only this pid (never
-    ``waitpid(-1)``, which would steal other children's statuses).
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.returncode = 0  # already reaped: nothing more to learn
-                return self.returncode
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
-            time.sleep(0.02)
-        return self.returncode  # type: ignore[return-value]
-
-    def send_signal(self, signum: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, signum)

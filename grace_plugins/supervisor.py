@@ -28,9 +28,8 @@ from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.options import Options
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
-from grace_plugins.process import Spawner, program_argv, reap_orphans
+from grace_plugins.process import ChildProcess, Spawner, program_argv, reap_orphans
 from grace_plugins.reexec import (
-    AdoptedProcess,
     SupervisorHandoff,
     exec_supervisor,
     preflight,
@@ -49,7 +48,7 @@ _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal
 class Child:
     """A generation's process and channel: what the effects need, beside the rules' view."""
 
-    process: subprocess.Popen[bytes] | AdoptedProcess
+    process: subprocess.Popen[bytes]
     channel: Channel
 
 
@@ -89,7 +88,7 @@ class Supervisor:
         """Take over the generation a previous image of this supervisor ran (after USR2)."""
         channel = Channel.from_fd(handoff.channel_fd)
         channel.sock.setblocking(False)
-        self.children[handoff.generation] = Child(AdoptedProcess(handoff.generation_pid), channel)
+        self.children[handoff.generation] = Child(ChildProcess(handoff.generation_pid), channel)
         self.rules.adopt(handoff.generation, handoff.generation_pid, handoff.counter, self.now())
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ class Supervisor:
         elif isinstance(action, act.Drain):
             child = self.children.get(action.number)
             if child is not None and not child.channel.send(msg.DRAIN):
-                self.spawner.signal_group(child.process, signal.SIGTERM)  # type: ignore[arg-type]
+                self.spawner.signal_group(child.process, signal.SIGTERM)
         elif isinstance(action, act.Kill):
             self._kill(action.number, action.wait)
         elif isinstance(action, act.Forget):
@@ -245,7 +244,7 @@ class Supervisor:
         child = self.children.get(number)
         if child is None:
             return
-        self.spawner.signal_group(child.process, signal.SIGKILL)  # type: ignore[arg-type]
+        self.spawner.signal_group(child.process, signal.SIGKILL)
         if wait:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(5.0)

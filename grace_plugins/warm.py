@@ -36,7 +36,7 @@ from grace_plugins.log import get_logger
 from grace_plugins.preload import parse_program
 from grace_plugins.process import (
     KEEP_PIDS,
-    ForkedProcess,
+    ChildProcess,
     Spawner,
     become_subreaper,
     pid_alive,
@@ -120,7 +120,7 @@ class WarmSpawner(Spawner):
             pid,
             (time.monotonic() - began) * 1000,
         )
-        return ForkedProcess(pid, self.tick)
+        return ChildProcess(pid, self.tick)
 
     def close(self) -> None:
         """Stop the templates and withdraw the report request. Blocks up to two seconds."""
