@@ -27,6 +27,10 @@ from dataclasses import dataclass
 REPORT_VERSION = 1
 #: Module names that are never preloaded, whatever their file.
 ALWAYS_PROJECT = frozenset({"__main__", "__mp_main__"})
+#: Packages that are never the project's own, wherever their files are: grace_plugins itself
+#: (the template runs it; an editable install inside the working directory must not make it
+#: "project" code).
+NEVER_PROJECT = ("grace_plugins",)
 _INSTALLED_PARTS = frozenset({"site-packages", "dist-packages"})
 
 #: (mtime in ns, size) of a file, or None when it is gone.
@@ -78,6 +82,8 @@ def is_project_module(
     namespace package; ``None`` for built-in modules), is the project's own."""
     if name in ALWAYS_PROJECT:
         return True
+    if name.partition(".")[0] in NEVER_PROJECT:
+        return False
     if not origin or not os.path.isabs(origin):
         return False
     path = _norm(origin)

@@ -54,6 +54,17 @@ def test_a_stdlib_under_the_working_directory_is_not_the_project():
     assert not is_project_module("json", "/srv/app/py/lib/json.py", ["/srv/app"], ["/srv/app/py"])
 
 
+def test_grace_plugins_is_never_the_project_even_installed_editable_inside_it():
+    """The demo runs from a checkout with grace_plugins installed editable: its files are under
+    the working directory, and the template (which runs grace_plugins) must still preload it."""
+    for name in ("grace_plugins", "grace_plugins.options", "grace_plugins.werkzeug.serving"):
+        path = f"/srv/app/{name.replace('.', '/')}.py"
+        assert not is_project_module(name, path, ["/srv/app"], STDLIB)
+    assert is_project_module(
+        "grace_plugins_extras", "/srv/app/grace_plugins_extras.py", ["/srv/app"], STDLIB
+    )
+
+
 def test_main_is_always_the_project():
     assert is_project_module("__main__", f"{SITE}/flask/__main__.py", roots(), STDLIB)
     assert is_project_module("__main__", None, roots(), STDLIB)
