@@ -218,7 +218,7 @@ def write(path: str, run: Run) -> None:
         " `bench` extra: `pip install -e '.[bench]'`):",
         "",
         "```sh",
-        "python bench/run.py            # full run (~8 min on 2 cores); --quick: smoke run",
+        "python bench/run.py            # full run (~6 min on 2 cores); --quick: smoke run",
         "python bench/picture.py        # only the picture, docs/upgrade.svg (~1 min)",
         "```",
         "",

@@ -2,7 +2,7 @@
 
 Run it from the repository root, with the ``bench`` extra installed and wrk on the PATH::
 
-    python bench/run.py            # full run, ~8 min on 2 cores: docs/benchmarks.md, upgrade.svg
+    python bench/run.py            # full run, ~6 min on 2 cores: docs/benchmarks.md, upgrade.svg
     python bench/run.py --quick    # smoke run, under a minute
     python bench/run.py --only gunicorn --out gunicorn-only.md
 
