@@ -25,6 +25,7 @@ from tests.harness import (
     child_pids,
     fd_count,
     grace_cli,
+    holder_of,
     http_get,
     read_response,
     wait_until,
@@ -87,20 +88,7 @@ class LongRequest:
 
 
 def _holder(supervisor: int, client_port: int) -> int | None:
-    inodes = set()
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if int(fields[2].split(":")[1], 16) == client_port and fields[3] == "01":
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in child_pids(supervisor) or []:
-        try:
-            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        except OSError:
-            continue
-        if links & inodes:
-            return pid
-    return None
+    return holder_of(child_pids(supervisor) or [], client_port)
 
 
 def new_code_after(server, version: str, timeout: float = 10.0) -> tuple[int, float]:

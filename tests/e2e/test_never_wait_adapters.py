@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e.test_never_wait import LongRequest, new_code_after
-from tests.harness import Load, fd_count, fd_links, grace_cli, wait_until, zombies
+from tests.harness import Load, fd_count, fd_links, grace_cli, holder_of, wait_until, zombies
 
 pytestmark = [
     pytest.mark.skipif(not os.path.isdir("/proc/net"), reason="needs /proc"),
@@ -38,29 +38,11 @@ SAMPLES: dict[str, dict[str, list[float]]] = {}
 STARTS: dict[str, list[float]] = {}
 
 
-def _holder(pids: list[int], client_port: int) -> int | None:
-    """Which of *pids* holds the server side of the connection from *client_port*."""
-    inodes = set()
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if int(fields[2].split(":")[1], 16) == client_port and fields[3] == "01":
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in pids:
-        try:
-            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        except OSError:
-            continue
-        if links & inodes:
-            return pid
-    return None
-
-
 def held_by(server, long: LongRequest) -> int:
     """Wait until a generation (as the supervisor logged them) holds *long*'s connection."""
 
     def probe() -> int | None:
-        return _holder(list(server.generation_pids().values()), long.client_port)
+        return holder_of(server.generation_pids().values(), long.client_port)
 
     return int(wait_until(probe, 5, "a generation to hold the long request"))  # type: ignore[call-overload]
 

@@ -24,6 +24,7 @@ from tests.harness.procfs import (
     fd_count,
     fd_links,
     gone_or_zombie,
+    holder_of,
     is_zombie,
     live_children,
     socket_count,
@@ -52,6 +53,7 @@ from tests.harness.systemd import (
 
 __all__ = [
     "established_connections",
+    "holder_of",
     "BODY",
     "CHILD_PROBE",
     "FAILURE_KINDS",

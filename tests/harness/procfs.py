@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 LINUX_PROC = os.path.isdir("/proc/self/fd")
@@ -76,18 +77,38 @@ def socket_count(pid: int) -> int:
     return sum(link.startswith("socket:") for link in fd_links(pid))
 
 
-def established_connections(pid: int) -> int:
-    """TCP connections *pid* holds in the ESTABLISHED state: a request in flight, not the
-    listener, nor a connection its client already closed (CLOSE_WAIT) that a handler thread
-    has not closed yet."""
+def established_sockets(remote_port: int | None = None) -> set[str]:
+    """The ``socket:[inode]`` links of ESTABLISHED TCP sockets (IPv4 and IPv6); with
+    *remote_port*, only those whose peer uses that port (the server side of a client's
+    connection, when the client's own port is given)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as handle:
             for line in handle.readlines()[1:]:
                 fields = line.split()
-                if fields[3] == "01":
-                    inodes.add(f"socket:[{fields[9]}]")
+                if fields[3] != "01":
+                    continue
+                if remote_port is not None and int(fields[2].rsplit(":", 1)[1], 16) != remote_port:
+                    continue
+                inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def established_connections(pid: int) -> int:
+    """TCP connections *pid* holds in the ESTABLISHED state: a request in flight, not the
+    listener, nor a connection its client already closed (CLOSE_WAIT) that a handler thread
+    has not closed yet."""
+    inodes = established_sockets()
     return sum(link in inodes for link in fd_links(pid))
+
+
+def holder_of(pids: Iterable[int], client_port: int) -> int | None:
+    """Which of *pids* holds the server side of the connection from *client_port*."""
+    inodes = established_sockets(client_port)
+    for pid in pids:
+        if inodes.intersection(fd_links(pid)):
+            return pid
+    return None
 
 
 def child_pids(pid: int) -> list[int] | None:
