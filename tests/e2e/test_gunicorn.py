@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.helpers import (
+from tests.harness import (
     ROOT,
     Load,
     ServerProcess,
@@ -105,7 +105,7 @@ def _worker_sockets(server: ServerProcess) -> int | None:
 
 def _children(pid: int) -> list[int]:
     """Live (non-zombie) children of *pid*."""
-    from tests.helpers import child_pids
+    from tests.harness import child_pids
 
     alive = []
     for child in child_pids(pid) or []:
