@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from grace_plugins.process import pid_alive
@@ -265,6 +265,45 @@ def judge(
         return Verdict(PROMOTED)
     status, reason = evaluate(facts.info, facts.workers, now, alive)
     return Verdict(status, reason, new=status != PENDING)
+
+
+#: A SIGTERM recorded this long after a rollback verdict is a real stop, not the reload's.
+TERM_SLACK = 0.5
+DRAIN, WAIT, FORGET = "drain", "wait", "forget"
+
+
+def on_pending_term(
+    own: int, later: Mapping[int, str], last_term: float, rolled_back_at: float | None
+) -> tuple[str, str]:
+    """What a worker of generation *own* does with a SIGTERM it holds (pure): ``(DRAIN,
+    why)``, ``(WAIT, "")`` or ``(FORGET, "")``. *later*: the status of every generation after
+    *own* (the newest is the highest); *last_term*: when the worker got its last SIGTERM;
+    *rolled_back_at*: when the newest was rolled back, if it was.
+
+    * no newer generation: the SIGTERM is a stop;
+    * the newest is stopping (the master stops) or promoted: drain;
+    * any generation between *own* and the newest was promoted: drain (this code is replaced,
+      whatever becomes of the newest);
+    * the newest was rolled back: forget the reload's SIGTERM, unless it came after the verdict
+      (then it is a real stop);
+    * else the newest is still starting: wait.
+    """
+    newest = max(later, default=own)
+    if newest <= own:
+        return DRAIN, "SIGTERM"
+    status = later[newest]
+    if status == STOPPING:
+        return DRAIN, "SIGTERM (the master is stopping)"
+    if status == PROMOTED:
+        return DRAIN, f"generation {newest} is ready"
+    between = [gen for gen, st in later.items() if own < gen < newest and st == PROMOTED]
+    if between:
+        return DRAIN, f"generation {max(between)} is ready"
+    if status == ROLLED_BACK:
+        if last_term > (rolled_back_at or 0.0) + TERM_SLACK:
+            return DRAIN, "SIGTERM"
+        return FORGET, ""
+    return WAIT, ""
 
 
 def evaluate(

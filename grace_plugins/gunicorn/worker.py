@@ -16,19 +16,18 @@ from typing import Any
 
 from grace_plugins.gunicorn.boot import BootingWorker, ready_path
 from grace_plugins.gunicorn.gate import (
+    DRAIN,
+    FORGET,
     PENDING,
     PROMOTED,
     ROLLED_BACK,
-    STOPPING,
     Member,
     Verdict,
+    on_pending_term,
     pid_list,
 )
 from grace_plugins.gunicorn.master import MASTER, record_verdict, retire_previous_master
 from grace_plugins.gunicorn.serve import POLL
-
-#: A SIGTERM this long after a rollback verdict is a stop, not the reload's (delivery slack).
-TERM_SLACK = 0.5
 
 
 def _noop() -> None:
@@ -161,23 +160,16 @@ class Worker(BootingWorker):
             self._begin_stop(f"generation {self.generation} was rolled back")
 
     def _decide_term(self) -> None:
-        """A SIGTERM is pending: drain now, keep waiting, or (after a rollback) forget it."""
+        """A SIGTERM is pending: drain now, keep waiting, or (after a rollback) forget it
+        (the rules: :func:`~grace_plugins.gunicorn.gate.on_pending_term`)."""
         newest = self.gate.newest_generation()
-        if newest <= self.generation:
-            self._begin_stop("SIGTERM")
-            return
-        status = self._settle(newest).status
-        if status == STOPPING:
-            self._begin_stop("SIGTERM (the master is stopping)")
-        elif status == PROMOTED:
-            self._begin_stop(f"generation {newest} is ready")
-        elif status == ROLLED_BACK:
-            # The reload's SIGTERM reached us before the verdict (after it the master counts
-            # us as younger than the failed workers, see ``age``): one that came later is a stop.
-            decided_at = self.gate.resolution_time(newest) or 0.0
-            if self._last_term > decided_at + TERM_SLACK:
-                self._begin_stop("SIGTERM")
-                return
+        later = {gen: self._settle(gen).status for gen in range(self.generation + 1, newest + 1)}
+        rolled_back = later.get(newest) == ROLLED_BACK
+        rolled_back_at = self.gate.resolution_time(newest) if rolled_back else None
+        action, why = on_pending_term(self.generation, later, self._last_term, rolled_back_at)
+        if action == DRAIN:
+            self._begin_stop(why)
+        elif action == FORGET:
             self._term_pending = False
             self.log.info(
                 "grace_plugins: worker %s (generation %s) keeps serving: generation %s was"

@@ -776,3 +776,32 @@ def test_hups_while_old_workers_drain_bring_new_code_at_once(start_server, tmp_p
     print("HUP -> new code (s):", [f"{r:.2f}" for r in reached])
     assert max(reached) < 5.0, [f"{r:.1f}" for r in reached]
     assert server.proc.poll() is None
+
+
+def test_a_rollback_right_after_a_promotion_does_not_revive_replaced_workers(
+    start_server, tmp_path
+):
+    """Generation N+1 is promoted and a broken N+2 arrives before N's workers looked: N's
+    workers must drain anyway (a newer generation took over), not go back to serving when
+    N+2 is rolled back. Seen once in CI: a v1 worker answered after v2's promotion."""
+    server = start_gunicorn(start_server, tmp_path)
+    gen = 1
+    for number in range(2, 5):
+        replaced = set(server.workers())
+        write_code(tmp_path, version(f"v{number}"))
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for(rf"generation {gen + 1} ready: \d+ workers serving", 30, after=mark)
+        write_code(tmp_path, "raise RuntimeError('broken on purpose')\n")  # at once
+        mark = server.mark()
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_rollback(gen + 2, mark)
+        wait_until(
+            lambda replaced=replaced: not replaced & set(server.workers()),
+            20,
+            f"the workers replaced by generation {gen + 1} to drain and exit",
+        )
+        for _ in range(6):
+            assert http_get(server.port).version == f"v{number}"
+        gen += 2
+    assert server.proc.poll() is None

@@ -19,6 +19,7 @@ from grace_plugins.gunicorn.gate import (  # noqa: E402
     GateDir,
     Member,
     judge,
+    on_pending_term,
 )
 
 #: Generation 2: two workers (ages 3 and 4), announced at t=100 with a 5 s ready timeout
@@ -138,3 +139,65 @@ def test_gate_verdicts_are_published_whole_and_once(tmp_path):
     assert seen_partial == []
     assert gate.resolution(1) == text and gate.resolution(2) == PROMOTED
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp")]
+
+
+# -- a worker holding the reload's SIGTERM: drain, wait, or forget ---------------------------
+# (rule, own generation, later generations' status, last SIGTERM at, newest rolled back at)
+#   -> (action, reason contains)
+TERM_RULES = [
+    ("no newer generation: a stop", 2, {}, 10.0, None, ("drain", "SIGTERM")),
+    ("the newest starts: wait", 1, {2: PENDING}, 10.0, None, ("wait", "")),
+    ("the newest is promoted: drain", 1, {2: PROMOTED}, 10.0, None, ("drain", "generation 2")),
+    ("the master stops: drain", 1, {2: STOPPING}, 10.0, None, ("drain", "stopping")),
+    (
+        "rolled back, our SIGTERM came before: forget",
+        1,
+        {2: ROLLED_BACK},
+        10.0,
+        12.0,
+        ("forget", ""),
+    ),
+    (
+        "rolled back, a SIGTERM after the verdict: a stop",
+        1,
+        {2: ROLLED_BACK},
+        13.0,
+        12.0,
+        ("drain", "SIGTERM"),
+    ),
+    (
+        "a middle generation took over, the newest failed: drain",
+        1,
+        {2: PROMOTED, 3: ROLLED_BACK},
+        10.0,
+        12.0,
+        ("drain", "generation 2"),
+    ),
+    (
+        "a middle generation took over, the newest starts: drain",
+        1,
+        {2: PROMOTED, 3: PENDING},
+        10.0,
+        None,
+        ("drain", "generation 2"),
+    ),
+    (
+        "only failed generations since ours: forget",
+        1,
+        {2: ROLLED_BACK, 3: ROLLED_BACK},
+        10.0,
+        12.0,
+        ("forget", ""),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("own", "later", "last_term", "rolled_back_at", "expected"),
+    [row[1:] for row in TERM_RULES],
+    ids=[row[0] for row in TERM_RULES],
+)
+def test_a_held_sigterm(own, later, last_term, rolled_back_at, expected):
+    action, why = on_pending_term(own, later, last_term, rolled_back_at)
+    assert action == expected[0]
+    assert expected[1] in why
