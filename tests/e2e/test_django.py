@@ -26,6 +26,7 @@ from tests.harness import (
     PYTHON,
     ROOT,
     Load,
+    broken_at_import,
     fd_count,
     grace_cli,
     http_get,
@@ -483,16 +484,8 @@ def test_grace_plugins_reload_through_runhot(start_server, site):
 
 
 # -- issue 16: the rollback matrix and idle keep-alive clients, through runhot -------------------
-#: What new code does at import, and the rollback line it must give: a failure the generation
-#: sees (sys.exit, an exception) exits APP_LOAD_ERROR (4) whatever the app's own status.
-BROKEN_VIEWS = {
-    "sys.exit(3)": ("import sys\nsys.exit(3)", r"exited \(exit status 4\)"),
-    "sys.exit(msg)": ("import sys\nsys.exit('broken on purpose')", r"exited \(exit status 4\)"),
-    "os._exit(3)": ("import os\nos._exit(3)", r"exited \(exit status 3\)"),
-    "os.abort()": ("import os\nos.abort()", r"killed by SIGABRT"),
-    "exception": ("raise RuntimeError('broken on purpose')", r"exited \(exit status 4\)"),
-    "hang": ("import time\ntime.sleep(600)", r"was not ready within 10 s"),
-}
+#: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
+BROKEN_VIEWS = broken_at_import(10)
 
 
 @pytest.mark.timeout(150)

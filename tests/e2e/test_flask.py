@@ -26,6 +26,7 @@ from tests.harness import (
     READY_LINE,
     ROOT,
     Load,
+    broken_at_import,
     fd_count,
     grace_cli,
     http_get,
@@ -606,16 +607,8 @@ def test_malformed_inherited_input_through_hotrun(tmp_path, case):
     assert "Traceback" not in stderr
 
 
-#: What new code does at import, and the rollback line it must give: a failure the generation
-#: sees (sys.exit, an exception) exits APP_LOAD_ERROR (4) whatever the app's own status.
-BROKEN_AT_IMPORT = {
-    "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 4\)"),
-    "sys.exit(msg)": ("import sys\nsys.exit('broken on purpose')\n", r"exited \(exit status 4\)"),
-    "os._exit(3)": ("import os\nos._exit(3)\n", r"exited \(exit status 3\)"),
-    "os.abort()": ("import os\nos.abort()\n", r"killed by SIGABRT"),
-    "exception": ("raise RuntimeError('broken on purpose')\n", r"exited \(exit status 4\)"),
-    "hang": ("import time\ntime.sleep(120)\n", r"was not ready within 3 s"),
-}
+#: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
+BROKEN_AT_IMPORT = broken_at_import(3)
 
 
 @pytest.mark.timeout(90)

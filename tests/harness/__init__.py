@@ -15,7 +15,13 @@ from tests.harness.client import (
     http_get,
     read_response,
 )
-from tests.harness.code import CHILD_PROBE, write_bench_code, write_code, write_module
+from tests.harness.code import (
+    CHILD_PROBE,
+    broken_at_import,
+    write_bench_code,
+    write_code,
+    write_module,
+)
 from tests.harness.load import Load, LoadEngine, LoadReport, Outcome
 from tests.harness.procfs import (
     LINUX_PROC,
@@ -52,6 +58,7 @@ from tests.harness.systemd import (
 )
 
 __all__ = [
+    "broken_at_import",
     "established_connections",
     "holder_of",
     "BODY",

@@ -47,3 +47,20 @@ def write_bench_code(directory: str, version: str, import_seconds: float) -> Non
         "time.sleep(IMPORT_SECONDS)\n"
     )
     write_module(os.path.join(directory, "benchcode.py"), text)
+
+
+def broken_at_import(ready_timeout: int) -> dict[str, tuple[str, str]]:
+    """Every way new code can fail at import, and the rollback line each must give: {kind:
+    (code, regex)}. A failure the generation sees (sys.exit, an exception) exits
+    APP_LOAD_ERROR (4) whatever the app's own status; a hang is cut at *ready_timeout* s."""
+    return {
+        "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 4\)"),
+        "sys.exit(msg)": (
+            "import sys\nsys.exit('broken on purpose')\n",
+            r"exited \(exit status 4\)",
+        ),
+        "os._exit(3)": ("import os\nos._exit(3)\n", r"exited \(exit status 3\)"),
+        "os.abort()": ("import os\nos.abort()\n", r"killed by SIGABRT"),
+        "exception": ("raise RuntimeError('broken on purpose')\n", r"exited \(exit status 4\)"),
+        "hang": ("import time\ntime.sleep(600)\n", rf"was not ready within {ready_timeout} s"),
+    }
