@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from grace_plugins.atomic import write_atomic
 from grace_plugins.errors import GraceError
 
 
@@ -25,18 +26,9 @@ def write_pidfile(path: str, pid: int | None = None) -> None:
             f"Pidfile {path} is a symbolic link; refusing to write through it. Remove the link"
             " or choose another --pidfile path."
         )
-    tmp = f"{path}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, flags, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{pid}\n")
-        os.rename(tmp, path)
+        write_atomic(path, f"{pid}\n", mode=0o644)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise GraceError(
             f"Cannot write pidfile {path}: {exc.strerror}. Choose a writable --pidfile path."
         ) from None

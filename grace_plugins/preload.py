@@ -20,9 +20,10 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from grace_plugins.atomic import write_atomic
 
 REPORT_VERSION = 1
 #: Module names that are never preloaded, whatever their file.
@@ -217,14 +218,6 @@ def write_report(supervisor_pid: int) -> None:
             "path": list(sys.path),
             "cwd": os.getcwd(),
         }
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".warm-")
-        try:
-            with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
-                json.dump(report, handle, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(report, separators=(",", ":")))
     except Exception:  # noqa: BLE001 - see the docstring
         return

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any
 
+from grace_plugins.atomic import write_atomic
 from grace_plugins.errors import GraceError
 
 
@@ -75,16 +76,9 @@ class StateFile:
 
 
 def _write(path: str, data: dict[str, Any]) -> None:
-    """Replace *path* atomically (private temp file per writer, then rename); never raises."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.rename(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    """Replace *path* atomically; never raises (state is informative)."""
+    with contextlib.suppress(OSError):
+        write_atomic(path, json.dumps(data))
 
 
 def merge_state(pid: int, **fields: Any) -> None:

@@ -93,7 +93,7 @@ def test_state_dir_refused(runtime, kind):
 
 def test_state_write_failure_never_raises(runtime, monkeypatch):
     saved = state.StateFile(pid=77)
-    monkeypatch.setattr(os, "rename", _raise_oserror)
+    monkeypatch.setattr(os, "replace", _raise_oserror)
     saved.update(generation=1)  # informative only: no exception
     assert state.read_state(77) is None
     assert not [n for n in os.listdir(state.state_dir()) if n.endswith(".tmp")]
