@@ -39,10 +39,8 @@ from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.handoff import Handoff
 from grace_plugins.log import configure
 from grace_plugins.preload import write_report
-from grace_plugins.readycheck import NotReady, WSGIApp, check_ready
+from grace_plugins.readycheck import NotReady, WSGIApp, check_ready, time_for_check
 
-#: Seconds of the ready timeout kept back from the ready check (see ``check_ready``).
-READY_CHECK_MARGIN = 0.5
 _STOP = "stop"
 _CUT = "cut"
 _UPGRADE = "upgrade"
@@ -96,9 +94,9 @@ class GenerationContext:
 
         :raises NotReady: the check failed; raising it from ``serve`` rolls the upgrade back.
         """
-        left = self.started + self.ready_timeout - time.monotonic() - READY_CHECK_MARGIN
         began = time.monotonic()
-        status = check_ready(app, path, host=host, port=port, timeout=max(left, 0.1), scheme=scheme)
+        timeout = time_for_check(self.started + self.ready_timeout, began)
+        status = check_ready(app, path, host=host, port=port, timeout=timeout, scheme=scheme)
         self.logger.info(
             "ready check GET %s answered %d in %d ms",
             path,

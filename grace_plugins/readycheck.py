@@ -27,6 +27,11 @@ HEADER = "X-Grace-Ready-Check"
 ENVIRON_KEY = "HTTP_X_GRACE_READY_CHECK"
 
 WSGIApp = Callable[..., Iterable[bytes]]
+#: Seconds before the ready deadline at which the check must have answered, so that the check's
+#: own verdict ("answered 500", "did not answer within"), not the deadline, says what happened.
+MARGIN = 0.5
+#: The least time a check gets, however late it starts.
+MINIMUM = 0.1
 
 
 class NotReady(GraceError):
@@ -68,6 +73,13 @@ def ready_environ(path: str, host: str, port: int, scheme: str = "http") -> dict
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
     }
+
+
+def time_for_check(deadline: float, now: float) -> float:
+    """Seconds the ready check may take when the new code must be ready by *deadline*
+    (both ``time.monotonic()``): what is left, less :data:`MARGIN`, and at least
+    :data:`MINIMUM`. The one bound every adapter gives :func:`check_ready`."""
+    return max(deadline - now - MARGIN, MINIMUM)
 
 
 def check_ready(
