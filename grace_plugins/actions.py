@@ -73,16 +73,18 @@ class Exited:
 
 @dataclass(frozen=True)
 class Spawned:
-    """The :class:`Spawn` just asked for succeeded."""
+    """The :class:`Spawn` asked for succeeded: *warm* when forked from the warm-start
+    template, else started cold (exec)."""
 
     now: float
     number: int
     pid: int
+    warm: bool = False
 
 
 @dataclass(frozen=True)
 class SpawnFailed:
-    """The :class:`Spawn` just asked for failed (``OSError`` text)."""
+    """The :class:`Spawn` asked for failed (``OSError`` text)."""
 
     now: float
     number: int
@@ -90,8 +92,16 @@ class SpawnFailed:
 
 
 @dataclass(frozen=True)
+class PreflightDone:
+    """The :class:`Preflight` run of the new program ended: *why* it failed, or ``None``."""
+
+    now: float
+    why: str | None
+
+
+@dataclass(frozen=True)
 class ReexecRefused:
-    """The :class:`Reexec` asked for did not happen: the new program failed its preflight."""
+    """The :class:`Reexec` asked for did not happen (``exec`` failed)."""
 
     now: float
     why: str
@@ -114,6 +124,7 @@ Event = (
     | Exited
     | Spawned
     | SpawnFailed
+    | PreflightDone
     | ReexecRefused
     | Tick
 )
@@ -123,9 +134,11 @@ Event = (
 
 @dataclass(frozen=True)
 class Spawn:
-    """Start generation *number*; answer with :class:`Spawned` or :class:`SpawnFailed`."""
+    """Start generation *number* (warm when the spawner can, unless *cold*); the outcome,
+    :class:`Spawned` or :class:`SpawnFailed`, comes back as an event."""
 
     number: int
+    cold: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,8 +244,39 @@ class RecordDraining:
 
 
 @dataclass(frozen=True)
+class Refresh:
+    """A generation became current: the warm starter may rebuild its template from the
+    modules that generation reported."""
+
+
+@dataclass(frozen=True)
+class DropTemplate:
+    """The warm-start template was at fault (a generation forked from it failed, the same
+    code started cold did not): stop it; the next report builds a new one."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Start the new program once, in the background, to check that it reaches our entry
+    point (USR2); the outcome comes back as :class:`PreflightDone`."""
+
+
+@dataclass(frozen=True)
+class StopPreflight:
+    """Kill the preflight run (stopping, or past its deadline)."""
+
+
+@dataclass(frozen=True)
 class Reexec:
-    """Preflight the new program, then exec it in place; answer :class:`ReexecRefused`."""
+    """Exec the new program in place (after a good preflight), handing it generation
+    *number* (*pid*) and the generation *counter*; answer :class:`ReexecRefused` if ``exec``
+    fails (it never returns otherwise)."""
+
+    number: int
+    pid: int
+    counter: int
 
 
 Action = (
@@ -246,5 +290,9 @@ Action = (
     | Serving
     | Record
     | RecordDraining
+    | Refresh
+    | DropTemplate
+    | Preflight
+    | StopPreflight
     | Reexec
 )

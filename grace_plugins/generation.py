@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -36,10 +37,10 @@ from grace_plugins import listeners as lst
 from grace_plugins.channel import Channel
 from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import ExitCode, GraceError
-from grace_plugins.handoff import Handoff
+from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.log import configure
 from grace_plugins.preload import write_report
-from grace_plugins.readycheck import NotReady, WSGIApp, check_ready, time_for_check
+from grace_plugins.readycheck import WSGIApp, check_ready, time_for_check
 
 _STOP = "stop"
 _CUT = "cut"
@@ -57,11 +58,11 @@ class GenerationContext:
     ) -> None:
         self.generation = handoff.generation
         self.supervisor_pid = handoff.supervisor_pid
-        self.drain_timeout = handoff.drain_timeout
-        self.ready_timeout = handoff.ready_timeout
+        #: The grace settings, as the supervisor parsed them (never re-read from argv).
+        self.options = handoff.options
         self.listeners = listeners
         self.listener_names = [name for name, _ in handoff.listeners]
-        self.tracker = ConnectionTracker(keepalive_timeout=handoff.keepalive_timeout)
+        self.tracker = ConnectionTracker(keepalive_timeout=self.options.keepalive_timeout)
         self.logger = configure(f"gen {handoff.generation}")
         self.started = time.monotonic()
         self._channel = channel
@@ -95,7 +96,7 @@ class GenerationContext:
         :raises NotReady: the check failed; raising it from ``serve`` rolls the upgrade back.
         """
         began = time.monotonic()
-        timeout = time_for_check(self.started + self.ready_timeout, began)
+        timeout = time_for_check(self.started + self.options.ready_timeout, began)
         status = check_ready(app, path, host=host, port=port, timeout=timeout, scheme=scheme)
         self.logger.info(
             "ready check GET %s answered %d in %d ms",
@@ -255,7 +256,7 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
     logger = configure(f"gen {handoff.generation}")
     try:
         channel = Channel.from_fd(handoff.channel_fd)
-        sockets = [lst.adopt(fd, name, "GRACE_PLUGINS_HANDOFF") for name, fd in handoff.listeners]
+        sockets = [lst.adopt(fd, name, HANDOFF_VAR) for name, fd in handoff.listeners]
     except (GraceError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         os._exit(ExitCode.USAGE)
@@ -265,22 +266,12 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
     try:
         serve(context)
     except BaseException as exc:  # the app failed to import, or the server crashed
-        if isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping:
-            pass
-        else:
-            if not isinstance(exc, (SystemExit, NotReady)):  # NotReady printed its own
-                traceback.print_exc()
-            code = ExitCode.APP_LOAD_ERROR if not context._is_ready else 1
-            logger.error(
-                "generation %d %s: %s",
-                handoff.generation,
-                "failed before it was ready" if code == ExitCode.APP_LOAD_ERROR else "crashed",
-                _describe(exc),
-            )
-            _exit(code)
+        if not (isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping):
+            _exit(_failed(exc, context, logger))
     context.close_listeners()
+    drain_timeout = context.options.drain_timeout
     report = context.tracker.drain(
-        context.drain_timeout, on_left=context._send_left, left_interval=msg.LEFT_INTERVAL
+        drain_timeout, on_left=context._send_left, left_interval=msg.LEFT_INTERVAL
     )
     logger.info(
         "generation %d drained %d connections in %d ms (%d idle closed, %d closed %s)",
@@ -291,7 +282,7 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
         report.closed_at_deadline,
         "when the drain was cut short"
         if report.cut_short
-        else f"at the {context.drain_timeout:.0f} s deadline",
+        else f"at the {drain_timeout:.0f} s deadline",
     )
     _exit(ExitCode.OK)
 
@@ -307,9 +298,31 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _failed(exc: BaseException, context: GenerationContext, logger: logging.Logger) -> int:
+    """Say why ``serve`` failed (once) and return the exit status. Before ready it is the
+    status the program would have had (a framework's own: 2 for a usage error, 1 for a failed
+    check or an exception, N for ``sys.exit(N)``), so that a failed first start exits as the
+    framework does; our own reasons (the ready check) exit :data:`ExitCode.APP_LOAD_ERROR`."""
+    if context._is_ready:
+        if not isinstance(exc, (SystemExit, GraceError)):
+            traceback.print_exc()
+        logger.error("generation %d crashed: %s", context.generation, _describe(exc))
+        return 1
+    if isinstance(exc, GraceError):  # our own one-line reason (e.g. the ready check's)
+        logger.error("generation %d failed before it was ready: %s", context.generation, exc)
+        return ExitCode.APP_LOAD_ERROR
+    if isinstance(exc, SystemExit):
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)  # what Python prints for sys.exit("message")
+        return exc.code if isinstance(exc.code, int) and exc.code > 0 else 1
+    traceback.print_exc()
+    return 1
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
-        return f"it called sys.exit({exc.code!r})"
-    if isinstance(exc, GraceError):  # our own one-line message (e.g. the ready check's)
+        code = int(exc.code) if isinstance(exc.code, int) else exc.code
+        return f"it called sys.exit({code!r})"
+    if isinstance(exc, GraceError):  # our own one-line message
         return str(exc)
     return f"{type(exc).__name__}: {exc}".strip()

@@ -15,23 +15,37 @@ starts never see them) and validated before use: a malformed or half-missing val
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
+from grace_plugins import envcodec
 from grace_plugins.errors import GraceError
-from grace_plugins.options import DEFAULTS
+from grace_plugins.options import (
+    DEFAULTS,
+    InvalidValue,
+    Options,
+    options_from_fields,
+    options_to_fields,
+)
 
 HANDOFF_VAR = "GRACE_PLUGINS_HANDOFF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 carried three settings at the top level; a newer generation still reads it.
+READABLE_VERSIONS = (1, 2)
 SYSTEMD_VARS = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 SD_LISTEN_FDS_START = 3
+_FIX = (
+    "it is set only by a grace_plugins supervisor for its generations; unset it and start the"
+    " server again"
+)
 
 
 @dataclass
 class Handoff:
-    """What a generation receives from its supervisor."""
+    """What a generation receives from its supervisor: the fds, and every grace setting as
+    the supervisor parsed it (a generation never reads them from its command line)."""
 
     supervisor_pid: int
     generation: int
@@ -39,38 +53,41 @@ class Handoff:
     listeners: list[tuple[str, int]]
     #: The private channel to the supervisor (readiness, upgrade requests, drain orders).
     channel_fd: int
-    ready_timeout: float = DEFAULTS.ready_timeout
-    drain_timeout: float = DEFAULTS.drain_timeout
-    keepalive_timeout: float = DEFAULTS.keepalive_timeout
+    options: Options = DEFAULTS
 
     def encode(self) -> str:
         """Return the variable's value."""
-        return json.dumps(
+        return envcodec.encode(
+            FORMAT_VERSION,
             {
-                "v": FORMAT_VERSION,
                 "supervisor": self.supervisor_pid,
                 "generation": self.generation,
                 "listeners": [[name, fd] for name, fd in self.listeners],
                 "channel": self.channel_fd,
-                "ready_timeout": self.ready_timeout,
-                "drain_timeout": self.drain_timeout,
-                "keepalive_timeout": self.keepalive_timeout,
+                "options": options_to_fields(self.options),
             },
-            separators=(",", ":"),
         )
 
 
 def _bad(problem: str) -> GraceError:
-    return GraceError(
-        f"{HANDOFF_VAR} {problem}: it is set only by a grace_plugins supervisor for its"
-        f" generations; unset it and start the server again."
-    )
+    return GraceError(f"{HANDOFF_VAR} {problem}: {_FIX}.")
 
 
 def _fd(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _bad(f"has an invalid {what} fd {value!r}")
     return value
+
+
+def _options(data: dict[str, Any]) -> Options:
+    """The settings the supervisor sent (version 1: three of them at the top level)."""
+    sent = data.get("options") if data.get("v") != 1 else data
+    if not isinstance(sent, dict):
+        raise _bad("has no options object")
+    try:
+        return options_from_fields(sent)
+    except InvalidValue as exc:
+        raise _bad(f"has an {exc}") from None
 
 
 def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | None:
@@ -82,22 +99,9 @@ def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | N
         to a process whose parent is not the supervisor that wrote it.
     """
     environ = os.environ if environ is None else environ
-    raw = environ.pop(HANDOFF_VAR, None)
-    if raw is None:
+    data = envcodec.take(environ, HANDOFF_VAR, READABLE_VERSIONS, _FIX)
+    if data is None:
         return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise _bad(f"is not valid JSON ({raw[:40]!r})") from None
-    if not isinstance(data, dict):
-        raise _bad("is not a JSON object")
-    version = data.get("v")
-    if version != FORMAT_VERSION:
-        raise GraceError(
-            f"{HANDOFF_VAR} has format version {version!r}, this grace_plugins reads"
-            f" {FORMAT_VERSION}: the supervisor runs another grace_plugins version; stop it and"
-            " start the server again (a full restart, not an upgrade)."
-        )
     supervisor = data.get("supervisor")
     if not isinstance(supervisor, int) or supervisor <= 0:
         raise _bad(f"has an invalid supervisor pid {supervisor!r}")
@@ -114,18 +118,11 @@ def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | N
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
             raise _bad(f"has a malformed listener entry {item!r}")
         pairs.append((item[0], _fd(item[1], "listener")))
-    try:
-        return Handoff(
-            supervisor_pid=supervisor,
-            generation=int(data.get("generation", 0)),
-            listeners=pairs,
-            channel_fd=_fd(data.get("channel"), "channel"),
-            ready_timeout=float(data.get("ready_timeout", DEFAULTS.ready_timeout)),
-            drain_timeout=float(data.get("drain_timeout", DEFAULTS.drain_timeout)),
-            keepalive_timeout=float(data.get("keepalive_timeout", DEFAULTS.keepalive_timeout)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise _bad(f"has an invalid value ({exc})") from None
+    generation = data.get("generation")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
+        raise _bad(f"has an invalid generation number {generation!r}")
+    channel = _fd(data.get("channel"), "channel")
+    return Handoff(supervisor, generation, pairs, channel, _options(data))
 
 
 def take_systemd_fds(environ: MutableMapping[str, str] | None = None) -> list[tuple[str, int]]:

@@ -202,6 +202,40 @@ def options_from(**values: Any) -> Options:
     return dataclasses.replace(DEFAULTS, **checked)
 
 
+def options_to_fields(options: Options) -> dict[str, Any]:
+    """The settings as plain JSON values, to hand to another process."""
+    return dataclasses.asdict(options)
+
+
+def options_from_fields(fields: Mapping[str, Any]) -> Options:
+    """The settings another process handed over (:func:`options_to_fields`), already parsed
+    there: only their types are checked. A name this version does not know is ignored (the
+    other process may run a newer grace_plugins); a missing one is the default.
+
+    :raises InvalidValue: for a value of the wrong type.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Options):
+        if field.name not in fields:
+            continue
+        value, default = fields[field.name], getattr(DEFAULTS, field.name)
+        if not _fits(value, default):
+            raise InvalidValue(f"invalid value for {field.name} ({value!r})")
+        values[field.name] = float(value) if isinstance(default, float) else value
+    return dataclasses.replace(DEFAULTS, **values)
+
+
+def _fits(value: object, default: object) -> bool:
+    """Whether *value* has the type of the setting whose default is *default*."""
+    if default is None:
+        return value is None or isinstance(value, str)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return type(value) is type(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every setting to an argparse *parser* (Django's management commands use one):
     ``--drain-timeout SECONDS``, ``--warm/--no-warm``...; a bad value is argparse's usage

@@ -22,20 +22,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
-#: Processes of ours that are not generations (the warm-start template): never reaped as orphans.
-KEEP_PIDS: set[int] = set()
+from grace_plugins import actions as act
+
 _subreaper = False
 _PR_SET_CHILD_SUBREAPER = 36
 
 
+def _command_line() -> tuple[list[str], int]:
+    """This process's command line without the interpreter (``sys.orig_argv[1:]``), and where
+    ``sys.argv`` starts in it: its first item is the script, ``-c`` or the module."""
+    args = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))[1:]
+    return args, len(args) - len(sys.argv)
+
+
 def program_argv() -> list[str]:
     """Return the command line that re-runs this program (interpreter flags included)."""
-    orig = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    args = orig[1:]
-    # sys.argv is the tail of sys.orig_argv; its first item is the script, "-c" or the module.
-    script_index = len(args) - len(sys.argv)
+    args, script_index = _command_line()
     if 0 <= script_index < len(args):
         before = args[script_index - 1] if script_index > 0 else ""
         candidate = args[script_index]
@@ -48,16 +53,12 @@ def program_argv() -> list[str]:
     return [sys.executable, *args]
 
 
-class GenerationPopen(subprocess.Popen[bytes]):
-    """A generation started by exec; ``on_poll`` runs each time the supervisor polls it (the
-    warm starter's chance to notice, between two events, that it has work to do)."""
-
-    on_poll: Callable[[], None] | None = None
-
-    def poll(self) -> int | None:
-        if self.on_poll is not None:
-            self.on_poll()
-        return super().poll()
+def interpreter_flags() -> list[str]:
+    """The interpreter's own options on this process's command line (``-X dev``, ``-W
+    error``...), without what it runs (a script, ``-m module``, ``-c code``)."""
+    args, script_index = _command_line()
+    flags = args[: max(script_index, 0)]
+    return flags[:-1] if flags and flags[-1] in ("-m", "-c") else flags
 
 
 class ChildProcess(subprocess.Popen[bytes]):
@@ -68,18 +69,15 @@ class ChildProcess(subprocess.Popen[bytes]):
     steal other children's statuses), its status converted as ``Popen`` does (``-N`` for
     signal N)."""
 
-    def __init__(self, pid: int, on_poll: Callable[[], None] | None = None) -> None:
+    def __init__(self, pid: int) -> None:
         # No Popen.__init__: the process exists already. Set what Popen's methods read.
         self.args = [f"<pid {pid}>"]
         self.pid = pid
         self.returncode: int | None = None
         self.stdin = self.stdout = self.stderr = None
         self._child_created = False  # Popen.__del__ leaves us alone
-        self.on_poll = on_poll
 
     def poll(self) -> int | None:
-        if self.on_poll is not None:
-            self.on_poll()
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -126,35 +124,80 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
+@dataclass(frozen=True)
+class SpawnRequest:
+    """What a generation is started with: exactly these fds inherited (``pass_fds``)."""
+
+    number: int
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: list[int]
+    cwd: str
+    cold: bool = False  # never forked warm (a retry after a warm start failed)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A spawn's outcome: generation *number* runs as *process* (forked *warm*, or exec'd)."""
+
+    number: int
+    process: subprocess.Popen[bytes] = field(compare=False)
+    warm: bool = False
+
+
+#: What a spawner reports when a spawn it answered later completes.
+Outcome = Started | act.SpawnFailed
+#: A selector source: a file object and the reader that turns its readiness into outcomes.
+AddSource = Callable[[object, Callable[[], list[Outcome]]], None]
+
+
 class Spawner:
-    """Starts and signals generation processes (replace it in tests)."""
+    """Starts generations by exec (cold), and signals them. The warm starter
+    (:class:`grace_plugins.warm.WarmSpawner`) adds forks from a template; the supervisor's
+    loop treats both alike. Replace it in tests."""
 
-    #: Called whenever the supervisor polls a generation this spawner started.
-    on_poll: Callable[[], None] | None = None
+    def attach(self, add: AddSource, remove: Callable[[object], None]) -> None:
+        """Receive the loop's source registry (sockets the spawner waits on); none here."""
 
-    def spawn(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        pass_fds: Sequence[int],
-        cwd: str,
-    ) -> subprocess.Popen[bytes]:
-        """Start *argv* with exactly *pass_fds* inherited; SIGHUP blocked until it is ready
-        for it. Does not block on the child. Raises ``OSError`` if it cannot start."""
+    def spawn(self, request: SpawnRequest) -> Started | None:
+        """Start *request* by exec, SIGHUP blocked until the generation is ready for it.
+        Does not block on the child. Returns the outcome (``None``: it comes later, from one
+        of the spawner's sources). Raises ``OSError`` if it cannot start."""
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            process = GenerationPopen(
-                list(argv),
-                env=dict(env),
-                pass_fds=tuple(pass_fds),
+            process = subprocess.Popen(
+                request.argv,
+                env=request.env,
+                pass_fds=tuple(request.pass_fds),
                 close_fds=True,
-                cwd=cwd,
+                cwd=request.cwd,
                 start_new_session=True,
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        process.on_poll = self.on_poll
-        return process
+        return Started(request.number, process)
+
+    def pids(self) -> set[int]:
+        """Processes of the spawner's own (the warm-start templates): not orphans."""
+        return set()
+
+    def reap(self) -> list[Outcome]:
+        """After a SIGCHLD: notice the spawner's own processes that exited."""
+        return []
+
+    def deadline(self) -> float | None:
+        """When :meth:`expire` has something to do (``time.monotonic()``), if ever."""
+        return None
+
+    def expire(self, now: float) -> list[Outcome]:
+        """Give up on what is overdue at *now*."""
+        return []
+
+    def refresh(self) -> None:
+        """A generation became current (warm start: rebuild the template if it is behind)."""
+
+    def drop(self, why: str) -> None:
+        """The template was at fault: discard it (warm start)."""
 
     def close(self) -> None:
         """Release what the spawner holds (nothing here; the warm starter's template)."""
@@ -170,19 +213,20 @@ class Spawner:
                 process.send_signal(signum)
 
 
-def reap_orphans(own_pids: set[int]) -> int:
+def reap_orphans(own_pids: Iterable[int]) -> int:
     """As PID 1 (a container without an init) or a child subreaper (warm start), reap exited
     orphans re-parented to us.
 
-    Peeks with ``waitid(WNOWAIT)`` so that a generation's status is never stolen from its
-    ``Popen`` (which reaps it by its pid); stops at the first generation (or :data:`KEEP_PIDS`
-    process) found. Returns how many orphans were reaped. Does nothing otherwise.
+    Peeks with ``waitid(WNOWAIT)`` so that the status of a process of ours (*own_pids*:
+    generations, templates, the preflight run) is never stolen from its handle (which reaps it
+    by its pid); stops at the first such process found. Returns how many orphans were reaped.
+    Does nothing otherwise.
     """
     if not (_subreaper or os.getpid() == 1):
         return 0
     if not hasattr(os, "waitid") or not hasattr(os, "WNOWAIT"):
         return 0
-    own_pids = own_pids | KEEP_PIDS
+    own_pids = set(own_pids)
     reaped = 0
     while True:
         try:

@@ -18,44 +18,64 @@ containers with the supervisor as PID 1, pidfiles all keep working).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from grace_plugins import envcodec
 from grace_plugins.errors import GraceError
+from grace_plugins.handoff import HANDOFF_VAR
+from grace_plugins.options import DEFAULTS, Options, options_from_fields, options_to_fields
 
 SUPERVISOR_VAR = "GRACE_PLUGINS_SUPERVISOR"
 PREFLIGHT_VAR = "GRACE_PLUGINS_PREFLIGHT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 (before the lean image) had no program, options or banner.
+READABLE_VERSIONS = (1, 2)
 #: Signals held pending across the exec, delivered once the new image handles them.
 HELD_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+_FIX = f"{SUPERVISOR_VAR} is set only by a re-executing supervisor; unset it and restart"
 
 
 @dataclass
 class SupervisorHandoff:
-    """What a re-exec'd supervisor inherits from its previous image."""
+    """What the next image of a supervisor (same pid, after ``exec``) inherits: the listeners,
+    the generation it adopts (``generation`` 0: none), and, for the lean image
+    (:mod:`grace_plugins.lean`), the program its generations run, ``len(sys.argv)`` of that
+    program, the grace settings and the banner to print once the first generation serves."""
 
     listeners: list[tuple[str, int]]
-    generation: int
-    generation_pid: int
-    channel_fd: int
-    counter: int
+    generation: int = 0
+    generation_pid: int = 0
+    channel_fd: int = -1
+    counter: int = 0
+    program: list[str] = field(default_factory=list)
+    argv_len: int = 0
+    options: Options = DEFAULTS
+    banner: str = ""
 
     def encode(self) -> str:
-        return json.dumps(
+        return envcodec.encode(
+            FORMAT_VERSION,
             {
-                "v": FORMAT_VERSION,
                 "pid": os.getpid(),
                 "listeners": [[name, fd] for name, fd in self.listeners],
                 "generation": self.generation,
                 "generation_pid": self.generation_pid,
                 "channel": self.channel_fd,
                 "counter": self.counter,
-            }
+                "program": self.program,
+                "argv_len": self.argv_len,
+                "options": options_to_fields(self.options),
+                "banner": self.banner,
+            },
         )
+
+    def fds(self) -> list[int]:
+        """The fds the next image must inherit."""
+        return [fd for _, fd in self.listeners] + ([self.channel_fd] if self.generation else [])
 
 
 def take_supervisor_handoff(
@@ -66,54 +86,68 @@ def take_supervisor_handoff(
     :raises GraceError: when it is malformed or was written by another process.
     """
     environ = os.environ if environ is None else environ
-    raw = environ.pop(SUPERVISOR_VAR, None)
-    if raw is None:
+    data = envcodec.take(environ, SUPERVISOR_VAR, READABLE_VERSIONS, _FIX)
+    if data is None:
         return None
-    fix = f"{SUPERVISOR_VAR} is set only by a re-executing supervisor; unset it and restart"
+    if data.get("pid") != os.getpid():
+        raise GraceError(f"{SUPERVISOR_VAR} was written by pid {data.get('pid')}: {_FIX}.")
     try:
-        data = json.loads(raw)
-        if data.get("v") != FORMAT_VERSION:
-            raise GraceError(f"{SUPERVISOR_VAR} has format version {data.get('v')!r}: {fix}.")
-        if data.get("pid") != os.getpid():
-            raise GraceError(f"{SUPERVISOR_VAR} was written by pid {data.get('pid')}: {fix}.")
-        handoff = SupervisorHandoff(
+        return SupervisorHandoff(
             listeners=[(str(name), int(fd)) for name, fd in data["listeners"]],
             generation=int(data["generation"]),
             generation_pid=int(data["generation_pid"]),
             channel_fd=int(data["channel"]),
             counter=int(data["counter"]),
+            program=[str(arg) for arg in data.get("program", [])],
+            argv_len=int(data.get("argv_len", 0)),
+            options=options_from_fields(data.get("options", {})),
+            banner=str(data.get("banner", "")),
         )
-    except GraceError:
-        raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise GraceError(f"{SUPERVISOR_VAR} is malformed ({exc!r}): {fix}.") from None
-    return handoff
+        raise GraceError(f"{SUPERVISOR_VAR} is malformed ({exc!r}): {_FIX}.") from None
 
 
-def preflight(argv: list[str], cwd: str, timeout: float) -> str | None:
-    """Run the new program up to the grace entry point; return why it failed, or ``None``.
+def start_preflight(argv: list[str], cwd: str) -> subprocess.Popen[bytes]:
+    """Start the new program once, to run up to the grace entry point and exit 0 there. Does
+    not block: the caller watches the process like a generation. Its output goes to our
+    stderr, so errors are visible.
 
-    Blocks up to *timeout* seconds. Its output goes to our stderr, so errors are visible.
+    :raises OSError: when it cannot be started.
     """
     env = {**os.environ, PREFLIGHT_VAR: "1"}
-    for name in (SUPERVISOR_VAR, "GRACE_PLUGINS_HANDOFF"):
+    for name in (SUPERVISOR_VAR, HANDOFF_VAR):
         env.pop(name, None)
-    try:
-        result = subprocess.run(argv, cwd=cwd, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return f"it did not reach the grace_plugins entry point within {timeout:g} s"
-    except OSError as exc:
-        return f"it could not be started ({exc.strerror})"
-    if result.returncode != 0:
-        return f"it exited with status {result.returncode}"
-    return None
+    return subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+    )
 
 
-def exec_supervisor(argv: list[str], handoff: SupervisorHandoff, keep_fds: list[int]) -> str:
-    """Replace this process's program, keeping *keep_fds*; returns only on failure (why)."""
+def preflight_failure(returncode: int) -> str | None:
+    """Why a finished preflight run failed (``None``: it passed)."""
+    if returncode == 0:
+        return None
+    if returncode < 0:
+        return f"it was killed by signal {-returncode}"
+    return f"it exited with status {returncode}"
+
+
+def exec_supervisor(argv: list[str], handoff: SupervisorHandoff, wake_fd: int = -1) -> str:
+    """Replace this process's program with *argv*, handing it *handoff* (its fds inherited);
+    returns only on failure (why).
+
+    Stop and upgrade signals are blocked across the exec (the mask survives it); those that
+    already reached the loop's wakeup pipe (*wake_fd*) but were not read yet are raised again,
+    so they are pending in the new image instead of lost with the pipe.
+    """
     env = dict(os.environ)
     env[SUPERVISOR_VAR] = handoff.encode()
+    keep_fds = handoff.fds()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    with contextlib.suppress(BlockingIOError, OSError):
+        for signum in set(os.read(wake_fd, 4096) if wake_fd >= 0 else b"").intersection(
+            HELD_SIGNALS
+        ):
+            os.kill(os.getpid(), signum)
     for fd in keep_fds:
         os.set_inheritable(fd, True)
     try:

@@ -2,17 +2,21 @@
 
 :class:`Rules` knows generations by number and pid only; it starts no process, reads no clock
 (every event carries ``now``) and writes nothing. The loop in :mod:`grace_plugins.supervisor`
-feeds it events and carries out what it returns. The rules:
+feeds it events and carries out what it returns; an action's outcome comes back as a later
+event, never as a call into the rules. The rules:
 
 * one *pending* (starting) generation at a time, with a ready deadline; a trigger while one
   starts, or sooner than ``upgrade_interval`` after the last upgrade began, is coalesced into
   one follow-up;
 * an upgrade never waits for older generations to drain: several drain side by side, each to
   its own deadline; past ``max_draining`` the oldest is cut short (its deadline is now);
-* a pending generation that exits or misses its deadline is killed, and the current one serves
-  on (rollback); a current generation that dies is restarted with back-off;
+* a pending generation forked warm that fails before it is ready is started again cold (the
+  warm-start template may be at fault, not the code); one that fails cold, or misses its
+  deadline, is killed and the current one serves on (rollback); a current generation that
+  dies is restarted with back-off;
 * TERM/INT drains everything, then the loop ends; a second one kills at once;
-* USR2 (re-exec) waits until nothing starts or drains.
+* USR2 first runs the new program once in the background (preflight), then re-executes the
+  supervisor in place once nothing starts or drains.
 """
 
 from __future__ import annotations
@@ -20,34 +24,58 @@ from __future__ import annotations
 import signal
 
 from grace_plugins import actions as act
+from grace_plugins import news
 from grace_plugins.actions import Action, Event
 from grace_plugins.errors import ExitCode
-from grace_plugins.lifecycle import KILL_GRACE, Gen, Lifecycle
-from grace_plugins.pacing import BACKOFF, STABLE_AFTER
+from grace_plugins.generations import KILL_GRACE, Gen, Generations
+from grace_plugins.options import Options
+from grace_plugins.pacing import BACKOFF, STABLE_AFTER, Pacing, describe_status
+from grace_plugins.reexec_rules import ReexecRules
 
 __all__ = ["BACKOFF", "KILL_GRACE", "STABLE_AFTER", "Gen", "Rules"]
 
 
-class Rules(Lifecycle):
+class Rules:
     """The supervisor's rules. :meth:`handle` returns the actions an event calls for."""
 
+    def __init__(self, options: Options, listeners: list[str], pid: int) -> None:
+        self.options = options
+        self.listeners = listeners
+        self.pid = pid  # the supervisor's, for the start-up line
+        self.gens = Generations(options)
+        self.pace = Pacing(options.upgrade_interval)
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.exit_code: int = ExitCode.OK
+        self.served = False  # some generation was ever ready (else a failed start is quiet)
+        self.adopted = False
+        self.reexec = ReexecRules(options.ready_timeout)
+        self._reason = ""  # why the pending generation starts, for its log line
+        self._out: list[Action] = []
+
+    # -- what the loop reads ---------------------------------------------------------------------
     @property
     def finished(self) -> bool:
         """The loop is over: stopped with nothing left, or the first start failed."""
-        if self.exit_code != ExitCode.OK and not (self.current or self.pending):
+        if self.exit_code != ExitCode.OK and not (self.gens.current or self.gens.pending):
             return True
-        return self.stopping and not (self.current or self.pending or self.draining)
+        return self.stopping and not self.gens.all()
 
     def timeout(self, now: float) -> float:
         """Seconds until the next deadline (at most 1 s: a safety net for a missed SIGCHLD)."""
-        moments = [g.deadline for g in [self.pending, *self.draining] if g is not None]
+        moments = [g.deadline for g in self.gens.all() if g is not self.gens.current]
         moments += self.pace.moments()
-        if self.stop_deadline is not None:
-            moments.append(self.stop_deadline)
+        moments += [m for m in (self.stop_deadline, self.reexec.deadline) if m is not None]
         if not moments:
             return 1.0
         return max(0.0, min(min(moments) - now, 1.0))
 
+    def adopt(self, number: int, pid: int, counter: int, now: float) -> None:
+        """Take over the generation a previous image of this supervisor ran (after USR2)."""
+        self.gens.adopt(number, pid, counter, now)
+        self.adopted = True
+
+    # -- events ----------------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Action]:
         """Apply *event*; return what to do, in order."""
         self._out = []
@@ -57,33 +85,34 @@ class Rules(Lifecycle):
         elif isinstance(event, act.SignalEvent):
             self._signal(now, event.signum)
         elif isinstance(event, act.UpgradeAsked):
-            gen = self.find(event.number)
+            gen = self.gens.find(event.number)
             self.request_upgrade(now, f"requested by {gen or f'generation {event.number}'}")
         elif isinstance(event, act.Ready):
             self._ready(now, event.number)
         elif isinstance(event, act.ConnectionsLeft):
-            self._left(event.number, event.count)
+            self._emit(*self.gens.left(event.number, event.count))
         elif isinstance(event, act.ChannelClosed):
-            self._out.append(act.Unwatch(event.number))
+            self._emit(act.Unwatch(event.number))
         elif isinstance(event, act.Exited):
             self._exited(now, event.number, event.returncode)
         elif isinstance(event, act.Spawned):
-            self._spawned(event.number, event.pid)
+            self._spawned(event)
         elif isinstance(event, act.SpawnFailed):
             self._spawn_failed(now, event.number, event.error)
+        elif isinstance(event, act.PreflightDone):
+            self._emit(*self.reexec.preflight_done(event.why, self._alone, self.gens.counter))
         elif isinstance(event, act.ReexecRefused):
-            self._out.append(
-                act.error(
-                    "re-exec refused: the new program failed: %s; serving on unchanged", event.why
-                )
-            )
+            self._emit(act.error("re-exec refused: %s; serving on unchanged", event.why))
         elif isinstance(event, act.Tick):
             self._tick(now)
         return self._out
 
+    def _emit(self, *actions: Action) -> None:
+        self._out.extend(actions)
+
     def _begin(self, now: float) -> None:
-        if self.adopted and self.current is not None:
-            gen = self.current
+        gen = self.gens.current
+        if self.adopted and gen is not None:
             self._emit(
                 act.info("supervisor re-executed (pid unchanged); adopted %s; upgrading it", gen),
                 act.Record({"generation": gen.number, "generation_pid": gen.pid}),
@@ -98,50 +127,120 @@ class Rules(Lifecycle):
         elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stop(now, signal.Signals(signum).name)
         elif signum == signal.SIGUSR2:
-            self.reexec_requested = True
-            if self.pending or self.draining or self.current is None:
-                self._emit(act.info("re-exec (SIGUSR2) deferred until the upgrade under way ends"))
-            self._maybe_reexec()
+            self._emit(*self.reexec.requested(now, self.stopping))
 
+    # -- upgrades --------------------------------------------------------------------------------
     def request_upgrade(self, now: float, reason: str) -> None:
         """Start an upgrade now, or coalesce it into one follow-up. Drains never hold it."""
         if self.stopping:
             self._emit(act.info("upgrade (%s) ignored: stopping", reason))
             return
-        interval = self.options.upgrade_interval
-        if self.pending or (self.pace.too_soon(now) and self.current):
+        if self.gens.pending or (self.pace.too_soon(now) and self.gens.current):
             if self.pace.queue():
-                if self.pending is not None:
-                    state = f"{self.pending} is still starting"
-                else:
-                    state = f"the last upgrade started less than {interval:g} s ago"
-                self._emit(
-                    act.info(
-                        "upgrade (%s) queued: %s; one follow-up upgrade will run", reason, state
-                    )
-                )
+                self._emit(*news.queued(reason, self.gens.pending, self.options.upgrade_interval))
             self._maybe_followup(now)
             return
-        if self.current is None:
+        if self.gens.current is None:
             self.pace.restart_at = None  # a HUP while waiting to restart: try now
         self._start(now, reason)
 
-    def _maybe_reexec(self) -> None:
-        """Re-exec (USR2) once nothing starts or drains: the new image adopts one generation."""
-        if not self.reexec_requested or self.stopping:
+    def _start(self, now: float, reason: str) -> None:
+        gen = self.gens.start(now)  # pending from now on: nothing else may start meanwhile
+        self._reason = reason
+        self._emit(act.Spawn(gen.number))
+
+    def _spawned(self, event: act.Spawned) -> None:
+        gen = self.gens.pending
+        if gen is None or gen.number != event.number:
+            # given up meanwhile (stopped, rolled back): it must not serve unwatched
+            self._emit(act.Kill(event.number, wait=True), act.Forget(event.number))
             return
-        if self.pending or self.draining or self.current is None:
+        gen.pid, gen.warm = event.pid, event.warm
+        upgrading = self.gens.current is not None
+        if upgrading and not gen.cold_retry:  # the interval paces upgrades, not (re)starts
+            self.pace.upgrade_started = gen.started
+        self._emit(*news.started(gen, self._reason, upgrading))
+
+    def _spawn_failed(self, now: float, number: int, why: str) -> None:
+        if self.gens.pending is None or self.gens.pending.number != number:
             return
-        self.reexec_requested = False
-        self._emit(
-            act.info("re-exec (SIGUSR2): checking that the new program starts"), act.Reexec()
-        )
+        self.gens.pending = None
+        self._emit(act.error("cannot start generation %d: %s", number, why))
+        self._schedule_restart(now)
+
+    def _ready(self, now: float, number: int) -> None:
+        gen = self.gens.pending
+        if gen is None or gen.number != number or self.stopping:
+            return  # a generation killed by a stop or a rollback may still have said it
+        old = self.gens.promote(gen, now)
+        self.served = True
+        elapsed_ms = (now - gen.started) * 1000
+        self._emit(*news.ready(gen, old, elapsed_ms, ", ".join(self.listeners), self.pid))
+        if old is not None:
+            self._emit(*self.gens.retire(old, now))
+        if gen.cold_retry:
+            self._emit(*news.template_at_fault(gen))
+        self._emit(act.Refresh())
+        self._maybe_followup(now)
+
+    def _failed(self, now: float, gen: Gen, why: str, status: int | None = None) -> None:
+        """The pending generation failed before it was ready: if it was forked warm, the
+        template may be at fault: start it again cold; else roll back."""
+        if gen.warm and not self.stopping:
+            self._emit(act.Kill(gen.number, wait=True), act.Forget(gen.number))
+            self._emit(*news.retrying_cold(gen, why))
+            self._emit(act.Spawn(self.gens.restart_cold(gen, now).number, cold=True))
+            return
+        why = f"{why} (so did its warm start)" if gen.cold_retry else why
+        self._rollback(now, gen, why, status)
+
+    def _rollback(self, now: float, gen: Gen, why: str, status: int | None) -> None:
+        self._emit(act.Kill(gen.number, wait=True), act.Forget(gen.number))
+        self.gens.pending = None
+        if self.stopping:
+            return
+        if self.gens.current is not None:
+            self._emit(*news.rolled_back(gen, why, self.gens.current))
+        elif not self.served:
+            # As the framework's own command would: exit with the program's status (nothing
+            # is serving, so nothing drains: no more lines).
+            self._emit(*news.start_failed(gen, why))
+            self.exit_code = status if status and status > 0 else ExitCode.APP_LOAD_ERROR
+            self.stopping = True
+            self.pace.cancel()
+            self._emit(*self.reexec.stop())
+            return
+        else:
+            self._emit(act.error("restart failed: %s %s", gen, why))
+            self._schedule_restart(now)
+        self._maybe_followup(now)
+
+    def _exited(self, now: float, number: int, returncode: int) -> None:
+        gen = self.gens.find(number)
+        if gen is None:
+            return
+        status = describe_status(returncode)
+        if gen is self.gens.pending:
+            self._failed(now, gen, f"exited ({status}) before it was ready", returncode)
+        elif gen is self.gens.current:
+            self._emit(act.Forget(number))
+            self.gens.current = None
+            if self.stopping:
+                return
+            self.pace.died_after(now - (gen.ready_at or gen.started))
+            self._emit(act.error("%s exited unexpectedly (%s)", gen, status))
+            if self.gens.pending is None:
+                self._schedule_restart(now)
+        else:
+            self._emit(act.info("%s exited after draining (%s)", gen, status))
+            self._emit(*self.gens.drained(gen))
+            self._maybe_followup(now)
 
     def _maybe_followup(self, now: float) -> None:
         """Start the coalesced follow-up once nothing starts and the interval passed (however
-        many generations drain)."""
-        self._maybe_reexec()
-        busy = self.pending is not None or self.stopping
+        many generations drain); re-exec once nothing starts or drains."""
+        self._emit(*self.reexec.when_quiet(self._alone, self.gens.counter))
+        busy = self.gens.pending is not None or self.stopping
         if self.pace.followup_due(now, busy):
             self._start(now, "queued follow-up")
 
@@ -152,25 +251,19 @@ class Rules(Lifecycle):
         self._emit(act.info("next start attempt in %.1f s (or at the next SIGHUP)", delay))
 
     def _tick(self, now: float) -> None:
-        if self.pending and now >= self.pending.deadline:
-            why = f"was not ready within {self.options.ready_timeout:g} s"
-            self._rollback(now, self.pending, why)
-        for gen in list(self.draining):
-            if now >= gen.deadline:
-                self._emit(
-                    act.error("%s still running after its drain deadline: killed", gen),
-                    act.Kill(gen.number),
-                )
-                gen.deadline = now + 1.0
+        pending = self.gens.pending
+        if pending and now >= pending.deadline:
+            limit = self.options.ready_timeout
+            self._failed(now, pending, f"was not ready within {limit:g} s")
+        self._emit(*self.gens.overdue_drains(now))
         if self.pace.followup_at is not None and now >= self.pace.followup_at:
             self._maybe_followup(now)
         restart = self.pace.restart_due(now)  # no longer due, whether or not it starts
-        if restart and self.current is None and self.pending is None and not self.stopping:
+        if restart and not (self.gens.current or self.gens.pending or self.stopping):
             self._start(now, "restart")
+        self._emit(*self.reexec.tick(now))
         if self.stop_deadline is not None and now >= self.stop_deadline:
-            for one in [self.current, self.pending, *self.draining]:
-                if one is not None:
-                    self._emit(act.Kill(one.number))
+            self._emit(*(act.Kill(gen.number) for gen in self.gens.all()))
             self.stop_deadline = now + 1.0
 
     def stop(self, now: float, reason: str) -> None:
@@ -184,9 +277,15 @@ class Rules(Lifecycle):
         self.stopping = True
         self.pace.cancel()
         self._emit(act.info("stopping (%s): draining", reason), act.Notify("stopping"))
-        if self.pending is not None:
-            self._emit(act.Kill(self.pending.number))
-        if self.current is not None:
-            self._retire(now, self.current)
-            self.current = None
+        self._emit(*self.reexec.stop())
+        if self.gens.pending is not None:
+            self._emit(act.Kill(self.gens.pending.number))
+        if self.gens.current is not None:
+            self._emit(*self.gens.retire(self.gens.current, now))
+            self.gens.current = None
         self.stop_deadline = now + self.options.drain_timeout + KILL_GRACE
+
+    @property
+    def _alone(self) -> Gen | None:
+        """The serving generation, if nothing else starts or drains (a re-exec adopts it)."""
+        return self.gens.current if self.gens.quiet and not self.stopping else None

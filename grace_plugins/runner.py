@@ -9,6 +9,7 @@ they turn their framework's options into a ``serve(context)`` function and call 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -17,9 +18,15 @@ from grace_plugins import listeners as lst
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
+from grace_plugins.lean import become_lean
 from grace_plugins.log import configure, get_logger
-from grace_plugins.process import Spawner
-from grace_plugins.reexec import PREFLIGHT_VAR, SUPERVISOR_VAR, take_supervisor_handoff
+from grace_plugins.process import Spawner, program_argv
+from grace_plugins.reexec import (
+    PREFLIGHT_VAR,
+    SUPERVISOR_VAR,
+    SupervisorHandoff,
+    take_supervisor_handoff,
+)
 from grace_plugins.supervisor import Options, Supervisor
 
 ServeFunction = Callable[[GenerationContext], None]
@@ -63,12 +70,14 @@ def run(
     addresses: Sequence[str | lst.Address],
     options: Options | None = None,
     *,
-    on_listening: Callable[[list[str]], None] | None = None,
+    on_listening: Callable[[list[str]], str | None] | None = None,
 ) -> int:
     """Run *serve* with hot upgrades; blocks until stopped and returns the exit status.
 
-    In the supervisor role this binds *addresses*, calls ``on_listening(names)`` (for a
-    start-up banner) and supervises generations; in a generation it never returns.
+    In the supervisor role this binds *addresses*, calls ``on_listening(names)`` for the
+    start-up banner (printed once the first generation serves), then re-executes itself
+    into the lean supervisor (:mod:`grace_plugins.lean`) and supervises generations; in a
+    generation it never returns.
 
     :raises GraceError: for invalid addresses, inherited fds or platforms.
     """
@@ -79,27 +88,47 @@ def run(
     if handoff is not None:
         run_generation(handoff, serve)
     configure("supervisor")
-    options = options or Options()
-    previous_image = take_supervisor_handoff()
-    if previous_image is not None:
-        sockets = [lst.adopt(fd, name, SUPERVISOR_VAR) for name, fd in previous_image.listeners]
+    image = take_supervisor_handoff()  # after a USR2: the listeners and the generation
+    if image is not None:
+        sockets = adopt_listeners(image)
     else:
         sockets = open_listeners(addresses)
+        image = SupervisorHandoff([(lst.name_of(s), s.fileno()) for s in sockets])
         if on_listening is not None:
-            on_listening([lst.name_of(s) for s in sockets])
-    spawner = make_spawner(options)
+            image.banner = on_listening([name for name, _ in image.listeners]) or ""
+    image.program, image.argv_len = program_argv(), len(sys.argv)
+    image.options = options or Options()
+    why = become_lean(image)  # returns only if the exec failed
+    get_logger().info("%s: supervising in this process", why)
+    return supervise(image, sockets)
+
+
+def adopt_listeners(image: SupervisorHandoff) -> list[socket.socket]:
+    """The listeners a previous image of this supervisor handed over, validated.
+
+    :raises GraceError: for an fd that is not the listening socket it is said to be.
+    """
+    return [lst.adopt(fd, name, SUPERVISOR_VAR) for name, fd in image.listeners]
+
+
+def supervise(image: SupervisorHandoff, sockets: list[socket.socket]) -> int:
+    """Supervise generations of ``image.program`` over *sockets*; blocks until stopped and
+    returns the exit status."""
+    spawner = make_spawner(image.options, image.argv_len)
     try:
-        supervisor = Supervisor(sockets, options, spawner=spawner)
-        if previous_image is not None:
-            supervisor.adopt(previous_image)
+        supervisor = Supervisor(
+            sockets, image.options, argv=image.program, spawner=spawner, banner=image.banner
+        )
+        if image.generation:
+            supervisor.adopt(image)
         return supervisor.run()
     finally:
         spawner.close()
 
 
-def make_spawner(options: Options) -> Spawner:
+def make_spawner(options: Options, argv_len: int) -> Spawner:
     """The warm starter when ``options.warm`` and the platform allow it, else the cold one
-    (saying why in one log line)."""
+    (saying why in one log line). *argv_len*: ``len(sys.argv)`` of the program."""
     if not options.warm:
         return Spawner()
     from grace_plugins import warm
@@ -109,7 +138,7 @@ def make_spawner(options: Options) -> Spawner:
         get_logger().info("%s: every generation starts cold", why)
         return Spawner()
     try:
-        return warm.WarmSpawner()
+        return warm.WarmSpawner(argv_len=argv_len)
     except (OSError, GraceError) as exc:
         get_logger().info("warm start unavailable (%s): every generation starts cold", exc)
         return Spawner()
@@ -119,7 +148,7 @@ def run_or_exit(
     serve: ServeFunction,
     addresses: Sequence[str | lst.Address],
     options: Options | None = None,
-    **kwargs: Callable[[list[str]], None] | None,
+    **kwargs: Callable[[list[str]], str | None] | None,
 ) -> NoReturn:
     """:func:`run`, then exit with its status; a :class:`GraceError` becomes one line on
     stderr and exit status 2, never a traceback."""

@@ -1,55 +1,53 @@
 """The supervisor: the process the user starts and signals, whose pid never changes.
 
 It holds the listeners for its whole life and runs the app in child *generations*. What to do
-is decided by :class:`grace_plugins.rules.Rules` (a pure state machine: coalescing, pacing,
-rollback, back-off, the drain limit, stopping); this module is the loop that feeds it events
-and carries out its actions. The loop waits on one selector: the signal wakeup pipe (handlers
-record nothing themselves; Python writes each signal's number to the pipe) and each
-generation's channel. After each wake-up it reaps exited generations and checks deadlines.
+is decided by :class:`grace_plugins.rules.Rules` (a pure state machine); this module is the
+loop that feeds it events and carries out its actions. Read top to bottom, :meth:`Supervisor.run`
+shows every way the process can be woken, each a source of the one selector:
+
+* the signal wakeup pipe (handlers do nothing; Python writes each signal's number there):
+  HUP, TERM, INT and USR2 become events; SIGCHLD means reaping, whose findings (a generation,
+  the preflight run or a template exited) become events;
+* each generation's channel: ``ready``, ``upgrade``, ``left N``, end of file;
+* the spawner's own sockets (the warm-start template's answers);
+* the deadlines of the rules and of the spawner: the select timeout, then a ``Tick``.
+
+Events go to one queue; :meth:`Supervisor.dispatch` hands each to the rules and carries out
+the actions they return (:mod:`grace_plugins.effects`); an action's outcome is one more event on
+the queue, never a call back into the rules. Nothing slow runs in the loop: a warm fork is
+answered later on the template's socket, the USR2 preflight is a child process watched like the
+others.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import selectors
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from grace_plugins import actions as act
 from grace_plugins import channel as msg
-from grace_plugins.channel import Channel
-from grace_plugins.handoff import HANDOFF_VAR, Handoff
+from grace_plugins.effects import Child, Effects
 from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.options import Options
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
-from grace_plugins.process import ChildProcess, Spawner, program_argv, reap_orphans
-from grace_plugins.reexec import (
-    SupervisorHandoff,
-    exec_supervisor,
-    preflight,
-    release_held_signals,
-)
+from grace_plugins.process import ChildProcess, Outcome, Spawner, program_argv, reap_orphans
+from grace_plugins.reexec import SupervisorHandoff, release_held_signals
 from grace_plugins.reporting import Reporter
 from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules
-from grace_plugins.sdnotify import NOTIFY_VAR, Notifier
+from grace_plugins.sdnotify import Notifier
 
 __all__ = ["BACKOFF", "KILL_GRACE", "STABLE_AFTER", "Options", "Supervisor"]
 
 _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2)
-
-
-@dataclass
-class Child:
-    """A generation's process and channel: what the effects need, beside the rules' view."""
-
-    process: subprocess.Popen[bytes]
-    channel: Channel
+_ASKED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+Reader = Callable[[], list[act.Event]]
 
 
 class Supervisor:
@@ -64,18 +62,38 @@ class Supervisor:
         spawner: Spawner | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] | None = None,
+        banner: str = "",
     ) -> None:
+        """:param banner: printed once the first generation serves (the adapter's start-up
+        lines: the server is not running before that)."""
         self.listeners = listeners
         self.options = options or Options()
-        self.argv = argv or program_argv()
-        self.cwd = os.getcwd()
-        self.spawner = spawner or Spawner()
         self.log = configure("supervisor")
-        self.report = Reporter(self.log, notifier or Notifier())
         self.rules = Rules(self.options, [name_of(s) for s in listeners], os.getpid())
-        self.children: dict[int, Child] = {}
+        self.spawner = spawner or Spawner()
         self._clock = clock or time.monotonic
         self._selector = selectors.DefaultSelector()
+        self._queue: collections.deque[act.Event] = collections.deque()
+        # The signal wakeup pipe: Python writes each signal's number to wake_w (see run).
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        self._selector.register(self.wake_r, selectors.EVENT_READ, self._read_signals)
+        self.effects = Effects(
+            listeners,
+            self.options,
+            argv or program_argv(),
+            self.spawner,
+            Reporter(self.log, notifier or Notifier()),
+            self.log,
+            wake_fd=self.wake_r,
+            banner=banner,
+        )
+        self.spawner.attach(self._add_spawner_source, self._remove_source)
+
+    @property
+    def children(self) -> dict[int, Child]:
+        return self.effects.children
 
     @property
     def exit_code(self) -> int:
@@ -86,190 +104,161 @@ class Supervisor:
 
     def adopt(self, handoff: SupervisorHandoff) -> None:
         """Take over the generation a previous image of this supervisor ran (after USR2)."""
-        channel = Channel.from_fd(handoff.channel_fd)
-        channel.sock.setblocking(False)
-        self.children[handoff.generation] = Child(ChildProcess(handoff.generation_pid), channel)
+        process = ChildProcess(handoff.generation_pid)
+        child = self.effects.adopt(handoff.generation, process, handoff.channel_fd)
+        self._watch_channel(handoff.generation, child)
         self.rules.adopt(handoff.generation, handoff.generation_pid, handoff.counter, self.now())
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stopped by SIGTERM/SIGINT; return the exit status. Blocks."""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        previous_wakeup = signal.set_wakeup_fd(wake_w)
+        previous_wakeup = signal.set_wakeup_fd(self.wake_w)
         previous = {sig: signal.signal(sig, _wake) for sig in _HANDLED}
-        self._selector.register(wake_r, selectors.EVENT_READ, None)
         try:
             if self.options.pidfile:
                 write_pidfile(self.options.pidfile)
-            self.report.open_state(self.rules.adopted, self.rules.listeners)
-            for number, child in self.children.items():  # adopted after a re-exec
-                self._selector.register(child.channel.sock, selectors.EVENT_READ, number)
-            if self.rules.adopted:
-                release_held_signals()
-            self.feed(act.Begin(self.now()))
-            while not self.rules.finished:
-                self.step()
+            self.effects.report.open_state(self.rules.adopted, self.rules.listeners)
+            release_held_signals()  # held across the exec that made this image, if one did
+            self._queue.append(act.Begin(self.now()))
+            self._queue.extend(self._reap())  # an adopted generation may have exited already
+            while True:
+                self.dispatch()
+                if self.rules.finished:
+                    break
+                self.wait()
         finally:
-            # Normally none is left. After an unexpected error, closing a generation's channel
-            # makes it drain and exit by itself: its in-flight requests still complete.
-            for child in self.children.values():
-                child.channel.close()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._selector.close()
-            os.close(wake_r)
-            os.close(wake_w)
+            self.close()
             for sock in self.listeners:
                 unlink_unix(sock)
                 sock.close()
             if self.options.pidfile:
                 remove_pidfile(self.options.pidfile)
-            self.report.close()
-        self.log.info("stopped (exit status %d)", self.exit_code)
+            self.effects.report.close()
+        if self.rules.served:  # a failed first start said it all in one line
+            self.log.info("stopped (exit status %d)", self.exit_code)
         return self.exit_code
 
-    def step(self) -> None:
-        """One turn: wait for a signal, a message or a deadline; reap; check the deadlines."""
-        for key, _ in self._selector.select(self.rules.timeout(self.now())):
-            if key.data is None:
-                self._read_signals(key.fd)
-            else:
-                self._read_channel(key.data)
-        self.reap()
-        self.feed(act.Tick(self.now()))
+    def close(self) -> None:
+        """Release the loop's own resources: the effects' processes and channels (normally
+        none is left: after an unexpected error, a generation whose channel closes drains and
+        exits by itself, its in-flight requests complete), the selector, the wakeup pipe."""
+        self.effects.close()
+        self._selector.close()
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
-    def feed(self, event: act.Event) -> None:
-        """Hand *event* to the rules and carry out what they decide."""
-        for action in self.rules.handle(event):
-            self.execute(action)
+    def post(self, event: act.Event) -> None:
+        """Queue *event* for :meth:`dispatch` (as the loop's sources do)."""
+        self._queue.append(event)
 
-    def _read_signals(self, fd: int) -> None:
+    def wait(self) -> None:
+        """Wait for a signal, a message, a spawner's answer or a deadline; queue what came,
+        then a ``Tick``."""
+        now = self.now()
+        timeout = self.rules.timeout(now)
+        spawner_deadline = self.spawner.deadline()
+        if spawner_deadline is not None:
+            timeout = min(timeout, max(0.0, spawner_deadline - time.monotonic()))
+        for key, _ in self._selector.select(timeout):
+            self._queue.extend(key.data())
+        self._queue.extend(self._outcomes(self.spawner.expire(time.monotonic())))
+        self._queue.append(act.Tick(self.now()))
+
+    def dispatch(self) -> None:
+        """Hand every queued event to the rules, in order, and carry out their actions; an
+        action's outcome joins the queue."""
+        while self._queue:
+            event = self._queue.popleft()
+            for action in self.rules.handle(event):
+                self._queue.extend(self.execute(action))
+
+    def execute(self, action: act.Action) -> list[act.Event]:
+        """Carry out one action; return the events it produced (a spawn's outcome...)."""
+        if isinstance(action, act.Spawn):
+            return self._outcomes(self.effects.spawn(action, self.now()))
+        if isinstance(action, (act.Forget, act.Unwatch)):
+            child = self.children.get(action.number)
+            if child is not None:
+                self._remove_source(child.channel.sock)
+            if isinstance(action, act.Forget):
+                self.effects.forget(action.number)
+            return []
+        return self.effects.execute(action, self.now())
+
+    # -- sources: readiness becomes events --------------------------------------------------------
+    def _read_signals(self) -> list[act.Event]:
         try:
-            data = os.read(fd, 512)
+            data = os.read(self.wake_r, 512)
         except BlockingIOError:
-            return
-        for signum in data:
-            if signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-                self.feed(act.SignalEvent(self.now(), signum))
+            return []
+        now = self.now()
+        events: list[act.Event] = [act.SignalEvent(now, n) for n in data if n in _ASKED]
+        if signal.SIGCHLD in data:
+            events += self._reap()
+        return events
 
-    def _read_channel(self, number: int) -> None:
-        child = self.children.get(number)
-        lines = None if child is None else child.channel.receive()
+    def _reap(self) -> list[act.Event]:
+        """Who exited: generations (by pid, never ``waitpid(-1)``), the preflight run, the
+        spawner's own processes; then orphans re-parented to us."""
+        now = self.now()
+        events: list[act.Event] = []
+        for number, child in list(self.children.items()):
+            returncode = child.process.poll()
+            if returncode is not None:
+                events.append(act.Exited(now, number, returncode))
+        why = self.effects.preflight_outcome()
+        if why is not None:
+            events.append(act.PreflightDone(now, why or None))
+        events += self._outcomes(self.spawner.reap())
+        reap_orphans(self.effects.own_pids())
+        return events
+
+    def _read_channel(self, number: int, child: Child) -> list[act.Event]:
+        lines = child.channel.receive()
+        now = self.now()
         if lines is None:
-            self.feed(act.ChannelClosed(self.now(), number))
-            return  # the process is exiting; reap() hears of it
+            return [act.ChannelClosed(now, number)]  # the process is exiting; reaping tells
+        events: list[act.Event] = []
         for line in lines:
             if line == msg.READY:
-                self.feed(act.Ready(self.now(), number))
+                events.append(act.Ready(now, number))
             elif line == msg.UPGRADE:
-                self.feed(act.UpgradeAsked(self.now(), number))
+                events.append(act.UpgradeAsked(now, number))
             elif (count := msg.parse_left(line)) is not None:
-                self.feed(act.ConnectionsLeft(self.now(), number, count))
+                events.append(act.ConnectionsLeft(now, number, count))
+        return events
 
-    def reap(self) -> None:
-        """Tell the rules of every generation that exited (never ``waitpid(-1)``)."""
-        gens = self.rules.generations()
-        reap_orphans({g.pid for g in gens})
-        for gen in gens:
-            child = self.children.get(gen.number)
-            returncode = None if child is None else child.process.poll()
-            if returncode is not None:
-                self.feed(act.Exited(self.now(), gen.number, returncode))
+    def _outcomes(self, outcomes: list[Outcome]) -> list[act.Event]:
+        """A spawn's outcomes as events: a started generation's channel becomes a source."""
+        events: list[act.Event] = []
+        for outcome in outcomes:
+            if isinstance(outcome, act.SpawnFailed):
+                self.effects.spawn_failed(outcome.number)
+                events.append(outcome)
+                continue
+            child = self.effects.started(outcome)
+            if child is None:
+                continue  # given up meanwhile: killed
+            self._watch_channel(outcome.number, child)
+            pid = outcome.process.pid
+            events.append(act.Spawned(self.now(), outcome.number, pid, outcome.warm))
+        return events
 
-    # -- effects ----------------------------------------------------------------------------------
-    def execute(self, action: act.Action) -> None:
-        """Carry out one action (a :class:`~grace_plugins.actions.Spawn` or
-        :class:`~grace_plugins.actions.Reexec` feeds its outcome back to the rules)."""
-        if isinstance(action, act.Log):
-            self.report.log(action)
-        elif isinstance(action, act.Spawn):
-            self._spawn(action.number)
-        elif isinstance(action, act.Drain):
-            child = self.children.get(action.number)
-            if child is not None and not child.channel.send(msg.DRAIN):
-                self.spawner.signal_group(child.process, signal.SIGTERM)
-        elif isinstance(action, act.Kill):
-            self._kill(action.number, action.wait)
-        elif isinstance(action, act.Forget):
-            child = self.children.pop(action.number, None)
-            if child is not None:
-                self._unwatch(child)
-                child.channel.close()
-        elif isinstance(action, act.Unwatch):
-            if action.number in self.children:
-                self._unwatch(self.children[action.number])
-        elif isinstance(action, act.Notify):
-            self.report.notify(action)
-        elif isinstance(action, act.Serving):
-            self.report.serving(action)
-        elif isinstance(action, act.Record):
-            self.report.record(action.fields)
-        elif isinstance(action, act.RecordDraining):
-            self.report.record_draining(action, self.now())
-        elif isinstance(action, act.Reexec):
-            self._reexec()
-
-    def _spawn(self, number: int) -> None:
-        parent_end, child_end = Channel.pair()
-        handoff = Handoff(
-            supervisor_pid=os.getpid(),
-            generation=number,
-            listeners=[(name_of(s), s.fileno()) for s in self.listeners],
-            channel_fd=child_end.fileno(),
-            ready_timeout=self.options.ready_timeout,
-            drain_timeout=self.options.drain_timeout,
-            keepalive_timeout=self.options.keepalive_timeout,
+    def _watch_channel(self, number: int, child: Child) -> None:
+        self._selector.register(
+            child.channel.sock, selectors.EVENT_READ, lambda: self._read_channel(number, child)
         )
-        env = dict(os.environ)
-        env.pop(NOTIFY_VAR, None)  # systemd hears the supervisor (the main pid) only
-        env[HANDOFF_VAR] = handoff.encode()
-        pass_fds = [s.fileno() for s in self.listeners] + [child_end.fileno()]
-        try:
-            process = self.spawner.spawn(self.argv, env, pass_fds, self.cwd)
-        except OSError as exc:
-            parent_end.close()
-            self.feed(act.SpawnFailed(self.now(), number, str(exc)))
-            return
-        finally:
-            child_end.close()  # or a child that dies never produces EOF
-        parent_end.sock.setblocking(False)
-        self.children[number] = Child(process, parent_end)
-        self._selector.register(parent_end.sock, selectors.EVENT_READ, number)
-        self.feed(act.Spawned(self.now(), number, process.pid))
 
-    def _kill(self, number: int, wait: bool) -> None:
-        child = self.children.get(number)
-        if child is None:
-            return
-        self.spawner.signal_group(child.process, signal.SIGKILL)
-        if wait:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(5.0)
+    def _add_spawner_source(self, fileobj: object, reader: Callable[[], list[Outcome]]) -> None:
+        self._selector.register(fileobj, selectors.EVENT_READ, lambda: self._outcomes(reader()))  # type: ignore[arg-type]
 
-    def _unwatch(self, child: Child) -> None:
+    def _remove_source(self, fileobj: object) -> None:
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(child.channel.sock)
-
-    def _reexec(self) -> None:
-        """Preflight the new program, then exec it in place; returns only if refused."""
-        gen = self.rules.current
-        why = preflight(self.argv, self.cwd, self.options.ready_timeout)
-        if why is None and gen is not None:
-            channel = self.children[gen.number].channel
-            handoff = SupervisorHandoff(
-                listeners=[(name_of(s), s.fileno()) for s in self.listeners],
-                generation=gen.number,
-                generation_pid=gen.pid,
-                channel_fd=channel.fileno(),
-                counter=self.rules.counter,
-            )
-            self.log.info("re-executing the supervisor in place; %s keeps serving", gen)
-            keep = [s.fileno() for s in self.listeners] + [channel.fileno()]
-            why = exec_supervisor(self.argv, handoff, keep)
-        self.feed(act.ReexecRefused(self.now(), why or "no generation serves"))
+            self._selector.unregister(fileobj)  # type: ignore[arg-type]
 
 
 def _wake(signum: int, frame: object) -> None:

@@ -1,16 +1,18 @@
 """Warm start, the supervisor's side: a spawner that forks generations from a template.
 
 :class:`WarmSpawner` is a :class:`~grace_plugins.process.Spawner`: the supervisor's loop does
-not know whether a generation was forked warm or started cold. It
+not know whether a generation was forked warm or started cold. Nothing here blocks the loop:
 
-* asks generations to report their modules (:func:`grace_plugins.preload.write_report`) and
-  (re)builds the template (:mod:`grace_plugins.template`) when a report names a module the
-  template does not cover;
-* before each spawn, checks the template: alive, answered, and every preloaded file unchanged on
-  disk (mtime and size); a changed file kills the template, names the module in the log, and
-  that generation starts cold (the next report rebuilds the template);
-* falls back to a cold start, with one log line saying why, whenever the template is missing,
-  unusable, does not answer within a bound, or refuses: never a failed or hung spawn.
+* when a generation becomes current (``refresh``), its module report is read and, if it names
+  a module the template does not cover, a new template (:mod:`grace_plugins.template`) starts
+  importing; its socket is a source of the loop, and its answer (ready, or unusable) is read
+  when it comes; the old template forks until the new one is ready;
+* a spawn checks the template (there, same command line, every preloaded file unchanged on
+  disk: a changed file discards it, names the module in the log, and that generation starts
+  cold), sends the fork request and returns; the template's answer (the generation's pid)
+  arrives on its socket and becomes the spawn's outcome;
+* whatever goes wrong (no template, a refusal, no answer within :data:`FORK_TIMEOUT`, a
+  template that died) is a cold start with one log line, never a failed or hung spawn.
 
 The supervisor imports nothing of the preload set: only the template does.
 """
@@ -22,29 +24,28 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 
-import grace_plugins
+from grace_plugins import actions as act
 from grace_plugins import preload
-from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.log import get_logger
 from grace_plugins.preload import parse_program
 from grace_plugins.process import (
-    KEEP_PIDS,
+    AddSource,
     ChildProcess,
+    Outcome,
     Spawner,
+    SpawnRequest,
+    Started,
     become_subreaper,
-    pid_alive,
 )
-from grace_plugins.sdnotify import NOTIFY_VAR
-from grace_plugins.template import BOOT, Wire
+from grace_plugins.template_process import TemplateProcess, forget_dead_reports, start_template
 
-#: Seconds a spawn waits for the template's fork before starting cold instead.
+#: Seconds a fork request may wait for the template's answer before the generation starts cold.
 FORK_TIMEOUT = 5.0
 
 
@@ -64,236 +65,270 @@ def unsupported() -> str | None:
 
 
 @dataclasses.dataclass
-class _Template:
-    process: subprocess.Popen[bytes]
-    wire: Wire
-    argv: list[str]
-    started: float
-    ready: bool = False
-    #: file -> (mtime ns, size) when the template imported it.
-    stamps: dict[str, tuple[int, int] | None] = dataclasses.field(default_factory=dict)
-    names: dict[str, str] = dataclasses.field(default_factory=dict)
+class _Fork:
+    """A fork request sent to *template*, awaiting its answer."""
+
+    request: SpawnRequest
+    template: TemplateProcess
+    sent: float
+    deadline: float
 
 
 class WarmSpawner(Spawner):
     """Forks generations from a warm template when it can, starts them cold otherwise."""
 
-    def __init__(self, log: logging.Logger | None = None, argv_len: int | None = None) -> None:
+    def __init__(
+        self,
+        log: logging.Logger | None = None,
+        argv_len: int | None = None,
+        cold: Spawner | None = None,
+    ) -> None:
         self.log = log or get_logger()
+        self.cold = cold or Spawner()  # what starts a generation when no fork will do
         self.argv_len = len(sys.argv) if argv_len is None else argv_len
         self.report = preload.report_path(os.getpid())
-        _forget_dead_reports(os.path.dirname(self.report))
+        forget_dead_reports(os.path.dirname(self.report))
         with open(self.report, "w"):  # its existence asks generations to report
             pass
-        self.on_poll = self.tick
-        self.template: _Template | None = None  # ready: forks generations
-        self.building: _Template | None = None  # importing: replaces it once ready
+        self.template: TemplateProcess | None = None  # ready: forks generations
+        self.building: TemplateProcess | None = None  # importing: replaces it once ready
+        self._fork: _Fork | None = None
+        self._leaving: list[TemplateProcess] = []  # asked to stop, not reaped yet
         self._report_stamp: preload.Stamp = None
         #: module names the last template covered (ok or unusable): no rebuild for those.
         self._basis: frozenset[str] | None = None
         self._unusable: str | None = None
-        self._program: tuple[list[str], Mapping[str, str], str] | None = None
+        self._program: tuple[list[str], dict[str, str], str] | None = None
         self._spawns = 0
+        self._add: AddSource = lambda fileobj, reader: None
+        self._remove: Callable[[object], None] = lambda fileobj: None
 
     # -- the Spawner interface --------------------------------------------------------------
-    def spawn(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        pass_fds: Sequence[int],
-        cwd: str,
-    ) -> subprocess.Popen[bytes]:
-        """Fork from the template, or start cold (see the module's docstring). Blocks at most
-        :data:`FORK_TIMEOUT` seconds (the template's fork). Raises ``OSError`` as cold does."""
+    def attach(self, add: AddSource, remove: Callable[[object], None]) -> None:
+        self._add, self._remove = add, remove
+
+    def spawn(self, request: SpawnRequest) -> Started | None:
+        """Send a fork request to the template (the outcome comes on its socket), or start
+        cold now (see the module's docstring). Raises ``OSError`` as a cold start does."""
         self._spawns += 1
-        self._program = (list(argv), dict(env), cwd)
-        self.tick()
-        began = time.monotonic()
+        self._program = (request.argv, request.env, request.cwd)
         try:
-            pid = self._fork(list(argv), env, pass_fds, cwd)
+            if request.cold:
+                raise _Cold("")
+            self._send_fork(request)
         except _Cold as why:
-            if self._spawns > 1:
-                self.log.info("warm start: %s; this generation starts cold", why)
-            return super().spawn(argv, env, pass_fds, cwd)
-        self.log.info(
-            "warm start: pid %d forked from the template in %d ms",
-            pid,
-            (time.monotonic() - began) * 1000,
-        )
-        return ChildProcess(pid, self.tick)
+            self._say_cold(str(why))
+            return self.cold.spawn(request)
+        return None
+
+    def pids(self) -> set[int]:
+        return {t.pid for t in [*self._templates(), *self._leaving]}
+
+    def reap(self) -> list[Outcome]:
+        """After a SIGCHLD: first the answers a template already sent (so a generation it
+        forked is known before orphans are reaped), then the templates that exited."""
+        out: list[Outcome] = []
+        if self._fork is not None:
+            out += self._answers(self._fork.template)
+        for t in self._templates():
+            if t.process.poll() is not None:
+                out += self._lost(t, f"the template (pid {t.pid}) exited")
+        self._leaving = [t for t in self._leaving if t.process.poll() is None]
+        return out
+
+    def deadline(self) -> float | None:
+        moments = [t.leave_by for t in self._leaving if t.leave_by is not None]
+        if self._fork is not None:
+            moments.append(self._fork.deadline)
+        return min(moments, default=None)
+
+    def expire(self, now: float) -> list[Outcome]:
+        for t in [t for t in self._leaving if t.leave_by is not None and now >= t.leave_by]:
+            t.kill()
+            self._leaving.remove(t)
+        fork = self._fork
+        if fork is None or now < fork.deadline:
+            return []
+        return self._lost(fork.template, f"the template did not fork within {FORK_TIMEOUT:g} s")
+
+    def refresh(self) -> None:
+        """A generation became current: build a template if its report names new modules."""
+        with contextlib.suppress(Exception):  # warm start must never break the loop
+            current = preload.stamp(self.report)
+            if current == self._report_stamp or current is None or current[1] == 0:
+                return
+            self._report_stamp = current
+            with open(self.report) as handle:
+                names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
+            if self._program is not None and (self._basis is None or not names <= self._basis):
+                self._build(names)
+
+    def drop(self, why: str) -> None:
+        self._stop_all(why)
+        self._basis = None  # the next report rebuilds it
 
     def close(self) -> None:
-        """Stop the templates and withdraw the report request. Blocks up to two seconds."""
-        self._drop()
+        """Stop the templates and withdraw the report request. Blocks up to a few seconds."""
+        self._stop_all(None)
+        for t in self._leaving:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                t.process.wait(max(0.0, (t.leave_by or 0.0) - time.monotonic()))
+            t.kill()
+        self._leaving = []
         with contextlib.suppress(OSError):
             os.unlink(self.report)
 
-    # -- the template's life ----------------------------------------------------------------
-    def tick(self) -> None:
-        """Between events: notice a template's verdict or death, and a new module report."""
-        with contextlib.suppress(Exception):  # warm start must never break the loop
-            self._check_templates()
-            self._check_report()
-
-    def _check_templates(self) -> None:
-        t = self.template
-        if t is not None and t.process.poll() is not None:
-            self.log.info(
-                "warm start: the template (pid %d) exited with status %s; the next generation"
-                " starts cold",
-                t.process.pid,
-                t.process.returncode,
-            )
-            _stop(t)
-            self.template = None
-            self._unusable = f"the template exited with status {t.process.returncode}"
-            self._basis = None  # the next report rebuilds it
-        b = self.building
-        if b is not None:
-            with contextlib.suppress(TimeoutError):
-                self._verdict(b, 0.0)
-
-    def _check_report(self) -> None:
-        current = preload.stamp(self.report)
-        if current == self._report_stamp or current is None or current[1] == 0:
-            return
-        self._report_stamp = current
-        with open(self.report) as handle:
-            names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
-        if self._program is not None and (self._basis is None or not names <= self._basis):
-            self._build(names)
-
-    def _build(self, names: frozenset[str]) -> None:
-        """Start a new template; the current one (if any) forks until the new one is ready."""
-        assert self._program is not None
-        argv, env, cwd = self._program
-        program = parse_program(argv, self.argv_len)
-        _stop(self.building)
-        self.building = None
-        self._basis = names
-        if program is None or argv[0] != sys.executable:
-            self._unusable = "the command line cannot be re-run in-process (python -c?)"
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
-        boot = [sys.executable, *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
-        try:
-            process = subprocess.Popen(
-                boot,
-                env={k: v for k, v in env.items() if k not in (NOTIFY_VAR, HANDOFF_VAR)},
-                pass_fds=(theirs.fileno(),),
-                close_fds=True,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            ours.close()
-            self._unusable = f"the template could not start ({exc})"
-            return
-        finally:
-            theirs.close()
-        KEEP_PIDS.add(process.pid)
-        self.building = _Template(process, Wire(ours), argv, time.monotonic())
-        self.building.wire.send(
-            {"report": self.report, "program": dataclasses.asdict(program), "cwd": cwd}
-        )
-
-    def _verdict(self, b: _Template, timeout: float) -> None:
-        """Read a new template's answer to its preload; promote it if ready.
-
-        :raises TimeoutError: no answer yet.
-        """
-        try:
-            got = b.wire.receive(timeout)
-        except TimeoutError:
-            raise
-        except (OSError, ValueError):  # a broken template: as if it had exited
-            got = None
-        self.building = None
-        if got is None or "unsafe" in got[0]:
-            why = "it exited" if got is None else got[0]["unsafe"]
-            _stop(b)
-            if self.template is None:
-                self._unusable = f"the template is unusable: {why}"
-            return
-        answer = got[0]
-        b.ready = True
-        b.names = {str(k): str(v) for k, v in answer["files"].items()}
-        for path, value in answer["stamps"].items():
-            b.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
-        self._basis = (self._basis or frozenset()) | frozenset(answer["known"])
-        _stop(self.template)
-        self.template, self._unusable = b, None
-        self.log.info(
-            "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
-            b.process.pid,
-            (time.monotonic() - b.started) * 1000,
-            len(b.names),
-        )
-
-    def _drop(self, reason: str | None = None) -> None:
-        """Stop both templates; *reason* is why later generations start cold."""
-        _stop(self.template)
-        _stop(self.building)
-        self.template = self.building = None
-        self._unusable = reason
-
     # -- one warm spawn ---------------------------------------------------------------------
-    def _fork(self, argv: list[str], env: Mapping[str, str], fds: Sequence[int], cwd: str) -> int:
+    def _send_fork(self, request: SpawnRequest) -> None:
         t = self.template
         if t is None:
             if self.building is not None:
                 raise _Cold("the template is still importing")
             raise _Cold(self._unusable or "no template yet (built once a generation reports)")
-        if argv != t.argv:
-            self._drop()
+        if request.argv != t.argv:
+            self._stop_all(None)
             raise _Cold("the command line changed")
-        changed = preload.changed_files(t.stamps, {p: preload.stamp(p) for p in t.stamps})
+        changed = t.changed_files()
         if changed:
-            self._drop()
-            self._basis = None  # the next report rebuilds it, with the new file
+            self.drop("a preloaded file changed")
             module = t.names.get(changed[0], changed[0])
             raise _Cold(f"{module} changed on disk ({changed[0]}); the template will be rebuilt")
+        fds = request.pass_fds
+        message = {"argv": request.argv, "env": request.env, "cwd": request.cwd, "fds": fds}
         try:
-            t.wire.send({"argv": argv, "env": dict(env), "cwd": cwd, "fds": list(fds)}, fds)
-            got = t.wire.receive(FORK_TIMEOUT)
+            t.wire.send(message, fds)
+        except OSError as exc:
+            self.drop("the template is gone")
+            raise _Cold(f"the template is gone ({exc})") from None
+        now = time.monotonic()
+        self._fork = _Fork(request, t, now, now + FORK_TIMEOUT)
+
+    def _answers(self, t: TemplateProcess) -> list[Outcome]:
+        """Read what template *t* said (never blocks): the answer to the awaited fork, or end
+        of file. A template replaced while it owed an answer is stopped once it answered."""
+        out: list[Outcome] = []
+        while True:
+            try:
+                got = t.wire.receive(0.0)
+            except TimeoutError:
+                break
+            except (OSError, ValueError) as exc:
+                return out + self._lost(t, f"the template's socket failed ({exc})")
+            if got is None:
+                return out + self._lost(t, "the template exited")
+            fork = self._fork
+            if fork is None or fork.template is not t:
+                continue  # an answer to a request given up on
+            self._fork = None
+            out.append(self._forked(fork, got[0]))
+        if t is not self.template and (self._fork is None or self._fork.template is not t):
+            self._stop(t)  # replaced while it owed an answer: done now
+        return out
+
+    def _forked(self, fork: _Fork, answer: dict) -> Outcome:
+        if "pid" not in answer:
+            self.drop(str(answer.get("error")))
+            return self._cold(fork.request, f"the template refused to fork: {answer.get('error')}")
+        pid = int(answer["pid"])
+        elapsed = (time.monotonic() - fork.sent) * 1000
+        self.log.info("warm start: pid %d forked from the template in %d ms", pid, elapsed)
+        return Started(fork.request.number, ChildProcess(pid), warm=True)
+
+    def _lost(self, t: TemplateProcess, why: str) -> list[Outcome]:
+        """Template *t* is gone or broken: discard it (the next report builds another); a
+        fork awaited from it starts cold."""
+        self._stop(t)
+        if t is self.template:
+            self.log.info("warm start: %s; the next generation starts cold", why)
+            self.template, self._unusable, self._basis = None, why, None
+        elif t is self.building:
+            self.building = None
+        fork = self._fork
+        if fork is None or fork.template is not t:
+            return []
+        self._fork = None
+        return [self._cold(fork.request, why)]
+
+    def _say_cold(self, why: str) -> None:
+        if why and self._spawns > 1:
+            self.log.info("warm start: %s; this generation starts cold", why)
+
+    def _cold(self, request: SpawnRequest, why: str) -> Outcome:
+        """Start *request* cold now, after a warm attempt failed (for a later outcome)."""
+        self._say_cold(why)
+        try:
+            started = self.cold.spawn(request)
+        except OSError as exc:
+            return act.SpawnFailed(time.monotonic(), request.number, str(exc))
+        assert started is not None
+        return started
+
+    def _templates(self) -> list[TemplateProcess]:
+        """Every template process alive: ready, building, and one replaced that owes a fork."""
+        found = [t for t in (self.template, self.building) if t is not None]
+        if self._fork is not None and self._fork.template not in found:
+            found.append(self._fork.template)
+        return found
+
+    # -- the template's life ----------------------------------------------------------------
+    def _build(self, names: frozenset[str]) -> None:
+        """Start a new template; the current one (if any) forks until the new one is ready."""
+        assert self._program is not None
+        argv, env, cwd = self._program
+        program = parse_program(argv, self.argv_len)
+        self._stop(self.building)
+        self.building = None
+        self._basis = names
+        if program is None or argv[0] != sys.executable:
+            self._unusable = "the command line cannot be re-run in-process (python -c?)"
+            return
+        try:
+            b = self.building = start_template(program, argv, env, cwd, self.report)
+        except OSError as exc:
+            self._unusable = f"the template could not start ({exc})"
+            return
+        self._add(b.wire.sock, lambda: self._verdict(b))
+
+    def _verdict(self, b: TemplateProcess) -> list[Outcome]:
+        """The building template answered its preload (or died): promote it if ready."""
+        if b is not self.building:
+            return []
+        try:
+            unusable = b.verdict()
         except TimeoutError:
-            self._drop(reason="the template stopped answering")
-            self._basis = None
-            raise _Cold(f"the template did not fork within {FORK_TIMEOUT:g} s") from None
-        except (OSError, ValueError) as exc:
-            got, problem = None, f" ({exc})"
-        else:
-            problem = ""
-        if got is None:
-            self._drop(reason="the template is gone")
-            self._basis = None  # the next report rebuilds it
-            raise _Cold(f"the template exited{problem}")
-        if "pid" not in got[0]:
-            self._drop(reason=str(got[0].get("error")))
-            self._basis = None
-            raise _Cold(f"the template refused to fork: {got[0].get('error')}")
-        return int(got[0]["pid"])
+            return []  # not a whole line yet
+        self.building = None
+        if unusable is not None:
+            self._stop(b)
+            if self.template is None:
+                self._unusable = f"the template is unusable: {unusable}"
+            return []
+        self._basis = (self._basis or frozenset()) | b.known
+        old, self.template, self._unusable = self.template, b, None
+        if old is not None and (self._fork is None or self._fork.template is not old):
+            self._stop(old)  # else it is stopped once it answered (see _answers)
+        self._remove(b.wire.sock)
+        self._add(b.wire.sock, lambda: self._answers(b))
+        self.log.info(
+            "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
+            b.pid,
+            (time.monotonic() - b.started) * 1000,
+            len(b.names),
+        )
+        return []
 
+    def _stop(self, t: TemplateProcess | None) -> None:
+        """Stop template *t* (if any), no longer a source of the loop; it leaves by itself
+        (see :meth:`expire`). Does not block."""
+        if t is not None and t.leave_by is None:
+            self._remove(t.wire.sock)
+            t.leave()
+            self._leaving.append(t)
 
-def _stop(t: _Template | None) -> None:
-    """Stop template *t* (if any): closing its socket ends it; SIGKILL makes sure. Bounded."""
-    if t is None:
-        return
-    t.wire.sock.close()
-    with contextlib.suppress(OSError):
-        os.killpg(t.process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        t.process.wait(1.0)
-    KEEP_PIDS.discard(t.process.pid)
-
-
-def _forget_dead_reports(directory: str) -> None:
-    """Remove the module reports of supervisors that are gone (killed, never closed)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(directory):
-            pid = name[len("warm-") : -len(".json")]
-            ours = name.startswith("warm-") and name.endswith(".json") and pid.isdigit()
-            if ours and not pid_alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
+    def _stop_all(self, reason: str | None) -> None:
+        """Stop the templates; *reason* is why later generations start cold. (Called when no
+        fork is awaited: before a spawn, after a generation became current, at the end.)"""
+        for t in self._templates():
+            self._stop(t)
+        self.template = self.building = self._fork = None
+        self._unusable = reason

@@ -15,7 +15,9 @@ app cannot bring it down. Each generation re-runs the same command line and load
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from typing import Any
 
 import click
@@ -23,8 +25,7 @@ from flask.cli import NoAppException, ScriptInfo, pass_script_info, run_command
 from flask.cli import show_server_banner as _show_flask_banner
 from flask.helpers import get_debug_flag
 
-from grace_plugins.errors import ExitCode
-from grace_plugins.options import BY_NAME, SETTINGS, InvalidValue, Setting, options_from
+from grace_plugins.options import BY_NAME, SETTINGS, InvalidValue, Options, Setting
 from grace_plugins.werkzeug.serving import ServerSettings, serve_with_upgrades
 
 __all__ = ["hotrun_command"]
@@ -109,7 +110,7 @@ def hotrun_command(
     The reloader and debugger are enabled by default with the '--debug'
     option.
     """
-    grace = options_from(**{name: rest.pop(name) for name in BY_NAME})
+    grace = Options(**{name: rest.pop(name) for name in BY_NAME})  # parsed by click's types
     given = sorted(name for name, value in rest.items() if value not in (None, False))
     if given:
         raise click.UsageError(
@@ -125,20 +126,29 @@ def hotrun_command(
         ssl_context=cert,
         extra_files=extra_files,
         exclude_patterns=exclude_patterns,
-        grace=grace,
     )
     serve_with_upgrades(
         settings,
         lambda: _load_app(info),
-        before_start=lambda: _show_flask_banner(debug, info.app_import_path),
+        grace,
+        intro=lambda: _flask_banner(debug, info.app_import_path),
     )
+
+
+def _flask_banner(debug: bool, app_import_path: str | None) -> str:
+    """Flask's own start-up lines ("Serving Flask app ..."), as text for the banner."""
+    lines = io.StringIO()
+    with contextlib.redirect_stdout(lines):
+        _show_flask_banner(debug, app_import_path)
+    return lines.getvalue()
 
 
 def _load_app(info: ScriptInfo) -> Any:
     """Load the app in a generation; a usage problem (no such module) is one line, not a
-    traceback, and counts as a failed start (exit 4: the supervisor rolls back)."""
+    traceback, and exits as ``flask run`` does (2): the supervisor rolls back, or at the first
+    start exits with that status."""
     try:
         return info.load_app()
     except NoAppException as exc:
         click.secho(f"Error: {exc.format_message()}", err=True, fg="red")
-        raise SystemExit(ExitCode.APP_LOAD_ERROR) from None
+        raise SystemExit(exc.exit_code) from None

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from grace_plugins import runner
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.generation import GenerationContext
-from grace_plugins.options import DEFAULTS, options_from
+from grace_plugins.options import DEFAULTS, Options, options_from
 from grace_plugins.readycheck import host_and_port
 from grace_plugins.werkzeug.settings import ServerSettings, check_settings, listen_address
 
@@ -108,22 +108,24 @@ def run_simple(
         static_files=static_files,
         passthrough_errors=passthrough_errors,
         ssl_context=ssl_context,
-        grace=grace,
     )
-    serve_with_upgrades(settings, lambda: application)
+    serve_with_upgrades(settings, lambda: application, grace)
 
 
 def serve_with_upgrades(
     settings: ServerSettings,
     load_app: Callable[[], WSGIApp],
+    grace: Options,
     *,
-    before_start: Callable[[], None] | None = None,
+    intro: Callable[[], str] | None = None,
 ) -> None:
-    """Supervise (or, in a generation, serve) with *settings*; blocks until stopped.
+    """Supervise (or, in a generation, serve) with *settings* and the grace settings *grace*
+    (used by the supervisor; a generation gets them from its handoff); blocks until stopped.
 
     *load_app* runs in each generation only, after its signal handlers are in place: the
-    supervisor never imports the app, so a broken app cannot break it. *before_start* runs in
-    the supervisor only, before the address is bound (e.g. Flask's "Serving Flask app" lines).
+    supervisor never imports the app, so a broken app cannot break it. *intro* (e.g. Flask's
+    "Serving Flask app" lines) opens the start-up banner, which is printed once the first
+    generation serves.
 
     :raises SystemExit: as :func:`run_simple`.
     """
@@ -131,19 +133,16 @@ def serve_with_upgrades(
         check_settings(settings)
     except GraceError as exc:
         _usage_error(exc)
-    if not runner.is_generation():
-        if before_start is not None:
-            before_start()
-        if settings.use_reloader:
-            # As in werkzeug, the process that serves (and only it) runs "from the reloader":
-            # the debugger prints its PIN there, and apps that start things once can tell.
-            os.environ["WERKZEUG_RUN_MAIN"] = "true"
+    if not runner.is_generation() and settings.use_reloader:
+        # As in werkzeug, the process that serves (and only it) runs "from the reloader":
+        # the debugger prints its PIN there, and apps that start things once can tell.
+        os.environ["WERKZEUG_RUN_MAIN"] = "true"
     try:
         code = runner.run(
             _serve_function(settings, load_app),
             [listen_address(settings.hostname, settings.port)],
-            settings.grace,
-            on_listening=lambda names: print_banner(settings, names),
+            grace,
+            on_listening=lambda names: (intro() if intro else "") + banner(settings, names),
         )
     except GraceError as exc:
         _usage_error(exc)
@@ -156,9 +155,8 @@ def _usage_error(exc: GraceError) -> NoReturn:
     sys.exit(ExitCode.USAGE)
 
 
-def print_banner(settings: ServerSettings, names: list[str]) -> None:
+def banner(settings: ServerSettings, names: list[str]) -> str:
     """werkzeug's start-up lines, plus the pid to signal for an upgrade and how."""
-    from werkzeug._internal import _log
     from werkzeug.serving import _ansi_style, get_interface_ip
 
     scheme = "https" if settings.ssl_context is not None else "http"
@@ -189,8 +187,8 @@ def print_banner(settings: ServerSettings, names: list[str]) -> None:
     if settings.use_reloader:
         upgrade += f", or save a watched file (reloader: {settings.reloader_type})"
     messages.append(upgrade)
-    _log("info", "\n".join(messages))
-    _log("info", _ansi_style(f"Press CTRL+C to quit (or kill -TERM {pid})", "yellow"))
+    messages.append(_ansi_style(f"Press CTRL+C to quit (or kill -TERM {pid})", "yellow"))
+    return "\n".join(messages)
 
 
 def wrap_application(app: WSGIApp, settings: ServerSettings) -> WSGIApp:
@@ -239,16 +237,18 @@ def _serve_function(
         )
         context.add_listener_copy(server.socket)  # werkzeug serves a dup of the listener
         context.on_stop(server.shutdown)
-        if settings.grace.ready_path:
+        if context.options.ready_path:
             host, port = host_and_port(context.listeners[0])
             scheme = "https" if settings.ssl_context is not None else "http"
-            context.check_ready(app, settings.grace.ready_path, host=host, port=port, scheme=scheme)
+            context.check_ready(
+                app, context.options.ready_path, host=host, port=port, scheme=scheme
+            )
         context.ready()
         if settings.use_reloader:
             _start_reloader(context, settings, loading_since)
         server.serve_forever(poll_interval=POLL_INTERVAL)  # closes the server's copy
         context.close_listeners()
-        killed = wait_for_children(server, context.drain_timeout)
+        killed = wait_for_children(server, context.options.drain_timeout)
         if killed:
             context.logger.warning("killed %d request processes at the drain deadline", killed)
 

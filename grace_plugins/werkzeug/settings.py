@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from grace_plugins.errors import GraceError
-from grace_plugins.options import DEFAULTS, Options
 
 
 @dataclass
 class ServerSettings:
-    """``run_simple``'s arguments plus the grace options (see :func:`run_simple`)."""
+    """``run_simple``'s own arguments (see :func:`run_simple`); the grace settings travel
+    apart, as :class:`~grace_plugins.options.Options`."""
 
     hostname: str
     port: int
@@ -31,8 +31,6 @@ class ServerSettings:
     static_files: dict[str, Any] | None = None
     passthrough_errors: bool = False
     ssl_context: Any = None
-    #: The grace settings shared with the other adapters (checked by the options module).
-    grace: Options = DEFAULTS
 
 
 def check_settings(settings: ServerSettings) -> None:

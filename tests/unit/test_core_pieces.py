@@ -17,6 +17,7 @@ from grace_plugins import __main__ as cli
 from grace_plugins import log, process, reexec, state
 from grace_plugins.channel import Channel
 from grace_plugins.errors import ExitCode, GraceError, require_posix
+from grace_plugins.options import Options
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -277,6 +278,19 @@ def test_signal_group_falls_back_to_the_process():
 
 
 # -- the re-exec variable -------------------------------------------------------------------------
+def test_supervisor_handoff_carries_the_lean_images_program_options_and_banner():
+    original = reexec.SupervisorHandoff(
+        [("tcp:127.0.0.1:1", 3)],
+        program=["/usr/bin/python3", "-X", "dev", "/srv/manage.py", "runhot"],
+        argv_len=2,
+        options=Options(drain_timeout=5.0, ready_path="/healthz"),
+        banner=" * Running on http://127.0.0.1:1",
+    )
+    env = {reexec.SUPERVISOR_VAR: original.encode()}
+    assert reexec.take_supervisor_handoff(env) == original
+    assert original.fds() == [3]  # no generation adopted: no channel
+
+
 def test_supervisor_handoff_round_trip_and_removed():
     original = reexec.SupervisorHandoff([("tcp:127.0.0.1:1", 3)], 4, 1234, 5, 9)
     env = {reexec.SUPERVISOR_VAR: original.encode(), "KEEP": "1"}
@@ -288,7 +302,7 @@ def test_supervisor_handoff_round_trip_and_removed():
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"v": 2}, "format version 2"),
+        ({"v": 3}, "format version 3"),
         ({"pid": 1}, "written by pid 1"),
         ({"generation": "x"}, "is malformed"),
         ({"listeners": [5]}, "is malformed"),
@@ -300,7 +314,7 @@ def test_supervisor_handoff_malformed(change, problem):
     with pytest.raises(GraceError, match=problem) as info:
         reexec.take_supervisor_handoff({reexec.SUPERVISOR_VAR: json.dumps(value)})
     assert "\n" not in str(info.value)
-    with pytest.raises(GraceError, match="is malformed"):
+    with pytest.raises(GraceError, match="is not valid JSON"):
         reexec.take_supervisor_handoff({reexec.SUPERVISOR_VAR: "garbage"})
 
 

@@ -15,6 +15,7 @@ from grace_plugins import handoff, listeners
 from grace_plugins.channel import Channel
 from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import GraceError
+from grace_plugins.options import Options
 from grace_plugins.pidfile import read_pidfile, remove_pidfile, write_pidfile
 from grace_plugins.sdnotify import Notifier
 
@@ -152,11 +153,21 @@ def _handoff_env(**overrides) -> dict[str, str]:
 
 
 def test_handoff_round_trip_and_removed_from_environ():
-    original = handoff.Handoff(os.getppid(), 3, [("tcp:127.0.0.1:5", 7)], 8, 1.5, 2.5, 3.5)
+    options = Options(ready_timeout=1.5, drain_timeout=2.5, ready_path="/healthz", warm=False)
+    original = handoff.Handoff(os.getppid(), 3, [("tcp:127.0.0.1:5", 7)], 8, options)
     env = {handoff.HANDOFF_VAR: original.encode(), "OTHER": "x"}
     parsed = handoff.take_handoff(env)
-    assert parsed == original
+    assert parsed == original and parsed.options.ready_path == "/healthz"
     assert env == {"OTHER": "x"}
+
+
+def test_a_version_1_handoff_is_still_read():
+    """A supervisor started before an upgrade of the package wrote version 1: three settings
+    at the top level, the others are the defaults."""
+    env = _handoff_env(ready_timeout=4, drain_timeout=2.5, keepalive_timeout=1.0)
+    parsed = handoff.take_handoff(env)
+    assert parsed is not None and parsed.generation == 2
+    assert parsed.options == Options(ready_timeout=4.0, drain_timeout=2.5, keepalive_timeout=1.0)
 
 
 def test_handoff_absent_is_none():
@@ -176,7 +187,10 @@ def test_handoff_absent_is_none():
         (_handoff_env(listeners=[["tcp:x", "3"]]), "invalid listener fd '3'"),
         (_handoff_env(listeners=[5]), "malformed listener entry"),
         (_handoff_env(channel=None), "invalid channel fd"),
-        (_handoff_env(drain_timeout="soon"), "invalid value"),
+        (_handoff_env(drain_timeout="soon"), "invalid value for drain_timeout"),
+        (_handoff_env(v=2, options={"warm": 1}), "invalid value for warm"),
+        (_handoff_env(v=2, options=[]), "has no options object"),
+        (_handoff_env(generation=0), "invalid generation number 0"),
     ],
 )
 def test_handoff_malformed_gives_one_line(env, problem):

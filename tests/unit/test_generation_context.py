@@ -16,6 +16,7 @@ from grace_plugins import generation as gen
 from grace_plugins.channel import Channel
 from grace_plugins.errors import GraceError
 from grace_plugins.handoff import Handoff
+from grace_plugins.options import Options
 from grace_plugins.readycheck import NotReady
 
 
@@ -32,9 +33,7 @@ def setup():
         generation=7,
         listeners=[(f"tcp:127.0.0.1:{listener.getsockname()[1]}", listener.fileno())],
         channel_fd=theirs.fileno(),
-        ready_timeout=2.0,
-        drain_timeout=1.0,
-        keepalive_timeout=0.5,
+        options=Options(ready_timeout=2.0, drain_timeout=1.0, keepalive_timeout=0.5),
     )
     context = gen.GenerationContext(handoff, [listener], Channel(theirs))
     yield context, ours, listener
@@ -47,7 +46,8 @@ def setup():
 
 def test_settings_come_from_the_handoff(setup):
     context, _, _ = setup
-    assert (context.generation, context.drain_timeout, context.ready_timeout) == (7, 1.0, 2.0)
+    assert context.generation == 7
+    assert (context.options.drain_timeout, context.options.ready_timeout) == (1.0, 2.0)
     assert context.tracker.keepalive_timeout == 0.5
     assert not context.stopping
 

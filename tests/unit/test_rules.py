@@ -27,6 +27,7 @@ class Driver:
         self.now = 1000.0
         self.actions: list[act.Action] = []
         self.fail_spawn = False
+        self.warm = False  # the spawner forks warm (a cold retry is always cold)
 
     def feed(self, event: act.Event) -> list[act.Action]:
         out = self._feed(event)
@@ -41,7 +42,8 @@ class Driver:
                 if self.fail_spawn:
                     answer: act.Event = act.SpawnFailed(self.now, action.number, "no such file")
                 else:
-                    answer = act.Spawned(self.now, action.number, 1000 + action.number)
+                    warm = self.warm and not action.cold
+                    answer = act.Spawned(self.now, action.number, 1000 + action.number, warm)
                 out += self._feed(answer)
         return out
 
@@ -99,19 +101,32 @@ def test_first_start_then_ready_says_how_to_upgrade_and_tells_systemd():
     ]
     (news,) = kinds(out, act.Serving)
     assert news.outcome is None and (news.number, news.pid) == (1, 1001)
-    assert d.rules.current is not None and d.rules.current.number == 1
+    assert d.rules.gens.current is not None and d.rules.gens.current.number == 1
 
 
-def test_first_start_failure_exits_with_app_load_error():
+@pytest.mark.parametrize(
+    ("returncode", "exit_code"),
+    [(4, 4), (2, 2), (1, 1), (0, ExitCode.APP_LOAD_ERROR), (-signal.SIGKILL, 4)],
+)
+def test_a_failed_first_start_exits_as_the_program_did_in_one_line(returncode, exit_code):
     d = Driver()
     d.begin()
-    out = d.exit(1, 4)
+    out = d.exit(1, returncode)
     assert kinds(out, act.Kill) == [act.Kill(1, wait=True)]
-    assert (
-        "the app failed to start: generation 1 (pid 1001) exited (exit status 4)" in (lines(out)[0])
-    )
-    assert d.rules.exit_code == ExitCode.APP_LOAD_ERROR
-    assert d.rules.finished
+    (line,) = lines(out)  # nothing drains: no "stopping" line
+    assert line.startswith("the app failed to start: generation 1 (pid 1001) ")
+    assert d.rules.exit_code == exit_code
+    assert d.rules.finished and not d.rules.served
+
+
+def test_a_first_start_past_its_deadline_exits_with_app_load_error():
+    d = Driver(ready_timeout=2.0)
+    d.begin()
+    out = d.advance(2)
+    assert lines(out) == [
+        "the app failed to start: generation 1 (pid 1001) was not ready within 2 s"
+    ]
+    assert d.rules.exit_code == ExitCode.APP_LOAD_ERROR and d.rules.finished
 
 
 def test_first_start_that_cannot_spawn_backs_off():
@@ -147,7 +162,7 @@ def test_upgrade_reports_reloading_then_ready_then_outcome():
         "generation 2 (pid 1002) ready after 250 ms",
         {"ready_ms": 250},
     )
-    assert [g.number for g in d.rules.draining] == [1]
+    assert [g.number for g in d.rules.gens.draining] == [1]
 
 
 def test_triggers_while_starting_coalesce_into_one_followup():
@@ -218,7 +233,7 @@ def test_rollback_when_the_new_generation_exits():
         news.status
         == "upgrade rolled back: generation 3 exited (exit status 4) before it was ready"
     )
-    assert d.rules.current is not None and d.rules.current.number == 2
+    assert d.rules.gens.current is not None and d.rules.gens.current.number == 2
 
 
 def test_rollback_names_the_signal_that_killed_it():
@@ -245,7 +260,7 @@ def test_ready_from_a_generation_rolled_back_is_ignored():
     d.signal(signal.SIGHUP)
     d.advance(2)
     assert d.ready(2) == []
-    assert d.rules.current is not None and d.rules.current.number == 1
+    assert d.rules.gens.current is not None and d.rules.gens.current.number == 1
 
 
 def test_followup_runs_after_a_rollback():
@@ -269,8 +284,7 @@ def test_restart_backs_off_and_resets_after_a_stable_run():
     ]
     delays = []
     for number in range(2, 6):
-        d.advance(BACKOFF[number - 2])
-        out = kinds(d.actions[-3:], act.Spawn)
+        assert spawned(d.advance(BACKOFF[number - 2])) == [number]
         d.now += 0.1
         out = d.exit(number, 4)
         assert f"restart failed: generation {number} (pid {1000 + number})" in lines(out)[0]
@@ -310,6 +324,7 @@ def test_stop_during_an_upgrade_kills_the_new_generation_and_drains_the_old():
     d.signal(signal.SIGHUP)
     out = d.signal(signal.SIGINT)
     assert act.Kill(2) in out and act.Drain(1) in out
+    assert d.ready(2) == []  # it said ready before it died: not promoted while stopping
     out = d.exit(2, -9)
     assert lines(out) == []  # no rollback line while stopping
     assert d.ready(2) == []
@@ -332,34 +347,123 @@ def test_second_stop_kills_now_and_the_deadline_kills_anyway():
 
 
 # -- re-exec ------------------------------------------------------------------------------------
-def test_usr2_is_deferred_during_an_upgrade():
+def test_usr2_preflights_at_once_and_reexecs_when_it_passes():
     d = Driver().serving()
-    d.advance(2)
-    d.signal(signal.SIGHUP)
     out = d.signal(signal.SIGUSR2)
-    assert lines(out) == ["re-exec (SIGUSR2) deferred until the upgrade under way ends"]
-    assert kinds(out, act.Reexec) == []
-    d.ready(2)
-    out = d.exit(1)
-    assert kinds(out, act.Reexec) == [act.Reexec()]
-    assert "re-exec (SIGUSR2): checking that the new program starts" in lines(out)
-    refused = d.feed(act.ReexecRefused(d.now, "it exited with status 1"))
+    assert lines(out) == ["re-exec (SIGUSR2): checking that the new program starts"]
+    assert kinds(out, act.Preflight) == [act.Preflight()] and kinds(out, act.Reexec) == []
+    assert d.signal(signal.SIGUSR2) == []  # one preflight at a time
+    out = d.feed(act.PreflightDone(d.now, None))
+    assert kinds(out, act.Reexec) == [act.Reexec(1, 1001, 1)]
+    assert lines(out) == ["re-exec (SIGUSR2): re-executing in place"]
+    refused = d.feed(act.ReexecRefused(d.now, "exec failed (No such file or directory)"))
     assert lines(refused) == [
-        "re-exec refused: the new program failed: it exited with status 1; serving on unchanged"
+        "re-exec refused: exec failed (No such file or directory); serving on unchanged"
     ]
 
 
-def test_usr2_when_idle_reexecs_at_once_and_an_adopted_generation_is_upgraded():
+def test_a_passed_preflight_waits_for_the_upgrade_under_way_and_its_drain():
     d = Driver().serving()
-    assert kinds(d.signal(signal.SIGUSR2), act.Reexec) == [act.Reexec()]
-    d2 = Driver()
-    d2.rules.adopt(7, 4242, 7, d2.now)
-    d2.begin()
-    assert lines(d2.actions)[0] == (
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.signal(signal.SIGUSR2)
+    out = d.feed(act.PreflightDone(d.now, None))
+    assert lines(out) == ["re-exec (SIGUSR2) deferred until the upgrade under way ends"]
+    assert kinds(d.ready(2), act.Reexec) == []  # generation 1 drains now
+    out = d.exit(1)
+    assert kinds(out, act.Reexec) == [act.Reexec(2, 1002, 2)]
+
+
+def test_a_failed_or_overdue_preflight_refuses_the_reexec():
+    d = Driver(ready_timeout=3.0).serving()
+    d.signal(signal.SIGUSR2)
+    out = d.feed(act.PreflightDone(d.now, "it exited with status 1"))
+    assert lines(out) == [
+        "re-exec refused: the new program failed: it exited with status 1; serving on unchanged"
+    ]
+    assert kinds(d.advance(5), act.Reexec) == []
+    d.signal(signal.SIGUSR2)
+    assert d.rules.timeout(d.now) == pytest.approx(1.0)
+    assert kinds(d.advance(2.9), act.StopPreflight) == []
+    out = d.advance(0.1)
+    assert kinds(out, act.StopPreflight) == [act.StopPreflight()]
+    assert lines(out) == [
+        "re-exec refused: it did not reach the grace_plugins entry point within 3 s;"
+        " serving on unchanged"
+    ]
+    assert d.feed(act.PreflightDone(d.now, "killed by SIGKILL")) == []  # already said
+
+
+def test_signals_are_served_while_the_preflight_runs():
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGUSR2)
+    assert spawned(d.signal(signal.SIGHUP)) == [2]  # an upgrade does not wait for it
+    out = d.signal(signal.SIGTERM)
+    assert act.StopPreflight() in out and act.Kill(2) in out and act.Drain(1) in out
+    assert d.feed(act.PreflightDone(d.now, None)) == []  # stopping: no re-exec
+
+
+def test_an_adopted_generation_is_upgraded():
+    d = Driver()
+    d.rules.adopt(7, 4242, 7, d.now)
+    d.begin()
+    assert lines(d.actions)[0] == (
         "supervisor re-executed (pid unchanged); adopted generation 7 (pid 4242); upgrading it"
     )
-    assert spawned(d2.actions) == [8]
-    assert act.Record({"generation": 7, "generation_pid": 4242}) in d2.actions
+    assert spawned(d.actions) == [8]
+    assert act.Record({"generation": 7, "generation_pid": 4242}) in d.actions
+
+
+# -- warm start: the template's fault is not the code's ----------------------------------------
+def test_a_warm_generation_that_fails_is_started_again_cold_before_any_rollback():
+    d = Driver().serving()
+    d.warm = True
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.exit(2, 4)
+    assert kinds(out, act.Serving) == []  # nothing rolled back yet
+    assert lines(out)[0] == (
+        "generation 2 (pid 1002), forked warm, exited (exit status 4) before it was ready;"
+        " starting it again cold (the warm-start template may be at fault)"
+    )
+    assert kinds(out, act.Spawn) == [act.Spawn(2, cold=True)]
+    assert "generation 2 (pid 1002) started cold" in lines(out)
+    d.now += 0.5
+    out = d.ready(2)
+    assert lines(out)[0].startswith("generation 2 (pid 1002) ready after 500 ms;")
+    assert act.Drain(1) in out and kinds(out, act.DropTemplate)
+    assert "warm start: the template was at fault" in lines(out)[1]
+    assert out[-1] == act.Refresh()
+
+
+def test_a_failure_that_happens_cold_too_is_rolled_back_once():
+    d = Driver().serving()
+    d.warm = True
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.exit(2, 4)
+    out = d.exit(2, 4)
+    assert kinds(out, act.Spawn) == [] and kinds(out, act.DropTemplate) == []
+    assert lines(out) == [
+        "upgrade rolled back: generation 2 (pid 1002) exited (exit status 4) before it was"
+        " ready (so did its warm start); generation 1 (pid 1001) keeps serving (its traceback,"
+        " if any, is above)"
+    ]
+    (news,) = kinds(out, act.Serving)
+    assert news.outcome == "rolled_back"
+
+
+def test_a_warm_generation_past_its_deadline_is_retried_cold_with_a_fresh_deadline():
+    d = Driver(ready_timeout=2.0).serving()
+    d.warm = True
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.advance(2)
+    assert "was not ready within 2 s; starting it again cold" in lines(out)[0]
+    assert d.rules.timeout(d.now) == pytest.approx(1.0)
+    assert kinds(d.advance(1.9), act.Serving) == []
+    assert "(so did its warm start)" in lines(d.advance(0.1))[0]
 
 
 # -- never wait for drains (issue 13) -------------------------------------------------------------
@@ -367,7 +471,7 @@ def test_an_upgrade_starts_at_once_while_older_generations_drain():
     d = Driver(drain_timeout=30.0).serving()
     d.upgrade(2)
     d.upgrade(3)
-    assert [g.number for g in d.rules.draining] == [1, 2]
+    assert [g.number for g in d.rules.gens.draining] == [1, 2]
     d.advance(2)
     out = d.signal(signal.SIGHUP)
     assert spawned(out) == [4]
@@ -378,7 +482,7 @@ def test_each_draining_generation_has_its_own_deadline():
     d = Driver(drain_timeout=10.0).serving()
     d.upgrade(2, after=2)  # generation 1 drains from t+2
     d.upgrade(3, after=3)  # generation 2 drains from t+5
-    (first, second) = d.rules.draining
+    (first, second) = d.rules.gens.draining
     assert (second.deadline - first.deadline) == pytest.approx(3.0)
     out = d.advance(10 + KILL_GRACE - 3)  # past generation 1's kill deadline only
     assert kinds(out, act.Kill) == [act.Kill(1)]
@@ -417,11 +521,3 @@ def test_draining_generations_are_recorded_as_they_come_and_go():
     (record,) = kinds(out, act.RecordDraining)
     assert [g.number for g in record.generations] == [2]
     assert record.generations[0].deadline == pytest.approx(d.now + 30.0)
-
-
-def test_usr2_waits_for_the_drains_to_end():
-    d = Driver().serving()
-    d.upgrade(2)
-    out = d.signal(signal.SIGUSR2)
-    assert lines(out) == ["re-exec (SIGUSR2) deferred until the upgrade under way ends"]
-    assert kinds(d.exit(1), act.Reexec) == [act.Reexec()]

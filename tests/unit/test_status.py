@@ -44,7 +44,7 @@ def test_a_count_from_a_generation_not_draining_is_ignored():
     assert left(d, 7, 5) == []  # unknown (already gone)
     d.upgrade(2)
     assert left(d, 2, 5) == []
-    assert d.rules.current is not None and d.rules.current.left is None
+    assert d.rules.gens.current is not None and d.rules.gens.current.left is None
 
 
 def test_the_count_survives_a_cut():

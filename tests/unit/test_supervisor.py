@@ -16,9 +16,10 @@ import time
 import pytest
 
 from grace_plugins import actions as act
-from grace_plugins import supervisor as sup_module
+from grace_plugins import effects as effects_module
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.options import Options
+from grace_plugins.process import Spawner, Started
 from grace_plugins.reporting import Reporter
 from grace_plugins.supervisor import Supervisor
 
@@ -60,7 +61,7 @@ class FakeProcess:
             self.channel.close()
 
 
-class FakeSpawner:
+class FakeSpawner(Spawner):
     """Records each spawn; the fake generation answers ``ready`` unless told otherwise."""
 
     def __init__(self, answers: list[str | None] | None = None, fail: bool = False) -> None:
@@ -69,14 +70,14 @@ class FakeSpawner:
         self.spawned: list[tuple[list[str], dict[str, str], list[int], FakeProcess]] = []
         self.signalled: list[tuple[int, int]] = []
 
-    def spawn(self, argv, env, pass_fds, cwd):
+    def spawn(self, request):
         if self.fail:
             raise OSError(2, "No such file or directory")
-        theirs = socket.socket(fileno=os.dup(pass_fds[-1]))
+        theirs = socket.socket(fileno=os.dup(request.pass_fds[-1]))
         answer = self.answers.pop(0) if self.answers else "ready"
         process = FakeProcess(5000 + len(self.spawned), theirs, answer)
-        self.spawned.append((list(argv), dict(env), list(pass_fds), process))
-        return process
+        self.spawned.append((request.argv, request.env, request.pass_fds, process))
+        return Started(request.number, process)  # type: ignore[arg-type]
 
     def signal_group(self, process, signum):
         self.signalled.append((process.pid, signum))
@@ -134,29 +135,38 @@ def make(listener, spawner, events=None, **options):
         spawner=spawner,
         notifier=FakeNotifier(events),  # type: ignore[arg-type]
     )
-    sup.report.state = FakeState(events)  # type: ignore[assignment]
+    sup.effects.report.state = FakeState(events)  # type: ignore[assignment]
     return sup, events
 
 
+def feed(sup: Supervisor, event: act.Event) -> None:
+    sup.post(event)
+    sup.dispatch()
+
+
 def run_until(sup: Supervisor, predicate, what: str, timeout: float = 5.0) -> None:
+    """Turn the loop until *predicate*; each turn plays a SIGCHLD (a fake generation "exits"
+    when it reads ``drain``: the reaping that SIGCHLD starts must notice it)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        sup.step()
+        os.write(sup.wake_w, bytes([signal.SIGCHLD]))
+        sup.wait()
+        sup.dispatch()
 
 
 def test_spawn_passes_only_the_listeners_and_the_channel(listener, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/notify")
     spawner = FakeSpawner()
     sup, _ = make(listener, spawner)
-    sup.feed(act.Begin(sup.now()))
+    feed(sup, act.Begin(sup.now()))
     argv, env, pass_fds, process = spawner.spawned[0]
     assert argv == ["python", "app.py"]
     assert pass_fds[0] == listener.fileno() and len(pass_fds) == 2
     assert HANDOFF_VAR in env and "NOTIFY_SOCKET" not in env
     with pytest.raises(OSError):
         os.fstat(pass_fds[1])  # the supervisor closed its copy of the generation's end
-    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
     process.exit(0)
     for child in sup.children.values():
         child.channel.close()
@@ -165,15 +175,15 @@ def test_spawn_passes_only_the_listeners_and_the_channel(listener, monkeypatch):
 def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
     spawner = FakeSpawner()
     sup, events = make(listener, spawner)
-    sup.feed(act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
-    run_until(sup, lambda: sup.rules.current.number == 2, "generation 2 ready")
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
     assert events.index("outcome ok") > events.index("READY=1 serving with generation 2 (pid 5001)")
     assert events.index("RELOADING=1 upgrading to generation 2") < events.index("outcome ok")
-    run_until(sup, lambda: not sup.rules.draining, "generation 1 to drain and exit")
+    run_until(sup, lambda: not sup.rules.gens.draining, "generation 1 to drain and exit")
     assert spawner.spawned[0][3].heard == ["drain"]
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
     run_until(sup, lambda: sup.rules.finished, "the stop")
     assert sup.children == {}
     assert sup.exit_code == 0
@@ -182,43 +192,61 @@ def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
 def test_rollback_kills_and_reaps_the_new_generation(listener):
     spawner = FakeSpawner(answers=["ready", None])
     sup, events = make(listener, spawner, ready_timeout=0.2)
-    sup.feed(act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
-    run_until(sup, lambda: sup.rules.pending is None, "the ready deadline")
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.gens.pending is None, "the ready deadline")
     assert (5001, signal.SIGKILL) in spawner.signalled
     assert "outcome rolled_back" in events and 2 not in sup.children
     spawner.spawned[0][3].exit(0)
-    run_until(sup, lambda: sup.rules.current is None, "generation 1 exit")
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.gens.current is None, "generation 1 exit")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
     assert sup.rules.finished
 
 
 def test_spawn_failure_is_logged_and_retried(listener, caplog):
     spawner = FakeSpawner(fail=True)
     sup, _ = make(listener, spawner)
-    sup.feed(act.Begin(sup.now()))
-    assert sup.rules.pending is None and sup.rules.pace.restart_at is not None
+    feed(sup, act.Begin(sup.now()))
+    assert sup.rules.gens.pending is None and sup.rules.pace.restart_at is not None
     spawner.fail = False
-    run_until(sup, lambda: sup.rules.current is not None, "the restart")
-    assert sup.rules.current.number == 2
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "the restart")
+    assert sup.rules.gens.current.number == 2
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
     run_until(sup, lambda: sup.rules.finished, "the stop")
 
 
-def test_usr2_refused_by_preflight_serves_on(listener, monkeypatch):
-    monkeypatch.setattr(sup_module, "preflight", lambda argv, cwd, timeout: "it exited with 1")
+class FakePreflight:
+    """The preflight run: still running until told to exit."""
+
+    pid = 4999
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def test_usr2_refused_by_preflight_serves_on_and_signals_are_served_meanwhile(
+    listener, monkeypatch
+):
+    preflight = FakePreflight()
+    monkeypatch.setattr(effects_module, "start_preflight", lambda argv, cwd: preflight)
     spawner = FakeSpawner()
-    sup, _ = make(listener, spawner)
-    sup.feed(act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    sup, _ = make(listener, spawner, upgrade_interval=0.0)
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
     logged: list[str] = []
-    sup.report.log = lambda line: logged.append(line.text())  # type: ignore[method-assign]
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGUSR2))
+    sup.effects.report.log = lambda line: logged.append(line.text())  # type: ignore[method-assign]
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGUSR2))
+    assert logged[-1] == "re-exec (SIGUSR2): checking that the new program starts"
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))  # while the preflight runs
+    run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
+    preflight.returncode = 1
+    run_until(sup, lambda: "serving on unchanged" in logged[-1], "the preflight's outcome")
     assert logged[-1] == (
-        "re-exec refused: the new program failed: it exited with 1; serving on unchanged"
+        "re-exec refused: the new program failed: it exited with status 1; serving on unchanged"
     )
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
     run_until(sup, lambda: sup.rules.finished, "the stop")
 
 
@@ -231,12 +259,17 @@ def test_run_serves_until_sigterm_and_cleans_up(listener):
 
     def drive() -> None:
         deadline = time.monotonic() + 10
-        while sup.rules.current is None and time.monotonic() < deadline:
+        while sup.rules.gens.current is None and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGHUP)
         while len(spawner.spawned) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
+        # The fake generations "exit" once drained, as the supervisor reaps them: SIGCHLD
+        # stands for a real child's exit until the loop has ended.
+        while not result and time.monotonic() < deadline:
+            os.kill(os.getpid(), signal.SIGCHLD)
+            time.sleep(0.02)
 
     thread = threading.Thread(target=drive)
     thread.start()
@@ -266,20 +299,20 @@ def test_a_left_line_on_the_channel_reaches_the_state_file(listener):
     supervisor does not know (a newer generation's) is ignored."""
     spawner = FakeSpawner()
     sup, _ = make(listener, spawner)
-    sup.feed(act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.current is not None, "generation 1 ready")
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
     first = spawner.spawned[0][3]
     first.poll = lambda: first.returncode  # type: ignore[method-assign]  # drains until told
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGHUP))
-    run_until(sup, lambda: sup.rules.draining, "generation 1 to drain")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: sup.rules.gens.draining, "generation 1 to drain")
     first.channel.sendall(b"left 2\nsomething new 5\nleft x\n")
 
     def recorded():
-        return [g.get("left") for g in sup.report.state.data.get("draining", [])]  # type: ignore[union-attr]
+        return [g.get("left") for g in sup.effects.report.state.data.get("draining", [])]  # type: ignore[union-attr]
 
     run_until(sup, lambda: recorded() == [2], "the count in the state file")
     first.exit(0)
-    run_until(sup, lambda: not sup.rules.draining, "generation 1 to exit")
+    run_until(sup, lambda: not sup.rules.gens.draining, "generation 1 to exit")
     assert recorded() == []
-    sup.feed(act.SignalEvent(sup.now(), signal.SIGTERM))
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
     run_until(sup, lambda: sup.rules.finished, "the stop")

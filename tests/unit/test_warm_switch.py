@@ -13,7 +13,7 @@ from grace_plugins.runner import make_spawner
 
 
 def test_no_warm_is_the_cold_spawner():
-    assert type(make_spawner(Options(warm=False))) is Spawner
+    assert type(make_spawner(Options(warm=False), 1)) is Spawner
 
 
 def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch):
@@ -28,7 +28,7 @@ def test_without_linux_every_generation_starts_cold_with_one_line(monkeypatch):
     logger.addHandler(handler)
     monkeypatch.setattr(logger, "level", logging.INFO)
     try:
-        spawner = make_spawner(Options(warm=True))
+        spawner = make_spawner(Options(warm=True), 1)
     finally:
         logger.removeHandler(handler)
     assert type(spawner) is Spawner

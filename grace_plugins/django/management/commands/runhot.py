@@ -35,7 +35,7 @@ from django.core.servers.basehttp import WSGIServer
 from grace_plugins.django.reloader import HotWatcher
 from grace_plugins.django.server import hot_server_class, stop_soon
 from grace_plugins.generation import GenerationContext
-from grace_plugins.options import BY_NAME, options_from
+from grace_plugins.options import BY_NAME, Options
 from grace_plugins.options import add_arguments as add_grace_arguments
 from grace_plugins.readycheck import host_and_port
 from grace_plugins.runner import run_or_exit
@@ -72,7 +72,7 @@ class Command(RunserverCommand):
     def run(self, **options: Any) -> None:
         """Supervise (started by the user) or serve (started by the supervisor); never
         returns: exits with the supervisor's status, or when the generation has drained."""
-        grace = options_from(**{name: options[name] for name in BY_NAME})
+        grace = Options(**{name: options[name] for name in BY_NAME})  # parsed by argparse
         serve = functools.partial(self.serve_generation, options=options)
         run_or_exit(serve, [self.listen_address()], grace)
 
@@ -157,10 +157,10 @@ class Command(RunserverCommand):
             context.on_stop(watcher.stop)
             if not watcher.start(WATCH_START_TIMEOUT):
                 logger.warning("The autoreloader has not scanned the files yet; serving anyway.")
-        if options["ready_path"]:
+        if context.options.ready_path:
             host, port = host_and_port(context.listeners[0])
             context.check_ready(
-                server.get_app(), options["ready_path"], host=allowed_host(host), port=port
+                server.get_app(), context.options.ready_path, host=allowed_host(host), port=port
             )
         context.ready()
 

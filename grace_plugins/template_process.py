@@ -1,0 +1,132 @@
+"""A warm-start template as the supervisor sees it: a child process and its private socket.
+
+:func:`start_template` runs ``python [the program's flags] -c BOOT`` (the template's own code is
+:mod:`grace_plugins.template`) and tells it what to preload; :meth:`TemplateProcess.verdict`
+reads its answer (what it preloaded and every file it stands for, or why it is unusable);
+:meth:`TemplateProcess.stop` ends it. The supervisor imports none of what the template does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+import grace_plugins
+from grace_plugins import preload
+from grace_plugins.handoff import HANDOFF_VAR
+from grace_plugins.preload import Program
+from grace_plugins.sdnotify import NOTIFY_VAR
+from grace_plugins.template import BOOT, Wire
+
+#: Seconds a template asked to stop has to exit by itself before it is killed.
+LEAVE_SECONDS = 2.0
+
+
+@dataclasses.dataclass
+class TemplateProcess:
+    """One template: importing until its verdict, then forking generations on request."""
+
+    process: subprocess.Popen[bytes]
+    wire: Wire
+    argv: list[str]  # the command line its generations run
+    started: float
+    #: file -> (mtime ns, size) when the template imported it; file -> module name.
+    stamps: dict[str, preload.Stamp] = dataclasses.field(default_factory=dict)
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    known: frozenset[str] = frozenset()  # every module name its forks will report
+    leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def verdict(self) -> str | None:
+        """Read the answer to the preload, once whole (never blocks): ``None`` when the
+        template is ready to fork, else why it is unusable.
+
+        :raises TimeoutError: no whole answer yet.
+        """
+        try:
+            got = self.wire.receive(0.0)
+        except (OSError, ValueError):  # a broken template: as if it had exited
+            got = None
+        if got is None:
+            return "it exited"
+        answer = got[0]
+        if "unsafe" in answer:
+            return str(answer["unsafe"])
+        self.names = {str(k): str(v) for k, v in answer["files"].items()}
+        for path, value in answer["stamps"].items():
+            self.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
+        self.known = frozenset(answer["known"])
+        return None
+
+    def changed_files(self) -> list[str]:
+        """The preloaded files changed on disk since the template imported them."""
+        return preload.changed_files(self.stamps, {p: preload.stamp(p) for p in self.stamps})
+
+    def leave(self) -> None:
+        """Ask it to stop, without waiting: at the end of file on its socket it exits (after
+        the line it may still be printing); :meth:`kill` it if it is still there by
+        :attr:`leave_by`."""
+        if self.leave_by is None:
+            self.wire.sock.close()
+            self.leave_by = time.monotonic() + LEAVE_SECONDS
+
+    def kill(self) -> None:
+        """SIGKILL it (and what it forked that is still in its group) and reap it. Bounded."""
+        self.leave()
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1.0)
+
+
+def start_template(
+    program: Program, argv: list[str], env: Mapping[str, str], cwd: str, report: str
+) -> TemplateProcess:
+    """Start a template that preloads what the module *report* lists, for generations that
+    run *argv* (parsed as *program*). Does not block on its import.
+
+    :raises OSError: when it cannot be started.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
+    boot = [sys.executable, *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
+    try:
+        process = subprocess.Popen(
+            boot,
+            env={k: v for k, v in env.items() if k not in (NOTIFY_VAR, HANDOFF_VAR)},
+            pass_fds=(theirs.fileno(),),
+            close_fds=True,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    template = TemplateProcess(process, Wire(ours), argv, time.monotonic())
+    template.wire.send({"report": report, "program": dataclasses.asdict(program), "cwd": cwd})
+    return template
+
+
+def forget_dead_reports(directory: str) -> None:
+    """Remove the module reports of supervisors that are gone (killed, never closed)."""
+    from grace_plugins.process import pid_alive
+
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            pid = name[len("warm-") : -len(".json")]
+            ours = name.startswith("warm-") and name.endswith(".json") and pid.isdigit()
+            if ours and not pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
