@@ -180,3 +180,25 @@ def test_a_symlinked_module_is_heard_through_its_target(watchers, proj, tmp_path
     watching(watcher, spec_of(proj, "linked.py", "sentinel.py"), proj)
     replace_save(elsewhere / "target.py")
     assert paths(next_batch(watcher), proj) == ["linked.py"]
+
+
+def inotify_watches(source) -> int:
+    """How many watches the kernel holds for the inotify descriptor of *source*."""
+    with open(f"/proc/self/fdinfo/{source._inotify.fileno()}") as info:
+        return sum(1 for line in info if line.startswith("inotify wd:"))
+
+
+def test_inotify_holds_one_watch_per_watched_directory(tmp_path):
+    source = make_source("inotify")
+    try:
+        dirs = [tmp_path / name for name in ("a", "b", "c")]
+        for directory in dirs:
+            directory.mkdir()
+        source.watch([str(d) for d in dirs] + [str(tmp_path / "missing")], dict)
+        assert inotify_watches(source) == 3
+        source.watch([str(dirs[2])], dict)  # the next generation loaded less
+        assert inotify_watches(source) == 1
+        source.watch([], dict)
+        assert inotify_watches(source) == 0
+    finally:
+        source.close()

@@ -88,10 +88,11 @@ def test_what_a_failed_import_tried_includes_the_broken_module(modules, tmp_path
         importlib.import_module("failing_mod_for_test")
     except ImportError as exc:
         failure = exc
+    (tmp_path / "plugins").mkdir()
     spec = loaded.tried_spec(
         failure,
         since,
-        extra_files=[str(tmp_path / "settings.toml"), str(tmp_path)],
+        extra_files=[str(tmp_path / "settings.toml"), str(tmp_path / "plugins")],
         exclude=["*/excluded_*"],
     )
     matcher = Matcher(spec)
@@ -99,7 +100,7 @@ def test_what_a_failed_import_tried_includes_the_broken_module(modules, tmp_path
     assert str(tmp_path / "failing_mod_for_test.py") in spec.files
     assert str(tmp_path / "settings.toml") in spec.files
     assert os.path.abspath(os.__file__) in spec.files  # what it had loaded
-    assert DirGlob(str(tmp_path), loaded.PYTHON_FILES) in spec.dirs  # an extra directory
+    assert DirGlob(str(tmp_path / "plugins"), loaded.PYTHON_FILES) in spec.dirs  # an extra dir
     for name, counts in [
         ("missing_helper_for_test.py", True),  # created to fix the import
         ("excluded_mod.py", False),
