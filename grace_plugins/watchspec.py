@@ -181,6 +181,21 @@ def glob_regex(glob: str) -> re.Pattern[str]:
     return re.compile(regex + r"\Z")
 
 
+def split_glob(pattern: str) -> tuple[str, str]:
+    """(directory, glob) for a file pattern such as gunicorn's ``--reload-extra-file
+    'templates/**/*.html'``: the leading names without ``*``, ``?`` or ``[``, then the rest."""
+    parts = pattern.split("/")
+    fixed = 0
+    while fixed < len(parts) - 1 and not is_glob(parts[fixed]):
+        fixed += 1
+    return "/".join(parts[:fixed]) or "/", "/".join(parts[fixed:])
+
+
+def is_glob(pattern: str) -> bool:
+    """Whether *pattern* holds a ``*``, ``?`` or ``[`` (gunicorn's test for a pattern)."""
+    return any(char in pattern for char in "*?[")
+
+
 def _name_regex(part: str) -> str:
     out, i = [], 0
     while i < len(part):

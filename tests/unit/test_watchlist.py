@@ -132,6 +132,26 @@ def test_werkzeug_watches_the_modules_files_and_the_extra_files(modules, tmp_pat
     assert Matcher(spec).match(str(tmp_path / "plugins" / "sub" / "p.py")) is not None
 
 
+# -- gunicorn: what --reload watches ------------------------------------------------------------
+def test_gunicorn_watches_the_modules_sources_and_the_extra_files_and_patterns(modules, tmp_path):
+    from grace_plugins.gunicorn.watchlist import serving_spec
+
+    app = modules("gu_app_for_test", "VERSION = 1\n")
+    sys.modules["gu_compiled_for_test"] = type(sys)("gu_compiled_for_test")
+    sys.modules["gu_compiled_for_test"].__file__ = str(tmp_path / "compiled.pyc")
+    try:
+        spec = serving_spec(["conf.toml", str(tmp_path / "templates/**/*.html")], 9.0)
+    finally:
+        del sys.modules["gu_compiled_for_test"]
+    assert {app.__file__, str(tmp_path / "compiled.py"), os.path.abspath("conf.toml")} <= (
+        spec.files
+    )
+    assert os.path.abspath(os.__file__) in spec.files  # gunicorn watches every module
+    assert spec.dirs == {DirGlob(str(tmp_path / "templates"), "**/*.html")}
+    assert Matcher(spec).match(str(tmp_path / "templates" / "new" / "page.html")) is not None
+    assert spec.since == 9.0
+
+
 # -- Django: what runserver watches --------------------------------------------------------------
 @pytest.fixture
 def django_ready(settings, tmp_path):

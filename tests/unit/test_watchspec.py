@@ -21,6 +21,7 @@ from grace_plugins.watchspec import (
     WatchSpec,
     catch_up,
     glob_regex,
+    split_glob,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -153,6 +154,20 @@ def test_glob_matches_what_pathlib_globs(tmp_path, glob):
 )
 def test_what_counts(path, counts_as):
     assert Matcher(SPEC, {"/real/app.py": "/proj/app.py"}).match(path) == counts_as
+
+
+@pytest.mark.parametrize(
+    ("pattern", "split"),
+    [
+        ("/app/templates/**/*.html", ("/app/templates", "**/*.html")),
+        ("/app/conf/*.toml", ("/app/conf", "*.toml")),
+        ("/app/v?/x.py", ("/app", "v?/x.py")),
+        ("/*.cfg", ("/", "*.cfg")),
+        ("/app/settings.py", ("/app", "settings.py")),
+    ],
+)
+def test_a_file_pattern_is_a_directory_and_a_glob(pattern, split):
+    assert split_glob(pattern) == split
 
 
 def test_werkzeug_exclude_patterns_span_directories():
