@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -138,6 +139,11 @@ class Watcher:
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
+        # Signals are the loop's: a process-directed signal must never be delivered to this
+        # thread (nor to the threads an event library starts from it), where the supervisor's
+        # blocked sections would not hold it back.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             while True:
                 with self._lock:

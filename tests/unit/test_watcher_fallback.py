@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -130,3 +131,24 @@ def test_events_the_kernel_dropped_are_found_by_looking_at_the_files(proj):
         assert paths(next_batch(watcher), proj) == ["app.py"]
     finally:
         assert watcher.close()
+
+
+def test_signals_are_never_delivered_to_the_watchers_thread(proj):
+    """The supervisor blocks signals around some steps (a spawn, a re-exec): a signal the
+    kernel delivered to the watcher's thread instead would escape that."""
+    masks: list[set[int]] = []
+
+    class Recording(FakeSource):
+        def wait(self, timeout):
+            masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+            return super().wait(timeout)
+
+    fake = Recording()
+    watcher = Watcher(source=fake, quiet=QUIET, log=lambda line: None)
+    try:
+        watcher.watch(spec_of(proj, "app.py", "sentinel.py"))
+        assert fake.waiting.wait(10), "the watcher never waited on its source"
+    finally:
+        assert watcher.close()
+    handled = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2}
+    assert masks and all(handled <= mask for mask in masks)
