@@ -219,10 +219,7 @@ class Watcher:
 
     def _announce(self, source: Source, why: str) -> None:
         verb = "by" if isinstance(source, PollSource) else "with"
-        line = f"watching for file changes {verb} {source.name}"
-        if why:
-            line += f" ({why}; for events, install your server's extra of grace_plugins)"
-        self._log(line)
+        self._log(f"watching for file changes {verb} {source.name}" + (f" ({why})" if why else ""))
 
 
 # -- the file system, as the watcher needs it ----------------------------------------------------

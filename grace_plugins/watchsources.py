@@ -276,4 +276,5 @@ def open_source(polling: bool, interval: float) -> tuple[Source, str]:
         return WatchfilesSource(), ""
     except ImportError:
         reasons.append("watchfiles is not installed")
-    return PollSource(interval), "; ".join(reasons)
+    hint = "; for events, install your server's extra: pip install 'grace_plugins[flask]'"
+    return PollSource(interval), "; ".join(reasons) + hint
