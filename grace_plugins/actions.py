@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from grace_plugins.watchspec import WatchSpec
+
 # -- events ---------------------------------------------------------------------------------------
 
 
@@ -52,6 +54,27 @@ class ConnectionsLeft:
     now: float
     number: int
     count: int
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    """A generation said what the file watcher should watch (what it loaded, or what it
+    tried before it failed); *problem* when its line could not be read."""
+
+    now: float
+    number: int
+    spec: WatchSpec | None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class FilesChanged:
+    """The file watcher heard a save (*paths*), the first of its events at *first*
+    (``time.monotonic()``)."""
+
+    now: float
+    paths: tuple[str, ...]
+    first: float
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,8 @@ Event = (
     | UpgradeAsked
     | Ready
     | ConnectionsLeft
+    | WatchReport
+    | FilesChanged
     | ChannelClosed
     | Exited
     | Spawned
@@ -244,6 +269,14 @@ class RecordDraining:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """Make *spec* what the file watcher watches (*what*: whose files, for the log)."""
+
+    spec: WatchSpec
+    what: str = ""
+
+
+@dataclass(frozen=True)
 class Refresh:
     """A generation became current: the warm starter may rebuild its template from the
     modules that generation reported."""
@@ -290,6 +323,7 @@ Action = (
     | Serving
     | Record
     | RecordDraining
+    | Watch
     | Refresh
     | DropTemplate
     | Preflight

@@ -5,9 +5,11 @@ listeners that a generation inherits. Nobody else can open it (it has no name in
 system). Messages are short ASCII lines:
 
 * generation -> supervisor: ``ready`` (the app is imported and serving), ``upgrade`` (please
-  start a new generation: a HUP reached the generation, or a watched file changed),
-  ``left N`` (while draining: it still holds N connections; sent when N changes, at most
-  every :data:`LEFT_INTERVAL` s, for ``grace-plugins status``);
+  start a new generation: a HUP reached the generation), ``left N`` (while draining: it still
+  holds N connections; sent when N changes, at most every :data:`LEFT_INTERVAL` s, for
+  ``grace-plugins status``), ``watch SPEC`` (what the supervisor's file watcher should watch:
+  what this generation loaded, or what it tried before it failed; one JSON line, see
+  :class:`~grace_plugins.watchspec.WatchSpec`);
 * supervisor -> generation: ``drain`` (stop accepting, finish, exit); a second ``drain``
   cuts the drain short (close what is left now: too many generations are draining).
 
@@ -28,10 +30,14 @@ READY = "ready"
 UPGRADE = "upgrade"
 DRAIN = "drain"
 LEFT = "left"
+WATCH = "watch"
 #: The least time between two ``left`` messages from one generation (the state file is
 #: rewritten on each).
 LEFT_INTERVAL = 0.25
-_MAX_BUFFER = 4096
+#: The longest line kept (a watch spec names every loaded file: tens of kB); a longer one is
+#: dropped whole, never cut into a line of another meaning.
+MAX_LINE = 4 << 20
+_READ = 1 << 16
 
 
 def left_message(count: int) -> str:
@@ -48,12 +54,24 @@ def parse_left(line: str) -> int | None:
     return int(rest)
 
 
+def watch_message(encoded_spec: str) -> str:
+    """The ``watch SPEC`` line (*encoded_spec*: :meth:`WatchSpec.encode`'s one line)."""
+    return f"{WATCH} {encoded_spec}"
+
+
+def parse_watch(line: str) -> str | None:
+    """The encoded spec of a ``watch SPEC`` line, else ``None``."""
+    word, _, rest = line.partition(" ")
+    return rest if word == WATCH and rest else None
+
+
 class Channel:
     """One end of the channel, speaking whole lines."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = b""
+        self._dropping = False
 
     @classmethod
     def pair(cls) -> tuple[Channel, socket.socket]:
@@ -85,17 +103,45 @@ class Channel:
         Blocks only if the socket is blocking and nothing is available.
         """
         try:
-            data = self.sock.recv(_MAX_BUFFER)
+            data = self.sock.recv(_READ)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:
             return None
         if not data:
             return None
+        return self._lines(data)
+
+    def _lines(self, data: bytes) -> list[str]:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
-        self._buffer = self._buffer[-_MAX_BUFFER:]
-        return [line.decode("ascii", "replace").strip() for line in lines if line.strip()]
+        if len(self._buffer) > MAX_LINE:
+            self._buffer, self._dropping = b"", True
+        found = []
+        for line in lines:
+            if self._dropping:  # the end of a line too long to keep
+                self._dropping = False
+                continue
+            if line.strip():
+                found.append(line.decode("ascii", "replace").strip())
+        return found
+
+    def receive_rest(self, most: int = 64) -> tuple[list[str], bool]:
+        """Everything the peer already sent (it exited: nothing more comes), at most *most*
+        reads: (its whole lines, whether the end of file was reached). Never blocks on a
+        non-blocking socket."""
+        lines: list[str] = []
+        for _ in range(most):
+            try:
+                data = self.sock.recv(_READ)
+            except (BlockingIOError, InterruptedError):
+                return lines, False
+            except OSError:
+                return lines, True
+            if not data:
+                return lines, True
+            lines += self._lines(data)
+        return lines, False
 
     def close(self) -> None:
         self.sock.close()

@@ -33,6 +33,7 @@ from grace_plugins.reexec import (
 )
 from grace_plugins.reporting import Reporter
 from grace_plugins.sdnotify import NOTIFY_VAR
+from grace_plugins.watcher import Watcher
 
 #: Longest wait for a killed process to be reaped (``Kill(wait=True)``, the preflight run).
 REAP_WAIT = 5.0
@@ -60,6 +61,7 @@ class Effects:
         *,
         wake_fd: int = -1,
         banner: str = "",
+        watcher: Watcher | None = None,
     ) -> None:
         self.listeners = listeners
         self.options = options
@@ -71,6 +73,7 @@ class Effects:
         self.children: dict[int, Child] = {}
         self.wake_fd = wake_fd  # the loop's signal wakeup pipe, read before an exec
         self.banner = banner  # the adapter's start-up lines, once the first generation serves
+        self.watcher = watcher
         #: spawns whose outcome comes later: (our end, the generation's end) of the channel
         self._starting: dict[int, tuple[Channel, socket.socket]] = {}
         self._preflight: subprocess.Popen[bytes] | None = None
@@ -158,6 +161,11 @@ class Effects:
             self.report.record(action.fields)
         elif isinstance(action, act.RecordDraining):
             self.report.record_draining(action, now)
+        elif isinstance(action, act.Watch):
+            if self.watcher is not None:
+                self.watcher.watch(action.spec)
+                files, globs = len(action.spec.files), len(action.spec.dirs)
+                self.log.info("watching %d files and %d globs: %s", files, globs, action.what)
         elif isinstance(action, act.Refresh):
             self.spawner.refresh()
         elif isinstance(action, act.DropTemplate):
@@ -237,3 +245,5 @@ class Effects:
             self.spawn_failed(number)
         self._stop_preflight()
         self.spawner.close()
+        if self.watcher is not None:
+            self.watcher.close()

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from grace_plugins import channel as msg
@@ -40,7 +40,9 @@ from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.log import configure
 from grace_plugins.preload import write_report
+from grace_plugins.process import process_start_time
 from grace_plugins.readycheck import WSGIApp, check_ready, time_for_check
+from grace_plugins.watch_report import Serving, WatchReporter
 
 _STOP = "stop"
 _CUT = "cut"
@@ -72,6 +74,7 @@ class GenerationContext:
         self._is_ready = False
         self._plug: tuple[int, int] | None = None
         self._copies: list[socket.socket] = []
+        self._watch: WatchReporter | None = None
 
     # -- for adapters -------------------------------------------------------------------------
     def ready(self) -> None:
@@ -85,6 +88,19 @@ class GenerationContext:
         self._keep_listeners_nonblocking()
         write_report(self.supervisor_pid)
         self._send(msg.READY)
+        if self._watch is not None:
+            self._watch.start()
+
+    def report_loaded(
+        self, serving: Serving, *, extra_files: Iterable[str] = (), exclude: Iterable[str] = ()
+    ) -> None:
+        """With the reloader on, call it before loading the app: the supervisor's file watcher
+        will watch what ``serving(since)`` says once this generation is ready (and again when
+        it imports more), or, if the app fails to load, what it tried."""
+        send = self._send
+        self._watch = WatchReporter(
+            send, serving, process_start_time(), extra_files=extra_files, exclude=exclude
+        )
 
     def check_ready(
         self, app: WSGIApp, path: str, *, host: str, port: int, scheme: str = "http"
@@ -187,6 +203,8 @@ class GenerationContext:
         if self._stop_requested.is_set():
             return
         self._stop_requested.set()
+        if self._watch is not None:
+            self._watch.stop()
         self.stop_accepting()
         self.logger.info("draining (%s)", reason)
         self.tracker.begin_drain()
@@ -267,6 +285,8 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
         serve(context)
     except BaseException as exc:  # the app failed to import, or the server crashed
         if not (isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping):
+            if context._watch is not None and not context._is_ready:
+                context._watch.tried(exc)  # the file to fix is among them
             _exit(_failed(exc, context, logger))
     context.close_listeners()
     drain_timeout = context.options.drain_timeout

@@ -33,6 +33,7 @@ class Gen:
     left: int | None = None  # connections it still holds, as it last said while draining
     warm: bool = False  # forked from the warm-start template
     cold_retry: bool = False  # started again cold after its warm start failed
+    saved_at: float | None = None  # started for a file saved then (the watcher's first event)
 
     def __str__(self) -> str:
         return f"generation {self.number} (pid {self.pid})"
@@ -74,7 +75,7 @@ class Generations:
     def restart_cold(self, gen: Gen, now: float) -> Gen:
         """The same generation again, started cold, with a fresh ready deadline."""
         self.pending = Gen(gen.number, 0, gen.started, now + self.options.ready_timeout)
-        self.pending.cold_retry = True
+        self.pending.cold_retry, self.pending.saved_at = True, gen.saved_at
         return self.pending
 
     def promote(self, gen: Gen, now: float) -> Gen | None:

@@ -13,6 +13,12 @@ from grace_plugins.actions import Action
 from grace_plugins.generations import Gen
 
 
+def changed(paths: tuple[str, ...]) -> str:
+    """Why an upgrade starts, when the file watcher heard a save."""
+    more = len(paths) - 1
+    return f"file changed: {paths[0]}" + (f" (and {more} more)" if more else "")
+
+
 def queued(reason: str, pending: Gen | None, interval: float) -> list[Action]:
     """An upgrade trigger was coalesced into the one follow-up."""
     if pending is not None:
@@ -45,6 +51,20 @@ def ready(gen: Gen, old: Gen | None, elapsed_ms: float, listeners: str, pid: int
             listeners,
             pid,
             pid,
+        )
+    elif gen.saved_at is not None and gen.ready_at is not None:
+        saved_ms = round((gen.ready_at - gen.saved_at) * 1000)
+        heard_ms = saved_ms - round(elapsed_ms)
+        ready_ms = round(elapsed_ms)
+        line = act.info(
+            "%s ready after %d ms; %s drains; the saved change is served %d ms after the save"
+            " (%d ms to hear it, %d ms to start and be ready)",
+            gen,
+            ready_ms,
+            old,
+            saved_ms,
+            heard_ms,
+            ready_ms,
         )
     else:
         line = act.info("%s ready after %d ms; %s drains", gen, elapsed_ms, old)

@@ -18,6 +18,7 @@ containers with the supervisor as PID 1, pidfiles all keep working).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from grace_plugins import envcodec
 from grace_plugins.errors import GraceError
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.options import DEFAULTS, Options, options_from_fields, options_to_fields
+from grace_plugins.watching import Watching
 
 SUPERVISOR_VAR = "GRACE_PLUGINS_SUPERVISOR"
 PREFLIGHT_VAR = "GRACE_PLUGINS_PREFLIGHT"
@@ -55,6 +57,8 @@ class SupervisorHandoff:
     argv_len: int = 0
     options: Options = DEFAULTS
     banner: str = ""
+    #: The file watcher's settings when the reloader is on (``None``: no watcher).
+    watching: Watching | None = None
 
     def encode(self) -> str:
         return envcodec.encode(
@@ -70,6 +74,7 @@ class SupervisorHandoff:
                 "argv_len": self.argv_len,
                 "options": options_to_fields(self.options),
                 "banner": self.banner,
+                "watching": None if self.watching is None else dataclasses.asdict(self.watching),
             },
         )
 
@@ -102,6 +107,7 @@ def take_supervisor_handoff(
             argv_len=int(data.get("argv_len", 0)),
             options=options_from_fields(data.get("options", {})),
             banner=str(data.get("banner", "")),
+            watching=None if not data.get("watching") else Watching(**data["watching"]),
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise GraceError(f"{SUPERVISOR_VAR} is malformed ({exc!r}): {_FIX}.") from None

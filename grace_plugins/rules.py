@@ -22,6 +22,8 @@ event, never as a call into the rules. The rules:
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from grace_plugins import actions as act
 from grace_plugins import news
@@ -31,6 +33,7 @@ from grace_plugins.generations import KILL_GRACE, Gen, Generations
 from grace_plugins.options import Options
 from grace_plugins.pacing import BACKOFF, STABLE_AFTER, Pacing, describe_status
 from grace_plugins.reexec_rules import ReexecRules
+from grace_plugins.watch_rules import WatchRules
 
 __all__ = ["BACKOFF", "KILL_GRACE", "STABLE_AFTER", "Gen", "Rules"]
 
@@ -50,6 +53,7 @@ class Rules:
         self.served = False  # some generation was ever ready (else a failed start is quiet)
         self.adopted = False
         self.reexec = ReexecRules(options.ready_timeout)
+        self.watched = WatchRules()
         self._reason = ""  # why the pending generation starts, for its log line
         self._out: list[Action] = []
 
@@ -77,35 +81,14 @@ class Rules:
 
     # -- events ----------------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Action]:
-        """Apply *event*; return what to do, in order."""
+        """Apply *event*; return what to do, in order (see :data:`_ROUTES`)."""
         self._out = []
-        now = event.now
-        if isinstance(event, act.Begin):
-            self._begin(now)
-        elif isinstance(event, act.SignalEvent):
-            self._signal(now, event.signum)
-        elif isinstance(event, act.UpgradeAsked):
-            gen = self.gens.find(event.number)
-            self.request_upgrade(now, f"requested by {gen or f'generation {event.number}'}")
-        elif isinstance(event, act.Ready):
-            self._ready(now, event.number)
-        elif isinstance(event, act.ConnectionsLeft):
-            self._emit(*self.gens.left(event.number, event.count))
-        elif isinstance(event, act.ChannelClosed):
-            self._emit(act.Unwatch(event.number))
-        elif isinstance(event, act.Exited):
-            self._exited(now, event.number, event.returncode)
-        elif isinstance(event, act.Spawned):
-            self._spawned(event)
-        elif isinstance(event, act.SpawnFailed):
-            self._spawn_failed(now, event.number, event.error)
-        elif isinstance(event, act.PreflightDone):
-            self._emit(*self.reexec.preflight_done(event.why, self._alone, self.gens.counter))
-        elif isinstance(event, act.ReexecRefused):
-            self._emit(act.error("re-exec refused: %s; serving on unchanged", event.why))
-        elif isinstance(event, act.Tick):
-            self._tick(now)
+        _ROUTES[type(event)](self, event)
         return self._out
+
+    def _asked(self, event: act.UpgradeAsked) -> None:
+        gen = self.gens.find(event.number)
+        self.request_upgrade(event.now, f"requested by {gen or f'generation {event.number}'}")
 
     def _emit(self, *actions: Action) -> None:
         self._out.extend(actions)
@@ -130,7 +113,10 @@ class Rules:
             self._emit(*self.reexec.requested(now, self.stopping))
 
     # -- upgrades --------------------------------------------------------------------------------
-    def request_upgrade(self, now: float, reason: str) -> None:
+    def _files_changed(self, event: act.FilesChanged) -> None:
+        self.request_upgrade(event.now, news.changed(event.paths), saved_at=event.first)
+
+    def request_upgrade(self, now: float, reason: str, saved_at: float | None = None) -> None:
         """Start an upgrade now, or coalesce it into one follow-up. Drains never hold it."""
         if self.stopping:
             self._emit(act.info("upgrade (%s) ignored: stopping", reason))
@@ -143,6 +129,8 @@ class Rules:
         if self.gens.current is None:
             self.pace.restart_at = None  # a HUP while waiting to restart: try now
         self._start(now, reason)
+        if self.gens.pending is not None:
+            self.gens.pending.saved_at = saved_at
 
     def _start(self, now: float, reason: str) -> None:
         gen = self.gens.start(now)  # pending from now on: nothing else may start meanwhile
@@ -289,3 +277,26 @@ class Rules:
     def _alone(self) -> Gen | None:
         """The serving generation, if nothing else starts or drains (a re-exec adopts it)."""
         return self.gens.current if self.gens.quiet and not self.stopping else None
+
+
+#: Where each event goes: the one dispatch of the rules.
+_ROUTES: dict[type, Callable[[Rules, Any], None]] = {
+    act.Begin: lambda r, e: r._begin(e.now),
+    act.SignalEvent: lambda r, e: r._signal(e.now, e.signum),
+    act.UpgradeAsked: Rules._asked,
+    act.FilesChanged: Rules._files_changed,
+    act.Ready: lambda r, e: r._ready(e.now, e.number),
+    act.WatchReport: lambda r, e: r._emit(*r.watched.report(e, r.gens)),
+    act.ConnectionsLeft: lambda r, e: r._emit(*r.gens.left(e.number, e.count)),
+    act.ChannelClosed: lambda r, e: r._emit(act.Unwatch(e.number)),
+    act.Exited: lambda r, e: r._exited(e.now, e.number, e.returncode),
+    act.Spawned: Rules._spawned,
+    act.SpawnFailed: lambda r, e: r._spawn_failed(e.now, e.number, e.error),
+    act.PreflightDone: lambda r, e: r._emit(
+        *r.reexec.preflight_done(e.why, r._alone, r.gens.counter)
+    ),
+    act.ReexecRefused: lambda r, e: r._emit(
+        act.error("re-exec refused: %s; serving on unchanged", e.why)
+    ),
+    act.Tick: lambda r, e: r._tick(e.now),
+}

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from grace_plugins import listeners as lst
 from grace_plugins.errors import ExitCode, GraceError, require_posix
@@ -28,6 +28,8 @@ from grace_plugins.reexec import (
     take_supervisor_handoff,
 )
 from grace_plugins.supervisor import Options, Supervisor
+from grace_plugins.watcher import Watcher
+from grace_plugins.watching import Watching
 
 ServeFunction = Callable[[GenerationContext], None]
 
@@ -71,13 +73,14 @@ def run(
     options: Options | None = None,
     *,
     on_listening: Callable[[list[str]], str | None] | None = None,
+    watching: Watching | None = None,
 ) -> int:
     """Run *serve* with hot upgrades; blocks until stopped and returns the exit status.
 
     In the supervisor role this binds *addresses*, calls ``on_listening(names)`` for the
     start-up banner (printed once the first generation serves), then re-executes itself
-    into the lean supervisor (:mod:`grace_plugins.lean`) and supervises generations; in a
-    generation it never returns.
+    into the lean supervisor (:mod:`grace_plugins.lean`) and supervises generations, watching
+    files with *watching* (the reloader on); in a generation it never returns.
 
     :raises GraceError: for invalid addresses, inherited fds or platforms.
     """
@@ -97,7 +100,7 @@ def run(
         if on_listening is not None:
             image.banner = on_listening([name for name, _ in image.listeners]) or ""
     image.program, image.argv_len = program_argv(), len(sys.argv)
-    image.options = options or Options()
+    image.options, image.watching = options or Options(), watching
     why = become_lean(image)  # returns only if the exec failed
     get_logger().info("%s: supervising in this process", why)
     return supervise(image, sockets)
@@ -115,9 +118,18 @@ def supervise(image: SupervisorHandoff, sockets: list[socket.socket]) -> int:
     """Supervise generations of ``image.program`` over *sockets*; blocks until stopped and
     returns the exit status."""
     spawner = make_spawner(image.options, image.argv_len)
+    watching = image.watching
+    watcher = (
+        None if watching is None else Watcher(polling=watching.polling, interval=watching.interval)
+    )
     try:
         supervisor = Supervisor(
-            sockets, image.options, argv=image.program, spawner=spawner, banner=image.banner
+            sockets,
+            image.options,
+            argv=image.program,
+            spawner=spawner,
+            banner=image.banner,
+            watcher=watcher,
         )
         if image.generation:
             supervisor.adopt(image)
@@ -148,7 +160,7 @@ def run_or_exit(
     serve: ServeFunction,
     addresses: Sequence[str | lst.Address],
     options: Options | None = None,
-    **kwargs: Callable[[list[str]], str | None] | None,
+    **kwargs: Any,
 ) -> NoReturn:
     """:func:`run`, then exit with its status; a :class:`GraceError` becomes one line on
     stderr and exit status 2, never a traceback."""

@@ -8,7 +8,8 @@ shows every way the process can be woken, each a source of the one selector:
 * the signal wakeup pipe (handlers do nothing; Python writes each signal's number there):
   HUP, TERM, INT and USR2 become events; SIGCHLD means reaping, whose findings (a generation,
   the preflight run or a template exited) become events;
-* each generation's channel: ``ready``, ``upgrade``, ``left N``, end of file;
+* each generation's channel: ``ready``, ``upgrade``, ``left N``, ``watch SPEC``, end of file;
+* the file watcher (with the reloader on): a save is over;
 * the spawner's own sockets (the warm-start template's answers);
 * the deadlines of the rules and of the spawner: the select timeout, then a ``Tick``.
 
@@ -42,6 +43,8 @@ from grace_plugins.reexec import SupervisorHandoff, release_held_signals
 from grace_plugins.reporting import Reporter
 from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules
 from grace_plugins.sdnotify import Notifier
+from grace_plugins.watcher import Watcher
+from grace_plugins.watchspec import SpecError, WatchSpec
 
 __all__ = ["BACKOFF", "KILL_GRACE", "STABLE_AFTER", "Options", "Supervisor"]
 
@@ -63,9 +66,12 @@ class Supervisor:
         notifier: Notifier | None = None,
         clock: Callable[[], float] | None = None,
         banner: str = "",
+        watcher: Watcher | None = None,
     ) -> None:
         """:param banner: printed once the first generation serves (the adapter's start-up
-        lines: the server is not running before that)."""
+            lines: the server is not running before that).
+        :param watcher: the file watcher (reloader on), watching what the generations report;
+            a save starts an upgrade as a HUP does."""
         self.listeners = listeners
         self.options = options or Options()
         self.log = configure("supervisor")
@@ -79,6 +85,9 @@ class Supervisor:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self._selector.register(self.wake_r, selectors.EVENT_READ, self._read_signals)
+        self.watcher = watcher
+        if watcher is not None:
+            self._selector.register(watcher.fileno(), selectors.EVENT_READ, self._read_watcher)
         self.effects = Effects(
             listeners,
             self.options,
@@ -88,6 +97,7 @@ class Supervisor:
             self.log,
             wake_fd=self.wake_r,
             banner=banner,
+            watcher=watcher,
         )
         self.spawner.attach(self._add_spawner_source, self._remove_source)
 
@@ -208,8 +218,8 @@ class Supervisor:
         events: list[act.Event] = []
         for number, child in list(self.children.items()):
             returncode = child.process.poll()
-            if returncode is not None:
-                events.append(act.Exited(now, number, returncode))
+            if returncode is not None:  # what it said last (a failed one: what it tried) first
+                events += self._read_rest(number, child) + [act.Exited(now, number, returncode)]
         why = self.effects.preflight_outcome()
         if why is not None:
             events.append(act.PreflightDone(now, why or None))
@@ -219,9 +229,12 @@ class Supervisor:
 
     def _read_channel(self, number: int, child: Child) -> list[act.Event]:
         lines = child.channel.receive()
+        if lines is None:  # the process is exiting; reaping tells
+            return [act.ChannelClosed(self.now(), number)]
+        return self._events(number, lines)
+
+    def _events(self, number: int, lines: list[str]) -> list[act.Event]:
         now = self.now()
-        if lines is None:
-            return [act.ChannelClosed(now, number)]  # the process is exiting; reaping tells
         events: list[act.Event] = []
         for line in lines:
             if line == msg.READY:
@@ -230,7 +243,19 @@ class Supervisor:
                 events.append(act.UpgradeAsked(now, number))
             elif (count := msg.parse_left(line)) is not None:
                 events.append(act.ConnectionsLeft(now, number, count))
+            elif (encoded := msg.parse_watch(line)) is not None:
+                events.append(_watch_report(now, number, encoded))
         return events
+
+    def _read_rest(self, number: int, child: Child) -> list[act.Event]:
+        """What an exited generation's channel still holds (a failed one: what it tried)."""
+        lines, _ = child.channel.receive_rest()
+        return self._events(number, lines)
+
+    def _read_watcher(self) -> list[act.Event]:
+        assert self.watcher is not None
+        batch = self.watcher.take()
+        return [act.FilesChanged(self.now(), batch.paths, batch.first)] if batch else []
 
     def _outcomes(self, outcomes: list[Outcome]) -> list[act.Event]:
         """A spawn's outcomes as events: a started generation's channel becomes a source."""
@@ -259,6 +284,13 @@ class Supervisor:
     def _remove_source(self, fileobj: object) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fileobj)  # type: ignore[arg-type]
+
+
+def _watch_report(now: float, number: int, encoded: str) -> act.WatchReport:
+    try:
+        return act.WatchReport(now, number, WatchSpec.decode(encoded))
+    except SpecError as exc:
+        return act.WatchReport(now, number, None, str(exc))
 
 
 def _wake(signum: int, frame: object) -> None:

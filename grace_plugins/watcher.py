@@ -41,8 +41,11 @@ from grace_plugins.watchspec import (
     Matcher,
     WatchSpec,
     catch_up,
+    excluded,
 )
 
+#: Directories that hold installed packages, never the project's source.
+INSTALLED_DIRS = frozenset({"site-packages", "dist-packages", "node_modules"})
 #: At most this many directories are watched below one glob's directory (``**``).
 MAX_DIRECTORIES = 4096
 #: How long :meth:`Watcher.close` waits for the thread (a poll may be in a slow ``stat``).
@@ -245,7 +248,7 @@ def _directories(spec: WatchSpec, log: Callable[[str], None]) -> tuple[set[str],
         globbed.append(root)
         if not recursive:
             continue
-        below = _walk(root)
+        below = _walk(root, spec.exclude)
         if len(below) >= MAX_DIRECTORIES:
             log(f"watching the first {MAX_DIRECTORIES} directories under {root} only")
         directories.update(below)
@@ -253,15 +256,26 @@ def _directories(spec: WatchSpec, log: Callable[[str], None]) -> tuple[set[str],
     return directories, globbed
 
 
-def _walk(root: str) -> list[str]:
+def _walk(root: str, exclude: Iterable[str] = ()) -> list[str]:
+    """The directories below *root*, less caches, version control, installed environments (a
+    virtual environment inside the project: as werkzeug's stat reloader, never scanned) and
+    what *exclude* leaves out whole (``/project/build/*``)."""
     found: list[str] = []
     for parent, subdirs, _ in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in SCRATCH_DIRS)
+        subdirs[:] = sorted(d for d in subdirs if _scanned(os.path.join(parent, d), exclude))
         if parent != root:
             found.append(parent)
         if len(found) >= MAX_DIRECTORIES:
             break
     return found
+
+
+def _scanned(directory: str, exclude: Iterable[str]) -> bool:
+    if os.path.basename(directory) in SCRATCH_DIRS | INSTALLED_DIRS:
+        return False
+    if os.path.exists(os.path.join(directory, "pyvenv.cfg")):
+        return False
+    return not excluded(os.path.join(directory, ""), exclude)
 
 
 def _stamps(files: Iterable[str], globbed: Iterable[str], matcher: Matcher) -> dict[str, Stamp]:

@@ -86,7 +86,7 @@ class WatchSpec:
         patterns = tuple(dict.fromkeys(exclude))
         kept = {os.path.normpath(f) for f in files if f}
         return cls(
-            files=frozenset(f for f in kept if not _excluded(f, patterns)),
+            files=frozenset(f for f in kept if not excluded(f, patterns)),
             dirs=frozenset(DirGlob(os.path.normpath(p), g) for p, g in dirs if p and g),
             exclude=patterns,
             since=since,
@@ -162,7 +162,9 @@ def _text(value: object) -> str:
     return value
 
 
-def _excluded(path: str, patterns: Iterable[str]) -> bool:
+def excluded(path: str, patterns: Iterable[str]) -> bool:
+    """Whether an exclude pattern (werkzeug's: :func:`fnmatch.fnmatch` on the whole path, ``*``
+    spanning directories) matches *path*."""
     return any(fnmatch.fnmatch(path, p) for p in patterns)
 
 
@@ -232,7 +234,7 @@ class Matcher:
         """The spec's name for *path* if a change of it counts, else ``None``."""
         path = os.path.normpath(path)
         path = self.aliases.get(path, path)
-        if _excluded(path, self.spec.exclude):
+        if excluded(path, self.spec.exclude):
             return None
         if path in self.spec.files:
             return path

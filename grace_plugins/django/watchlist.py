@@ -7,7 +7,8 @@ included) and what the ``autoreload_started`` receivers add: template directorie
 ``watch_dir`` globs and ``extra_files``. Here the receivers are sent a :class:`Recorder`, a
 reloader that never runs, so what they ask for is recorded, once per generation, after the app
 is loaded (as Django's reloader sends the signal once the apps are ready and the URLconf is
-imported).
+imported). The Python files beside the project's modules are watched too: a module whose
+import failed and was caught is in no list, and it is the file a developer is fixing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 
 from django.utils import autoreload
 
+from grace_plugins.loaded import project_dirs
 from grace_plugins.watchspec import WatchSpec
 
 logger = logging.getLogger("django.utils.autoreload")
@@ -44,6 +46,9 @@ class Watchlist:
         dirs = [
             (str(path), glob) for path, globs in recorder.directory_globs.items() for glob in globs
         ]
+        # and the Python files beside the project's modules: a module whose import failed (an
+        # optional one, caught) is not imported, and it is the file a developer is fixing
+        dirs += [(d, "*.py") for d in sorted(project_dirs(files))]
         return WatchSpec.build(files, dirs, (), since)
 
     def _record(self) -> Recorder:

@@ -8,16 +8,17 @@ reloader on, saving a watched file) starts a new generation on the same socket, 
 finishes its requests only once the new one is ready. Broken new code is rolled back.
 
 The serving itself is werkzeug's: its server classes and request handler
-(:mod:`grace_plugins.werkzeug.server`), its debugger and static-files middleware, its reloader
-loops (:mod:`grace_plugins.werkzeug.reloader`).
+(:mod:`grace_plugins.werkzeug.server`), its debugger and static-files middleware. With the
+reloader on, each generation tells the supervisor's file watcher what werkzeug's reloader would
+watch (:mod:`grace_plugins.werkzeug.watchlist`); a save is then what a HUP is.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
@@ -26,7 +27,9 @@ from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.generation import GenerationContext
 from grace_plugins.options import DEFAULTS, Options, options_from
 from grace_plugins.readycheck import host_and_port
+from grace_plugins.watching import Watching
 from grace_plugins.werkzeug.settings import ServerSettings, check_settings, listen_address
+from grace_plugins.werkzeug.watchlist import serving_spec
 
 __all__ = ["ServerSettings", "run_simple", "serve_with_upgrades"]
 
@@ -143,11 +146,20 @@ def serve_with_upgrades(
             [listen_address(settings.hostname, settings.port)],
             grace,
             on_listening=lambda names: (intro() if intro else "") + banner(settings, names),
+            watching=watching(settings),
         )
     except GraceError as exc:
         _usage_error(exc)
     if code:
         sys.exit(code)
+
+
+def watching(settings: ServerSettings) -> Watching | None:
+    """The supervisor's file watcher, as werkzeug's reloader options ask: ``stat`` polls
+    every ``reloader_interval`` s; ``auto`` and ``watchdog`` hear the OS's events."""
+    if not settings.use_reloader:
+        return None
+    return Watching(settings.reloader_type == "stat", float(settings.reloader_interval))
 
 
 def _usage_error(exc: GraceError) -> NoReturn:
@@ -215,9 +227,13 @@ def _serve_function(
             wait_for_children,
         )
 
-        loading_since = time.time()
         if settings.use_reloader:
             os.environ["WERKZEUG_RUN_MAIN"] = "true"
+            context.report_loaded(
+                functools.partial(serving_spec, settings.extra_files, settings.exclude_patterns),
+                extra_files=settings.extra_files or (),
+                exclude=settings.exclude_patterns or (),
+            )
         app = wrap_application(load_app(), settings)
         if len(context.listeners) > 1:
             context.logger.warning(
@@ -244,8 +260,6 @@ def _serve_function(
                 app, context.options.ready_path, host=host, port=port, scheme=scheme
             )
         context.ready()
-        if settings.use_reloader:
-            _start_reloader(context, settings, loading_since)
         server.serve_forever(poll_interval=POLL_INTERVAL)  # closes the server's copy
         context.close_listeners()
         killed = wait_for_children(server, context.options.drain_timeout)
@@ -253,27 +267,3 @@ def _serve_function(
             context.logger.warning("killed %d request processes at the drain deadline", killed)
 
     return serve
-
-
-def _start_reloader(context: GenerationContext, settings: ServerSettings, since: float) -> None:
-    from werkzeug._internal import _log
-
-    from grace_plugins.werkzeug.reloader import HotReloader
-
-    def on_change(paths: list[str]) -> None:
-        if context.stopping:
-            return
-        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
-        _log("info", f" * Detected change in {paths[0]!r}{more}, upgrading without downtime")
-        context.request_upgrade(f"file changed: {paths[0]}")
-
-    reloader = HotReloader(
-        on_change,
-        extra_files=settings.extra_files,
-        exclude_patterns=settings.exclude_patterns,
-        interval=settings.reloader_interval,
-        reloader_type=settings.reloader_type,
-        since=since,
-    )
-    context.on_stop(reloader.stop)
-    reloader.start()

@@ -39,8 +39,6 @@ def check_settings(settings: ServerSettings) -> None:
     :raises TypeError, ValueError: as :func:`run_simple`.
     :raises GraceError: for a certificate that cannot be loaded or a missing library.
     """
-    from grace_plugins.werkzeug.reloader import check_reloader_type
-
     if not isinstance(settings.port, int):
         raise TypeError("port must be an integer")
     if settings.threaded and settings.processes > 1:
@@ -50,6 +48,18 @@ def check_settings(settings: ServerSettings) -> None:
         if problem:
             raise ValueError(problem)
     _check_ssl(settings.ssl_context)
+
+
+def check_reloader_type(reloader_type: str) -> str | None:
+    """A one-line problem with *reloader_type* (werkzeug's names: ``auto``, ``stat``,
+    ``watchdog``), or ``None``. The supervisor's watcher serves them all: ``stat`` polls, the
+    others hear the operating system's events (no ``watchdog`` package needed)."""
+    from werkzeug._reloader import reloader_loops
+
+    if reloader_type in reloader_loops:
+        return None
+    known = ", ".join(map(repr, sorted(reloader_loops)))
+    return f"Unknown reloader_type {reloader_type!r}: use one of {known}."
 
 
 def _check_ssl(ssl_context: Any) -> None:

@@ -231,16 +231,18 @@ def test_django_watches_modules_templates_locale_and_receivers_globs(
 
 
 def test_django_lists_what_runserver_lists(django_configured, django_ready):
-    """The same files as Django's own reloader, module by module."""
+    """The same files as Django's own reloader, module by module, and its globs; plus the
+    Python files beside the project's modules (where a module whose import failed is)."""
     from django.utils import autoreload
 
     from grace_plugins.django.watchlist import Watchlist
+    from grace_plugins.loaded import project_dirs
 
     spec = Watchlist().spec(None)
     reloader = autoreload.StatReloader()
     autoreload.autoreload_started.send(sender=reloader)
     theirs = {str(p) for p in reloader.watched_files(include_globs=False)}
     assert theirs == set(spec.files)
-    assert {(str(p), g) for p, gs in reloader.directory_globs.items() for g in gs} == {
-        (d.path, d.glob) for d in spec.dirs
-    }
+    globs = {(str(p), g) for p, gs in reloader.directory_globs.items() for g in gs}
+    beside = {(d, "*.py") for d in project_dirs(spec.files)}
+    assert beside and globs | beside == {(d.path, d.glob) for d in spec.dirs}

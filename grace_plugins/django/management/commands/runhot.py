@@ -8,20 +8,21 @@ checks, unapplied-migrations warning, static files handler and banner are Django
 program and re-binds the port on every change, ``runhot`` calls :func:`grace_plugins.runner.run`:
 
 * the process the user started becomes the *supervisor*: it binds the port once, keeps its pid
-  (the one to signal), and re-runs ``manage.py runhot ...`` as child *generations*. It only
-  did what ``manage.py`` does before running any command (``django.setup()``); it never
+  (the one to signal), re-executes itself into the lean supervisor (what ``django.setup()``
+  imported is not kept) and re-runs ``manage.py runhot ...`` as child *generations*. It never
   imports the URLconf, the views or the WSGI application;
 * a generation runs ``runserver``'s ``inner_run`` (checks, migrations warning, WSGI handler,
   banner) on the inherited listener. A failing check, a broken import or a hang fails it
   *before* it reports ready, so the upgrade is rolled back and the old code keeps serving;
-* with the autoreloader on, Django's reloader watches the same files as ``runserver`` and a
-  change asks the supervisor for an upgrade (:mod:`grace_plugins.django.reloader`).
+* with the autoreloader on, each generation tells the supervisor's file watcher what
+  ``runserver`` would watch (:mod:`grace_plugins.django.watchlist`: every imported module, and
+  what the ``autoreload_started`` receivers add: templates, locale, ``watch_dir`` globs); a
+  save is then what a HUP is.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
 from typing import Any
@@ -32,13 +33,14 @@ from django.core.management.base import CommandError, SystemCheckError
 from django.core.management.commands.runserver import Command as CoreRunserverCommand
 from django.core.servers.basehttp import WSGIServer
 
-from grace_plugins.django.reloader import HotWatcher
 from grace_plugins.django.server import hot_server_class, stop_soon
+from grace_plugins.django.watchlist import Watchlist
 from grace_plugins.generation import GenerationContext
 from grace_plugins.options import BY_NAME, Options
 from grace_plugins.options import add_arguments as add_grace_arguments
 from grace_plugins.readycheck import host_and_port
 from grace_plugins.runner import run_or_exit
+from grace_plugins.watching import Watching
 
 if apps.is_installed("django.contrib.staticfiles"):
     # As Django does for "runserver": staticfiles' variant (--nostatic, --insecure) wins.
@@ -47,11 +49,6 @@ if apps.is_installed("django.contrib.staticfiles"):
     )
 else:  # pragma: no cover - the example project and the tests install staticfiles
     RunserverCommand = CoreRunserverCommand
-
-logger = logging.getLogger("django.utils.autoreload")
-
-#: Longest wait for the autoreloader's first scan before a generation reports ready anyway.
-WATCH_START_TIMEOUT = 10.0
 
 
 class Command(RunserverCommand):
@@ -74,7 +71,8 @@ class Command(RunserverCommand):
         returns: exits with the supervisor's status, or when the generation has drained."""
         grace = Options(**{name: options[name] for name in BY_NAME})  # parsed by argparse
         serve = functools.partial(self.serve_generation, options=options)
-        run_or_exit(serve, [self.listen_address()], grace)
+        watching = Watching() if options["use_reloader"] else None
+        run_or_exit(serve, [self.listen_address()], grace, watching=watching)
 
     def listen_address(self) -> str:
         """The address parsed by ``runserver``'s ``handle`` in the core's notation.
@@ -101,6 +99,8 @@ class Command(RunserverCommand):
         serve (checks, imports) raises, and the upgrade is rolled back."""
         self.context = context
         self._use_reloader = bool(options["use_reloader"])
+        if self._use_reloader:
+            context.report_loaded(Watchlist().spec)
         if len(context.listeners) > 1:
             context.logger.warning(
                 "runhot serves one address; ignoring %s", ", ".join(context.listener_names[1:])
@@ -147,30 +147,17 @@ class Command(RunserverCommand):
         )
 
     def on_serving(self, server: WSGIServer, *, options: dict[str, Any]) -> None:
-        """On the serving thread, just before the accept loop: arm the stop, start watching,
-        report ready."""
+        """On the serving thread, just before the accept loop: arm the stop, run the ready
+        check, report ready."""
         context = self.context
         assert context is not None
         context.on_stop(stop_soon(server))
-        if options["use_reloader"] and not context.stopping:
-            watcher = HotWatcher(functools.partial(self.files_changed, context), catch_up=True)
-            context.on_stop(watcher.stop)
-            if not watcher.start(WATCH_START_TIMEOUT):
-                logger.warning("The autoreloader has not scanned the files yet; serving anyway.")
         if context.options.ready_path:
             host, port = host_and_port(context.listeners[0])
             context.check_ready(
                 server.get_app(), context.options.ready_path, host=allowed_host(host), port=port
             )
         context.ready()
-
-    def files_changed(self, context: GenerationContext, paths: list[str]) -> None:
-        """A watched file changed: ask for an upgrade (unless this generation drains)."""
-        if context.stopping:
-            return
-        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
-        logger.info("%s changed%s, upgrading.", paths[0], more)
-        context.request_upgrade(f"file changed: {paths[0]}{more}")
 
 
 def allowed_host(host: str) -> str:
