@@ -118,14 +118,6 @@ class FakeState:
         self.events.append("state removed")
 
 
-@pytest.fixture
-def listener():
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
 def make(listener, spawner, events=None, **options):
     events = [] if events is None else events
     sup = Supervisor(

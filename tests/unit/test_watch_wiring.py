@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 
@@ -17,7 +16,7 @@ from grace_plugins.channel import MAX_LINE, Channel, parse_watch, watch_message
 from grace_plugins.watch_report import WatchReporter
 from grace_plugins.watchspec import Batch, WatchSpec
 from tests.unit.test_rules import Driver, kinds, lines, spawned
-from tests.unit.test_supervisor import FakeSpawner, feed, listener, make, run_until  # noqa: F401
+from tests.unit.test_supervisor import FakeSpawner, feed, make, run_until
 
 pytestmark = pytest.mark.timeout(20)
 
