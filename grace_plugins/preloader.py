@@ -253,6 +253,9 @@ class Preloader:
             importlib.import_module(name)
         except BaseException as exc:  # noqa: BLE001 - any failure: left to the generations
             error = exc
+        if isinstance(error, ModuleNotFoundError) and error.name == name:
+            self.notes.append(f"{name} cannot be imported by name (an extension made it)")
+            return False
         why = self._judge(name, before, fds, error)
         if why is not None:
             self.notes.append(f"left {name} to the generations: {why[0]} {why[1]}")

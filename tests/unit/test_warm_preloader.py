@@ -198,3 +198,10 @@ def test_an_excluded_module_is_refused_before_it_runs(tree, tmp_path):
     preloader = Preloader([], stdlib_dirs(), {"native": THREAD}, None)
     assert preload(preloader, "native_user") == [False]
     assert preloader.left == [LeftOut("native_user", "native", THREAD)]
+
+
+def test_a_module_no_import_can_find_is_skipped_not_reported(tree, preloader):
+    """Cython extensions put ``cython_runtime`` and the like in ``sys.modules``: a generation
+    reports them, no import finds them."""
+    assert preload(preloader, "cython_runtime_not_a_module") == [False]
+    assert preloader.left == [] and preloader.kept == 0
