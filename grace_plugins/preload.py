@@ -230,11 +230,17 @@ def program_path0(program: Program, cwd: str) -> str:
 
 # -- the generation's report ----------------------------------------------------------------------
 def module_origin(module: object) -> str | None:
-    """The file a module came from (a namespace package: its first directory)."""
-    origin = getattr(module, "__file__", None)
+    """The file a module came from (a namespace package: its first directory). Read from the
+    module's namespace: a lazy module's ``__getattr__`` must not run (it may import the
+    project, or anything)."""
+    try:
+        namespace = vars(module)
+    except TypeError:
+        return None
+    origin = namespace.get("__file__")
     if isinstance(origin, str):
         return origin
-    path = getattr(module, "__path__", None)
+    path = namespace.get("__path__")
     with contextlib.suppress(TypeError, IndexError):
         first = list(path)[0] if path is not None else None
         if isinstance(first, str):

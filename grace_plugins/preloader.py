@@ -3,8 +3,9 @@
 Python does not undo a failed import: only the module that raised leaves ``sys.modules``; the
 submodules its partial run imported stay, without their parent's attribute, and ``import
 pkg.sub.leaf`` then fails in every process forked from here. So each top-level import of the
-preload is a transaction: :meth:`Preloader.load` snapshots ``sys.modules`` and restores it when
-the import fails or is refused, and that import is left to the generations. Refused:
+preload is a transaction: :meth:`Preloader.load` snapshots ``sys.modules`` and, when the import
+fails or is refused, removes what it left broken (:mod:`.rollback`), and that import is left to
+the generations. Refused:
 
 * a project module (a library reading Django's lazy settings imports the project's settings);
 * a thread started by ``threading`` (refused before it runs: a fork copies only the calling
@@ -21,6 +22,7 @@ report as "ignored": the template is quiet; :func:`debug` shows it all when aske
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -306,8 +308,6 @@ class Preloader:
         still open is held by something that outlived it: that taints the process."""
         if why[1] not in (preload.SOCKET, preload.OPEN_FILE):
             return
-        import gc
-
         gc.collect()
         if _opened(fds):
             self.tainted.setdefault(why[0], why[1])

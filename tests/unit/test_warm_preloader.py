@@ -205,3 +205,19 @@ def test_a_module_no_import_can_find_is_skipped_not_reported(tree, preloader):
     reports them, no import finds them."""
     assert preload(preloader, "cython_runtime_not_a_module") == [False]
     assert preloader.left == [] and preloader.kept == 0
+
+
+def test_a_lazy_module_is_kept_and_its_getattr_never_runs(tree, preloader):
+    """Looking at what an import added must not call a module's ``__getattr__`` (PEP 562): it
+    may import the project (here: ``__file__``, ``__path__`` looked up the plain way)."""
+    tree(
+        "lib/lazyproj.py",
+        """\
+        def __getattr__(name):
+            import projectsettings
+            return projectsettings.MODE
+        """,
+    )
+    tree("lib/lazyproj_user.py", "import lazyproj\n")
+    assert preload(preloader, "lazyproj_user") == [True]
+    assert "projectsettings" not in sys.modules and preloader.left == []
