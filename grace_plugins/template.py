@@ -86,7 +86,7 @@ class Template:
                 excluded = {**resumed["excluded"], **tainted}
                 _start_over({**resumed, "excluded": excluded, "restarts": resumed["restarts"] + 1})
             culprit, reason = next(iter(tainted.items()))
-            verdict = {"unsafe": f"importing {culprit} {reason}s (forking is unsafe)"}
+            verdict = {"unsafe": f"{culprit} {reason} at import, every time (forking is unsafe)"}
         verdict["ms"] = ms = round((time.monotonic() - resumed["began"]) * 1000)
         verdict["restarts"] = resumed["restarts"]
         self.dispositions = forked.dispositions()  # a library's handler, as a cold start has it
