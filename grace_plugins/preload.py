@@ -144,6 +144,53 @@ def stdlib_dirs() -> list[str]:
     return sorted(dirs)
 
 
+# -- what the template leaves to the generations ---------------------------------------------
+#: Why a top-level import is left to the generations: one short phrase each (the start line).
+SETTINGS = "reads the project's settings"
+THREAD = "starts a thread"
+SOCKET = "opens a socket"
+OPEN_FILE = "keeps a file open"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A top-level preload import left to the generations, and why."""
+
+    name: str  # what the template tried to import
+    culprit: str  # the module whose import did it: *name*, or one *name* imports
+    reason: str  # one of the phrases above, "imports the project's X" or "fails to import (E)"
+
+
+def project_reason(name: str, settings_module: str | None) -> str:
+    """Why importing project module *name* is refused: reading the settings (Django's lazy
+    settings import the project's settings module, package first), or importing project code."""
+    if settings_module and (settings_module == name or settings_module.startswith(name + ".")):
+        return SETTINGS
+    return f"imports the project's {name}"
+
+
+def failure_reason(error: BaseException) -> str:
+    return f"fails to import ({type(error).__name__})"
+
+
+def summarize(left: Sequence[LeftOut], shown: int = 3) -> str:
+    """The start line's account of what was left out: the top-level imports counted, grouped
+    by reason, each with the first *shown* culprits (a short list, never a traceback)."""
+    if not left:
+        return "nothing left to the generations"
+    culprits: dict[str, list[str]] = {}
+    for one in left:
+        named = culprits.setdefault(one.reason, [])
+        if one.culprit not in named:
+            named.append(one.culprit)
+    groups = []
+    for reason, named in culprits.items():
+        more = f" and {len(named) - shown} more" if len(named) > shown else ""
+        groups.append(f"{reason}: {', '.join(named[:shown])}{more}")
+    count = f"{len(left)} import{'s' if len(left) != 1 else ''}"
+    return f"left to the generations: {count} ({'; '.join(groups)})"
+
+
 # -- the command line a template re-runs ---------------------------------------------------------
 @dataclass(frozen=True)
 class Program:
@@ -183,11 +230,17 @@ def program_path0(program: Program, cwd: str) -> str:
 
 # -- the generation's report ----------------------------------------------------------------------
 def module_origin(module: object) -> str | None:
-    """The file a module came from (a namespace package: its first directory)."""
-    origin = getattr(module, "__file__", None)
+    """The file a module came from (a namespace package: its first directory). Read from the
+    module's namespace: a lazy module's ``__getattr__`` must not run (it may import the
+    project, or anything)."""
+    try:
+        namespace = vars(module)
+    except TypeError:
+        return None
+    origin = namespace.get("__file__")
     if isinstance(origin, str):
         return origin
-    path = getattr(module, "__path__", None)
+    path = namespace.get("__path__")
     with contextlib.suppress(TypeError, IndexError):
         first = list(path)[0] if path is not None else None
         if isinstance(first, str):

@@ -8,93 +8,44 @@ It double-forks, so that the generation is re-parented to the supervisor (a chil
 and reaped by it as if it had been spawned; the generation then resets what a fork copies
 (signal dispositions and mask, session, fds, environment, working directory, ``random``) and
 runs the user's command line in-process with :mod:`runpy`: a cold start with the imports done.
+
+Each import of the preload is atomic (:mod:`grace_plugins.preloader`): one that fails, reads the
+project's settings, starts a thread or leaves an fd open is undone and left to the generations,
+and the template keeps the rest; one line at start says what was kept and what was left out,
+and nothing else is printed (``GRACE_PLUGINS_WARM_DEBUG=1`` shows the details). A thread that
+could not be refused makes the template start its preload over, in place, without that import.
 The template configures no logging and refuses to fork with a second thread or a project module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
-import importlib
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import pkgutil  # noqa: F401 - runpy.run_path imports it: known to the template, not new
-import runpy
 import select
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from grace_plugins import preload
+from grace_plugins import forked, preload
 from grace_plugins.preload import Program, program_path0
+from grace_plugins.preloader import Preloader, threads
+from grace_plugins.wire import Wire
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.template import main;main()"
 #: Modules with effects at import (printing, opening a browser): never preloaded.
 NEVER_PRELOAD = frozenset({"this", "antigravity"})
-MAX_MESSAGE = 64 << 20
-
-
-class Wire:
-    """Newline-delimited JSON over a Unix stream socket, fds riding with a message."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._buffer = b""
-        self._fds: list[int] = []
-
-    def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
-        self.sock.sendall(data[sent:])
-
-    def receive(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
-        """The next message and the fds that came with it; ``None`` at EOF.
-
-        :raises TimeoutError: nothing complete within *timeout* seconds.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left)[0]:
-                raise TimeoutError("no answer")
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 64)
-            self._fds.extend(fds)
-            if not data:
-                return None
-            self._buffer += data
-            if len(self._buffer) > MAX_MESSAGE:
-                raise ValueError("message too long")
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        fds, self._fds = self._fds, []
-        return json.loads(line), fds
-
-
-class _ProjectGuard(importlib.abc.MetaPathFinder):
-    """While preloading, refuse the project's own modules (a library importing project code
-    behind our back, as Django's lazy settings do, fails there and is left to the generation)."""
-
-    def __init__(self, roots: list[str], stdlib: list[str]) -> None:
-        self.roots = roots
-        self.stdlib = stdlib
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        origin = getattr(importlib.machinery.PathFinder.find_spec(name, path), "origin", None)
-        if origin and preload.is_project_module(name, origin, self.roots, self.stdlib):
-            raise ImportError(f"{name} is the project's own: not preloaded")
-
-
-def _threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
+#: Times a preload starts over in a fresh interpreter without the imports that started a thread
+#: it could not refuse (from C); past that the template is unusable.
+MAX_RESTARTS = 3
+#: The environment the supervisor gave the template, before any library changed it.
+_ENVIRON = dict(os.environ)
 
 
 class Template:
@@ -102,21 +53,22 @@ class Template:
 
     def __init__(self, sock: socket.socket) -> None:
         self.wire = Wire(sock)
-        self.dispositions = {}
-        for sig in signal.valid_signals():
-            with contextlib.suppress(OSError, ValueError):
-                handler = signal.getsignal(sig)
-                if handler is not None:
-                    self.dispositions[sig] = handler
+        self.dispositions: dict[int, Any] = {}
         self.roots: list[str] = []
         self.stdlib = preload.stdlib_dirs()
+        self.generators: list[weakref.ref[Any]] = []
 
-    def run(self) -> Callable[[], None]:
-        """Preload, then serve spawn requests; returns (a job to run) only in a generation."""
-        got = self.wire.receive(None)
-        if got is None:
-            sys.exit(0)
-        setup = got[0]
+    def run(self, resumed: dict[str, Any] | None = None) -> Callable[[], None]:
+        """Preload, then serve spawn requests; returns (a job to run) only in a generation.
+
+        *resumed*: the state a tainted preload passed to this process (:func:`_start_over`).
+        """
+        if resumed is None:
+            got = self.wire.receive(None)
+            if got is None:
+                _quit()
+            resumed = {"setup": got[0], "began": time.monotonic(), "excluded": {}, "restarts": 0}
+        setup = resumed["setup"]
         program = Program(**setup["program"])
         cwd = setup["cwd"]
         self.program = program
@@ -124,30 +76,47 @@ class Template:
         if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] == "":
             base = base[1:]
             sys.path[0] = program_path0(program, cwd)
-        began = time.monotonic()
         try:
-            verdict = self.preload(setup["report"], cwd, base, program)
+            verdict = self.preload(setup["report"], cwd, base, program, resumed["excluded"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             verdict = {"unsafe": f"the generation's module report is unreadable ({exc})"}
-        verdict["ms"] = ms = round((time.monotonic() - began) * 1000)
+        if "tainted" in verdict:
+            tainted = verdict.pop("tainted")
+            if resumed["restarts"] < MAX_RESTARTS:
+                excluded = {**resumed["excluded"], **tainted}
+                _start_over({**resumed, "excluded": excluded, "restarts": resumed["restarts"] + 1})
+            culprit, reason = next(iter(tainted.items()))
+            verdict = {"unsafe": f"{culprit} {reason} at import, every time (forking is unsafe)"}
+        verdict["ms"] = ms = round((time.monotonic() - resumed["began"]) * 1000)
+        verdict["restarts"] = resumed["restarts"]
+        self.dispositions = forked.dispositions()  # a library's handler, as a cold start has it
         try:
             self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
         except OSError:  # the supervisor is gone, or replaced this template: nothing to say
-            sys.exit(0)
+            _quit()
         if "unsafe" in verdict:
             _say(f"unusable, upgrades will start cold: {verdict['unsafe']}")
-            sys.exit(0)
-        left = len(verdict["skipped"])
-        _say(f"preloaded {verdict['ready']} modules in {ms} ms ({left} left to generations)")
+            _quit()
+        again = f" (started over {resumed['restarts']}x)" if resumed["restarts"] else ""
+        left = [preload.LeftOut(*one) for one in verdict["left"]]
+        _say(f"preloaded {verdict['ready']} modules in {ms} ms{again}; {preload.summarize(left)}")
         while True:
             got = self.wire.receive(None)
             if got is None:
-                sys.exit(0)
+                _quit()
             job = self.fork(*got)
             if job is not None:
                 return job
 
-    def preload(self, report_file: str, cwd: str, base: list[str], program: Program) -> dict:
+    def preload(
+        self,
+        report_file: str,
+        cwd: str,
+        base: list[str],
+        program: Program,
+        excluded: dict[str, str],
+    ) -> dict[str, Any]:
+        """Import the report's modules but the project's; the answer the supervisor reads."""
         with open(report_file) as handle:
             report = json.load(handle)
         if report.get("v") != preload.REPORT_VERSION:
@@ -159,28 +128,20 @@ class Template:
         origins = dict(modules)
         stamps: dict[str, preload.Stamp] = {}
         files: dict[str, str] = {}
-        skipped = []
-        guard = _ProjectGuard(self.roots, self.stdlib)
-        sys.meta_path.insert(0, guard)
-        try:
+        settings = os.environ.get("DJANGO_SETTINGS_MODULE")
+        with Preloader(self.roots, self.stdlib, excluded, settings) as preloader:
             for name in names:
                 origin = origins.get(name)
                 if origin and os.path.isabs(origin):
                     stamps[origin] = preload.stamp(origin)
                     files[origin] = name
-                if name in sys.modules:
-                    continue
-                if name in NEVER_PRELOAD:
-                    skipped.append(name)
-                    continue
-                try:
-                    importlib.import_module(name)
-                except BaseException:  # noqa: BLE001 - left to the generation
-                    skipped.append(name)
-                if _threads() > 1:
-                    return {"unsafe": f"importing {name} started a thread (forking is unsafe)"}
-        finally:
-            sys.meta_path.remove(guard)
+                if name not in sys.modules and name not in NEVER_PRELOAD:
+                    preloader.load(name)
+        if preloader.tainted:
+            return {"tainted": preloader.tainted}
+        left = [[one.name, one.culprit, one.reason] for one in preloader.left]
+        if preloader.left and not preloader.kept:
+            return {"unsafe": f"nothing could be preloaded; {preload.summarize(preloader.left)}"}
         pulled = self.project_modules()
         if pulled:
             return {"unsafe": f"preloading pulled in the project's {', '.join(pulled[:3])}"}
@@ -190,11 +151,13 @@ class Template:
                 stamps[origin] = preload.stamp(origin)
                 files[origin] = name
         gc.collect()
+        self.generators = forked.generators()
         gc.freeze()
         return {
-            "ready": len(names) - len(skipped),
+            "ready": sum(name in sys.modules for name in names),
             "known": sorted({*names, *project, *sys.modules}),  # what forks will report
-            "skipped": skipped,
+            "skipped": [name for name in names if name not in sys.modules],
+            "left": left,  # [name, culprit, reason] of each top-level import not preloaded
             "stamps": stamps,
             "files": files,
         }
@@ -208,7 +171,7 @@ class Template:
         """Fork a generation for *request*; returns its job in the generation, else None."""
         try:
             problem = None
-            if _threads() > 1:
+            if threads() > 1:
                 problem = "the template has more than one thread"
             elif pulled := self.project_modules():
                 problem = f"the template holds the project's {', '.join(pulled[:3])}"
@@ -282,18 +245,19 @@ class Template:
                 signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})  # as a spawned generation
         self.wire.sock.close()
-        _place_fds(fds, [int(t) for t in request["fds"]])
+        forked.place_fds(fds, [int(t) for t in request["fds"]])
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        if "random" in sys.modules:
-            sys.modules["random"].seed()
+        for ref in self.generators:  # random's own; a library's: each generation draws its own
+            with contextlib.suppress(Exception):
+                ref().seed()  # type: ignore[union-attr]
         argv = [str(a) for a in request["argv"]]
         sys.orig_argv = argv
         program = self.program
         if not getattr(sys.flags, "safe_path", False) and sys.path:
             sys.path[0] = program_path0(program, request["cwd"])
-        return lambda: _run_program(program)
+        return lambda: forked.run_program(program)
 
 
 def _close(fds: list[int]) -> None:
@@ -310,40 +274,31 @@ def _say(message: str) -> None:
         sys.stderr.flush()
 
 
-def _place_fds(received: list[int], targets: list[int]) -> None:
-    """Put *received* at the numbers *targets* (inheritable, as ``pass_fds`` makes them) and
-    close every other fd but 0-2: the template's files are not the generation's."""
-    top = max([*received, *targets, 2]) + 1
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in received]
-    try:
-        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        open_fds = list(range(3, max(high) + 1))
-    for fd in open_fds:
-        if fd > 2 and fd not in high:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    for source, target in zip(high, targets, strict=True):
-        os.dup2(source, target, inheritable=True)
-        os.close(source)
+def _quit() -> NoReturn:
+    """Leave without running the libraries' ``atexit`` hooks: those are the generations'."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
-def _run_program(program: Program) -> None:
-    if program.kind == "script":
-        sys.argv = [program.target, *program.args]
-        runpy.run_path(program.target, run_name="__main__")
-        return
-    main = sys.modules["__main__"]
-    for key in [k for k in vars(main) if k != "__builtins__"]:
-        delattr(main, key)
-    sys.argv = ["-m", *program.args]
-    runpy._run_module_as_main(program.target, alter_argv=True)  # type: ignore[attr-defined]
+def _start_over(state: dict[str, Any]) -> NoReturn:
+    """Run the template again in this process (same pid, socket and environment), in a fresh
+    interpreter (no thread survives ``exec``) that leaves out ``state["excluded"]``."""
+    argv = sys.orig_argv
+    boot = next(i for i in range(len(argv) - 1) if argv[i] == "-c" and argv[i + 1] == BOOT)
+    os.set_inheritable(int(argv[boot + 3]), True)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush(), sys.stderr.flush()
+    os.execve(sys.executable, [*argv[: boot + 4], json.dumps(state)], _ENVIRON)
 
 
 def main() -> None:
-    """The template's entry point (``BOOT``); ``sys.argv``: [-c, package dir, socket fd]."""
+    """The template's entry point (``BOOT``); ``sys.argv``: [-c, package dir, socket fd] and,
+    when the preload starts over, the state it resumes."""
     if sys.path and sys.path[-1] == sys.argv[1]:
         del sys.path[-1]
     sock = socket.socket(fileno=int(sys.argv[2]))
-    job = Template(sock).run()
+    sock.set_inheritable(False)
+    resumed = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    job = Template(sock).run(resumed)
     job()

@@ -1,18 +1,25 @@
-"""Warm start's decisions, without a process: what is the project's own, what is stale, and how
-a command line is re-run in-process."""
+"""Warm start's decisions, without a process: what is the project's own, what is stale, how a
+command line is re-run in-process, and how the template says what it left to the generations."""
 
 from __future__ import annotations
 
 import os
 
 from grace_plugins.preload import (
+    SETTINGS,
+    SOCKET,
+    THREAD,
+    LeftOut,
     Program,
     changed_files,
+    failure_reason,
     is_project_module,
     parse_program,
     program_path0,
+    project_reason,
     project_roots,
     split_modules,
+    summarize,
 )
 
 STDLIB = ["/usr/lib/python3.11"]
@@ -121,3 +128,47 @@ def test_path0_is_the_script_directory_or_the_working_directory(tmp_path):
     script.write_text("")
     assert program_path0(Program([], "script", str(script), []), "/x") == str(tmp_path)
     assert program_path0(Program([], "module", "flask", []), "/srv/app") == "/srv/app"
+
+
+# -- what the template leaves to the generations -------------------------------------------------
+def test_reading_the_settings_is_importing_the_settings_module_or_its_packages():
+    settings = "mysite.settings.dev"
+    for name in ("mysite", "mysite.settings", "mysite.settings.dev"):
+        assert project_reason(name, settings) == SETTINGS
+    assert project_reason("mysite_extra", settings) == "imports the project's mysite_extra"
+    assert project_reason("home.models", settings) == "imports the project's home.models"
+    assert project_reason("config", None) == "imports the project's config"
+
+
+def test_summary_counts_imports_and_groups_culprits_by_reason():
+    left = [
+        LeftOut("pkg.sub", "pkg.sub", SETTINGS),
+        LeftOut("pkg.sub.leaf", "pkg.sub", SETTINGS),
+        LeftOut("agent_user", "agent", THREAD),
+        LeftOut("agent", "agent", THREAD),
+        LeftOut("statsd", "statsd", SOCKET),
+    ]
+    assert summarize(left) == (
+        "left to the generations: 5 imports (reads the project's settings: pkg.sub;"
+        " starts a thread: agent; opens a socket: statsd)"
+    )
+
+
+def test_summary_is_short_however_many_culprits():
+    left = [LeftOut(f"app{i}.models", f"app{i}.models", SETTINGS) for i in range(40)]
+    line = summarize(left)
+    assert line == (
+        "left to the generations: 40 imports (reads the project's settings:"
+        " app0.models, app1.models, app2.models and 37 more)"
+    )
+    assert summarize(left[:1]).startswith("left to the generations: 1 import (")
+
+
+def test_summary_of_nothing_left():
+    assert summarize([]) == "nothing left to the generations"
+
+
+def test_a_failure_is_named_by_its_exception_type_only():
+    assert failure_reason(ModuleNotFoundError("no module named x")) == (
+        "fails to import (ModuleNotFoundError)"
+    )

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from grace_plugins.template import Wire
+from grace_plugins.wire import Wire
 
 
 @pytest.fixture

@@ -1,0 +1,74 @@
+"""A generation forked from the warm-start template: what it must not keep of the template's
+process (fds, signal handlers as they were after the preload, random states), and how it then
+runs the user's command line in-process, as ``python script`` or ``python -m`` would."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import os
+import runpy
+import signal
+import sys
+import weakref
+from typing import Any
+
+from grace_plugins.preload import Program
+
+
+def place_fds(received: list[int], targets: list[int]) -> None:
+    """Put *received* at the numbers *targets* (inheritable, as ``pass_fds`` makes them) and
+    close every other fd but 0-2: the template's files are not the generation's."""
+    top = max([*received, *targets, 2]) + 1
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in received]
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        open_fds = list(range(3, max(high) + 1))
+    for fd in open_fds:
+        if fd > 2 and fd not in high:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for source, target in zip(high, targets, strict=True):
+        os.dup2(source, target, inheritable=True)
+        os.close(source)
+
+
+def run_program(program: Program) -> None:
+    """Run the user's program as the interpreter would have (``sys.argv``, ``__main__``)."""
+    if program.kind == "script":
+        sys.argv = [program.target, *program.args]
+        runpy.run_path(program.target, run_name="__main__")
+        return
+    main = sys.modules["__main__"]
+    for key in [k for k in vars(main) if k != "__builtins__"]:
+        delattr(main, key)
+    sys.argv = ["-m", *program.args]
+    runpy._run_module_as_main(program.target, alter_argv=True)  # type: ignore[attr-defined]
+
+
+def dispositions() -> dict[int, Any]:
+    """Every signal's handler now (after the preload: a library's handler is the generation's,
+    as it is in a cold start)."""
+    found: dict[int, Any] = {}
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            handler = signal.getsignal(sig)
+            if handler is not None:
+                found[sig] = handler
+    return found
+
+
+def generators() -> list[weakref.ref[Any]]:
+    """The preloaded ``random.Random`` instances (a fork copies their state). By type only: an
+    ``isinstance`` may run a lazy object's code (Django's settings)."""
+    module = sys.modules.get("random")
+    if module is None:
+        return []
+    kinds = (module.Random,)
+    return [
+        weakref.ref(one)
+        for one in gc.get_objects()
+        if issubclass(type(one), kinds) and not issubclass(type(one), module.SystemRandom)
+    ]

@@ -1,0 +1,48 @@
+"""The warm-start template's wire: newline-delimited JSON over a Unix stream socket, the fds of
+a generation riding with its spawn request (``SCM_RIGHTS``)."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+MAX_MESSAGE = 64 << 20
+
+
+class Wire:
+    """Newline-delimited JSON over a Unix stream socket, fds riding with a message."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+        self._fds: list[int] = []
+
+    def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
+        self.sock.sendall(data[sent:])
+
+    def receive(self, timeout: float | None) -> tuple[dict[str, Any], list[int]] | None:
+        """The next message and the fds that came with it; ``None`` at EOF.
+
+        :raises TimeoutError: nothing complete within *timeout* seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("no answer")
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 64)
+            self._fds.extend(fds)
+            if not data:
+                return None
+            self._buffer += data
+            if len(self._buffer) > MAX_MESSAGE:
+                raise ValueError("message too long")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        fds, self._fds = self._fds, []
+        return json.loads(line), fds

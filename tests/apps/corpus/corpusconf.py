@@ -1,0 +1,3 @@
+"""The project's settings, read at import by ``corpus_settings.sub`` (Flask: no Django)."""
+
+MODE = "live"

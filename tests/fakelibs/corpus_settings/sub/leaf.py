@@ -1,0 +1,4 @@
+import os
+
+VALUE = "leaf"
+LOADED_IN = os.getpid()
