@@ -170,7 +170,9 @@ class Watcher:
         if raw.lost:  # the kernel dropped events: look at the files saved meanwhile
             self._debounce.add(self._saved_since(heard_from), now)
         changed = self._matcher.changed
-        self._debounce.add(changed(raw.paths), now, changed(raw.writing), changed(raw.closed))
+        paths = changed(raw.paths)
+        missing = [path for path in paths if not os.path.exists(path)]
+        self._debounce.add(paths, now, changed(raw.writing), changed(raw.closed), missing)
         self._publish(self._debounce.due(now))
 
     def _apply(self, spec: WatchSpec) -> None:

@@ -301,14 +301,18 @@ class Batch:
 
 @dataclass
 class Debounce:
-    """A burst of changes is one batch: due once no change came for *quiet* s and no changed
-    file is still open for writing (an editor's ``fsync`` before the close can take longer than
-    *quiet*), or *longest* s after the burst's first change, whatever happens."""
+    """A burst of changes is one batch: due once no change came for *quiet* s, no changed file
+    is still open for writing (an editor's ``fsync`` before the close can take longer than
+    *quiet*) and none is missing (vim renames the file away, then writes it anew: on a busy
+    machine the two can be more than *quiet* apart, and a new generation started in between
+    would not find the module), or *longest* s after the burst's first change, whatever
+    happens (a file really deleted)."""
 
     quiet: float = QUIET
     longest: float = LONGEST
     _paths: set[str] = field(default_factory=set)
     _writing: set[str] = field(default_factory=set)
+    _missing: set[str] = field(default_factory=set)
     _first: float | None = None
     _last: float = 0.0
 
@@ -318,14 +322,17 @@ class Debounce:
         now: float,
         writing: Iterable[str] = (),
         closed: Iterable[str] = (),
+        missing: Iterable[str] = (),
     ) -> None:
-        """Changes seen at *now*; of them, *writing* are still open for writing, and *closed*
-        were closed by their writer (nothing happens for an empty *paths*)."""
+        """Changes seen at *now*; of them, *writing* are still open for writing, *closed* were
+        closed by their writer, and *missing* do not exist now (the others do: a missing file
+        that reappears no longer holds the batch). Nothing happens for an empty *paths*."""
         paths = set(paths)
         if not paths:
             return
         self._paths |= paths
         self._writing = (self._writing | set(writing)) - set(closed)
+        self._missing = (self._missing | set(missing)) - (paths - set(missing))
         if self._first is None:
             self._first = now
         self._last = now
@@ -335,7 +342,7 @@ class Debounce:
         if self._first is None:
             return None
         deadline = self._first + self.longest
-        if not self._writing:
+        if not self._writing and not self._missing:
             deadline = min(deadline, self._last + self.quiet)
         return max(0.0, deadline - now)
 
@@ -345,5 +352,5 @@ class Debounce:
         if left is None or left > 0 or self._first is None:
             return Batch()
         batch = Batch(tuple(sorted(self._paths)), self._first, now)
-        self._paths, self._writing, self._first = set(), set(), None
+        self._paths, self._writing, self._missing, self._first = set(), set(), set(), None
         return batch

@@ -249,6 +249,20 @@ def test_a_writer_that_never_closes_holds_the_batch_until_longest_only():
     assert debounce.due(2.02).paths == ("/b.py",)
 
 
+def test_a_file_renamed_away_holds_the_batch_until_it_is_back():
+    """vim: the file is renamed to a backup, then written anew; on a busy machine the two can
+    be further apart than *quiet*: one batch all the same, due once the file is back."""
+    debounce = Debounce(quiet=0.02, longest=0.5)
+    debounce.add(["/a.py"], 1.0, missing=["/a.py"])
+    assert not debounce.due(1.1)  # a generation started now would not find the module
+    debounce.add(["/a.py"], 1.15, writing=["/a.py"])
+    debounce.add(["/a.py"], 1.16, closed=["/a.py"])
+    assert not debounce.due(1.17)
+    assert debounce.due(1.18) == Batch(("/a.py",), 1.0, 1.18)
+    debounce.add(["/gone.py"], 2.0, missing=["/gone.py"])  # really deleted: at longest
+    assert not debounce.due(2.49) and debounce.due(2.5).paths == ("/gone.py",)
+
+
 def test_two_saves_apart_are_two_batches():
     debounce = Debounce()
     debounce.add(["/a.py"], 0.0)
