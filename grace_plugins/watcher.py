@@ -210,11 +210,22 @@ class Watcher:
         source.watch((), self._scan)
 
     def _publish(self, batch: Batch) -> None:
-        if not batch:
-            return
+        """Make *batch* ready, less what was already reported as it is now: a save both heard
+        and caught up on (the watches of a new spec set just before it, the look at the files
+        just after) is one change, not two."""
+        fresh = []
         for path in batch.paths:
-            with contextlib.suppress(OSError):
-                self._reported[path] = os.stat(path).st_mtime
+            try:
+                mtime: float | None = os.stat(path).st_mtime
+            except OSError:
+                mtime = None
+            if mtime is None or self._reported.get(path) != mtime:
+                fresh.append(path)
+            if mtime is not None:
+                self._reported[path] = mtime
+        if not fresh:
+            return
+        batch = Batch(tuple(fresh), batch.first, batch.ready)
         with self._lock:
             self._ready = self._ready + batch
             if self._closing:

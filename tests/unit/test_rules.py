@@ -323,10 +323,12 @@ def test_stop_during_an_upgrade_kills_the_new_generation_and_drains_the_old():
     d.advance(2)
     d.signal(signal.SIGHUP)
     out = d.signal(signal.SIGINT)
-    assert act.Kill(2) in out and act.Drain(1) in out
+    assert act.Kill(2, wait=True) in out and act.Forget(2) in out and act.Drain(1) in out
     assert d.ready(2) == []  # it said ready before it died: not promoted while stopping
     out = d.exit(2, -9)
     assert lines(out) == []  # no rollback line while stopping
+    late = d.feed(act.Spawned(d.now, 2, 1002, warm=True))  # a fork answered after the stop
+    assert kinds(late, act.Kill) == [act.Kill(2, wait=True)] and act.Forget(2) in late
     assert d.ready(2) == []
     d.exit(1)
     assert d.rules.finished
@@ -400,7 +402,7 @@ def test_signals_are_served_while_the_preflight_runs():
     d.signal(signal.SIGUSR2)
     assert spawned(d.signal(signal.SIGHUP)) == [2]  # an upgrade does not wait for it
     out = d.signal(signal.SIGTERM)
-    assert act.StopPreflight() in out and act.Kill(2) in out and act.Drain(1) in out
+    assert act.StopPreflight() in out and act.Kill(2, wait=True) in out and act.Drain(1) in out
     assert d.feed(act.PreflightDone(d.now, None)) == []  # stopping: no re-exec
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from grace_plugins.watcher import Watcher
+from grace_plugins.watchsources import Raw
 from grace_plugins.watchspec import WatchSpec
 from tests.unit.watching import (
     QUIET,
     SAVES,
     SOURCES,
+    FakeSource,
     assert_nothing_else,
     make_proj,
     make_source,
@@ -141,6 +143,20 @@ def test_a_save_already_reported_is_not_reported_again_by_the_next_spec(watchers
     assert paths(next_batch(watcher), proj) == ["views.py"]
     watcher.watch(WatchSpec(spec.files, since=since))  # it reports what it loaded
     assert_nothing_else(watcher, proj)
+
+
+def test_a_save_heard_and_caught_up_on_is_one_change(watchers, proj):
+    """The watches of a new spec are set, the file is saved, then the files are looked at: the
+    save is caught up on, and its event comes too. One batch, not two."""
+    source = FakeSource()
+    watcher = watchers(source=source)
+    replace_save(proj / "app.py")  # saved after the load began: caught up on
+    watcher.watch(spec_of(proj, "app.py", "sentinel.py", since=time.time() - 5))
+    assert paths(next_batch(watcher), proj) == ["app.py"]
+    source.push(Raw([str(proj / "app.py")]))  # the same save, heard late
+    source.push(Raw([str(proj / "sentinel.py")]))
+    replace_save(proj / "sentinel.py")
+    assert paths(next_batch(watcher), proj) == ["sentinel.py"]
 
 
 @pytest.mark.parametrize("kind", SOURCES)
