@@ -14,7 +14,7 @@ import sys
 import weakref
 from typing import Any
 
-from grace_plugins.preload import Program
+from grace_plugins.cmdline import Program
 
 
 def place_fds(received: list[int], targets: list[int]) -> None:

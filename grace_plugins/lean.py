@@ -17,8 +17,8 @@ import os
 import sys
 
 import grace_plugins
+from grace_plugins.cmdline import interpreter_flags
 from grace_plugins.errors import ExitCode, GraceError
-from grace_plugins.process import interpreter_flags
 from grace_plugins.reexec import SupervisorHandoff, exec_supervisor
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.lean import main;main()"

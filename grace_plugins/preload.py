@@ -191,43 +191,6 @@ def summarize(left: Sequence[LeftOut], shown: int = 3) -> str:
     return f"left to the generations: {count} ({'; '.join(groups)})"
 
 
-# -- the command line a template re-runs ---------------------------------------------------------
-@dataclass(frozen=True)
-class Program:
-    """The user's command line, as the template must re-run it."""
-
-    flags: list[str]
-    kind: str  # "script" or "module"
-    target: str  # the script's path, or the module's name
-    args: list[str]  # what follows the target
-
-
-def parse_program(argv: Sequence[str], argv_len: int) -> Program | None:
-    """Split ``[python, *args]`` (:func:`grace_plugins.process.program_argv`) into interpreter
-    flags, script or module, and arguments; ``None`` for what a template cannot re-run
-    (``-c``, standard input). *argv_len* is ``len(sys.argv)``: sys.argv is args' tail."""
-    args = list(argv[1:])
-    index = len(args) - argv_len
-    if index < 0 or index >= len(args):
-        return None
-    before = args[index - 1] if index > 0 else ""
-    target = args[index]
-    if before == "-m":
-        return Program(args[: index - 1], "module", target, args[index + 1 :])
-    if target.startswith("-m") and len(target) > 2:
-        return Program(args[:index], "module", target[2:], args[index + 1 :])
-    if before == "-c" or target.startswith("-") or not os.path.isabs(target):
-        return None
-    return Program(args[:index], "script", target, args[index + 1 :])
-
-
-def program_path0(program: Program, cwd: str) -> str:
-    """The ``sys.path[0]`` the interpreter gives this program."""
-    if program.kind == "script":
-        return os.path.dirname(os.path.realpath(program.target))
-    return cwd
-
-
 # -- the generation's report ----------------------------------------------------------------------
 def module_origin(module: object) -> str | None:
     """The file a module came from (a namespace package: its first directory). Read from the

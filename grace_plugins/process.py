@@ -31,36 +31,6 @@ _subreaper = False
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _command_line() -> tuple[list[str], int]:
-    """This process's command line without the interpreter (``sys.orig_argv[1:]``), and where
-    ``sys.argv`` starts in it: its first item is the script, ``-c`` or the module."""
-    args = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))[1:]
-    return args, len(args) - len(sys.argv)
-
-
-def program_argv() -> list[str]:
-    """Return the command line that re-runs this program (interpreter flags included)."""
-    args, script_index = _command_line()
-    if 0 <= script_index < len(args):
-        before = args[script_index - 1] if script_index > 0 else ""
-        candidate = args[script_index]
-        if (
-            before not in ("-m", "-c")
-            and candidate not in ("-c", "-m")
-            and os.path.exists(candidate)
-        ):
-            args[script_index] = os.path.abspath(candidate)
-    return [sys.executable, *args]
-
-
-def interpreter_flags() -> list[str]:
-    """The interpreter's own options on this process's command line (``-X dev``, ``-W
-    error``...), without what it runs (a script, ``-m module``, ``-c code``)."""
-    args, script_index = _command_line()
-    flags = args[: max(script_index, 0)]
-    return flags[:-1] if flags and flags[-1] in ("-m", "-c") else flags
-
-
 class ChildProcess(subprocess.Popen[bytes]):
     """A child of this process known only by its pid: a generation forked by the warm-start
     template and re-parented to us (a child subreaper), or one inherited across a USR2 exec.

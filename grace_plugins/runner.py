@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from grace_plugins import listeners as lst
+from grace_plugins.cmdline import program_argv
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
 from grace_plugins.lean import become_lean
 from grace_plugins.log import configure, get_logger
-from grace_plugins.process import Spawner, program_argv
+from grace_plugins.process import Spawner
 from grace_plugins.reexec import (
     PREFLIGHT_VAR,
     SUPERVISOR_VAR,

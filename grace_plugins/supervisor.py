@@ -33,12 +33,13 @@ from collections.abc import Callable
 
 from grace_plugins import actions as act
 from grace_plugins import channel as msg
+from grace_plugins.cmdline import program_argv
 from grace_plugins.effects import Child, Effects
 from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.options import Options
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
-from grace_plugins.process import ChildProcess, Outcome, Spawner, program_argv, reap_orphans
+from grace_plugins.process import ChildProcess, Outcome, Spawner, reap_orphans
 from grace_plugins.reexec import SupervisorHandoff, release_held_signals
 from grace_plugins.reporting import Reporter
 from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules

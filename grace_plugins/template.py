@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from grace_plugins import forked, preload
-from grace_plugins.preload import Program, program_path0
+from grace_plugins.cmdline import Program, program_path0
 from grace_plugins.preloader import Preloader, threads
 from grace_plugins.wire import Wire
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 
 import grace_plugins
 from grace_plugins import preload
+from grace_plugins.cmdline import Program
 from grace_plugins.handoff import HANDOFF_VAR
-from grace_plugins.preload import Program
 from grace_plugins.sdnotify import NOTIFY_VAR
 from grace_plugins.template import BOOT, Wire
 

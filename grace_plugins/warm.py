@@ -32,8 +32,8 @@ from collections.abc import Callable
 
 from grace_plugins import actions as act
 from grace_plugins import preload
+from grace_plugins.cmdline import parse_program
 from grace_plugins.log import get_logger
-from grace_plugins.preload import parse_program
 from grace_plugins.process import (
     AddSource,
     ChildProcess,

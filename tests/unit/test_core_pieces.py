@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from grace_plugins import __main__ as cli
-from grace_plugins import log, process, reexec, state
+from grace_plugins import cmdline, log, process, reexec, state
 from grace_plugins.channel import Channel
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.options import Options
@@ -242,8 +242,9 @@ def test_program_argv(tmp_path, monkeypatch, orig, argv, expected):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
     monkeypatch.setattr(sys, "argv", argv)
-    got = process.program_argv()
+    got = cmdline.program_argv()
     assert got == [sys.executable, *(part.format(dir=tmp_path) for part in expected)]
+    assert cmdline.interpreter_flags() == (["-X", "utf8"] if orig[1] == "-X" else [])
 
 
 def test_pid_alive_and_reaping_outside_pid1():

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import os
 
+from grace_plugins.cmdline import Program, parse_program, program_path0
 from grace_plugins.preload import (
     SETTINGS,
     SOCKET,
     THREAD,
     LeftOut,
-    Program,
     changed_files,
     failure_reason,
     is_project_module,
-    parse_program,
-    program_path0,
     project_reason,
     project_roots,
     split_modules,

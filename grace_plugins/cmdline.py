@@ -1,0 +1,86 @@
+"""The program's command line: the one reading of ``sys.orig_argv`` the package makes.
+
+``sys.argv`` is the tail of ``sys.orig_argv`` (3.10+) less the interpreter: its first item is
+where the program starts (the script, the module's file for ``-m``, ``-c`` for code), and what
+comes before it are the interpreter's own options. From that split come the command line that
+re-runs the program in a generation (:func:`program_argv`: console scripts, ``python -m``,
+``python -c`` and interpreter flags, a script path made absolute), the flags the lean
+supervisor and the warm-start template start with (:func:`interpreter_flags`), and what a
+template re-runs in-process (:func:`parse_program`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Program:
+    """A command line, split: interpreter flags, what runs, and its arguments."""
+
+    flags: list[str]
+    kind: str  # "script", "module", or "code" (-c)
+    target: str  # the script's path, the module's name, or the code
+    args: list[str]  # what follows the target
+
+
+def split(args: Sequence[str], argv_len: int) -> Program | None:
+    """Split *args* (``sys.orig_argv[1:]``) given ``len(sys.argv)``; ``None`` when they do not
+    say (standard input, an interpreter without ``orig_argv``)."""
+    args = list(args)
+    index = len(args) - argv_len
+    if index < 0 or index >= len(args):
+        return None
+    before = args[index - 1] if index > 0 else ""
+    target = args[index]
+    if before in ("-m", "-c"):
+        kind = "module" if before == "-m" else "code"
+        return Program(args[: index - 1], kind, target, args[index + 1 :])
+    if target.startswith("-m") and len(target) > 2:
+        return Program(args[:index], "module", target[2:], args[index + 1 :])
+    if target.startswith("-"):
+        return None
+    return Program(args[:index], "script", target, args[index + 1 :])
+
+
+def parse_program(argv: Sequence[str], argv_len: int) -> Program | None:
+    """What a template can re-run in-process from ``[python, *args]`` (:func:`program_argv`):
+    a script given by its absolute path, or a module; ``None`` otherwise (``-c``, standard
+    input). *argv_len* is ``len(sys.argv)``."""
+    program = split(argv[1:], argv_len)
+    if program is None or program.kind == "code":
+        return None
+    if program.kind == "script" and not os.path.isabs(program.target):
+        return None
+    return program
+
+
+def _this() -> tuple[list[str], Program | None]:
+    args = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))[1:]
+    return args, split(args, len(sys.argv))
+
+
+def program_argv() -> list[str]:
+    """The command line that re-runs this program (interpreter flags included)."""
+    args, program = _this()
+    if program is None or program.kind != "script" or not os.path.exists(program.target):
+        return [sys.executable, *args]
+    target = os.path.abspath(program.target)
+    return [sys.executable, *program.flags, target, *program.args]
+
+
+def interpreter_flags() -> list[str]:
+    """The interpreter's own options on this process's command line (``-X dev``, ``-W
+    error``...), without what it runs."""
+    program = _this()[1]
+    return [] if program is None else program.flags
+
+
+def program_path0(program: Program, cwd: str) -> str:
+    """The ``sys.path[0]`` the interpreter gives this program."""
+    if program.kind == "script":
+        return os.path.dirname(os.path.realpath(program.target))
+    return cwd
