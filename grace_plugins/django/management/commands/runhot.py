@@ -23,13 +23,14 @@ program and re-binds the port on every change, ``runhot`` calls :func:`grace_plu
 from __future__ import annotations
 
 import functools
+import io
 import os
 import socket
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.core.management.base import CommandError, SystemCheckError
+from django.core.management.base import CommandError, OutputWrapper, SystemCheckError
 from django.core.management.commands.runserver import Command as CoreRunserverCommand
 from django.core.servers.basehttp import WSGIServer
 
@@ -39,7 +40,7 @@ from grace_plugins.generation import GenerationContext
 from grace_plugins.options import BY_NAME, Options
 from grace_plugins.options import add_arguments as add_grace_arguments
 from grace_plugins.readycheck import host_and_port
-from grace_plugins.runner import run_or_exit
+from grace_plugins.runner import is_generation, run_or_exit
 from grace_plugins.watching import Watching
 
 if apps.is_installed("django.contrib.staticfiles"):
@@ -59,6 +60,7 @@ class Command(RunserverCommand):
 
     context: GenerationContext | None = None
     server_cls: type[WSGIServer]  # runserver's class attribute; a generation replaces it
+    stderr: OutputWrapper  # BaseCommand's
     _use_reloader = False
 
     def add_arguments(self, parser: Any) -> None:
@@ -72,7 +74,22 @@ class Command(RunserverCommand):
         grace = Options(**{name: options[name] for name in BY_NAME})  # parsed by argparse
         serve = functools.partial(self.serve_generation, options=options)
         watching = Watching() if options["use_reloader"] else None
+        if not is_generation() and not options["skip_checks"]:
+            self.check_before_start()
         run_or_exit(serve, [self.listen_address()], grace, watching=watching)
+
+    def check_before_start(self) -> None:
+        """Run the system checks before anything is bound, as ``runserver --noreload`` runs
+        them in-process: a failing one raises :class:`SystemCheckError` here (``manage.py``
+        prints it and exits 1; a Python caller gets the exception). Warnings are left to the
+        first generation, which prints them with the banner; the lean supervisor (an exec)
+        keeps nothing this imported."""
+        stderr = self.stderr
+        self.stderr = OutputWrapper(io.StringIO())
+        try:
+            self.check(display_num_errors=False)
+        finally:
+            self.stderr = stderr
 
     def listen_address(self) -> str:
         """The address parsed by ``runserver``'s ``handle`` in the core's notation.
