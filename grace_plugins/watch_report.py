@@ -37,8 +37,10 @@ class WatchReporter:
         *,
         extra_files: Iterable[str] = (),
         exclude: Iterable[str] = (),
+        recheck: float = RECHECK,
     ) -> None:
         self._send = send
+        self._recheck = recheck
         self._serving = serving
         self._since = since
         self._extra_files = list(extra_files)
@@ -80,4 +82,4 @@ class WatchReporter:
                 if spec != sent and not self._stopped.is_set():
                     self._send(watch_message(spec.encode()))
                     sent = spec
-            self._stopped.wait(RECHECK)
+            self._stopped.wait(self._recheck)

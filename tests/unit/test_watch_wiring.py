@@ -115,7 +115,9 @@ def test_the_reporter_sends_once_ready_again_when_modules_grow_and_what_a_failur
         sent.append(line)
         arrived.set()
 
-    reporter = WatchReporter(send, lambda since: next(specs), 3.0, extra_files=["/p/extra.cfg"])
+    reporter = WatchReporter(
+        send, lambda since: next(specs), 3.0, extra_files=["/p/extra.cfg"], recheck=0.02
+    )
     reporter.start()
     assert arrived.wait(5)
     arrived.clear()
