@@ -89,6 +89,42 @@ class TemplateProcess:
             self.process.wait(1.0)
 
 
+class Leaving:
+    """The templates asked to stop that have not exited yet: each leaves by itself (after the
+    line it may still be printing) or is killed at its :attr:`~TemplateProcess.leave_by`."""
+
+    def __init__(self) -> None:
+        self._templates: list[TemplateProcess] = []
+
+    def add(self, template: TemplateProcess) -> None:
+        template.leave()
+        self._templates.append(template)
+
+    def pids(self) -> set[int]:
+        return {t.pid for t in self._templates}
+
+    def reap(self) -> None:
+        """After a SIGCHLD: forget those that exited (``poll`` reaps them)."""
+        self._templates = [t for t in self._templates if t.process.poll() is None]
+
+    def deadline(self) -> float | None:
+        return min((t.leave_by for t in self._templates if t.leave_by is not None), default=None)
+
+    def expire(self, now: float) -> None:
+        """Kill those still there past their time."""
+        for t in [t for t in self._templates if t.leave_by is not None and now >= t.leave_by]:
+            t.kill()
+            self._templates.remove(t)
+
+    def close(self) -> None:
+        """Wait for each until its time, then kill it. Blocks up to :data:`LEAVE_SECONDS`."""
+        for t in self._templates:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                t.process.wait(max(0.0, (t.leave_by or 0.0) - time.monotonic()))
+            t.kill()
+        self._templates = []
+
+
 def start_template(
     program: Program, argv: list[str], env: Mapping[str, str], cwd: str, report: str
 ) -> TemplateProcess:

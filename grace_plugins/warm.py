@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,12 @@ from grace_plugins.process import (
     Started,
     become_subreaper,
 )
-from grace_plugins.template_process import TemplateProcess, forget_dead_reports, start_template
+from grace_plugins.template_process import (
+    Leaving,
+    TemplateProcess,
+    forget_dead_reports,
+    start_template,
+)
 
 #: Seconds a fork request may wait for the template's answer before the generation starts cold.
 FORK_TIMEOUT = 5.0
@@ -93,7 +97,7 @@ class WarmSpawner(Spawner):
         self.template: TemplateProcess | None = None  # ready: forks generations
         self.building: TemplateProcess | None = None  # importing: replaces it once ready
         self._fork: _Fork | None = None
-        self._leaving: list[TemplateProcess] = []  # asked to stop, not reaped yet
+        self._leaving = Leaving()
         self._report_stamp: preload.Stamp = None
         #: module names the last template covered (ok or unusable): no rebuild for those.
         self._basis: frozenset[str] | None = None
@@ -122,7 +126,7 @@ class WarmSpawner(Spawner):
         return None
 
     def pids(self) -> set[int]:
-        return {t.pid for t in [*self._templates(), *self._leaving]}
+        return {t.pid for t in self._templates()} | self._leaving.pids()
 
     def reap(self) -> list[Outcome]:
         """After a SIGCHLD: first the answers a template already sent (so a generation it
@@ -133,19 +137,15 @@ class WarmSpawner(Spawner):
         for t in self._templates():
             if t.process.poll() is not None:
                 out += self._lost(t, f"the template (pid {t.pid}) exited")
-        self._leaving = [t for t in self._leaving if t.process.poll() is None]
+        self._leaving.reap()
         return out
 
     def deadline(self) -> float | None:
-        moments = [t.leave_by for t in self._leaving if t.leave_by is not None]
-        if self._fork is not None:
-            moments.append(self._fork.deadline)
-        return min(moments, default=None)
+        moments = [self._leaving.deadline(), self._fork.deadline if self._fork else None]
+        return min((m for m in moments if m is not None), default=None)
 
     def expire(self, now: float) -> list[Outcome]:
-        for t in [t for t in self._leaving if t.leave_by is not None and now >= t.leave_by]:
-            t.kill()
-            self._leaving.remove(t)
+        self._leaving.expire(now)
         fork = self._fork
         if fork is None or now < fork.deadline:
             return []
@@ -170,11 +170,7 @@ class WarmSpawner(Spawner):
     def close(self) -> None:
         """Stop the templates and withdraw the report request. Blocks up to a few seconds."""
         self._stop_all(None)
-        for t in self._leaving:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                t.process.wait(max(0.0, (t.leave_by or 0.0) - time.monotonic()))
-            t.kill()
-        self._leaving = []
+        self._leaving.close()
         with contextlib.suppress(OSError):
             os.unlink(self.report)
 
@@ -322,8 +318,7 @@ class WarmSpawner(Spawner):
         (see :meth:`expire`). Does not block."""
         if t is not None and t.leave_by is None:
             self._remove(t.wire.sock)
-            t.leave()
-            self._leaving.append(t)
+            self._leaving.add(t)
 
     def _stop_all(self, reason: str | None) -> None:
         """Stop the templates; *reason* is why later generations start cold. (Called when no

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from grace_plugins.debounce import LONGEST, QUIET, Batch, Debounce
 from grace_plugins.log import get_logger
 from grace_plugins.watchsources import (
     PollSource,
@@ -33,11 +34,7 @@ from grace_plugins.watchsources import (
     open_source,
 )
 from grace_plugins.watchspec import (
-    LONGEST,
-    QUIET,
     SCRATCH_DIRS,
-    Batch,
-    Debounce,
     Matcher,
     WatchSpec,
     catch_up,

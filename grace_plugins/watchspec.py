@@ -10,8 +10,8 @@ without a file or a process (``tests/unit/test_watchspec.py``).
 * :class:`Matcher` says which changed paths count: a file nothing loaded changes nothing.
 * :func:`catch_up` picks the watched files saved since the generation began loading: its
   watches were set after that, and a save in between must not be lost.
-* :class:`Debounce` turns a burst of changes (an editor's safe write: temp file, rename, chmod;
-  a ``git checkout`` of many files) into one batch.
+
+When a save is over (a burst of events is one batch) is :mod:`grace_plugins.debounce`'s.
 """
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: The version of the encoded spec; a supervisor refuses a newer one with a clear message.
 SPEC_VERSION = 1
 #: A file's mtime comes from a coarse clock (one kernel tick, up to 10 ms, behind
 #: ``time.time()``): a save made just after a load began can carry an mtime just before it.
 SINCE_SLACK = 0.02
-#: A burst is over once no change came for this long (s)...
-QUIET = 0.02
-#: ...or this long after its first change, however busy the files stay (s).
-LONGEST = 0.5
 #: Names inside a watched directory that are an editor's scratch files, never content: vim's
 #: swap files and its ``4913`` probe, backups (``x~``), Emacs locks and autosaves, JetBrains'
 #: safe-write temporaries, the temporary file of an atomic save (``x.tmp``, gedit's), macOS'
@@ -272,85 +268,3 @@ def catch_up(
         for path, mtime in mtimes.items()
         if mtime is not None and low <= mtime <= high and reported.get(path) != mtime
     )
-
-
-# -- the debounce --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Batch:
-    """The changed paths of one save (or of several, if taken together), and when the watcher
-    saw the first of them and when it decided the save was over (``time.monotonic()``)."""
-
-    paths: tuple[str, ...] = ()
-    first: float = 0.0
-    ready: float = 0.0
-
-    def __bool__(self) -> bool:
-        return bool(self.paths)
-
-    def __add__(self, later: Batch) -> Batch:
-        if not self:
-            return later
-        if not later:
-            return self
-        return Batch(
-            tuple(sorted(set(self.paths) | set(later.paths))),
-            min(self.first, later.first),
-            max(self.ready, later.ready),
-        )
-
-
-@dataclass
-class Debounce:
-    """A burst of changes is one batch: due once no change came for *quiet* s, no changed file
-    is still open for writing (an editor's ``fsync`` before the close can take longer than
-    *quiet*) and none is missing (vim renames the file away, then writes it anew: on a busy
-    machine the two can be more than *quiet* apart, and a new generation started in between
-    would not find the module), or *longest* s after the burst's first change, whatever
-    happens (a file really deleted)."""
-
-    quiet: float = QUIET
-    longest: float = LONGEST
-    _paths: set[str] = field(default_factory=set)
-    _writing: set[str] = field(default_factory=set)
-    _missing: set[str] = field(default_factory=set)
-    _first: float | None = None
-    _last: float = 0.0
-
-    def add(
-        self,
-        paths: Iterable[str],
-        now: float,
-        writing: Iterable[str] = (),
-        closed: Iterable[str] = (),
-        missing: Iterable[str] = (),
-    ) -> None:
-        """Changes seen at *now*; of them, *writing* are still open for writing, *closed* were
-        closed by their writer, and *missing* do not exist now (the others do: a missing file
-        that reappears no longer holds the batch). Nothing happens for an empty *paths*."""
-        paths = set(paths)
-        if not paths:
-            return
-        self._paths |= paths
-        self._writing = (self._writing | set(writing)) - set(closed)
-        self._missing = (self._missing | set(missing)) - (paths - set(missing))
-        if self._first is None:
-            self._first = now
-        self._last = now
-
-    def wait(self, now: float) -> float | None:
-        """Seconds until the pending batch is due (0 if it is), ``None`` if none is pending."""
-        if self._first is None:
-            return None
-        deadline = self._first + self.longest
-        if not self._writing and not self._missing:
-            deadline = min(deadline, self._last + self.quiet)
-        return max(0.0, deadline - now)
-
-    def due(self, now: float) -> Batch:
-        """The batch, if due at *now* (it is then forgotten here); else an empty batch."""
-        left = self.wait(now)
-        if left is None or left > 0 or self._first is None:
-            return Batch()
-        batch = Batch(tuple(sorted(self._paths)), self._first, now)
-        self._paths, self._writing, self._missing, self._first = set(), set(), set(), None
-        return batch

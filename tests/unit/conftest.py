@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +15,11 @@ def listener():
     sock.setblocking(False)
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    """A project directory for the watcher's tests (``tests/unit/watching.py``)."""
+    from tests.unit.watching import make_proj
+
+    return make_proj(tmp_path)

@@ -13,8 +13,9 @@ import pytest
 
 from grace_plugins import actions as act
 from grace_plugins.channel import MAX_LINE, Channel, parse_watch, watch_message
+from grace_plugins.debounce import Batch
 from grace_plugins.watch_report import WatchReporter
-from grace_plugins.watchspec import Batch, WatchSpec
+from grace_plugins.watchspec import WatchSpec
 from tests.unit.test_rules import Driver, kinds, lines, spawned
 from tests.unit.test_supervisor import FakeSpawner, feed, make, run_until
 

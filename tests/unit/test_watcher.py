@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import select
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,6 @@ from tests.unit.watching import (
     SOURCES,
     FakeSource,
     assert_nothing_else,
-    make_proj,
     make_source,
     next_batch,
     paths,
@@ -53,11 +51,6 @@ def watchers():
     yield make
     for watcher in made:
         assert watcher.close(), "the watcher's thread did not stop"
-
-
-@pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    return make_proj(tmp_path)
 
 
 # -- a save is one batch, of the files that were loaded ------------------------------------------

@@ -11,7 +11,6 @@ import select
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from tests.unit.watching import (
     POLL,
     QUIET,
     FakeSource,
-    make_proj,
     make_source,
     next_batch,
     paths,
@@ -31,11 +29,6 @@ from tests.unit.watching import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    return make_proj(tmp_path)
 
 
 # -- the supervisor's side: fd, take, close ------------------------------------------------------

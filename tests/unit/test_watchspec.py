@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from grace_plugins.debounce import LONGEST, QUIET, Batch, Debounce
 from grace_plugins.watchspec import (
-    LONGEST,
-    QUIET,
     SINCE_SLACK,
     SPEC_VERSION,
-    Batch,
-    Debounce,
     DirGlob,
     Matcher,
     SpecError,

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from grace_plugins.debounce import Batch
 from grace_plugins.watcher import Watcher
 from grace_plugins.watchsources import InotifySource, PollSource, Raw, WatchfilesSource
-from grace_plugins.watchspec import Batch, WatchSpec
+from grace_plugins.watchspec import WatchSpec
 
 QUIET = 0.1
 POLL = 0.05
