@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 
 
@@ -39,3 +40,24 @@ def write_atomic(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def untrusted(directory: str) -> str | None:
+    """Why a file root writes in *directory* could be replaced by another user, or ``None``.
+
+    Only for a process running as root (a server that binds a low port, then drops privileges):
+    there a pidfile or state file in a directory another user owns, or may write to, would let
+    that user point ``grace-plugins reload`` (or a ``kill $(cat pidfile)``) at any process. A
+    sticky directory (``/tmp``) lets nobody replace another's file. Blocks for one ``stat``.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None  # writing there fails with its own message
+    if info.st_uid != 0:
+        return f"it is owned by uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        return "other users may write to it"
+    return None

@@ -50,7 +50,8 @@ def main() -> None:
                 " server: start the server itself (flask hotrun, manage.py runhot...)."
             )
         sockets = adopt_listeners(image)
+        code = supervise(image, sockets)
     except GraceError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(ExitCode.USAGE)
-    sys.exit(supervise(image, sockets))
+    sys.exit(code)

@@ -21,6 +21,7 @@ from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
 from grace_plugins.lean import become_lean
 from grace_plugins.log import configure, get_logger
+from grace_plugins.pidfile import check_pidfile
 from grace_plugins.process import Spawner
 from grace_plugins.reexec import (
     PREFLIGHT_VAR,
@@ -92,6 +93,9 @@ def run(
     if handoff is not None:
         run_generation(handoff, serve)
     configure("supervisor")
+    options = options or Options()
+    if options.pidfile:
+        check_pidfile(options.pidfile)  # before anything is bound or started
     image = take_supervisor_handoff()  # after a USR2: the listeners and the generation
     if image is not None:
         sockets = adopt_listeners(image)
@@ -101,7 +105,7 @@ def run(
         if on_listening is not None:
             image.banner = on_listening([name for name, _ in image.listeners]) or ""
     image.program, image.argv_len = program_argv(), len(sys.argv)
-    image.options, image.watching = options or Options(), watching
+    image.options, image.watching = options, watching
     why = become_lean(image)  # returns only if the exec failed
     get_logger().info("%s: supervising in this process", why)
     return supervise(image, sockets)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-from grace_plugins.atomic import write_atomic
+from grace_plugins.atomic import untrusted, write_atomic
 from grace_plugins.errors import GraceError
 
 
@@ -27,6 +27,13 @@ def state_dir() -> str:
     :raises GraceError: when the directory exists but is not ours or is open to others.
     """
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    why = untrusted(base)
+    if why is not None:
+        raise GraceError(
+            f"{base} (XDG_RUNTIME_DIR, or the temporary directory) cannot hold root's state"
+            f" files: {why}. Unset XDG_RUNTIME_DIR, or set it to a directory only root can"
+            " write to (such as /run)."
+        )
     path = os.path.join(base, f"grace_plugins-{os.getuid()}")
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
