@@ -49,12 +49,17 @@ class _TrackedConn(gthread.TConn):
 
 
 class DrainingWorker(gthread.ThreadWorker):
-    """gthread with counted connections and a drain (``_drain``) as its way to stop."""
+    """gthread with counted connections and a drain (:meth:`drain`) as its way to stop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # runs in the master, before the fork
         self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
         self._stop_reason = ""
+
+    def stop_serving(self, reason: str) -> None:
+        """Leave the serving loop; the drain's log line gives *reason*."""
+        self._stop_reason = reason
+        self.alive = False
 
     # -- connections ------------------------------------------------------------------------------
     def accept(self, listener: Any) -> None:
@@ -114,8 +119,10 @@ class DrainingWorker(gthread.ThreadWorker):
         if hasattr(self, "murder_pending"):  # gunicorn >= 25.3
             self.murder_pending()
 
-    def _drain(self) -> None:
-        """Stop accepting (close our listener copies, never shutdown()), finish, exit."""
+    def drain(self, who: str) -> None:
+        """Stop accepting (close our listener copies, never shutdown()), finish what this
+        worker holds, log one line (about *who*: ``worker PID (generation G)``); blocks up to
+        ``graceful_timeout``."""
         self.alive = False
         reason = self._stop_reason or (
             "max_requests reached" if self.nr >= self.max_requests else "stop"
@@ -148,10 +155,9 @@ class DrainingWorker(gthread.ThreadWorker):
         self.method_queue.close()
         report = reports[0]
         self.log.info(
-            "grace_plugins: worker %s (generation %s) drained %s connections in %d ms (%s;"
-            " %s requests served, %s idle closed, %s cut at graceful_timeout)",
-            self.member.pid,
-            self.generation,
+            "grace_plugins: %s drained %s connections in %d ms (%s; %s requests served, %s idle"
+            " closed, %s cut at graceful_timeout)",
+            who,
             report.connections,
             report.elapsed_ms,
             reason,
