@@ -76,12 +76,19 @@ class DrainingWorker(gthread.ThreadWorker):
         )
         self.enqueue_req(conn)
 
-    def handle_request(self, req: Any, conn: Any) -> bool:
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand *conn* to the thread pool: it was just accepted, or a request arrived on it
+        while it was kept alive. It counts as active from now, not once a thread reads it:
+        while every thread is busy (the only one, with a slow request) it waits in the pool's
+        queue, maybe past ``keepalive``, and a drain must answer it, not close it as idle."""
         self.tracker.request_started(conn)
+        super().enqueue_req(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
         try:
             return super().handle_request(req, conn)
         finally:
-            self.tracker.request_finished(conn)
+            self.tracker.request_finished(conn)  # idle (kept alive) until the next request
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's, without the 2 s stop linger: a kept-alive connection stays for its

@@ -135,9 +135,15 @@ class InFlight:
         return procfs.holder_of(server.workers(), self.client_port)
 
     def wait_held(self, server: Gunicorn, timeout: float = 10.0) -> int:
-        """Wait until a worker accepted the connection; return its pid."""
-        holder = wait_until(lambda: self.held_by(server), timeout, "a worker to accept")
-        return holder  # type: ignore[return-value]
+        """Wait until a worker accepted the connection (it holds it, or already answered);
+        return its pid."""
+
+        def holder() -> int | None:
+            if self.finished is not None and self.response is not None:
+                return self.response.pid
+            return self.held_by(server)
+
+        return wait_until(holder, timeout, "a worker to accept")  # type: ignore[return-value]
 
     def join(self, timeout: float = 40.0) -> Response:
         """Wait for the answer; fail if there is none."""
