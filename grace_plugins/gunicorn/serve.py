@@ -150,7 +150,8 @@ class DrainingWorker(gthread.ThreadWorker):
             self.wait_for_and_dispatch_events(timeout=POLL)
             self._murder_idle()
         drainer.join()
-        left = sum(self.tracker.counts())
+        # still counted: their handler threads have not noticed the cut yet (not cut twice)
+        inside_the_app = sum(self.tracker.counts())
         while self.keepalived_conns:  # only after the deadline: everything else is closed
             conn = self.keepalived_conns.popleft()
             with contextlib.suppress(Exception):
@@ -170,9 +171,9 @@ class DrainingWorker(gthread.ThreadWorker):
             reason,
             self.nr,
             report.idle_closed,
-            report.closed_at_deadline + left,
+            report.closed_at_deadline,
         )
-        if report.closed_at_deadline or left:
+        if report.closed_at_deadline or inside_the_app:
             # Request threads still inside the app would hold the exit: do not wait for them.
             threading.Thread(target=_exit_soon, daemon=True).start()
 

@@ -58,6 +58,22 @@ def test_sigterm_right_after_a_rollback_stops(start_server, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_request_cut_at_graceful_timeout_is_counted_once(start_server, tmp_path):
+    """A request that outlives the old worker's drain is cut at ``graceful_timeout`` and
+    counted once in the drain's log line (it was counted twice)."""
+    server = start_gunicorn(start_server, tmp_path, workers=1, graceful=1)
+    endless = InFlight(server.port, "/hello?sleep=30")
+    holder = endless.wait_held(server)
+    write_code(tmp_path, version("v2"))
+    server.hup(2)  # promoted, and the old worker drained (cut) and exited
+    found = server.wait_for(rf"worker {holder} \(generation 1\) drained (.*)", 10)
+    assert "drained 1 connections" in found.group(0), found.group(0)
+    assert found.group(0).endswith(", 1 cut at graceful_timeout)"), found.group(0)
+    endless.thread.join(10)
+    assert endless.response is None and endless.error is not None  # cut, as the line says
+
+
+@pytest.mark.timeout(60)
 def test_max_requests_restarts_drain_without_failures(start_server, tmp_path):
     server = start_gunicorn(
         start_server, tmp_path, "--max-requests", "40", "--max-requests-jitter", "10"
