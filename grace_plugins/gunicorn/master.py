@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grace_plugins.errors import GraceError
+from grace_plugins.gunicorn.handover import create_store
 from grace_plugins.gunicorn.notify import MasterNotifier
 from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
 from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
@@ -39,13 +40,6 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 def ready_timeout(cfg: Any) -> float:
     """How long a new worker may take to import the app: gunicorn's ``timeout`` (30 s if 0)."""
     return float(cfg.timeout) if cfg.timeout and cfg.timeout > 0 else 30.0
-
-
-def workers_owner(cfg: Any) -> tuple[int, int] | None:
-    """(uid, gid) the workers switch to (``--user``/``--group``), if not the master's."""
-    if cfg.uid != os.geteuid() or cfg.gid != os.getegid():
-        return cfg.uid, cfg.gid
-    return None
 
 
 class MasterBook:
@@ -85,7 +79,7 @@ class MasterBook:
         start the watcher."""
         self.pid, self.cfg, self.log, self.generation = os.getpid(), None, log, 0
         self._reported = set()
-        self.store = _create_store(cfg, log)
+        self.store = create_store(cfg, log)
         atexit.register(_remove_store, self.store, self.pid)
         # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
         merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
@@ -165,26 +159,6 @@ class MasterBook:
             note_in_state_file(self.pid, store, gen, found)
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
-
-
-def _create_store(cfg: Any, log: Any) -> RecordStore:
-    """The record directory, handed to the workers' user; if that fails, say so once (the
-    workers then cannot report readiness) and go on with one they cannot write."""
-    owner = workers_owner(cfg)
-    try:
-        return RecordStore.create(owner)
-    except OSError as exc:
-        if owner is None:
-            raise
-        log.error(
-            "grace_plugins: cannot hand a record directory in %s to uid %s, gid %s (%s): the"
-            " workers cannot report that they are ready, so HUPs are not gated on it. Set"
-            " TMPDIR to a local directory where root can change owners.",
-            os.path.dirname(exc.filename or "") or "the temporary directory",
-            *owner,
-            exc.strerror or exc,
-        )
-        return RecordStore.create()
 
 
 def _remove_store(store: RecordStore, owner: int) -> None:

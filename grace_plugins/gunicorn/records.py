@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import asdict
 
 from grace_plugins.atomic import write_atomic
 from grace_plugins.gunicorn.verdicts import (
@@ -57,12 +58,13 @@ class RecordStore:
         self.owner = owner
 
     @classmethod
-    def create(cls, owner: tuple[int, int] | None = None) -> RecordStore:
-        """Make a fresh private directory (0700), handed to *owner* (uid, gid) if given.
+    def create(cls, owner: tuple[int, int] | None = None, parent: str | None = None) -> RecordStore:
+        """Make a fresh private directory (0700) in *parent* (the temporary directory by
+        default), handed to *owner* (uid, gid) if given.
 
         :raises OSError: when it cannot be created or handed over.
         """
-        path = tempfile.mkdtemp(prefix="grace-gunicorn-")
+        path = tempfile.mkdtemp(prefix="grace-gunicorn-", dir=parent)
         try:
             if owner is not None:
                 os.chown(path, *owner)
@@ -122,7 +124,7 @@ class RecordStore:
     # -- generations (written by the master) ------------------------------------------------------
     def announce(self, gen: int, info: Announcement) -> bool:
         """Announce generation *gen* (before its first fork); prune old records."""
-        written = self._write_for_workers(f"gen-{gen}.json", json.dumps(info.__dict__))
+        written = self._write_for_workers(f"gen-{gen}.json", json.dumps(asdict(info)))
         for name in self._names():
             found = _PER_GENERATION.match(name)
             if found and int(found.group(1)) < gen - KEEP_GENERATIONS:
