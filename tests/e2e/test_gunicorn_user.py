@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.harness import Load, grace_cli, http_get
+from tests.harness import Load, grace_cli, http_get, wait_until
 from tests.harness.gunicorn import (
     Gunicorn,
     assert_clean,
@@ -81,8 +81,9 @@ def test_hups_with_workers_as_nobody(start_server, nobody_python: NobodyPython, 
         assert good.returncode == 0, good.stdout + good.stderr
         assert good.stdout.startswith("upgraded: generation 2 ready"), good.stdout
         # the previous workers drained because generation 2 was ready, not on a SIGTERM
-        server.wait_until_workers(2, 30)
-        drained = re.findall(r"\(generation 1\) drained [^(]*\(([^;]*);", server.output(mark))
+        pattern = r"\(generation 1\) drained [^(]*\(([^;]*);"
+        wait_until(lambda: server.count(pattern, mark) == 2, 30, "both old workers' drain")
+        drained = re.findall(pattern, server.output(mark))
         assert drained == ["generation 2 is ready"] * 2, server.output(mark)
         assert http_get(server.port).version == "v2"
         server.broken_hup_then_fix(app_dir, BROKEN, 3)  # the master never halts
