@@ -85,6 +85,7 @@ def test_hups_with_workers_as_nobody(start_server, nobody_python: NobodyPython, 
         wait_until(lambda: server.count(pattern, mark) == 2, 30, "both old workers' drain")
         drained = re.findall(pattern, server.output(mark))
         assert drained == ["generation 2 is ready"] * 2, server.output(mark)
+        server.wait_until_workers(2, 30)  # and exited
         assert http_get(server.port).version == "v2"
         server.broken_hup_then_fix(app_dir, BROKEN, 3)  # the master never halts
         report = load.stop()
