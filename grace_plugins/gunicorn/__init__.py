@@ -4,9 +4,10 @@ Gunicorn keeps its own master (pid, listeners, signals); this worker class chang
 means from gunicorn's extension points: the old workers serve until the new ones are ready, and
 broken code is rolled back instead of halting the master. How it works: docs/gunicorn.md.
 
-Modules: ``worker`` (the ``-k`` class: SIGTERM and verdicts), ``boot`` (a new worker's import),
-``serve`` (gthread with a drain), ``gate`` (records and verdicts), ``master`` (what runs in the
-master), ``notify`` (systemd).
+Modules: ``worker`` (the ``-k`` class, which puts the parts together), ``boot`` (a new worker's
+import), ``serve`` (gthread with a drain), ``watch`` (a worker's view of the verdicts),
+``records`` (the record directory the master and its workers share), ``verdicts`` and
+``held_term`` (the rules, pure), ``master`` (what runs in the master), ``notify`` (systemd).
 """
 
 from __future__ import annotations

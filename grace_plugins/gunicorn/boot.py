@@ -1,12 +1,12 @@
 """A new worker's boot: the app import is bounded, and broken code never halts the master.
 
 Gunicorn halts its master when a worker exits with 3 (``WORKER_BOOT_ERROR``) or 4
-(``APP_LOAD_ERROR``). Once some worker of this master was ever ready, a worker whose app does
-not load records the failure in the gate (the reload is rolled back) and exits with
-:data:`EXIT_NOT_LOADED` instead, whatever ended the import: an exception, ``sys.exit(N)``, or
-``os._exit(N)`` called from Python. An import that hangs is cut at the ready timeout. A respawn
-that meets broken code waits (exponential back-off) before it exits, so the master does not fork
-in a hot loop. At the very first start gunicorn's own behaviour is kept.
+(``APP_LOAD_ERROR``). Once something serves, a worker whose app does not load records the
+failure (the reload is rolled back) and exits with :data:`EXIT_NOT_LOADED` instead, whatever
+ended the import: an exception, ``sys.exit(N)``, or ``os._exit(N)`` called from Python. An
+import that hangs is cut at the ready timeout. A respawn that meets broken code waits
+(exponential back-off) before it exits, so the master does not fork in a hot loop. At the very
+first start gunicorn's own behaviour is kept.
 
 With ``GRACE_READY_PATH`` set (the environment or ``raw_env``), the worker then calls its own
 app with ``GET PATH`` before it accepts (see :mod:`grace_plugins.readycheck`); a failed check
@@ -15,19 +15,21 @@ is a load failure.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from grace_plugins.gunicorn.gate import Member
 from grace_plugins.gunicorn.master import ready_timeout
-from grace_plugins.gunicorn.serve import DrainingWorker
+from grace_plugins.gunicorn.records import BOOT, FAILED, READY, RecordStore
+from grace_plugins.gunicorn.verdicts import Member
+from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.options import BY_NAME, InvalidValue
-from grace_plugins.readycheck import NotReady, check_ready, host_and_port
+from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
 #: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
@@ -38,9 +40,7 @@ APP_LOAD_ERROR = 4
 MAX_BACKOFF = 60.0
 #: The variable that turns the ready check on: ``GRACE_READY_PATH=/healthz``.
 READY_PATH_VAR = "GRACE_READY_PATH"
-#: The boot watchdog waits this much longer while the ready check (bounded itself) runs.
-CHECK_SLACK = 2.0
-#: The real ``os._exit``: our own exits never pass through the guard of ``load_wsgi``.
+#: The real ``os._exit``: our own exits never pass through the guard of :meth:`Boot.load`.
 _real_exit = os._exit
 
 
@@ -63,41 +63,65 @@ def ready_path(environ: Mapping[str, str]) -> str | None:
     return path
 
 
-class BootingWorker(DrainingWorker):
-    """The boot of a worker of a generation (``gate``, ``member``: see ``worker.py``)."""
+class Boot:
+    """The boot of one worker (*member*), from the fork to ready or to its exit.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._settled = threading.Event()  # set once ready or failed: ends the boot watchdog
-        self._boot_start = 0.0
-        self._boot_deadline = 0.0
+    :param listeners: the worker's listener copies (closed before a back-off: a process that
+        will not serve must not keep the port bound)
+    :param heartbeat: gunicorn's ``notify`` (the watchdog keeps the worker alive for
+        gunicorn while the ready timeout, ours, runs)
+    :param stop_waiting: whether a SIGTERM arrived (ends a back-off early)
+    """
 
-    def init_process(self) -> None:
-        self.member = Member(self.generation, self._age, os.getpid())
-        self._boot_start = time.monotonic()
-        self._boot_deadline = self._boot_start + ready_timeout(self.cfg)
-        self.gate.record(self.member, "boot")
-        threading.Thread(target=self._watch_boot, name="grace-boot", daemon=True).start()
-        try:
-            super().init_process()  # imports the app, then run()
-        except SystemExit:
-            raise
-        except Exception as exc:
-            if self.booted or not self.gate.ever_ready():
-                raise  # nothing else serves: gunicorn's own handling (the master halts)
-            self._load_failed(exc)
+    def __init__(
+        self,
+        store: RecordStore,
+        member: Member,
+        watch: Watch,
+        cfg: Any,
+        log: Any,
+        listeners: list[Any],
+        heartbeat: Callable[[], None],
+        stop_waiting: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.listeners = listeners
+        self.member = member
+        self.watch = watch
+        self.cfg = cfg
+        self.log = log
+        self.heartbeat = heartbeat
+        self.stop_waiting = stop_waiting
+        self.timeout = ready_timeout(cfg)
+        self.started = time.monotonic()
+        #: when the watchdog cuts the boot (infinite while the ready check, bounded itself,
+        #: runs: its own verdict, not the watchdog, says what happened)
+        self.deadline = self.started + self.timeout
+        self.settled = threading.Event()  # ready or failed: ends the watchdog
 
-    def load_wsgi(self) -> None:
-        """Import the app. Once something serves, an exit the import asks for becomes a load
-        failure: gunicorn halts its master on a worker's 3 or 4, whoever chose the status. At
-        the very first start gunicorn's own handling is kept."""
-        if not self.gate.ever_ready():
-            super().load_wsgi()
+    def start(self) -> None:
+        """Record the boot and start the watchdog (before the import)."""
+        self.store.record(self.member, BOOT)
+        threading.Thread(target=self._watchdog, name="grace-boot", daemon=True).start()
+
+    def something_serves(self) -> bool:
+        """Whether a failure here must not halt the master: a generation opened by a HUP, or
+        some worker of this master was ready (known to the master before it forked us, or
+        recorded since)."""
+        return self.member.gen >= 2 or self.store.ever_ready()
+
+    # -- the import -------------------------------------------------------------------------------
+    def load(self, load_wsgi: Callable[[], None]) -> None:
+        """Run gunicorn's *load_wsgi*. Once something serves, an exit the import asks for
+        becomes a load failure: gunicorn halts its master on a worker's 3 or 4, whoever chose
+        the status. At the very first start gunicorn's own handling is kept."""
+        if not self.something_serves():
+            load_wsgi()
             return
         os_exit = os._exit
         setattr(os, "_exit", self._exit_while_loading)  # noqa: B010 (a module's function)
         try:
-            super().load_wsgi()
+            load_wsgi()
         except SystemExit as exc:
             failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
             raise failure.with_traceback(exc.__traceback__) from None
@@ -112,7 +136,7 @@ class BootingWorker(DrainingWorker):
         reason = f"the app called os._exit({status}) while loading"
         _real_exit(self._not_loaded(reason, where=f"Traceback (most recent call last):\n{where}"))
 
-    def _ready_check(self) -> None:
+    def check(self, app: Any, listener: Any, is_ssl: bool) -> None:
         """With ``GRACE_READY_PATH``: GET it from the app in-process before accepting; a
         failure (500 or more, an exception, no answer within what is left of the ready
         timeout) exits like an app that does not load."""
@@ -123,51 +147,69 @@ class BootingWorker(DrainingWorker):
         else:
             if path is None:
                 return
-            listener = self.sockets[0]
             host, port = host_and_port(getattr(listener, "sock", listener))
-            left = max(1.0, self._boot_deadline - time.monotonic())
-            self._boot_deadline = time.monotonic() + left + CHECK_SLACK
+            timeout = time_for_check(self.deadline, time.monotonic())
+            self.deadline = math.inf
             try:
-                scheme = "https" if self.cfg.is_ssl else "http"
-                check_ready(self.wsgi, path, host=host, port=port, timeout=left, scheme=scheme)
+                scheme = "https" if is_ssl else "http"
+                check_ready(app, path, host=host, port=port, timeout=timeout, scheme=scheme)
                 return
             except NotReady as exc:
                 reason = str(exc)
         sys.exit(self._not_loaded(reason))
 
-    def _watch_boot(self) -> None:
+    def ready(self) -> None:
+        """The worker accepts: record it (the verdicts count it) and log the boot time."""
+        self.settled.set()
+        if not self.store.record(self.member, READY):
+            self.log.error(
+                "grace_plugins: worker %s cannot write to %s: reloads cannot wait for it to be"
+                " ready. Let the workers' user (--user) write there, or set TMPDIR to a"
+                " directory it can.",
+                self.member.pid,
+                self.store.path,
+            )
+        self.log.info(
+            "grace_plugins: worker %s (generation %s) ready after %d ms",
+            self.member.pid,
+            self.member.gen,
+            (time.monotonic() - self.started) * 1000,
+        )
+
+    # -- failures ---------------------------------------------------------------------------------
+    def _watchdog(self) -> None:
         """Bound the app import: a worker not ready in time fails (a hang must not block)."""
-        limit = ready_timeout(self.cfg)
         main = threading.main_thread().ident
-        while not self._settled.wait(1.0):
-            if time.monotonic() < self._boot_deadline:
-                self.notify()  # the ready timeout is ours; spare gunicorn's heartbeat kill
+        while not self.settled.wait(1.0):
+            if time.monotonic() < self.deadline:
+                self.heartbeat()  # the ready timeout is ours; spare gunicorn's heartbeat kill
                 continue
             frame = sys._current_frames().get(main or 0)
             where = "".join(traceback.format_stack(frame)).rstrip() if frame else "(unknown)"
-            reason = f"not ready after {limit:g} s (does the app hang at import?)"
+            reason = f"not ready after {self.timeout:g} s (does the app hang at import?)"
             self.log.error(
                 "grace_plugins: worker %s (generation %s) %s; it was at:\n%s",
                 self.member.pid,
-                self.generation,
+                self.member.gen,
                 reason,
                 where,
             )
             _real_exit(self._fail(reason))
 
-    def _load_failed(self, exc: Exception) -> NoReturn:
+    def failed(self, exc: Exception) -> NoReturn:
+        """The import raised *exc* while something serves: record it, exit with our status."""
         reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
         sys.exit(self._not_loaded(reason, exc))
 
     def _not_loaded(self, reason: str, exc: BaseException | None = None, where: str = "") -> int:
         """Log (the traceback once per generation) and record that the app did not load;
         back off if this worker is a respawn. Returns the exit status to use."""
-        self._settled.set()
-        if self.gate.claim("logged", self.generation):
+        self.settled.set()
+        if self.store.claim("logged", self.member.gen):
             self.log.error(
                 "grace_plugins: generation %s: the new code does not load (%s); the running"
                 " workers keep serving the previous code. Fix it and send HUP again.%s",
-                self.generation,
+                self.member.gen,
                 reason,
                 f"\n{where.rstrip()}" if where else "",
                 exc_info=exc,
@@ -176,26 +218,26 @@ class BootingWorker(DrainingWorker):
             self.log.error(
                 "grace_plugins: worker %s (generation %s): the code on disk does not load: %s",
                 self.member.pid,
-                self.generation,
+                self.member.gen,
                 reason,
             )
         status = self._fail(reason)
-        if not self._is_member():
+        if not self.watch.is_member():
             self._back_off()
         return status
 
     def _fail(self, reason: str) -> int:
         """Record that this worker's app did not load; return the exit status to use."""
-        if not self.gate.ever_ready():
+        if not self.something_serves():
             return APP_LOAD_ERROR
-        self.gate.record(self.member, "failed", reason)
-        if self._is_member():
-            self._check_own()
+        self.store.record(self.member, FAILED, reason)
+        if self.watch.is_member():
+            self.watch.verdict_on(self.member.gen)  # decided (and logged) before we exit
         return EXIT_NOT_LOADED
 
     def _back_off(self) -> None:
         """A respawn met broken code: wait before exiting so gunicorn does not fork hot."""
-        count = self.gate.bump_backoff()
+        count = self.store.bump_backoff()
         delay = min(MAX_BACKOFF, 2.0 ** (count - 1))
         self.log.error(
             "grace_plugins: the code on disk does not load (%s failed respawns in a row); this"
@@ -203,12 +245,9 @@ class BootingWorker(DrainingWorker):
             count,
             delay,
         )
-        for listener in self.sockets:
+        for listener in self.listeners:
             listener.close()
         deadline = time.monotonic() + delay
-        while not self._term_pending and time.monotonic() < deadline:
-            self.notify()
+        while not self.stop_waiting() and time.monotonic() < deadline:
+            self.heartbeat()
             time.sleep(0.2)
-
-    def _is_member(self) -> bool:
-        return self.generation >= 2 and self.member in self.gate.members(self.generation)

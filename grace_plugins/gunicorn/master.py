@@ -1,10 +1,14 @@
 """What runs in the gunicorn master for ``grace_plugins.Worker``, and what the master reads.
 
 Gunicorn builds each worker object in the master before forking it, so this module stays loaded
-there. It numbers the generations (each new ``Config``: the start, every HUP), owns the gate
-directory and the state file of ``grace-plugins reload/status``, tells the master which workers
-to keep after a rollback (:meth:`MasterBook.age_of`, a query), and under systemd reports each
-verdict from one watcher thread (:meth:`MasterBook.step`, the effects).
+there. It numbers the generations (each new ``Config``: the start, every HUP), owns the record
+directory (handed to the workers' user under ``--user``), records that the master stops before
+gunicorn SIGTERMs its workers, tells the master which workers to keep after a rollback
+(:meth:`MasterBook.age_of`, a query), and from one watcher thread reports each verdict the
+workers record: to systemd, to the state file of ``grace-plugins reload/status``, and, for the
+first generation of a master started by USR2, to the old master, which it retires
+(:meth:`MasterBook.step`). The workers never write outside the record directory: after
+``--user`` they could not.
 """
 
 from __future__ import annotations
@@ -15,17 +19,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from grace_plugins.errors import GraceError
-from grace_plugins.gunicorn.gate import PROMOTED, ROLLED_BACK, GateDir, pid_alive, pid_list
+from grace_plugins.gunicorn.handover import create_store
 from grace_plugins.gunicorn.notify import MasterNotifier
+from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
+from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
+from grace_plugins.process import pid_alive
 from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Added to the age of workers that outlived a rolled-back generation (see ``age_of``).
 ROLLED_BACK_AGE_BONUS = 1_000_000_000
-#: How often the systemd watcher looks for a verdict.
+#: How often the watcher looks for new verdicts.
 WATCH_INTERVAL = 0.1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def ready_timeout(cfg: Any) -> float:
@@ -38,37 +47,66 @@ class MasterBook:
 
     def __init__(self) -> None:
         self.pid: int | None = None
-        self.gate: GateDir | None = None
+        self.store: RecordStore | None = None
         self.cfg: Any = None
+        self.log: Any = None
         self.generation = 0
         # gunicorn loads the worker class before ``Arbiter.start()``: see notify.py
         self.systemd = MasterNotifier.take_from_environment()
+        self._reported: set[int] = set()
         self._watcher: threading.Thread | None = None
 
-    def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, GateDir]:
+    def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, RecordStore]:
         """The generation of a worker built (in the master, before fork) with *cfg*: a new
-        ``Config`` opens a new generation (announced in the gate, the log, the state file and
-        to systemd)."""
-        if self.pid != os.getpid() or self.gate is None:
-            self.pid, self.gate, self.cfg, self.generation = os.getpid(), GateDir.create(), None, 0
-            atexit.register(_remove_gate, self.gate, self.pid)
-            # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
-            merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
-            self.systemd.master_started()
-            self._start_watcher()
+        ``Config`` opens a new generation (announced in the records, the log, the state file
+        and to systemd)."""
+        if self.pid != os.getpid() or self.store is None:
+            self._start(cfg, log)
+        assert self.store is not None
         if cfg is not self.cfg:
             self.cfg = cfg
             self.generation += 1
-            self.gate.open_generation(self.generation, cfg.workers, ready_timeout(cfg), age)
+            info = Announcement(cfg.workers, age, time.monotonic(), ready_timeout(cfg))
+            self.store.announce(self.generation, info)
             if self.generation > 1:
                 announce_reload(self.generation, cfg, log)
-                merge_state(self.pid, in_progress=True)
+                merge_state(self.pid or 0, in_progress=True)
                 self.systemd.reloading(self.generation, cfg.workers)
-        return self.generation, self.gate
+        return self.generation, self.store
+
+    def _start(self, cfg: Any, log: Any) -> None:
+        """The first worker this master builds: make the record directory, report stops,
+        start the watcher."""
+        self.pid, self.cfg, self.log, self.generation = os.getpid(), None, log, 0
+        self._reported = set()
+        self.store = create_store(cfg, log)
+        atexit.register(_remove_store, self.store, self.pid)
+        # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
+        merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
+        self.systemd.master_started()
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                previous = signal.getsignal(sig)
+                if callable(previous):  # gunicorn's handler: it only queues the signal
+                    signal.signal(sig, self._on_stop_signal(previous))
+        self._watcher = threading.Thread(target=self._watch, name="grace-verdicts", daemon=True)
+        self._watcher.start()
+
+    def _on_stop_signal(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
+        """A stop signal is recorded before gunicorn acts on it (it then SIGTERMs the
+        workers): a worker holding a reload's SIGTERM then knows that the master stops."""
+
+        def handler(sig: int, frame: Any) -> None:
+            if self.store is not None and os.getpid() == self.pid:
+                self.store.mark_master_stopping()
+            self.systemd.stopping()
+            previous(sig, frame)
+
+        return handler
 
     # -- what the master reads ---------------------------------------------------------------------
     @staticmethod
-    def age_of(age: int, generation: int, gate: GateDir | None) -> float:
+    def age_of(age: int, generation: int, store: RecordStore | None) -> float:
         """The age the master should see for a worker of *generation* (a query).
 
         ``Arbiter.reload()`` waits (up to ``graceful_timeout``, handling no other signal) until
@@ -79,63 +117,69 @@ class MasterBook:
         older than the new workers, so the master stops waiting once the new generation is
         ready (not when the drains end) and handles signals while they drain.
         """
-        if gate is None:
+        if store is None:
             return age
-        newest = gate.newest_generation()
+        newest = store.newest_generation()
         if newest <= generation:
             return age
-        if gate.resolution(newest) not in (None, PROMOTED):
+        if store.recorded_verdict(newest) not in (None, PROMOTED):
             return age + ROLLED_BACK_AGE_BONUS
         for gen in range(newest, generation, -1):
-            if gate.resolution(gen) == PROMOTED:
-                first_age = int((gate.generation_info(gen) or {}).get("first_age", 0))
+            if store.recorded_verdict(gen) == PROMOTED:
+                info = store.announcement(gen)
+                first_age = info.first_age if info is not None else 0
                 return first_age - 0.5 if first_age > 0 else age
         return age
 
-    # -- what runs in the master -------------------------------------------------------------------
-    def _start_watcher(self) -> None:
-        """Under systemd only: one daemon thread reports verdicts (``step``) every 0.1 s. It
-        logs nothing and takes no lock the workers use, so a fork meanwhile is safe."""
-        if not self.systemd.active or self._watcher is not None:
-            return
-        self._watcher = threading.Thread(target=self._watch, name="grace-sd-notify", daemon=True)
-        self._watcher.start()
-
+    # -- the watcher thread ------------------------------------------------------------------------
     def _watch(self) -> None:
-        while self.systemd.speaks():
+        """Report verdicts every 0.1 s for the master's life (a daemon thread). It takes no
+        lock that a forked worker could need, so a fork meanwhile is safe."""
+        while True:
             self.step()
             time.sleep(WATCH_INTERVAL)
 
     def step(self) -> None:
-        """Tell systemd about the awaited verdict, then record it (see notify.py)."""
-        if self.gate is None:
+        """Report each verdict recorded since the last step: to systemd first (as
+        ``ExecReload=``, ``grace-plugins reload`` must not return before systemd heard that
+        the reload is over), then in the state file; a master started by USR2 whose first
+        generation is promoted retires the old master."""
+        store = self.store
+        if store is None or os.getpid() != self.pid:
             return
-        reported = self.systemd.poll(self.gate)
-        if reported is not None:
-            gen, verdict = reported
-            status = PROMOTED if verdict == PROMOTED else ROLLED_BACK
-            record_verdict(os.getpid(), self.gate, gen, status, verdict)
+        self.systemd.poll(store)
+        newest = store.newest_generation()
+        self._reported = {gen for gen in self._reported if gen >= newest - KEEP_GENERATIONS}
+        for gen in range(max(1, newest - KEEP_GENERATIONS), newest + 1):
+            text = store.recorded_verdict(gen) if gen not in self._reported else None
+            if text is None:
+                continue
+            self._reported.add(gen)
+            found = Verdict.from_recorded(text)
+            note_in_state_file(self.pid, store, gen, found)
+            if gen == 1 and found.kind == PROMOTED:
+                retire_previous_master(self.pid, self.log)
 
 
-def _remove_gate(gate: GateDir, owner: int) -> None:
+def _remove_store(store: RecordStore, owner: int) -> None:
     if os.getpid() == owner:  # workers inherit the atexit list; only the master removes it
-        gate.remove()
+        store.remove()
         with contextlib.suppress(GraceError, OSError):
             os.unlink(state_path(owner))
 
 
-def record_verdict(master: int, gate: GateDir, gen: int, status: str, why: str) -> None:
+def note_in_state_file(master: int, store: RecordStore, gen: int, found: Verdict) -> None:
     """Record the verdict on *gen* in the master's state file, for ``grace-plugins reload``
     and ``status`` (see grace_plugins.state)."""
-    pids = pid_list(gate.members(gen))
+    pids = pid_list(store.members(gen))
     serving = {"generation": gen, "generation_pid": pids, "generation_since": time.time()}
     if gen == 1:
-        if status == PROMOTED:
+        if found.kind == PROMOTED:
             merge_state(master, **serving)
-    elif status == PROMOTED:
+    elif found.kind == PROMOTED:
         merge_upgrade(master, "ok", f"generation {gen} ready (workers {pids})", **serving)
-    elif status == ROLLED_BACK:
-        merge_upgrade(master, "rolled_back", f"generation {gen} rolled back: {why}")
+    elif found.kind == ROLLED_BACK:
+        merge_upgrade(master, "rolled_back", f"generation {gen} rolled back: {found.reason}")
 
 
 def announce_reload(gen: int, cfg: Any, log: Any) -> None:
@@ -159,7 +203,7 @@ def retire_previous_master(master: int, log: Any) -> None:
     (SIGTERM: its workers drain); gunicorn then promotes it and renames its pidfile. If these
     workers never get ready, the old master stays."""
     old = os.environ.get("GUNICORN_PID", "")
-    if not old.isdigit() or int(old) in (master, os.getpid()) or not pid_alive(int(old)):
+    if not old.isdigit() or int(old) == master or not pid_alive(int(old)):
         return
     log.info(
         "grace_plugins: USR2: the new master %s is ready; stopping the old master %s gracefully",

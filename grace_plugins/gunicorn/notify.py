@@ -16,30 +16,24 @@ pid only (``NotifyAccess=main``), so the master must speak, not the workers:
 * ``STOPPING=1`` when the master receives a stop signal (TERM, INT, QUIT), or at exit; nothing
   after it.
 
-While it speaks to systemd the master, not the worker that decided, records each verdict in the
-state file that ``grace-plugins reload`` waits for, right after ``READY=1``: used as
-``ExecReload=``, the command must not return before systemd has heard that the reload is over.
-
-The master looks for the verdict from one watcher thread of ours (see ``master.py``: gunicorn's
-loop offers no periodic hook, and ``reload()`` blocks the main thread up to ``graceful_timeout``);
-one lock orders its messages with ``STOPPING=1``. A master started by ``kill -USR2`` stays
-silent: its pid is not systemd's main pid.
+The master's watcher thread (see ``master.py``: gunicorn's loop offers no periodic hook, and
+``reload()`` blocks the main thread up to ``graceful_timeout``) asks :meth:`MasterNotifier.poll`
+for the verdict before it records it in the state file that ``grace-plugins reload`` waits for:
+used as ``ExecReload=``, the command must not return before systemd has heard that the reload is
+over. One lock orders these messages with ``STOPPING=1``. A master started by ``kill -USR2``
+stays silent: its pid is not systemd's main pid.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
 
-from grace_plugins.gunicorn.gate import PROMOTED, GateDir, pid_list
+from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.verdicts import PROMOTED, pid_list
 from grace_plugins.sdnotify import NOTIFY_VAR, Notifier
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class MasterNotifier:
@@ -68,8 +62,7 @@ class MasterNotifier:
     @property
     def active(self) -> bool:
         """Whether the master speaks to systemd (also true in its workers, which inherit this
-        object). The master then records each verdict for ``grace-plugins reload`` itself,
-        after ``READY=1``: as ``ExecReload=``, the command must not end the reload first."""
+        object)."""
         return self.notifier.address is not None and self.master_pid is not None
 
     def speaks(self) -> bool:
@@ -77,26 +70,15 @@ class MasterNotifier:
         return self.active and os.getpid() == self.master_pid and not self.stopping_sent
 
     def master_started(self) -> None:
-        """Called in the master before its first fork: report stops from now on."""
+        """Called in the master before its first fork: report stops from now on (the master
+        calls :meth:`stopping` from its stop signals' handlers; this covers the exit)."""
         if self.notifier.address is None or self.master_pid is not None:
             return
         self.master_pid = os.getpid()
-        atexit.register(self._stopping)
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in _STOP_SIGNALS:
-            previous = signal.getsignal(sig)
-            if callable(previous):  # gunicorn's handler: it only queues the signal
-                signal.signal(sig, self._on_stop_signal(previous))
+        atexit.register(self.stopping)
 
-    def _on_stop_signal(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
-        def handler(sig: int, frame: Any) -> None:
-            self._stopping()
-            previous(sig, frame)
-
-        return handler
-
-    def _stopping(self) -> None:
+    def stopping(self) -> None:
+        """``STOPPING=1``, once (the master received a stop signal, or exits)."""
         if os.getpid() != self.master_pid:
             return  # a worker's exit (it inherits the atexit list; the lock may be held)
         with self._lock:
@@ -114,7 +96,7 @@ class MasterNotifier:
                 return  # still starting: the first READY=1 waits for this generation instead
             self.notifier.reloading(f"reloading: starting generation {gen} ({workers} workers)")
 
-    def poll(self, gate: GateDir) -> tuple[int, str] | None:
+    def poll(self, store: RecordStore) -> tuple[int, str] | None:
         """If the awaited generation has a verdict, report the service ready (again) and
         return ``(generation, verdict)``; else None. While the first generation is not decided
         (a HUP during the start), the start is not over."""
@@ -122,12 +104,12 @@ class MasterNotifier:
             gen = self.awaiting
             if gen is None or not self.speaks():
                 return None
-            verdict = gate.resolution(gen)
-            if verdict is None or (not self.ready_sent and gate.resolution(1) is None):
+            verdict = store.recorded_verdict(gen)
+            if verdict is None or (not self.ready_sent and store.recorded_verdict(1) is None):
                 return None
             self.awaiting = None
             self.ready_sent = True
-            pids = pid_list(gate.members(gen))
+            pids = pid_list(store.members(gen))
             if verdict == PROMOTED:
                 status = f"serving with generation {gen} (workers {pids})"
             elif gen == 1:

@@ -49,12 +49,17 @@ class _TrackedConn(gthread.TConn):
 
 
 class DrainingWorker(gthread.ThreadWorker):
-    """gthread with counted connections and a drain (``_drain``) as its way to stop."""
+    """gthread with counted connections and a drain (:meth:`drain`) as its way to stop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # runs in the master, before the fork
         self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
         self._stop_reason = ""
+
+    def stop_serving(self, reason: str) -> None:
+        """Leave the serving loop; the drain's log line gives *reason*."""
+        self._stop_reason = reason
+        self.alive = False
 
     # -- connections ------------------------------------------------------------------------------
     def accept(self, listener: Any) -> None:
@@ -71,12 +76,19 @@ class DrainingWorker(gthread.ThreadWorker):
         )
         self.enqueue_req(conn)
 
-    def handle_request(self, req: Any, conn: Any) -> bool:
+    def enqueue_req(self, conn: Any) -> None:
+        """Hand *conn* to the thread pool: it was just accepted, or a request arrived on it
+        while it was kept alive. It counts as active from now, not once a thread reads it:
+        while every thread is busy (the only one, with a slow request) it waits in the pool's
+        queue, maybe past ``keepalive``, and a drain must answer it, not close it as idle."""
         self.tracker.request_started(conn)
+        super().enqueue_req(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
         try:
             return super().handle_request(req, conn)
         finally:
-            self.tracker.request_finished(conn)
+            self.tracker.request_finished(conn)  # idle (kept alive) until the next request
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
@@ -114,8 +126,10 @@ class DrainingWorker(gthread.ThreadWorker):
         if hasattr(self, "murder_pending"):  # gunicorn >= 25.3
             self.murder_pending()
 
-    def _drain(self) -> None:
-        """Stop accepting (close our listener copies, never shutdown()), finish, exit."""
+    def drain(self, who: str) -> None:
+        """Stop accepting (close our listener copies, never shutdown()), finish what this
+        worker holds, log one line (about *who*: ``worker PID (generation G)``); blocks up to
+        ``graceful_timeout``."""
         self.alive = False
         reason = self._stop_reason or (
             "max_requests reached" if self.nr >= self.max_requests else "stop"
@@ -136,7 +150,8 @@ class DrainingWorker(gthread.ThreadWorker):
             self.wait_for_and_dispatch_events(timeout=POLL)
             self._murder_idle()
         drainer.join()
-        left = sum(self.tracker.counts())
+        # still counted: their handler threads have not noticed the cut yet (not cut twice)
+        inside_the_app = sum(self.tracker.counts())
         while self.keepalived_conns:  # only after the deadline: everything else is closed
             conn = self.keepalived_conns.popleft()
             with contextlib.suppress(Exception):
@@ -148,18 +163,17 @@ class DrainingWorker(gthread.ThreadWorker):
         self.method_queue.close()
         report = reports[0]
         self.log.info(
-            "grace_plugins: worker %s (generation %s) drained %s connections in %d ms (%s;"
-            " %s requests served, %s idle closed, %s cut at graceful_timeout)",
-            self.member.pid,
-            self.generation,
+            "grace_plugins: %s drained %s connections in %d ms (%s; %s requests served, %s idle"
+            " closed, %s cut at graceful_timeout)",
+            who,
             report.connections,
             report.elapsed_ms,
             reason,
             self.nr,
             report.idle_closed,
-            report.closed_at_deadline + left,
+            report.closed_at_deadline,
         )
-        if report.closed_at_deadline or left:
+        if report.closed_at_deadline or inside_the_app:
             # Request threads still inside the app would hold the exit: do not wait for them.
             threading.Thread(target=_exit_soon, daemon=True).start()
 

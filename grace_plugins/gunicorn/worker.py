@@ -1,9 +1,13 @@
 """The worker class behind ``gunicorn -k grace_plugins.Worker`` (see docs/gunicorn.md).
 
-A SIGTERM is only recorded; the loop decides with the gate's verdicts. If a newer generation
-exists, the SIGTERM is the reload's: this worker keeps serving until that generation is promoted
-(then it drains) or rolled back (then it forgets the SIGTERM). A worker also watches its own
-generation until it has a verdict, and drains if it was rolled back (all or nothing).
+It is gunicorn's threaded worker with a drain (:class:`~grace_plugins.gunicorn.serve.
+DrainingWorker`), and it puts together the parts that each own their state: the boot
+(:class:`~grace_plugins.gunicorn.boot.Boot`) and the watch over the verdicts
+(:class:`~grace_plugins.gunicorn.watch.Watch`). A SIGTERM is only recorded; the loop asks the
+watch what it means: if a newer generation exists, the SIGTERM is the reload's and this worker
+keeps serving until that generation is promoted (then it drains) or rolled back (then it
+forgets the SIGTERM). A worker also watches its own generation until it has a verdict, and
+drains if it was rolled back (all or nothing).
 """
 
 from __future__ import annotations
@@ -14,20 +18,13 @@ import signal
 import time
 from typing import Any
 
-from grace_plugins.gunicorn.boot import BootingWorker, ready_path
-from grace_plugins.gunicorn.gate import (
-    DRAIN,
-    FORGET,
-    PENDING,
-    PROMOTED,
-    ROLLED_BACK,
-    Member,
-    Verdict,
-    on_pending_term,
-    pid_list,
-)
-from grace_plugins.gunicorn.master import MASTER, record_verdict, retire_previous_master
-from grace_plugins.gunicorn.serve import POLL
+from grace_plugins.gunicorn.boot import Boot, ready_path
+from grace_plugins.gunicorn.held_term import DRAIN, FORGET
+from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.serve import POLL, DrainingWorker
+from grace_plugins.gunicorn.verdicts import Member
+from grace_plugins.gunicorn.watch import Watch
 
 
 def _noop() -> None:
@@ -38,17 +35,18 @@ def _ignore_signal(sig: int, frame: Any) -> None:
     pass
 
 
-class Worker(BootingWorker):
+class Worker(DrainingWorker):
     """A gthread worker with connection tracking, drains and a readiness-gated reload."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # runs in the master, before the fork
-        self.generation, self.gate = MASTER.generation_for(self.cfg, self.log, self._age)
-        self.member = Member(self.generation, self._age, 0)
+        self.generation, self.store = MASTER.generation_for(self.cfg, self.log, self._age)
         self._term_pending = False
-        self._last_term = 0.0
-        self._watch_own = True
-        self._next_check = 0.0
+        self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
+        self._next_look = 0.0
+        # made in the worker (init_process), once its pid is known
+        self.watch: Watch | None = None
+        self.boot: Boot | None = None
 
     @property
     def age(self) -> float:
@@ -56,7 +54,8 @@ class Worker(BootingWorker):
         generation count as younger than it (a query: see ``MasterBook.age_of``)."""
         if os.getpid() != self.ppid:
             return self._age
-        return MASTER.age_of(self._age, getattr(self, "generation", 0), getattr(self, "gate", None))
+        store: RecordStore | None = getattr(self, "store", None)
+        return MASTER.age_of(self._age, getattr(self, "generation", 0), store)
 
     @age.setter
     def age(self, value: int) -> None:
@@ -73,6 +72,34 @@ class Worker(BootingWorker):
                 " would be reset. Drop --reuse-port (the workers share one listener)."
             )
 
+    # -- boot -------------------------------------------------------------------------------------
+    def init_process(self) -> None:
+        member = Member(self.generation, self._age, os.getpid())
+        self.watch = Watch(self.store, member, self.log)
+        self.boot = Boot(
+            self.store,
+            member,
+            self.watch,
+            self.cfg,
+            self.log,
+            self.sockets,
+            heartbeat=self.notify,
+            stop_waiting=lambda: self._term_pending,
+        )
+        self.boot.start()
+        try:
+            super().init_process()  # imports the app (load_wsgi), then run()
+        except SystemExit:
+            raise
+        except Exception as exc:
+            if self.booted or not self.boot.something_serves():
+                raise  # nothing else serves: gunicorn's own handling (the master halts)
+            self.boot.failed(exc)
+
+    def load_wsgi(self) -> None:
+        assert self.boot is not None
+        self.boot.load(super().load_wsgi)
+
     # -- signals ----------------------------------------------------------------------------------
     def init_signals(self) -> None:
         super().init_signals()
@@ -87,122 +114,52 @@ class Worker(BootingWorker):
         if not self.alive:
             return  # already stopping (the master re-sends SIGTERM to surplus workers)
         self._term_pending = True
-        self._last_term = time.time()  # wall clock, compared with the verdict file's mtime
-        if self.member.pid and self.gate.newest_generation() <= self.generation:
-            self.gate.record(self.member, "stopping")  # a plain stop: tells gated older workers
+        self._last_term = time.time()
         self.method_queue.defer(_noop)
 
     # -- serving ----------------------------------------------------------------------------------
     def run(self) -> None:
-        self._ready_check()  # before accepting: code that fails it never takes traffic
+        assert self.boot is not None and self.watch is not None
+        self.boot.check(self.wsgi, self.sockets[0], self.cfg.is_ssl)  # before accepting
         self.poller.register(
             self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks
         )
         self.set_accept_enabled(True)
-        self._became_ready()
+        self.boot.ready()
+        self._look_at_verdicts()
         while self.alive:
             self.notify()
             can_accept = self.nr_conns < self.worker_connections
             if can_accept != self._accepting:
                 self.set_accept_enabled(can_accept)
-            watching = self._term_pending or self._watch_own
+            watching = self._term_pending or not self.watch.own_decided
             self.wait_for_and_dispatch_events(timeout=POLL if watching else 1.0)
             if not self.is_parent_alive():
-                self._stop_reason = "the master is gone"
+                self.stop_serving("the master is gone")
                 break
             self._murder_idle()
-            self._tick()
-        self._settled.set()
-        self._drain()
+            if time.monotonic() >= self._next_look:
+                self._look_at_verdicts()
+        self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
 
-    def _became_ready(self) -> None:
-        self._settled.set()
-        self.gate.record(self.member, "ready")
-        self.log.info(
-            "grace_plugins: worker %s (generation %s) ready after %d ms",
-            self.member.pid,
-            self.generation,
-            (time.monotonic() - self._boot_start) * 1000,
-        )
-        self._check_own()
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        if now < self._next_check:
+    def _look_at_verdicts(self) -> None:
+        """Act on this worker's own generation's verdict, and on a held SIGTERM."""
+        assert self.watch is not None
+        self._next_look = time.monotonic() + POLL
+        why = self.watch.own_generation()
+        if why and self.alive:
+            self.stop_serving(why)
+        if not (self._term_pending and self.alive):
             return
-        self._next_check = now + POLL
-        if self._watch_own:
-            self._check_own()
-        if self._term_pending and self.alive:
-            self._decide_term()
-
-    def _settle(self, gen: int) -> Verdict:
-        """The verdict on *gen*; a new one is published, and logged by the one worker that
-        published it (another worker may have published first: then its verdict)."""
-        verdict = self.gate.status(gen)
-        if not verdict.new:
-            return verdict
-        if self.gate.publish(gen, verdict):
-            self._log_verdict(gen, verdict.status, verdict.reason)
-            if verdict.status == PROMOTED and gen == 1:
-                retire_previous_master(self.ppid, self.log)
-            return verdict
-        return self.gate.status(gen)
-
-    def _check_own(self) -> None:
-        """Watch this worker's own generation until it has a verdict."""
-        status = self._settle(self.generation).status
-        if status == PENDING:
-            return
-        self._watch_own = False
-        if status == ROLLED_BACK and self._is_member() and self.alive:
-            # All or nothing: a generation some of whose workers failed is not trusted.
-            self._begin_stop(f"generation {self.generation} was rolled back")
-
-    def _decide_term(self) -> None:
-        """A SIGTERM is pending: drain now, keep waiting, or (after a rollback) forget it
-        (the rules: :func:`~grace_plugins.gunicorn.gate.on_pending_term`)."""
-        newest = self.gate.newest_generation()
-        later = {gen: self._settle(gen).status for gen in range(self.generation + 1, newest + 1)}
-        rolled_back = later.get(newest) == ROLLED_BACK
-        rolled_back_at = self.gate.resolution_time(newest) if rolled_back else None
-        action, why = on_pending_term(self.generation, later, self._last_term, rolled_back_at)
+        action, why = self.watch.held_term(self._last_term)
         if action == DRAIN:
-            self._begin_stop(why)
+            self.stop_serving(why)
         elif action == FORGET:
             self._term_pending = False
             self.log.info(
                 "grace_plugins: worker %s (generation %s) keeps serving: generation %s was"
                 " rolled back",
-                self.member.pid,
+                self.watch.member.pid,
                 self.generation,
-                newest,
+                self.store.newest_generation(),
             )
-
-    def _begin_stop(self, reason: str) -> None:
-        self._stop_reason = reason
-        self.alive = False
-
-    def _log_verdict(self, gen: int, status: str, why: str) -> None:
-        """Log the verdict on *gen* and record it for ``grace-plugins reload``; called once,
-        by the worker that decided it. Under systemd the master records it instead, after
-        ``READY=1`` (see ``MasterBook.step``)."""
-        if not MASTER.systemd.active:
-            record_verdict(self.ppid, self.gate, gen, status, why)
-        if status == PROMOTED:
-            members = self.gate.members(gen)
-            self.log.info(
-                "grace_plugins: generation %s ready: %s workers serving (pids %s)%s",
-                gen,
-                len(members),
-                pid_list(members),
-                "; the previous workers drain" if gen > 1 else "",
-            )
-        elif status == ROLLED_BACK and gen > 1:
-            self.log.error(
-                "grace_plugins: generation %s rolled back (%s); the previous workers keep serving",
-                gen,
-                why,
-            )
-        elif status == ROLLED_BACK:
-            self.log.warning("grace_plugins: generation %s started incomplete (%s)", gen, why)

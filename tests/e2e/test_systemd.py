@@ -107,7 +107,7 @@ def django_service(tmp_path) -> Service:
 
 def gunicorn_service(tmp_path) -> Service:
     pytest.importorskip("gunicorn")
-    from tests.e2e.test_gunicorn import APPS, Gunicorn, control_socket, version, write_code
+    from tests.harness.gunicorn import APPS, Gunicorn, control_socket, version, write_code
 
     write_code(tmp_path, version("v1"))
     argv = [

@@ -1,0 +1,210 @@
+"""The record directory that a gunicorn master and its workers share (file operations only).
+
+Gunicorn's master has no notion of "the new workers are ready", so the workers coordinate
+through a private directory (``mkdtemp``: mode 0700) that they inherit by fork. When the
+workers run as another user (gunicorn's ``--user``/``--group``), the master hands the directory
+and the files it writes there to that user, as gunicorn does with each worker's heartbeat file:
+it stays private to the two of them, never group- or world-writable. Every file is written
+whole (:func:`grace_plugins.atomic.write_atomic`), and most of a record is its name:
+
+* ``gen-G.json`` -- the master's announcement of generation *G*, written before its first
+  fork (see :class:`~grace_plugins.gunicorn.verdicts.Announcement`);
+* ``w-G-AGE-PID.STATE`` -- a worker's own progress: ``boot``, ``ready``, ``failed`` (the
+  reason inside);
+* ``verdict-G`` -- the verdict on *G*, written once (the first writer wins);
+* ``ever-ready``, ``backoff``, ``claim-WHAT-G``, ``master-stopping`` -- shared notes.
+
+What the records mean is decided elsewhere (:mod:`grace_plugins.gunicorn.verdicts`, pure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict
+
+from grace_plugins.atomic import write_atomic
+from grace_plugins.gunicorn.verdicts import (
+    Announcement,
+    GenerationRecords,
+    Member,
+    Verdict,
+    members,
+)
+
+#: Records of generations this much older than the newest are pruned.
+KEEP_GENERATIONS = 4
+#: A worker's states (the suffix of its record).
+BOOT, READY, FAILED = "boot", "ready", "failed"
+
+_WORKER = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
+_ANNOUNCEMENT = re.compile(r"^gen-(\d+)\.json$")
+_PER_GENERATION = re.compile(r"^(?:w|gen|verdict|claim-\w+)-(\d+)")
+_MASTER_STOPPING = "master-stopping"
+
+
+class RecordStore:
+    """The shared record directory; every method is a few file operations and never raises
+    (a write that fails returns False)."""
+
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
+        self.path = path
+        #: (uid, gid) of the workers when they are not the master's: files the master writes
+        #: are handed to them
+        self.owner = owner
+
+    @classmethod
+    def create(cls, owner: tuple[int, int] | None = None, parent: str | None = None) -> RecordStore:
+        """Make a fresh private directory (0700) in *parent* (the temporary directory by
+        default), handed to *owner* (uid, gid) if given.
+
+        :raises OSError: when it cannot be created or handed over.
+        """
+        path = tempfile.mkdtemp(prefix="grace-gunicorn-", dir=parent)
+        try:
+            if owner is not None:
+                os.chown(path, *owner)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(path, owner)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -- files ----------------------------------------------------------------------------------
+    def _write(self, name: str, text: str = "", *, exclusive: bool = False) -> bool:
+        try:
+            write_atomic(os.path.join(self.path, name), text, exclusive=exclusive)
+        except OSError:
+            return False
+        return True
+
+    def _write_for_workers(self, name: str, text: str) -> bool:
+        """Write *name* (from the master) so that the workers can read it: under a name no
+        reader looks at, handed to the workers' user, then renamed into place."""
+        if self.owner is None:
+            return self._write(name, text)
+        staging = f".{name}.staging"
+        final = os.path.join(self.path, name)
+        try:
+            write_atomic(os.path.join(self.path, staging), text)
+            os.chown(os.path.join(self.path, staging), *self.owner)
+            os.replace(os.path.join(self.path, staging), final)
+        except OSError:
+            return False
+        return True
+
+    def _read(self, name: str) -> str | None:
+        try:
+            with open(os.path.join(self.path, name)) as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def _exists(self, name: str) -> bool:
+        return os.path.lexists(os.path.join(self.path, name))
+
+    def _mtime(self, name: str) -> float | None:
+        try:
+            return os.stat(os.path.join(self.path, name)).st_mtime
+        except OSError:
+            return None
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except OSError:
+            return []
+
+    # -- generations (written by the master) ------------------------------------------------------
+    def announce(self, gen: int, info: Announcement) -> bool:
+        """Announce generation *gen* (before its first fork); prune old records."""
+        written = self._write_for_workers(f"gen-{gen}.json", json.dumps(asdict(info)))
+        for name in self._names():
+            found = _PER_GENERATION.match(name)
+            if found and int(found.group(1)) < gen - KEEP_GENERATIONS:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, name))
+        return written
+
+    def announcement(self, gen: int) -> Announcement | None:
+        try:
+            return Announcement(**json.loads(self._read(f"gen-{gen}.json") or ""))
+        except (ValueError, TypeError):
+            return None
+
+    def newest_generation(self) -> int:
+        found = [int(m.group(1)) for m in map(_ANNOUNCEMENT.match, self._names()) if m]
+        return max(found, default=0)
+
+    def mark_master_stopping(self) -> None:
+        """The master received a stop signal (recorded before it SIGTERMs its workers)."""
+        self._write(_MASTER_STOPPING)
+
+    def master_stopping(self) -> bool:
+        return self._exists(_MASTER_STOPPING)
+
+    # -- workers ----------------------------------------------------------------------------------
+    def record(self, member: Member, state: str, detail: str = "") -> bool:
+        """Record a worker's progress; a ``READY`` also notes that something serves."""
+        written = self._write(f"w-{member.gen}-{member.age}-{member.pid}.{state}", detail)
+        if state == READY:
+            written = self._write("ever-ready") and written
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, "backoff"))
+        return written
+
+    def workers(self, gen: int) -> dict[Member, dict[str, str]]:
+        """Every worker of *gen* that left a record, with its states (a failure's reason)."""
+        found: dict[Member, dict[str, str]] = {}
+        for name in self._names():
+            match = _WORKER.match(name)
+            if match and int(match.group(1)) == gen:
+                member = Member(gen, int(match.group(2)), int(match.group(3)))
+                detail = self._read(name) if match.group(4) == FAILED else ""
+                found.setdefault(member, {})[match.group(4)] = detail or ""
+        return found
+
+    def members(self, gen: int) -> list[Member]:
+        return members(self.announcement(gen), self.workers(gen))
+
+    def ever_ready(self) -> bool:
+        """Whether any worker of this master ever became ready (else nothing is serving)."""
+        return self._exists("ever-ready")
+
+    def bump_backoff(self) -> int:
+        """Count one more failed respawn in a row; return the new count."""
+        count = int((self._read("backoff") or "0").strip() or 0) + 1
+        self._write("backoff", str(count))
+        return count
+
+    def claim(self, what: str, gen: int) -> bool:
+        """True for the first caller only (e.g. who logs a generation's traceback)."""
+        return self._write(f"claim-{what}-{gen}", exclusive=True)
+
+    # -- verdicts ---------------------------------------------------------------------------------
+    def generation(self, gen: int) -> GenerationRecords:
+        """What the records say about *gen* (reads only)."""
+        return GenerationRecords(
+            self.announcement(gen),
+            self.workers(gen),
+            self.recorded_verdict(gen),
+            self.master_stopping(),
+        )
+
+    def recorded_verdict(self, gen: int) -> str | None:
+        """The verdict recorded for *gen*, as written (see :meth:`Verdict.as_recorded`)."""
+        return self._read(f"verdict-{gen}")
+
+    def verdict_time(self, gen: int) -> float | None:
+        """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
+        return self._mtime(f"verdict-{gen}")
+
+    def record_verdict(self, gen: int, verdict: Verdict) -> bool:
+        """Record a new verdict on *gen*, once: True for the one caller that recorded it."""
+        return self._write(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)

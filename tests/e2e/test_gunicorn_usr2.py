@@ -1,0 +1,41 @@
+"""``kill -USR2`` with ``gunicorn -k grace_plugins.Worker``: the new master retires the old one
+by itself once its workers are ready (gunicorn alone leaves two masters serving). systemd's
+side: tests/e2e/test_systemd.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.harness import Load, gone_or_zombie, http_get, wait_until
+from tests.harness.gunicorn import assert_clean, start_gunicorn, version, write_code
+
+pytest.importorskip("gunicorn")
+
+
+@pytest.mark.timeout(90)
+def test_usr2_new_master_retires_the_old_one(start_server, tmp_path):
+    pidfile = tmp_path / "gunicorn.pid"
+    server = start_gunicorn(start_server, tmp_path, "--pid", str(pidfile))
+    old_master = server.pid
+    assert int(pidfile.read_text()) == old_master
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
+        write_code(tmp_path, version("v2"))
+        mark = server.mark()
+        os.kill(old_master, signal.SIGUSR2)
+        found = server.wait_for(r"USR2: the new master (\d+) is ready", 30, after=mark)
+        new_master = int(found.group(1))
+        assert server.proc.wait(30) == 0  # the old master retired by itself
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip() == str(new_master),
+            10,
+            "the pidfile to name the new master",
+        )
+        resp = http_get(server.port)
+        assert resp.version == "v2"
+        report = load.stop()
+    assert_clean(report)
+    os.kill(new_master, signal.SIGTERM)
+    wait_until(lambda: gone_or_zombie(new_master), 30, "the new master to exit")

@@ -1,0 +1,121 @@
+"""The record directory a gunicorn master shares with its workers: a verdict is recorded once
+and read whole, the directory is private, and under ``--user`` it is the workers' own."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
+
+from grace_plugins.gunicorn.records import RecordStore  # noqa: E402
+from grace_plugins.gunicorn.verdicts import (  # noqa: E402
+    PROMOTED,
+    ROLLED_BACK,
+    Announcement,
+    Member,
+    Verdict,
+)
+
+INFO = Announcement(expected=1, first_age=3, started=100.0, ready_timeout=5.0)
+
+
+def test_a_generation_from_its_records(tmp_path):
+    store = RecordStore(str(tmp_path))
+    assert store.announce(2, INFO)
+    store.record(Member(2, 3, 30), "boot")
+    store.record(Member(2, 3, 30), "ready")
+    store.record(Member(2, 4, 40), "failed", "boom")  # a respawn: not a member
+    found = store.generation(2)
+    assert found.announcement == INFO
+    assert found.workers == {
+        Member(2, 3, 30): {"boot": "", "ready": ""},
+        Member(2, 4, 40): {"failed": "boom"},
+    }
+    assert (found.recorded, found.master_stopping) == (None, False)
+    assert store.members(2) == [Member(2, 3, 30)]
+    assert store.ever_ready() and store.newest_generation() == 2
+
+
+def test_a_verdict_is_recorded_once(tmp_path):
+    store = RecordStore(str(tmp_path))
+    assert store.record_verdict(2, Verdict(PROMOTED, new=True))
+    assert not store.record_verdict(2, Verdict(ROLLED_BACK, "late", new=True))
+    assert store.recorded_verdict(2) == PROMOTED and store.generation(2).recorded == PROMOTED
+    assert store.verdict_time(2) is not None and store.verdict_time(3) is None
+    assert store.claim("logged", 2) and not store.claim("logged", 2)
+
+
+def test_verdicts_are_read_whole(tmp_path):
+    """A verdict read while it was being written once looked empty, and an empty verdict passed
+    for a rollback: readers must see no verdict or the whole one."""
+    store = RecordStore(str(tmp_path))
+    reason = "worker 4 failed: " + "x" * 4000
+    seen_partial: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            for gen in range(1, 301):
+                text = store.recorded_verdict(gen)
+                if text is not None and text not in (reason, PROMOTED):
+                    seen_partial.append(text[:20])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for gen in range(1, 301):
+            kind = Verdict(ROLLED_BACK, reason, True) if gen % 2 else Verdict(PROMOTED, new=True)
+            assert store.record_verdict(gen, kind)
+    finally:
+        done.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert seen_partial == []
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_old_generations_are_pruned(tmp_path):
+    store = RecordStore(str(tmp_path))
+    store.announce(1, INFO)
+    store.record(Member(1, 1, 10), "ready")
+    store.record_verdict(1, Verdict(PROMOTED, new=True))
+    store.claim("logged", 1)
+    store.announce(7, INFO)
+    assert sorted(os.listdir(tmp_path)) == ["ever-ready", "gen-7.json"]
+
+
+def test_the_master_stopping_is_seen_by_every_generation(tmp_path):
+    store = RecordStore(str(tmp_path))
+    assert not store.master_stopping()
+    store.mark_master_stopping()
+    assert store.master_stopping() and store.generation(5).master_stopping
+
+
+def test_the_directory_is_private(tmp_path):
+    store = RecordStore.create()
+    try:
+        assert oct(os.stat(store.path).st_mode & 0o777) == "0o700"
+    finally:
+        store.remove()
+    assert not os.path.exists(store.path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
+def test_under_another_user_the_workers_own_the_directory_and_the_announcements():
+    """gunicorn --user: the master (root) hands the directory, and the files it writes for the
+    workers, to their user, as gunicorn does with their heartbeat files; 0700 and 0600 still."""
+    owner = (65534, 65534)
+    store = RecordStore.create(owner)
+    try:
+        info = os.stat(store.path)
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (*owner, 0o700)
+        store.announce(1, INFO)
+        info = os.stat(os.path.join(store.path, "gen-1.json"))
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (*owner, 0o600)
+        assert store.announcement(1) == INFO
+        assert sorted(os.listdir(store.path)) == ["gen-1.json"]  # nothing left staged
+    finally:
+        store.remove()

@@ -1,0 +1,144 @@
+"""The gunicorn worker's rules, as tables (pure, no process started): the records of one
+generation in, its verdict out; and what a worker holding a SIGTERM does."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
+
+from grace_plugins.gunicorn.held_term import (  # noqa: E402
+    DRAIN,
+    FORGET,
+    TERM_SLACK,
+    WAIT,
+    on_held_term,
+)
+from grace_plugins.gunicorn.verdicts import (  # noqa: E402
+    PENDING,
+    PROMOTED,
+    ROLLED_BACK,
+    Announcement,
+    GenerationRecords,
+    Member,
+    Verdict,
+    members,
+    verdict,
+)
+
+#: Generation 2: two workers (ages 3 and 4), announced at t=100 with a 5 s ready timeout
+#: (+3 s of grace: decided at t>108).
+INFO = Announcement(expected=2, first_age=3, started=100.0, ready_timeout=5.0)
+ALIVE = frozenset({30, 40, 50})
+
+
+def records(*states: str, info: Announcement | None = INFO, **more) -> GenerationRecords:
+    """``"3:ready"`` -> worker of age 3 (pid 30) recorded ``ready``; failures say "boom"."""
+    found: dict[Member, dict[str, str]] = {}
+    for text in states:
+        age, state = text.split(":")
+        member = Member(2, int(age), int(age) * 10)
+        found.setdefault(member, {})[state] = "boom" if state == "failed" else ""
+    return GenerationRecords(info, found, **more)
+
+
+# (rule, records, now, pids alive) -> (kind, new verdict?, reason)
+RULES = [
+    ("every member ready: promoted",
+     records("3:ready", "4:ready"), 101, ALIVE, PROMOTED, True, ""),
+    ("a member not ready yet: pending",
+     records("3:ready", "4:boot"), 101, ALIVE, PENDING, False, ""),
+    ("a member failed: rolled back, naming it",
+     records("3:ready", "4:failed"), 101, ALIVE, ROLLED_BACK, True, "worker 40 failed: boom"),
+    ("a later respawn is not a member: its failure does not count",
+     records("3:ready", "4:ready", "5:failed"), 101, ALIVE, PROMOTED, True, ""),
+    ("a later respawn does not stand in for a member killed before it recorded",
+     records("3:ready", "5:ready"), 101, ALIVE, PENDING, False, ""),
+    ("a member died before ready: rolled back",
+     records("3:ready", "4:boot"), 101, {30}, ROLLED_BACK, True,
+     "worker 40 exited before it was ready"),
+    ("a member that died once ready does not roll back",
+     records("3:ready", "4:ready"), 101, {30}, PROMOTED, True, ""),
+    ("slow members within ready timeout + grace: pending",
+     records("3:boot", "4:boot"), 108, ALIVE, PENDING, False, ""),
+    ("past ready timeout + grace: rolled back",
+     records("3:boot", "4:boot"), 109, ALIVE, ROLLED_BACK, True,
+     "not every new worker was ready within 8 s"),
+    ("no announcement: rolled back",
+     records("3:ready", info=None), 101, ALIVE, ROLLED_BACK, True, "its announcement is missing"),
+    ("a recorded promotion stands",
+     records("3:ready", recorded=PROMOTED), 101, ALIVE, PROMOTED, False, ""),
+    ("a recorded rollback stands, with its reason, whatever the workers say since",
+     records("3:ready", "4:ready", recorded="worker 40 failed: x"), 101, ALIVE, ROLLED_BACK,
+     False, "worker 40 failed: x"),
+    ("the master stops: an undecided generation stays pending",
+     records("3:ready", "4:boot", master_stopping=True), 101, {30}, PENDING, False, ""),
+    ("the master stops: a recorded verdict still stands",
+     records("3:ready", recorded="why", master_stopping=True), 101, ALIVE, ROLLED_BACK, False,
+     "why"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("found", "now", "alive", "kind", "new", "reason"),
+    [rule[1:] for rule in RULES],
+    ids=[rule[0] for rule in RULES],
+)
+def test_verdict(found, now, alive, kind, new, reason):
+    assert verdict(found, now, lambda pid: pid in alive) == Verdict(kind, reason, new)
+
+
+def test_a_verdict_reads_back_as_recorded():
+    for one in (Verdict(PROMOTED, new=True), Verdict(ROLLED_BACK, "worker 4 failed: x", True)):
+        assert Verdict.from_recorded(one.as_recorded()) == Verdict(one.kind, one.reason)
+
+
+def test_members_are_the_workers_the_reload_forked():
+    workers = [Member(2, age, age * 10) for age in (6, 3, 5, 4)]
+    assert members(INFO, workers) == [Member(2, 3, 30), Member(2, 4, 40)]
+    without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
+    assert members(without_ages, workers) == [Member(2, 3, 30), Member(2, 4, 40)]
+    assert members(None, workers) == []
+
+
+# -- a worker holding the reload's SIGTERM: drain, wait, or forget ---------------------------
+# (rule, own generation, later generations' verdicts, master stopping, last SIGTERM at,
+#  newest rolled back at) -> (action, reason)
+TERM_RULES = [
+    ("no newer generation: a stop", 2, {}, False, 10.0, None, (DRAIN, "SIGTERM")),
+    ("the newest starts: wait", 1, {2: PENDING}, False, 10.0, None, (WAIT, "")),
+    ("the newest is promoted: drain", 1, {2: PROMOTED}, False, 10.0, None,
+     (DRAIN, "generation 2 is ready")),
+    ("the master stops while the newest starts: drain", 1, {2: PENDING}, True, 10.0, None,
+     (DRAIN, "SIGTERM (the master is stopping)")),
+    ("the master stops at once after a rollback: drain", 1, {2: ROLLED_BACK}, True, 12.1, 12.0,
+     (DRAIN, "SIGTERM (the master is stopping)")),
+    ("rolled back, our SIGTERM came before: forget", 1, {2: ROLLED_BACK}, False, 10.0, 12.0,
+     (FORGET, "")),
+    ("rolled back, the reload's SIGTERM a little after the verdict: forget",
+     1, {2: ROLLED_BACK}, False, 12.0 + TERM_SLACK, 12.0, (FORGET, "")),
+    ("rolled back, a SIGTERM well after the verdict: a stop",
+     1, {2: ROLLED_BACK}, False, 12.1 + TERM_SLACK, 12.0, (DRAIN, "SIGTERM")),
+    ("a middle generation took over, the newest failed: drain",
+     1, {2: PROMOTED, 3: ROLLED_BACK}, False, 10.0, 12.0, (DRAIN, "generation 2 is ready")),
+    ("a middle generation took over, the newest starts: drain",
+     1, {2: PROMOTED, 3: PENDING}, False, 10.0, None, (DRAIN, "generation 2 is ready")),
+    ("only failed generations since ours: forget",
+     1, {2: ROLLED_BACK, 3: ROLLED_BACK}, False, 10.0, 12.0, (FORGET, "")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("own", "later", "stopping", "last_term", "rolled_back_at", "expected"),
+    [row[1:] for row in TERM_RULES],
+    ids=[row[0] for row in TERM_RULES],
+)
+def test_a_held_sigterm(own, later, stopping, last_term, rolled_back_at, expected):
+    got = on_held_term(
+        own,
+        later,
+        master_stopping=stopping,
+        last_term=last_term,
+        rolled_back_at=rolled_back_at,
+    )
+    assert got == expected
