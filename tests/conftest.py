@@ -47,6 +47,14 @@ def app_dir(tmp_path):
 
 
 @pytest.fixture
+def django_project(tmp_path):
+    """A copy of ``example_django/`` the test may edit (tests/harness/django_site.py)."""
+    from tests.harness.django_site import copy_site
+
+    return copy_site(tmp_path)
+
+
+@pytest.fixture
 def start_server(request):
     """start_server(argv, cwd=None, env=None) -> ServerProcess, closed after the test."""
     servers: list[ServerProcess] = []

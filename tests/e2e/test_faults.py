@@ -16,7 +16,6 @@ import threading
 
 import pytest
 
-from tests.e2e.test_core_e2e import SERVER, _has_connection, start, write_code
 from tests.harness import (
     LINUX_PROC,
     PYTHON,
@@ -29,8 +28,10 @@ from tests.harness import (
     joined,
     wait_served_by,
     wait_until,
+    write_code,
     zombies,
 )
+from tests.harness.core import SERVER, has_connection, start
 
 
 @pytest.mark.timeout(60)
@@ -53,7 +54,7 @@ def test_old_generation_killed_while_draining_leaves_service_up(start_server, ap
     old = http_get(server.port).pid
     slow = threading.Thread(target=_quietly, args=(server.port, "/hello?sleep=5"))
     slow.start()
-    wait_until(lambda: _has_connection(old), 5, "the slow request to arrive")
+    wait_until(lambda: has_connection(old), 5, "the slow request to arrive")
     new = server.upgrade()
     os.kill(old, signal.SIGKILL)
     server.wait_for(r"generation 1 .* exited after draining \(killed by SIGKILL\)", 10)
@@ -75,7 +76,7 @@ def test_stuck_request_and_slowloris_are_closed_at_the_drain_deadline(start_serv
     stuck.start()
     loris = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     loris.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
-    wait_until(lambda: _has_connection(old), 5, "the stuck requests to arrive")
+    wait_until(lambda: has_connection(old), 5, "the stuck requests to arrive")
     server.upgrade()
     found = server.wait_for(
         r"generation 1 drained (\d+) connections in (\d+) ms .* (\d+) closed at", 10
@@ -153,7 +154,7 @@ def test_supervisor_killed_generation_drains_and_exits(start_server, app_dir):
         target=lambda: result.update(r=http_get(server.port, "/hello?sleep=1", timeout=10))
     )
     slow.start()
-    wait_until(lambda: _has_connection(gen), 5, "the slow request to arrive")
+    wait_until(lambda: has_connection(gen), 5, "the slow request to arrive")
     os.kill(server.pid, signal.SIGKILL)
     server.wait_for(r"\[gen 1 \d+\] draining \(the supervisor is gone\)", 10)
     server.wait_for(r"generation 1 drained 1 connections", 10)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +22,17 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e.test_never_wait import LongRequest, new_code_after
-from tests.harness import Load, fd_count, fd_links, grace_cli, holder_of, wait_until, zombies
+from tests.harness import (
+    Load,
+    django_site,
+    fd_count,
+    fd_links,
+    flask_site,
+    grace_cli,
+    holder_of,
+    wait_until,
+    zombies,
+)
 
 pytestmark = [
     pytest.mark.skipif(not os.path.isdir("/proc/net"), reason="needs /proc"),
@@ -165,12 +174,11 @@ def print_samples():
 def test_flask_hotrun_three_upgrades_two_seconds_apart_each_with_a_long_request(
     start_server, tmp_path
 ):
-    flask_tests = pytest.importorskip("tests.e2e.test_flask")
-    if not os.path.exists(flask_tests.FLASK):
+    if not os.path.exists(flask_site.FLASK):
         pytest.skip("flask is not installed")
-    app = flask_tests.seed_app(tmp_path)
+    app = flask_site.seed_app(tmp_path)
     server = start_server(
-        [flask_tests.FLASK, "--app", "app.py", "hotrun", "-p", "0", "--no-reload"],
+        [flask_site.FLASK, "--app", "app.py", "hotrun", "-p", "0", "--no-reload"],
         cwd=str(tmp_path),
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     )
@@ -178,7 +186,7 @@ def test_flask_hotrun_three_upgrades_two_seconds_apart_each_with_a_long_request(
     three_upgrades_with_long_requests(
         "flask hotrun",
         server,
-        lambda version: flask_tests.set_version(app, version),
+        lambda version: flask_site.set_version(app, version),
         {"fresh": 2, "keepalive": 2, "slow": 0, "idle": 2, "idle_seconds": 0.5},
     )
 
@@ -186,15 +194,11 @@ def test_flask_hotrun_three_upgrades_two_seconds_apart_each_with_a_long_request(
 # -- manage.py runhot -----------------------------------------------------------------------------
 def test_runhot_three_upgrades_two_seconds_apart_each_with_a_long_request(start_server, tmp_path):
     pytest.importorskip("django")
-    django_tests = pytest.importorskip("tests.e2e.test_django")
-    site = tmp_path / "site"
-    shutil.copytree(
-        django_tests.EXAMPLE, site, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3")
-    )
-    server = django_tests.runhot(start_server, site, "--noreload")
+    site = django_site.copy_site(tmp_path)
+    server = django_site.runhot(start_server, site, "--noreload")
     three_upgrades_with_long_requests(
         "manage.py runhot",
         server,
-        lambda version: django_tests.set_version(site, version),
+        lambda version: django_site.set_version(site, version),
         {"fresh": 2, "keepalive": 2, "slow": 0, "idle": 2, "idle_seconds": 1.0},
     )

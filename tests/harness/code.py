@@ -54,6 +54,8 @@ def broken_at_import(ready_timeout: int) -> dict[str, tuple[str, str]]:
     (code, regex)}. A failure the generation sees (sys.exit, an exception) exits
     APP_LOAD_ERROR (4) whatever the app's own status; a hang is cut at *ready_timeout* s."""
     return {
+        "syntax error": ("def broken(:\n", r"exited \(exit status 4\)"),
+        "missing module": ("import module_that_does_not_exist\n", r"exited \(exit status 4\)"),
         "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 4\)"),
         "sys.exit(msg)": (
             "import sys\nsys.exit('broken on purpose')\n",
