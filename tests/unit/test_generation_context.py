@@ -52,6 +52,13 @@ def test_settings_come_from_the_handoff(setup):
     assert not context.stopping
 
 
+def test_the_ready_clock_starts_with_the_process(setup):
+    context, _, _ = setup
+    # the supervisor's ready deadline runs from the spawn: this process (pytest) started well
+    # before the context was made, and the ready check's bound counts from then
+    assert time.monotonic() - context.started > 0.2
+
+
 def test_ready_once_and_upgrade_requests_are_lines(setup):
     context, peer, listener = setup
     os.set_blocking(listener.fileno(), True)  # as an SSL wrapper may leave it
