@@ -40,7 +40,7 @@ def test_seed_scenario_slow_request_finishes_on_old_generation(start_server, app
     assert first.status == 200 and first.version == "v1"
     slow_result = {}
     slow = threading.Thread(
-        target=lambda: slow_result.update(r=http_get(server.port, "/hello?sleep=2"))
+        target=lambda: slow_result.update(r=http_get(server.port, "/hello?sleep=3"))
     )
     slow.start()
     wait_until(lambda: fd_count(first.pid) and has_connection(first.pid), 5, "slow request")
@@ -156,7 +156,7 @@ def test_stop_signal_drains_in_flight_then_exits_zero(start_server, app_dir, tmp
     server = start(start_server, app_dir, extra=[f"--pidfile={pidfile}"])
     assert int(pidfile.read_text()) == server.pid
     result = {}
-    slow = threading.Thread(target=lambda: result.update(r=http_get(server.port, "/x?sleep=1")))
+    slow = threading.Thread(target=lambda: result.update(r=http_get(server.port, "/x?sleep=3")))
     slow.start()
     gen = server.generation_pids()[1]
     wait_until(lambda: has_connection(gen), 5, "the slow request to arrive")

@@ -86,7 +86,8 @@ def test_broken_save_is_rolled_back_and_fixing_upgrades(start_server, django_pro
 
 # -- every way new code can fail at import, on HUP ------------------------------------------------
 #: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
-BROKEN_VIEWS = broken_at_import(10)
+HANG_READY = 10
+BROKEN_VIEWS = broken_at_import(HANG_READY)
 
 
 @pytest.mark.timeout(150)
@@ -95,7 +96,9 @@ def test_rollback_matrix_under_load(start_server, django_project, kind):
     """Every way new code can fail at import rolls back under load (HUP): no failed request,
     the old pid keeps serving, the next good upgrade works."""
     broken, why = BROKEN_VIEWS[kind]
-    server = runhot(start_server, django_project, "--noreload", "--ready-timeout", "10")
+    # a short ready timeout for the hang (it costs each run that long); a real one otherwise
+    ready = str(HANG_READY) if kind == "hang" else "30"
+    server = runhot(start_server, django_project, "--noreload", "--ready-timeout", ready)
     port, old = server.port, first_pid(server)
     with Load(port, fresh=1, keepalive=1, slow=1, slow_seconds=0.5, max_seconds=100) as load:
         wait_until(lambda: load.report.requests > 10, 15, "load to start")

@@ -83,7 +83,8 @@ def test_hang_at_import_rolled_back_after_ready_timeout(start_server, tmp_path):
 
 
 #: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
-BROKEN_AT_IMPORT = broken_at_import(3)
+HANG_READY = 3
+BROKEN_AT_IMPORT = broken_at_import(HANG_READY)
 
 
 @pytest.mark.timeout(90)
@@ -93,7 +94,10 @@ def test_rollback_matrix_under_load(start_server, tmp_path, kind):
     pid keeps serving, and the next good upgrade works."""
     broken, why = BROKEN_AT_IMPORT[kind]
     app = seed_app(tmp_path)
-    server, port = hotrun(start_server, tmp_path, "--no-reload", "--ready-timeout", "3")
+    # a short ready timeout for the hang (it costs each run that long); a real one otherwise,
+    # so that a slow start on a busy machine is not taken for the failure under test
+    ready = str(HANG_READY) if kind == "hang" else "30"
+    server, port = hotrun(start_server, tmp_path, "--no-reload", "--ready-timeout", ready)
     old_pid = server.generation_pids()[1]
     with Load(port, fresh=1, keepalive=1, slow=1, slow_seconds=0.5, max_seconds=60) as load:
         wait_until(lambda: load.report.requests > 10, 10, "load to start")
