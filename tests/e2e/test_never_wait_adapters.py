@@ -4,8 +4,9 @@
 trigger) run under load (fresh connections, keep-alive and idle keep-alive clients). After a
 first upgrade, three upgrades, each triggered once the previous one's predecessor drains and
 each with a ~6 s request in flight: every upgrade reaches new code while the generation it
-replaces still serves that request (waiting for its drain would take the request's 6 s),
-although older generations drain; every long request completes with 200 from the pid that
+replaces still serves that request (waiting for its drain would take the request's 6 s), and
+starts before the older generations draining then have exited (the supervisor's log says in
+which order); every long request completes with 200 from the pid that
 accepted it (so on the code it started on), nothing fails, no zombie, no fd growth (after the
 first upgrade: the steady state); ``grace-plugins status`` shows the connection each draining
 generation still holds. A long request is known to be in flight once a generation holds its
@@ -21,7 +22,6 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.test_never_wait import new_code_after
 from tests.harness import (
     Load,
     django_site,
@@ -34,6 +34,11 @@ from tests.harness import (
     zombies,
 )
 from tests.harness.inflight import LongRequest
+from tests.harness.upgrades import (
+    assert_started_while_draining,
+    draining_generations,
+    new_code_after,
+)
 
 pytestmark = [
     pytest.mark.skipif(not os.path.isdir("/proc/net"), reason="needs /proc"),
@@ -82,7 +87,8 @@ def three_upgrades_with_long_requests(
             long = LongRequest(server.port, LONG_SECONDS)
             holder = long.held_by(lambda: server.generation_pids().values())
             longs.append((long, holder))
-            draining = not all(gone_or_zombie(p) for p in version_of if p != holder)
+            older = draining_generations(server, holder)
+            draining = bool(older)
             drained.append(draining)
             mark = server.mark()
             set_code(f"v{number}")
@@ -92,10 +98,11 @@ def three_upgrades_with_long_requests(
             start_time = int(found.group(1)) / 1000
             starts.append(start_time)
             # the new code answers while the generation it replaced still serves its long
-            # request: the upgrade did not wait for that drain
+            # request, and it started before the older ones drained: it waited for no drain
             assert not long.answered, (
                 f"v{number} came after the drain: {took:.2f} s, its start {start_time:.2f} s"
             )
+            assert_started_while_draining(server, number, older)
             version_of[pid] = f"v{number}"
             # the next upgrade comes once this one's predecessor drains beside the others
             server.wait_for(rf"\[gen {number - 1} \d+\] draining", 10, after=mark)
