@@ -88,6 +88,7 @@ def test_five_hups_under_load_with_a_slow_request_in_flight_lose_nothing(single)
             assert (resp.status, resp.pid, resp.version) == (200, holder, f"v{number - 1}")
             assert resp.headers.get("connection") == "close"
         report = load.stop()
+    print(f"\n{report.summary()}")
     assert report.failures == [], report.summary()
     assert report.stale == 0, report.summary()
     # no keep-alive with one thread (see the module doc): should that change, this test must
