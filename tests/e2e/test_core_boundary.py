@@ -23,8 +23,12 @@ from tests.harness.inherit import MALFORMED_INPUTS, run_with_inherited
 def test_generation_inherits_only_listener_and_channel(start_server, app_dir):
     if not LINUX_PROC:
         pytest.skip("needs /proc")
+    # an fd the server inherits (a launcher's log file, a shell's 3>file) stays with the
+    # supervisor, which keeps it across its own exec; a generation must not get it
     secret = app_dir / "supervisor-only.log"
-    server = start(start_server, app_dir, env={"GRACE_TEST_OPEN_FILE": str(secret)})
+    with open(secret, "w") as held:
+        os.set_inheritable(held.fileno(), True)
+        server = start(start_server, app_dir, pass_fds=[held.fileno()])
     sup_links = fd_links(server.pid)
     assert str(secret) in sup_links  # the supervisor really holds it
     gen = http_get(server.port).pid

@@ -145,7 +145,7 @@ def test_crash_with_broken_code_on_disk_backs_off_then_hup_recovers(start_server
     write_code(app_dir, "v2", "raise RuntimeError('broken on disk')")
     mark = server.mark()
     os.kill(gen1, signal.SIGKILL)
-    server.wait_for(r"restart failed: generation 2 .*exit status 4", 15, after=mark)
+    server.wait_for(r"restart failed: generation 2 .*exit status 1", 15, after=mark)
     server.wait_for(r"next start attempt in 0\.5 s", 5, after=mark)
     server.wait_for(r"restart failed: generation 3 ", 15, after=mark)
     server.wait_for(r"next start attempt in 1\.0 s", 5, after=mark)  # backing off, not hot

@@ -72,7 +72,7 @@ def test_bad_input_is_one_line(tmp_path):
         )
 
     missing = run("--app", "no_such_module", "hotrun", "-p", "0")
-    assert missing.returncode == 4, missing.stderr
+    assert missing.returncode == run("--app", "no_such_module", "run", "-p", "0").returncode == 2
     assert "Error: Could not import 'no_such_module'." in missing.stderr
     assert "Traceback" not in missing.stderr
     key_alone = run("hotrun", "--key", __file__)

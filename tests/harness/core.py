@@ -20,12 +20,13 @@ def start(
     interval: float = 0.1,
     extra=(),
     env: dict[str, str] | None = None,
+    pass_fds=(),
 ) -> ServerProcess:
-    """Start the core test server in *app_dir* and wait for its first generation; upgrades may
-    follow each other every *interval* s."""
+    """Start the core test server in *app_dir* (with *pass_fds* inherited) and wait for its
+    first generation; upgrades may follow each other every *interval* s."""
     argv = [PYTHON, SERVER, address, f"--ready={ready}", f"--drain={drain}"]
     argv += [f"--interval={interval}", *extra]
-    server = start_server(argv, cwd=app_dir, env=env)
+    server = start_server(argv, cwd=app_dir, env=env, pass_fds=pass_fds)
     server.wait_ready()
     return server
 
