@@ -12,7 +12,6 @@ import threading
 import pytest
 
 from tests.harness import wait_until
-from tests.harness.django_site import save
 
 django = pytest.importorskip("django")
 
@@ -80,28 +79,3 @@ def test_drain_says_connection_close_in_process(django_configured, settings):
         thread.join(5)
         server.server_close()
         listener.close()
-
-
-def test_watcher_sees_a_template_change_in_process(django_configured, tmp_path, settings):
-    """Django's autoreloader, with the directories its receivers add (templates), reports a
-    change to the callback instead of exiting."""
-    from django.template import engines
-
-    from grace_plugins.django.reloader import HotWatcher
-
-    template = tmp_path / "page.html"
-    template.write_text("one")
-    settings.TEMPLATES = [
-        {"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [str(tmp_path)]}
-    ]
-    assert engines["django"].engine.dirs == [str(tmp_path)]
-    changes: list[list[str]] = []
-    watcher = HotWatcher(changes.append)
-    watcher.reloader.SLEEP_TIME = 0.05
-    try:
-        assert watcher.start(10)
-        save(template, "two")
-        wait_until(lambda: changes, 10, "the template change to be reported")
-    finally:
-        watcher.stop()
-    assert changes[0] == [str(template)]

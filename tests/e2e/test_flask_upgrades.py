@@ -1,6 +1,5 @@
 """Upgrades through ``flask --app app.py hotrun`` (a copy of the seed app): the seed scenario,
-HUPs and file saves under load, idle clients across upgrades, and the reloader's change
-reports (in process)."""
+HUPs and file saves under load, idle clients across upgrades."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.harness import READY_LINE, ROOT, Load, fd_count, http_get, wait_served_by, wait_until
+from tests.harness import READY_LINE, Load, fd_count, http_get, wait_served_by, wait_until
 from tests.harness.flask_site import (
     FLASK,
     NOT_THE_REPO,
@@ -122,47 +121,3 @@ def test_idle_keepalive_clients_across_upgrades(start_server, tmp_path):
     assert report.reconnects == report.requests  # each answer closed; each client reconnected
     assert "v5" in report.versions
     assert server.stop() == 0
-
-
-# -- the reloader, in process ---------------------------------------------------------------------
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("reloader_type", ["stat", "watchdog"])
-def test_reloader_reports_changes_and_honours_exclude_patterns(tmp_path, reloader_type):
-    from grace_plugins.werkzeug.reloader import HotReloader
-
-    watched, ignored = tmp_path / "settings.cfg", tmp_path / "notes.cfg"
-    watched.write_text("a")
-    ignored.write_text("a")
-    changes: list[list[str]] = []
-    seen = threading.Event()
-
-    def on_change(paths: list[str]) -> None:
-        changes.append(paths)
-        seen.set()
-
-    reloader = HotReloader(
-        on_change,
-        extra_files=[str(watched), str(ignored)],
-        exclude_patterns=["*/notes.cfg", os.path.join(ROOT, "*")],
-        interval=0.1,
-        reloader_type=reloader_type,
-        since=None,
-    )
-    started = threading.Event()
-    original_enter = type(reloader.loop).__enter__
-
-    def enter(loop):  # the initial scan is done: changes from now on are seen
-        result = original_enter(loop)
-        started.set()
-        return result
-
-    type(reloader.loop).__enter__ = enter
-    reloader.start()
-    try:
-        assert started.wait(20), "the reloader did not start"
-        ignored.write_text("b")
-        watched.write_text("b")
-        assert seen.wait(10), "the change was not reported"
-        assert changes[0] == [str(watched)]
-    finally:
-        reloader.stop()
