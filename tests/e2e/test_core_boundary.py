@@ -62,7 +62,7 @@ def test_import_pulls_in_no_web_framework():
     ids=["script", "module", "command"],
 )
 def test_program_argv_reproduces_how_python_was_started(tmp_path, argv_tail, expected_tail):
-    report = "import json, grace_plugins.process as p; print(json.dumps(p.program_argv()))"
+    report = "import json, grace_plugins.cmdline as c; print(json.dumps(c.program_argv()))"
     (tmp_path / "prog.py").write_text(report)
     (tmp_path / "progpkg").mkdir()
     (tmp_path / "progpkg" / "__init__.py").write_text("")

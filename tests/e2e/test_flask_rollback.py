@@ -84,7 +84,7 @@ def test_hang_at_import_rolled_back_after_ready_timeout(start_server, tmp_path):
 
 #: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
 HANG_READY = 3
-BROKEN_AT_IMPORT = broken_at_import(HANG_READY)
+BROKEN_AT_IMPORT = broken_at_import(HANG_READY, import_error=2)  # as flask run
 
 
 @pytest.mark.timeout(90)

@@ -90,7 +90,7 @@ def test_three_upgrades_while_older_generations_drain_long_requests(start_server
             # the new code answers while the generation it replaced still serves its long
             # request, and it started before the older ones drained: it waited for no drain
             assert not long.answered, f"v{number} came after the drain ({took:.2f} s)"
-            assert_started_while_draining(server, number, draining)
+            assert_started_while_draining(server, number, draining, after=mark)
             version_of[pid] = f"v{number}"
             # the next upgrade comes once this one's predecessor drains beside the others
             server.wait_for(rf"\[gen {number - 1} \d+\] draining", 10, after=mark)

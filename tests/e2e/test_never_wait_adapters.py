@@ -102,7 +102,7 @@ def three_upgrades_with_long_requests(
             assert not long.answered, (
                 f"v{number} came after the drain: {took:.2f} s, its start {start_time:.2f} s"
             )
-            assert_started_while_draining(server, number, older)
+            assert_started_while_draining(server, number, older, after=mark)
             version_of[pid] = f"v{number}"
             # the next upgrade comes once this one's predecessor drains beside the others
             server.wait_for(rf"\[gen {number - 1} \d+\] draining", 10, after=mark)

@@ -49,14 +49,18 @@ def write_bench_code(directory: str, version: str, import_seconds: float) -> Non
     write_module(os.path.join(directory, "benchcode.py"), text)
 
 
-def broken_at_import(ready_timeout: int) -> dict[str, tuple[str, str]]:
+def broken_at_import(ready_timeout: int, import_error: int = 1) -> dict[str, tuple[str, str]]:
     """Every way new code can fail at import, and the rollback line each must give: {kind:
     (code, regex)}. A generation that fails before it is ready exits with the status the
-    program itself would have had (1 for an exception, N for ``sys.exit(N)``); a hang is cut
+    program itself would have had (1 for an exception, N for ``sys.exit(N)``; for an
+    ``ImportError``, *import_error*: ``flask run`` exits 2, its usage error); a hang is cut
     at *ready_timeout* s."""
     return {
         "syntax error": ("def broken(:\n", r"exited \(exit status 1\)"),
-        "missing module": ("import module_that_does_not_exist\n", r"exited \(exit status 1\)"),
+        "missing module": (
+            "import module_that_does_not_exist\n",
+            rf"exited \(exit status {import_error}\)",
+        ),
         "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 3\)"),
         "sys.exit(msg)": (
             "import sys\nsys.exit('broken on purpose')\n",

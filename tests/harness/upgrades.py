@@ -39,13 +39,16 @@ def draining_generations(server: ServerProcess, serving: int) -> list[int]:
     ]
 
 
-def assert_started_while_draining(server: ServerProcess, number: int, draining: list[int]) -> None:
+def assert_started_while_draining(
+    server: ServerProcess, number: int, draining: list[int], after: int = 0
+) -> None:
     """Generation *number* started before any of *draining* (numbers of generations draining
-    when its upgrade was triggered) exited: the upgrade did not wait for their drains."""
-    lines = server.output().splitlines()
+    when its upgrade was triggered, after output position *after*) exited: the upgrade did not
+    wait for their drains."""
     start = rf"(upgrade started \([^)]*\): generation {number} |starting generation {number} \()"
+    server.wait_for(start, 10, after=after)  # the log is read on a thread of its own
+    lines = server.output(after).splitlines()
     began = [i for i, line in enumerate(lines) if re.search(start, line)]
-    assert began, f"no start of generation {number} in the log"
     for older in draining:
         exited = rf"generation {older} \(pid \d+\) exited after draining"
         ended = [i for i, line in enumerate(lines) if re.search(exited, line)]
