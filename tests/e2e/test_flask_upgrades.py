@@ -30,7 +30,7 @@ def test_seed_scenario(start_server, tmp_path):
     app = seed_app(tmp_path)
     pidfile = tmp_path / "hotrun.pid"
     server, port = hotrun(start_server, tmp_path, "--pidfile", str(pidfile))
-    assert f"kill -HUP {server.pid}" in server.output()  # the banner says whom to signal
+    server.wait_for(rf"kill -HUP {server.pid}", 10)  # the banner says whom to signal
     assert pidfile.read_text().strip() == str(server.pid)
     old_pid = server.generation_pids()[1]
     fds = fd_count(old_pid)  # before any request: nothing transient is open

@@ -72,7 +72,9 @@ def upgrade_under_load(server, port, script, version="v2") -> int:
 @pytest.mark.parametrize("options", [{"threaded": True}, {"threaded": False}])
 def test_run_simple_threaded_or_not(start_server, tmp_path, options):
     server, port, script = start_script(start_server, tmp_path, **options)
-    assert "kill -HUP" in server.output() and "Running on http://127.0.0.1:" in server.output()
+    # the banner (the supervisor prints it once the first generation serves)
+    server.wait_for(rf"Running on http://127\.0\.0\.1:{port}", 10)
+    server.wait_for(rf"kill -HUP {server.pid}", 10)
     pid = upgrade_under_load(server, port, script)
     assert http_get(port).pid == pid
     assert server.stop() == 0
@@ -98,7 +100,7 @@ def test_run_simple_ssl(start_server, tmp_path, kind):
 
         ssl_context = list(make_ssl_devcert(str(tmp_path / "dev"), host="localhost"))
     server, port, script = start_script(start_server, tmp_path, ssl_context=ssl_context)
-    assert f"Running on https://127.0.0.1:{port}" in server.output()
+    server.wait_for(rf"Running on https://127\.0\.0\.1:{port}", 10)  # the banner
     client = HttpsClient(port)
     old_pid = server.generation_pids()[1]
     fds = fd_count(old_pid)  # before any request: nothing transient is open
