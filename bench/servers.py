@@ -1,17 +1,20 @@
 """The servers under comparison: how to start each one on a port, from an app directory.
 
 One place for the command lines, so the upgrade rows (``upgrades.py``), the throughput rounds
-(``throughput.py``) and the wrk-across-HUPs runs (``wrk_hups.py``) start the same servers.
+(``throughput.py``), the wrk-across-HUPs runs (``wrk_hups.py``), the saves (``saves.py``) and
+the idle trees (``memory.py``) start the same servers; and the one wait on a server's log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
-from common import bin_path
+from common import Server, bin_path
 
 Argv = Callable[[int, str], list[str]]
 
@@ -79,3 +82,16 @@ def unavailable(check: list[str] | None, app_dir: str, env: dict[str, str]) -> s
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"adapter not available yet ({last[0][:100]})"
     return ""
+
+
+def wait_in_log(server: Server, pattern: str, timeout: float) -> bool:
+    """Whether *pattern* appears in the server's log within *timeout* s (read every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    while time.monotonic() < deadline:
+        if regex.search(server.output(10**7)):
+            return True
+        if server.proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
