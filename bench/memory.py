@@ -156,6 +156,7 @@ class Sample:
     procs: list[Proc]
     pss_end_kb: int
     cpu_percent: float  # of one core, over the window
+    cpu_by_role: dict[str, float]
     window_s: float
     load_average: float
     note: str = ""
@@ -239,9 +240,12 @@ def measure(runs: list[Running], seconds: float) -> list[Sample]:
     window = time.monotonic() - began
     samples = []
     for run, start, end in zip(runs, before, after, strict=True):
-        ticks = sum(
-            p.ticks - start[pid].ticks if pid in start else p.ticks for pid, p in end.items()
-        )
+        spent: dict[str, int] = {}
+        for pid, p in end.items():
+            spent[p.role] = (
+                spent.get(p.role, 0) + p.ticks - (start[pid].ticks if pid in start else 0)
+            )
+        percent = {role: round(100.0 * t / CLOCK_TICKS / window, 3) for role, t in spent.items()}
         note = run.note
         if set(start) != set(end):
             gone, new = sorted(set(start) - set(end)), sorted(set(end) - set(start))
@@ -251,7 +255,8 @@ def measure(runs: list[Running], seconds: float) -> list[Sample]:
                 key=run.contender.key,
                 procs=sorted(start.values(), key=lambda p: p.pid),
                 pss_end_kb=sum(p.pss for p in end.values()),
-                cpu_percent=round(100.0 * ticks / CLOCK_TICKS / window, 3),
+                cpu_percent=round(sum(percent.values()), 3),
+                cpu_by_role=percent,
                 window_s=round(window, 1),
                 load_average=load,
                 note=note,

@@ -39,10 +39,11 @@ MB = 1024.0
 
 def describe(s: Sample) -> str:
     parts = ", ".join(f"{p.role} {p.pss / MB:.1f}" for p in s.procs)
+    cpu = ", ".join(f"{role} {v:.2f}" for role, v in s.cpu_by_role.items())
     note = f"; {s.note}" if s.note else ""
     return (
         f"{s.key}: PSS {s.pss() / MB:.1f} MB ({parts}), {s.pss_end_kb / MB:.1f} MB"
-        f" {s.window_s:g} s later; CPU {s.cpu_percent:.2f} % of a core{note}"
+        f" {s.window_s:g} s later; CPU {s.cpu_percent:.2f} % of a core ({cpu}){note}"
     )
 
 
@@ -110,7 +111,7 @@ def process_table(
     keys = list(dict.fromkeys(s.key for samples in rounds for s in samples))
     lines = [
         "| server | app | each process's PSS, MB | tree PSS | tree USS | tree RSS"
-        " | PSS change over the window | processes |",
+        " | PSS change over the window | each process's idle CPU, % of a core |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key in keys:
@@ -122,11 +123,14 @@ def process_table(
         uss = _median([float(sum(p.uss for p in s.procs)) for s in samples])
         rss = _median([float(sum(p.rss for p in s.procs)) for s in samples])
         change = [(s.pss_end_kb - s.pss()) / MB for s in samples]
-        count = _median([float(len(s.procs)) for s in samples])
+        cpu = ", ".join(
+            f"{role} {_median([s.cpu_by_role.get(role, 0.0) for s in samples]):.2f}"
+            for role in roles
+        )
         pss = _median([float(s.pss()) for s in samples])
         lines.append(
             f"| {labels[key]} | {apps[key]} | {each} | {_mb(pss)}"
-            f" | {_mb(uss)} | {_mb(rss)} | {spread(change, 1)} MB | {count:g} |"
+            f" | {_mb(uss)} | {_mb(rss)} | {spread(change, 1)} MB | {cpu} |"
         )
     return lines
 

@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.write(args.out, run)
     print(f"wrote {args.out} ({run.seconds:.0f} s)")
-    print("\n".join(throughput.tables(tput) + [""] + upgrades.table(rows)))
+    if tput:
+        print("\n".join(throughput.tables(tput)))
+    if rows:
+        print("\n".join(upgrades.table(rows)))
     if warm_results:
         print(warm.table(warm_results))
     if save_results:
