@@ -16,6 +16,7 @@ import upgrades
 import warm
 import wrk_hups
 from common import RunPlan
+from saves import Plan as SavePlan
 
 DISTRIBUTIONS = ("grace_plugins", "flask", "werkzeug", "django", "gunicorn", "matplotlib")
 
@@ -51,14 +52,6 @@ def machine_facts(wrk_version: str, load: tuple[float, float]) -> list[str]:
         ", ".join(versions),
         wrk_version or "wrk not used (--no-wrk)",
     ]
-
-
-@dataclass
-class SavePlan:
-    """How ``bench/saves.py`` ran: saves per server, and the interval between two events."""
-
-    saves: int = 20
-    interval: float = 2.5
 
 
 @dataclass
@@ -226,7 +219,7 @@ def _warm_section(run: Run) -> list[str]:
 
 
 def _saves_section(run: Run) -> list[str]:
-    return saves_tables.section(run.saves, run.save_plan.saves, run.save_plan.interval)
+    return saves_tables.section(run.saves, run.save_plan)
 
 
 def _memory_section(run: Run) -> list[str]:

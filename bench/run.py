@@ -155,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 if chosen(kind, kind, args.only):
                     warm_results.append(warm.run(kind, warm_rounds, workdir))
 
-    save_plan = report.SavePlan(saves=max(1, args.saves or (3 if quick else 20)))
+    save_plan = saves.Plan(saves=max(1, args.saves or (3 if quick else 20)))
     save_results = []
     if "saves" in sections:
         print(f"save → new code, {save_plan.saves} saves (bench/saves.py):", flush=True)
         for save_row in saves.ROWS:
             if chosen(save_row.label, save_row.key, args.only):
-                save_results.append(saves.run_row(save_row, save_plan.saves, save_plan.interval))
+                save_results.append(saves.run_row(save_row, save_plan))
 
     idle_plan = memory.Plan(
         rounds=max(1, args.idle_rounds or (1 if quick else 3)),

@@ -6,21 +6,22 @@ connections that sit idle across upgrades), then the version module saved N time
 as an editor saves (a temporary file renamed over it), each timed to the first answer carrying
 its version; a version that never answered (the next save came first) is *never served*.
 
-Our servers run with their file watcher (the reloader on) and get, on the same process and a
-fixed interval (default 2.5 s) after each save, a ``kill -HUP`` with nothing changed: HUP → the
-first answer of the new generation is the upgrade's own time, so save ÷ HUP is what the watcher
-adds. Their log says where a save's time went (``... served N ms after the save (A ms to hear it,
-B ms to start and be ready)``), how many upgrades the watcher started for the saves (one each),
-and whether each upgrade was forked warm. The servers they replace get the saves alone, the same
-interval apart.
+Our servers run with their file watcher (the reloader on) and get, on the same process, one
+interval after each save, a ``kill -HUP`` with nothing changed: HUP → the first answer of the
+new generation is the upgrade's own time, so save ÷ HUP is what the watcher adds. Their log says
+where a save's time went (``... served N ms after the save (A ms to hear it, B ms to start and
+be ready)``), how many upgrades the watcher started for the saves (one each), and whether each
+upgrade was forked warm. The servers they replace get the saves alone. Events are an interval
+apart (default 2.5 s), each moved at random by up to ``--jitter`` (default 0.5 s; see
+:class:`Plan`).
 
 Rows: ``flask --app flask_app hotrun --reload``, ``manage.py runhot`` on a minimal project (one
 view) and on a startproject-shaped site with admin, ``runserver`` on the minimal project,
 ``flask run --reload`` with werkzeug's stat reloader and with watchdog (as installed). The
 library's own files are excluded from the Flask reloaders (``--exclude-patterns``).
 
-Usage: ``python bench/saves.py [--saves N] [--interval S] [--rows hotrun,...] [--json FILE]
-[--keep-logs DIR]``.
+Usage: ``python bench/saves.py [--saves N] [--interval S] [--jitter S] [--rows hotrun,...]
+[--json FILE] [--keep-logs DIR]``.
 Every wait is bounded; every server is stopped by SIGTERM, then SIGKILL of what it started.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -147,7 +149,7 @@ class SaveLoad(LoadEngine):
         )
         self.requests = 0
         self.first_answer: dict[str, float] = {}
-        self.first_by_pid: dict[int, tuple[float, str]] = {}
+        self.first_of_process: dict[tuple[int, str], float] = {}  # (pid, version): when
         self.failures: dict[str, int] = {}
         self.examples: list[str] = []
 
@@ -159,7 +161,8 @@ class SaveLoad(LoadEngine):
                 self.examples.append(f"{outcome.kind}: {outcome.failure} {outcome.detail}")
             return
         self.first_answer.setdefault(outcome.response.version, outcome.end)
-        self.first_by_pid.setdefault(outcome.response.pid, (outcome.end, outcome.response.version))
+        answer = (outcome.response.pid, outcome.response.version)
+        self.first_of_process.setdefault(answer, outcome.end)
 
 
 class App:
@@ -198,19 +201,39 @@ class App:
 
 
 @dataclass
+class Plan:
+    """How many saves, and how far apart: *interval* s on average, each event moved by up to
+    *jitter* s at random (fixed seed), so that no kind of event keeps one phase of the clients'
+    1 s idle cadence (saves and HUPs 2.5 s apart exactly sat half a cycle apart: the old
+    generation's drain took 800 ms after every save and 250 ms after every HUP)."""
+
+    saves: int = 20
+    interval: float = 2.5
+    jitter: float = 0.5
+    seed: int = 22
+
+    def schedule(self, events: int) -> list[float]:
+        """When each event is due, in seconds from the first, which is at 0."""
+        rng = random.Random(self.seed)
+        moved = [k * self.interval + rng.uniform(-self.jitter, self.jitter) for k in range(events)]
+        return [max(0.0, t - moved[0]) for t in moved]
+
+
+@dataclass
 class Events:
     """When each version was saved, and (ours) when the HUP that followed it was sent."""
 
     saved: dict[str, float] = field(default_factory=dict)
     hups: dict[str, float] = field(default_factory=dict)
+    #: The log's size (bytes) as each save began, and as each HUP was sent.
+    saved_at: dict[str, int] = field(default_factory=dict)
+    hup_at: dict[str, int] = field(default_factory=dict)
 
 
-def run_row(
-    row: Row, saves: int, interval: float, verbose: bool = True, keep_logs: str = ""
-) -> Result:
+def run_row(row: Row, plan: Plan, verbose: bool = True, keep_logs: str = "") -> Result:
     """Start, load, save N times (ours: each save followed by a HUP), stop; never raises for a
     server's failure."""
-    result = Result(row.key, row.label, row.grace, saves)
+    result = Result(row.key, row.label, row.grace, plan.saves)
     began = os.getloadavg()[0]
     app = App(row.app)
     port = free_port()
@@ -225,12 +248,13 @@ def run_row(
         if row.grace:  # upgrades are warm from the first save, and the watcher is watching
             servers.wait_in_log(server, WARM_READY, 60.0)
             servers.wait_in_log(server, WATCHING, 60.0)
-        load = SaveLoad(port, max_seconds=saves * interval * (2 if row.grace else 1) + 60.0)
+        events_due = plan.saves * (2 if row.grace else 1)
+        load = SaveLoad(port, max_seconds=events_due * plan.interval + 60.0)
         load.start()
         time.sleep(2.0)  # steady load; the polling reloaders have taken their first look
         result.supervisor_start = _supervisor(server)
         processes = len(procfs.descendants(server.owned.root)) if server.owned.root else 0
-        events = run_events(app, server, row, load, saves, interval)
+        events = run_events(app, server, row, load, plan)
         _settled(server, processes, timeout=20.0)
         result.supervisor_end = _supervisor(server)
     except RuntimeError as exc:
@@ -240,7 +264,8 @@ def run_row(
             load.stop()
         server.stop()
         result.log_tail = server.output(4000, quiet=True)
-        log = server.output(10**8)
+        with open(os.path.join(app.dir, "server.log"), "rb") as handle:
+            log = handle.read()
         result.load_average = (began, os.getloadavg()[0])
         if keep_logs:
             os.makedirs(keep_logs, exist_ok=True)
@@ -249,7 +274,7 @@ def run_row(
             )
         app.remove()
     if load is not None and events.saved:
-        account(result, load, events, log if row.grace else "")
+        account(result, load, events, log if row.grace else b"")
     if verbose:
         print(f"  {saves_tables.describe(result)}", flush=True)
     return result
@@ -269,27 +294,27 @@ def _supervisor(server: Server) -> Proc | None:
     return read_proc(server.pid, "supervisor")
 
 
-def run_events(
-    app: App, server: Server, row: Row, load: SaveLoad, saves: int, interval: float
-) -> Events:
-    """Save N versions *interval* s apart, each followed *interval* s later by a HUP for ours.
-    After the last, wait up to *interval* s for its answer."""
+def run_events(app: App, server: Server, row: Row, load: SaveLoad, plan: Plan) -> Events:
+    """Save N versions, each followed by a HUP for ours, as *plan* schedules them. After the
+    last, wait up to one interval for its answer."""
     events = Events()
+    due = plan.schedule(plan.saves * (2 if row.grace else 1))
+    log = server.log_path or ""
     start = time.monotonic()
-    step = 0
-    for number in range(saves):
-        version = f"v{number + 2}"
-        events.saved[version] = time.monotonic()  # the save's start: its first event is later
-        app.save(version)
-        step += 1
-        time.sleep(max(0.0, start + step * interval - time.monotonic()))
-        if row.grace:
+    for step, moment in enumerate(due):
+        time.sleep(max(0.0, start + moment - time.monotonic()))
+        version = f"v{step // (2 if row.grace else 1) + 2}"
+        if version not in events.saved:
+            events.saved_at[version] = os.path.getsize(log)
+            events.saved[version] = time.monotonic()  # the save's start: its first event is later
+            app.save(version)
+        else:
+            events.hup_at[version] = os.path.getsize(log)
             events.hups[version] = time.monotonic()
             server.signal(signal.SIGHUP)
-            step += 1
-            time.sleep(max(0.0, start + step * interval - time.monotonic()))
-    last = f"v{saves + 1}"
-    deadline = time.monotonic() + interval
+    time.sleep(plan.interval)  # the last event's upgrade
+    last = f"v{plan.saves + 1}"
+    deadline = time.monotonic() + plan.interval
     while last not in load.first_answer and time.monotonic() < deadline:
         time.sleep(0.02)
     return events
@@ -299,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=20, help="saves per server (20)")
     parser.add_argument("--interval", type=float, default=2.5, help="seconds between events")
+    parser.add_argument("--jitter", type=float, default=0.5, help="each event moved by ± S")
     keys = [r.key for r in ROWS + EXTRA_ROWS]
     parser.add_argument("--rows", default="", help=f"comma-separated, of: {', '.join(keys)}")
     parser.add_argument("--json", help="write every number (and each server's log tail) here")
     parser.add_argument("--keep-logs", default="", help="copy each server's whole log here")
     args = parser.parse_args(argv)
-    if args.saves < 1 or args.interval <= 0:
-        parser.error("--saves must be at least 1 and --interval above 0")
+    if args.saves < 1 or args.interval <= 0 or not 0 <= args.jitter < args.interval / 2:
+        parser.error("--saves must be 1 or more, --interval above 0, --jitter under interval/2")
+    plan = Plan(args.saves, args.interval, args.jitter)
     rows = ROWS
     if args.rows:
         wanted = args.rows.split(",")
@@ -313,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown rows {unknown}: use some of {', '.join(keys)}")
         rows = [r for r in ROWS + EXTRA_ROWS if r.key in wanted]
-    print(f"{args.saves} saves, {args.interval:g} s apart, per server:", flush=True)
-    results = [run_row(r, args.saves, args.interval, keep_logs=args.keep_logs) for r in rows]
+    print(f"{plan.saves} saves, {plan.interval:g} ± {plan.jitter:g} s apart:", flush=True)
+    results = [run_row(r, plan, keep_logs=args.keep_logs) for r in rows]
     print("\n".join(["", *saves_tables.tables(results)]))
     if args.json:
         with open(args.json, "w") as handle:

@@ -32,6 +32,7 @@ class LoggedUpgrade:
     pid: int
     trigger: str  # "save" (the watcher heard a file change) or "HUP"
     reason: str
+    offset: int  # where its "upgrade started" line ends in the log, in bytes
     warm: bool = False
     ready_ms: int | None = None  # spawn to ready
     served_ms: int | None = None  # the save's first event to ready (saves only)
@@ -50,35 +51,38 @@ class LogAccount:
         return [u for u in self.upgrades if u.trigger == trigger]
 
 
-def read_log(text: str) -> LogAccount:
-    """Every upgrade the supervisor started, with what its later lines say of it."""
+def read_log(raw: bytes) -> LogAccount:
+    """Every upgrade the supervisor started, where its line is in the log (a byte offset, to
+    be compared with the log's size when each event was made), and what later lines say of
+    it. Pids are matched by their place in the log: a busy machine reuses them within minutes."""
     by_gen: dict[int, LoggedUpgrade] = {}
-    forked: set[int] = set()
-    queued = rolled_back = cold_retries = 0
-    for line in text.splitlines():
+    last_forked = 0
+    queued = rolled_back = cold_retries = offset = 0
+    for raw_line in raw.splitlines(keepends=True):
+        line = raw_line.decode("utf-8", "replace").rstrip("\n")
+        offset += len(raw_line)
         if found := STARTED.search(line):
-            reason = found["reason"]
+            reason, pid = found["reason"], int(found["pid"])
             trigger = "save" if reason.startswith("file changed") else "HUP"
             gen = int(found["gen"])
-            by_gen[gen] = LoggedUpgrade(gen, int(found["pid"]), trigger, reason)
+            by_gen[gen] = LoggedUpgrade(gen, pid, trigger, reason, offset, pid == last_forked)
         elif found := READY.search(line):
             upgrade = by_gen.get(int(found["gen"]))
             if upgrade is not None:
-                upgrade.pid = int(found["pid"])  # a cold retry is another process
+                if upgrade.pid != int(found["pid"]):  # retried cold: another process
+                    upgrade.pid, upgrade.warm = int(found["pid"]), False
                 upgrade.ready_ms = int(found["ready"])
                 if found["served"] is not None:
                     upgrade.served_ms = int(found["served"])
                     upgrade.heard_ms = int(found["heard"])
                     upgrade.start_ms = int(found["start"])
         elif found := FORKED.search(line):
-            forked.add(int(found["pid"]))
+            last_forked = int(found["pid"])
         elif QUEUED.search(line):
             queued += 1
         elif ROLLED_BACK.search(line):
             rolled_back += 1
         elif COLD_AGAIN.search(line):
             cold_retries += 1
-    for upgrade in by_gen.values():
-        upgrade.warm = upgrade.pid in forked
     upgrades = sorted(by_gen.values(), key=lambda u: u.gen)
     return LogAccount(upgrades, queued, rolled_back, cold_retries)

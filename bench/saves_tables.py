@@ -12,7 +12,7 @@ from procmem import Proc
 from saves_log import LoggedUpgrade, read_log
 
 if TYPE_CHECKING:
-    from saves import Events, SaveLoad
+    from saves import Events, Plan, SaveLoad
 
 
 @dataclass
@@ -48,8 +48,9 @@ class Result:
     supervisor_end: Proc | None = None  # and after
 
 
-def account(result: Result, load: SaveLoad, events: Events, log: str) -> None:
-    """Fill *result* from what the clients saw and (ours) what the log says."""
+def account(result: Result, load: SaveLoad, events: Events, log: bytes) -> None:
+    """Fill *result* from what the clients saw and (ours) what the log says: each upgrade is
+    the save's (or the HUP's) whose event came last before its line in the log."""
     for version, moment in events.saved.items():
         answered = load.first_answer.get(version)
         if answered is None:
@@ -64,14 +65,10 @@ def account(result: Result, load: SaveLoad, events: Events, log: str) -> None:
     logged = read_log(log)
     result.queued, result.rolled_back = logged.queued, logged.rolled_back
     result.cold_retries = logged.cold_retries
-    answered_by = {pid: version for pid, (_, version) in load.first_by_pid.items()}
-    by_version: dict[str, list[LoggedUpgrade]] = {}
-    for upgrade in logged.of("save"):
-        result.save_upgrades += 1
-        result.warm_upgrades += upgrade.warm
-        by_version.setdefault(answered_by.get(upgrade.pid, "?"), []).append(upgrade)
+    result.warm_upgrades = sum(u.warm for u in logged.upgrades)
+    result.save_upgrades, result.hup_upgrades = len(logged.of("save")), len(logged.of("HUP"))
     for version, moment in events.saved.items():
-        heard = by_version.get(version, [])
+        heard = _after(logged.of("save"), version, events.saved_at)
         if len(heard) > 1:
             result.heard_twice.append(version)
         if not heard:
@@ -81,19 +78,24 @@ def account(result: Result, load: SaveLoad, events: Events, log: str) -> None:
             result.start_ms.append(heard[0].start_ms or 0)
             client_ms = (load.first_answer[version] - moment) * 1000
             result.rest_ms.append(round(client_ms - heard[0].served_ms, 1))
-    hup_pids = {u.pid: u for u in logged.of("HUP")}
-    result.hup_upgrades = len(hup_pids)
-    result.warm_upgrades += sum(u.warm for u in hup_pids.values())
     for version, moment in events.hups.items():
-        firsts = [
-            when
-            for pid, (when, answered) in load.first_by_pid.items()
-            if pid in hup_pids and answered == version and when > moment
-        ]
+        started = _after(logged.of("HUP"), version, events.hup_at)
+        seen = [load.first_of_process.get((u.pid, version), 0.0) for u in started]
+        firsts = [when for when in seen if when > moment]
         if firsts:
             result.hup_ms.append(round((min(firsts) - moment) * 1000, 1))
         else:
             result.hup_never.append(version)
+
+
+def _after(
+    upgrades: list[LoggedUpgrade], version: str, offsets: dict[str, int]
+) -> list[LoggedUpgrade]:
+    """The upgrades whose line is after *version*'s event and before the next of its kind."""
+    begin = offsets[version]
+    later = [o for o in offsets.values() if o > begin]
+    end = min(later) if later else float("inf")
+    return [u for u in upgrades if begin <= u.offset < end]
 
 
 def spread(values: Sequence[float]) -> str:
@@ -205,7 +207,7 @@ def tables(results: list[Result]) -> list[str]:
     return [*main_table(results), "", *account_table(results)]
 
 
-def section(results: list[Result], saves: int, interval: float) -> list[str]:
+def section(results: list[Result], plan: Plan) -> list[str]:
     """The section of ``docs/benchmarks.md``."""
     if not results:
         return []
@@ -215,18 +217,20 @@ def section(results: list[Result], saves: int, interval: float) -> list[str]:
         f"Each server, started alone on a fresh copy of its app and loaded by the end-to-end"
         " harness's clients (2 opening a fresh connection per request, 2 reusing a keep-alive"
         " connection, 2 keep-alive connections idle 1 s between requests; none retries), gets"
-        f" its version module saved {saves} times as an editor saves (a temporary file renamed"
+        f" its version module saved {plan.saves} times as an editor saves (a temporary file renamed"
         " over it). *save → new code*: from the save to the first answer carrying the new"
         " version; a version that never answered before the next save is *never served*. Our"
-        f" servers also get, {interval:g} s after each save, a `kill -HUP` with nothing"
+        " servers also get, one interval after each save, a `kill -HUP` with nothing"
         " changed, on the same process: *HUP → new generation* is from the HUP to the first"
         " answer of the generation it started (the upgrade's own time), so *save ÷ HUP* (ratio"
         " of the medians) is what the watcher adds. *hear / start and ready / rest*: the"
         " supervisor's own account of each save (`... served N ms after the save (A ms to hear"
         " it, B ms to start and be ready)`: from the watcher's first event to the spawn, then"
         " to ready), and the rest of the client's time (from ready to the first answer"
-        f" reaching a client). Events are {interval:g} s apart (ours: save, HUP, save ...;"
-        " theirs: saves only). Theirs: `runserver` (Django's StatReloader, 1 s polls),"
+        f" reaching a client). Events are {plan.interval:g} s apart, each moved at random by up"
+        f" to ±{plan.jitter:g} s so that none keeps one phase of the idle clients' 1 s cadence"
+        " (ours: save, HUP, save ...; theirs: saves only). Theirs: `runserver` (Django's"
+        " StatReloader, 1 s polls),"
         " `flask run --reload` with werkzeug's stat reloader (1 s polls; watchdog made"
         " unimportable) and as installed (watchdog 7, whose inotify queue overflows on this"
         " machine).",
