@@ -85,6 +85,7 @@ def gunicorn_argv(worker: str) -> servers.Argv:
 
 
 DJ, FL = servers.django, servers.flask
+ONE = "(1 worker, 1 thread: gunicorn's defaults)"
 BASE = [
     ours("site-runhot", "`runhot`", "site", DJ("runhot")),
     ours("site-runhot-noreload", "`runhot --noreload`", "site", DJ("runhot", "--noreload")),
@@ -97,9 +98,9 @@ BASE = [
            stat_reloader=True),
     theirs("flask-run", "`flask run --reload` (watchdog)", "flask", FL("run", "--reload"),
            alone=True),
-    ours("gunicorn-grace", "`gunicorn -k grace_plugins.Worker`", "flask",
+    ours("gunicorn-grace", f"`gunicorn -k grace_plugins.Worker` {ONE}", "flask",
          gunicorn_argv("grace_plugins.Worker"), top="master"),
-    theirs("gunicorn-gthread", "`gunicorn -k gthread`", "flask", gunicorn_argv("gthread")),
+    theirs("gunicorn-gthread", f"`gunicorn -k gthread` {ONE}", "flask", gunicorn_argv("gthread")),
 ]  # fmt: skip
 #: Measured also after one HUP (ours: the generation is then forked from the template).
 UPGRADED = ("site-runhot", "many-runhot", "hotrun", "gunicorn-grace", "gunicorn-gthread")

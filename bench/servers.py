@@ -63,9 +63,10 @@ def gunicorn(*args: str) -> Argv:
 
 
 def short(label: str) -> str:
-    """The label without the command's prefix (``run --reload``, ``gthread``)."""
+    """The label without the command's prefix (``run --reload``), a gunicorn label its worker
+    class alone (``gthread``: its configuration is the row's own)."""
     words = label.strip("`").split()
-    return " ".join(words[2:] if words[0] == "gunicorn" else words[1:])
+    return words[2] if words[0] == "gunicorn" else " ".join(words[1:])
 
 
 def unavailable(check: list[str] | None, app_dir: str, env: dict[str, str]) -> str:

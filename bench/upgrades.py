@@ -100,7 +100,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k grace_plugins.Worker`",
+        "`gunicorn -k grace_plugins.Worker -w 2 --threads 4`",
         True,
         "HUP",
         servers.gunicorn("-k", "grace_plugins.Worker", "--threads", "4"),
@@ -109,7 +109,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k gthread`",
+        "`gunicorn -k gthread -w 2 --threads 4`",
         False,
         "HUP",
         servers.gunicorn("-k", "gthread", "--threads", "4"),
@@ -117,7 +117,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k sync`",
+        "`gunicorn -k sync -w 2`",
         False,
         "HUP",
         servers.gunicorn("-k", "sync"),
