@@ -40,7 +40,6 @@ from upgrades import block_watchdog
 
 from tests.harness import http_get, procfs  # on sys.path by common
 
-TEMPLATE = r"warm start: template \(pid (\d+)\) ready after"
 SITE_SETTINGS = {"site": "djsite.settings", "many": "djsite.settings_many"}
 WARMUP = {
     "flask": ("/hello",),
@@ -203,12 +202,12 @@ def get_ready(run: Running, warmup: int) -> None:
     warm it up. Raises RuntimeError when the server fails."""
     run.serving_pid, _ = run.server.wait_answering(run.port, timeout=120.0)
     template = run.contender.grace and run.contender.top == "supervisor"
-    if template and not servers.wait_in_log(run.server, TEMPLATE, 120.0):
+    if template and not servers.wait_in_log(run.server, servers.TEMPLATE_READY, 120.0):
         run.note = "no warm-start template"
     for _ in range(run.contender.upgrades):
         upgrade(run)
     if template:
-        found = re.findall(TEMPLATE, run.server.output(10**7))
+        found = re.findall(servers.TEMPLATE_READY, run.server.output(10**7))
         run.template_pid = int(found[-1]) if found else 0
     for path in WARMUP[run.contender.app]:
         for _ in range(warmup):

@@ -172,7 +172,9 @@ def _upgrades_section(run: Run) -> list[str]:
         " pywatchman; `--watchdog` lets werkzeug choose), ignore `*/grace_plugins/*` and watch"
         " `benchcode.py` (`--extra-files`); gunicorn runs 2 workers (`--threads 4` for gthread"
         " and grace_plugins.Worker), `--graceful-timeout 10 --keep-alive 5`; the grace_plugins"
-        " servers `--drain-timeout 10`.",
+        " servers `--drain-timeout 10`, and `hotrun` and `runhot` are loaded once their"
+        " warm-start template is ready (an upgrade before it starts cold: on a loaded machine"
+        " the template takes seconds).",
         "",
         *upgrades.table(run.rows),
         "",

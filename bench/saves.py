@@ -58,7 +58,6 @@ from upgrades import block_watchdog
 
 from tests.harness import LoadEngine, Outcome, procfs, write_module  # on sys.path by common
 
-WARM_READY = r"warm start: template \(pid \d+\) ready after"
 WATCHING = r"watching \d+ files.*: what generation 1 loaded"
 
 
@@ -246,7 +245,7 @@ def run_row(row: Row, plan: Plan, verbose: bool = True, keep_logs: str = "") -> 
     try:
         server.wait_answering(port, timeout=60.0)
         if row.grace:  # upgrades are warm from the first save, and the watcher is watching
-            servers.wait_in_log(server, WARM_READY, 60.0)
+            servers.wait_in_log(server, servers.TEMPLATE_READY, 60.0)
             servers.wait_in_log(server, WATCHING, 60.0)
         events_due = plan.saves * (2 if row.grace else 1)
         load = SaveLoad(port, max_seconds=events_due * plan.interval + 60.0)

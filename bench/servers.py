@@ -19,6 +19,9 @@ from common import Server, bin_path
 Argv = Callable[[int, str], list[str]]
 
 EXCLUDE = "*/grace_plugins/*"  # the reloaders watch only the app, not the library
+#: Our supervisor's line once the warm-start template is ready (group 1: its pid); until then
+#: an upgrade starts cold.
+TEMPLATE_READY = r"warm start: template \(pid (\d+)\) ready after"
 DJANGO_IMPORT = (
     "import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'djproject.settings'; import django;"
     " django.setup(); import djproject.urls"
