@@ -128,19 +128,19 @@ def main(argv: list[str] | None = None) -> int:
 
     tput, hups = [], []
     if wrk_path and "throughput" in sections:
-        print("throughput and latency (wrk, ABAB rounds):", flush=True)
+        _heading(started, "throughput and latency (wrk, ABAB rounds):")
         for group, members in throughput.GROUPS:
             members = [c for c in members if chosen(c.label, group, args.only)]
             if members:
                 tput.append(throughput.run_group(group, members, wrk_path, tput_plan))
     if wrk_path and "hups" in sections:
-        print("wrk across HUPs:", flush=True)
+        _heading(started, "wrk across HUPs:")
         for c in wrk_hups.contenders():
             if chosen(c.label, "", args.only) and (c.grace or not quick):
                 hups.append(wrk_hups.run_one(c, wrk_path, hup_plan))
     rows = []
     if "upgrades" in sections:
-        print("upgrades under load (our client):", flush=True)
+        _heading(started, "upgrades under load (our client):")
         for delay in (1.0,) if quick else upgrades.IMPORT_DELAYS:
             for row in upgrades.ROWS:
                 if chosen(row.label, row.group, args.only) and (not quick or picture.drawn(row)):
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_results: list[dict] = []
     warm_rounds = 2 if quick else 5
     if "warm" in sections:
-        print("warm start against cold (bench/warm.py):", flush=True)
+        _heading(started, "warm start against cold (bench/warm.py):")
         with tempfile.TemporaryDirectory(prefix="bench-warm-") as workdir:
             for kind in ("flask", "django"):
                 if chosen(kind, kind, args.only):
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     save_plan = saves.Plan(saves=max(1, args.saves or (3 if quick else 20)))
     save_results = []
     if "saves" in sections:
-        print(f"save → new code, {save_plan.saves} saves (bench/saves.py):", flush=True)
+        _heading(started, f"save → new code, {save_plan.saves} saves (bench/saves.py):")
         for save_row in saves.ROWS:
             if chosen(save_row.label, save_row.key, args.only):
                 save_results.append(saves.run_row(save_row, save_plan))
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     idle_plan.keys = [c.key for c in memory.CONTENDERS if chosen(c.label, c.key, args.only)]
     idle_rounds = []
     if "memory" in sections and idle_plan.keys:
-        print("idle memory and CPU (bench/memory.py):", flush=True)
+        _heading(started, "idle memory and CPU (bench/memory.py):")
         idle_rounds = memory.run(idle_plan)
 
     drawn = None
@@ -217,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as handle:
             json.dump([_row_json(r) for r in rows], handle)
     return 0
+
+
+def _heading(started: float, text: str) -> None:
+    """A measurement begins: when, into the run, and the machine's load (what it shares)."""
+    elapsed, load = time.monotonic() - started, os.getloadavg()[0]
+    print(f"[{elapsed:.0f} s into the run, load average {load:.1f}] {text}", flush=True)
 
 
 def _row_json(r: upgrades.Result) -> dict[str, object]:
