@@ -51,8 +51,9 @@ def spread(values: list[float], digits: int = 2) -> str:
     """min / median / max, or a dash when there is nothing to show."""
     if not values:
         return "–"
-    return " / ".join(
-        f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values))
+    return " / ".join(  # + 0.0: no "-0.0" for a change that rounds to nothing
+        f"{round(v, digits) + 0.0:.{digits}f}"
+        for v in (min(values), statistics.median(values), max(values))
     )
 
 
