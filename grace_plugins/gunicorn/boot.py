@@ -30,6 +30,7 @@ from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.options import BY_NAME, InvalidValue
 from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
+from grace_plugins.watch_report import WatchReporter
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
 #: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
@@ -71,6 +72,8 @@ class Boot:
     :param heartbeat: gunicorn's ``notify`` (the watchdog keeps the worker alive for
         gunicorn while the ready timeout, ours, runs)
     :param stop_waiting: whether a SIGTERM arrived (ends a back-off early)
+    :param reporter: with ``--reload``, where a failure says what it tried to load (the
+        module that broke it is the file a developer fixes next)
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Boot:
         listeners: list[Any],
         heartbeat: Callable[[], None],
         stop_waiting: Callable[[], bool],
+        reporter: WatchReporter | None = None,
     ) -> None:
         self.store = store
         self.listeners = listeners
@@ -92,6 +96,7 @@ class Boot:
         self.log = log
         self.heartbeat = heartbeat
         self.stop_waiting = stop_waiting
+        self.reporter = reporter
         self.timeout = ready_timeout(cfg)
         self.started = time.monotonic()
         #: when the watchdog cuts the boot (infinite while the ready check, bounded itself,
@@ -221,13 +226,15 @@ class Boot:
                 self.member.gen,
                 reason,
             )
-        status = self._fail(reason)
+        status = self._fail(reason, exc)
         if not self.watch.is_member():
             self._back_off()
         return status
 
-    def _fail(self, reason: str) -> int:
+    def _fail(self, reason: str, exc: BaseException | None = None) -> int:
         """Record that this worker's app did not load; return the exit status to use."""
+        if self.reporter is not None:
+            self.reporter.tried(exc)
         if not self.something_serves():
             return APP_LOAD_ERROR
         self.store.record(self.member, FAILED, reason)

@@ -4,11 +4,12 @@ Gunicorn builds each worker object in the master before forking it, so this modu
 there. It numbers the generations (each new ``Config``: the start, every HUP), owns the record
 directory (handed to the workers' user under ``--user``), records that the master stops before
 gunicorn SIGTERMs its workers, tells the master which workers to keep after a rollback
-(:meth:`MasterBook.age_of`, a query), and from one watcher thread reports each verdict the
-workers record: to systemd, to the state file of ``grace-plugins reload/status``, and, for the
-first generation of a master started by USR2, to the old master, which it retires
-(:meth:`MasterBook.step`). The workers never write outside the record directory: after
-``--user`` they could not.
+(:meth:`MasterBook.age_of`, a query), and reports each verdict the workers record: to systemd,
+to the state file of ``grace-plugins reload/status``, and, for the first generation of a master
+started by USR2, to the old master, which it retires (:meth:`MasterBook.step`, called by the
+master's lookout thread, :mod:`grace_plugins.gunicorn.lookout`, which also paces the HUPs and
+watches the files with ``--reload``). The workers never write outside the record directory:
+after ``--user`` they could not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.handover import create_store
+from grace_plugins.gunicorn.lookout import Lookout
 from grace_plugins.gunicorn.notify import MasterNotifier
 from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
 from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
@@ -32,8 +34,6 @@ from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Added to the age of workers that outlived a rolled-back generation (see ``age_of``).
 ROLLED_BACK_AGE_BONUS = 1_000_000_000
-#: How often the watcher looks for new verdicts.
-WATCH_INTERVAL = 0.1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -54,7 +54,8 @@ class MasterBook:
         # gunicorn loads the worker class before ``Arbiter.start()``: see notify.py
         self.systemd = MasterNotifier.take_from_environment()
         self._reported: set[int] = set()
-        self._watcher: threading.Thread | None = None
+        self.lookout: Lookout | None = None
+        self._gunicorn_hup: Callable[[int, Any], None] | None = None
 
     def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, RecordStore]:
         """The generation of a worker built (in the master, before fork) with *cfg*: a new
@@ -65,6 +66,8 @@ class MasterBook:
         assert self.store is not None
         if cfg is not self.cfg:
             self.cfg = cfg
+            if self.lookout is not None:
+                self.lookout.watch_files(cfg)
             self.generation += 1
             info = Announcement(cfg.workers, age, time.monotonic(), ready_timeout(cfg))
             self.store.announce(self.generation, info)
@@ -84,13 +87,18 @@ class MasterBook:
         # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
         merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
         self.systemd.master_started()
-        if threading.current_thread() is threading.main_thread():
-            for sig in _STOP_SIGNALS:
-                previous = signal.getsignal(sig)
-                if callable(previous):  # gunicorn's handler: it only queues the signal
-                    signal.signal(sig, self._on_stop_signal(previous))
-        self._watcher = threading.Thread(target=self._watch, name="grace-verdicts", daemon=True)
-        self._watcher.start()
+        self.lookout = Lookout(self.store, log, self.step, self._hand_over_hup)
+        self.lookout.start()
+        if threading.current_thread() is not threading.main_thread():
+            return  # no signal handler can be set here
+        for sig in _STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            if callable(previous):  # gunicorn's handler: it only queues the signal
+                signal.signal(sig, self._on_stop_signal(previous))
+        previous = signal.getsignal(signal.SIGHUP)
+        if callable(previous):
+            self._gunicorn_hup = previous
+            signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_stop_signal(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
         """A stop signal is recorded before gunicorn acts on it (it then SIGTERMs the
@@ -103,6 +111,16 @@ class MasterBook:
             previous(sig, frame)
 
         return handler
+
+    def _on_hup(self, sig: int, frame: Any) -> None:
+        """A HUP is only recorded: the lookout thread hands it to gunicorn when it may go."""
+        if self.lookout is not None and os.getpid() == self.pid:
+            self.lookout.heard_hup()
+
+    def _hand_over_hup(self) -> None:
+        """Give gunicorn a HUP (its handler queues it; its loop then reloads)."""
+        if self._gunicorn_hup is not None:
+            self._gunicorn_hup(signal.SIGHUP, None)
 
     # -- what the master reads ---------------------------------------------------------------------
     @staticmethod
@@ -131,14 +149,7 @@ class MasterBook:
                 return first_age - 0.5 if first_age > 0 else age
         return age
 
-    # -- the watcher thread ------------------------------------------------------------------------
-    def _watch(self) -> None:
-        """Report verdicts every 0.1 s for the master's life (a daemon thread). It takes no
-        lock that a forked worker could need, so a fork meanwhile is safe."""
-        while True:
-            self.step()
-            time.sleep(WATCH_INTERVAL)
-
+    # -- reports (from the lookout thread) --------------------------------------------------------
     def step(self) -> None:
         """Report each verdict recorded since the last step: to systemd first (as
         ``ExecReload=``, ``grace-plugins reload`` must not return before systemd heard that

@@ -12,6 +12,8 @@ whole (:func:`grace_plugins.atomic.write_atomic`), and most of a record is its n
 * ``w-G-AGE-PID.STATE`` -- a worker's own progress: ``boot``, ``ready``, ``failed`` (the
   reason inside);
 * ``verdict-G`` -- the verdict on *G*, written once (the first writer wins);
+* ``watch-G-PID`` -- with ``--reload``, what worker *PID* of *G* loaded (or tried to load),
+  for the master's file watcher (an encoded :class:`~grace_plugins.watchspec.WatchSpec`);
 * ``ever-ready``, ``backoff``, ``claim-WHAT-G``, ``master-stopping`` -- shared notes.
 
 What the records mean is decided elsewhere (:mod:`grace_plugins.gunicorn.verdicts`, pure).
@@ -43,7 +45,8 @@ BOOT, READY, FAILED = "boot", "ready", "failed"
 
 _WORKER = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
 _ANNOUNCEMENT = re.compile(r"^gen-(\d+)\.json$")
-_PER_GENERATION = re.compile(r"^(?:w|gen|verdict|claim-\w+)-(\d+)")
+_PER_GENERATION = re.compile(r"^(?:w|gen|verdict|watch|claim-\w+)-(\d+)")
+_SPEC = re.compile(r"^watch-(\d+)-(\w+)$")
 _MASTER_STOPPING = "master-stopping"
 
 
@@ -186,6 +189,24 @@ class RecordStore:
     def claim(self, what: str, gen: int) -> bool:
         """True for the first caller only (e.g. who logs a generation's traceback)."""
         return self._write(f"claim-{what}-{gen}", exclusive=True)
+
+    # -- what the generations loaded (--reload) ---------------------------------------------------
+    def record_spec(self, gen: int, who: int | str, encoded: str) -> bool:
+        """Record what *who* (a worker's pid) of *gen* loaded: one encoded watch spec."""
+        return self._write(f"watch-{gen}-{who}", encoded)
+
+    def spec_stamps(self) -> dict[str, tuple[int, float]]:
+        """{record name: (generation, mtime)} of every watch spec recorded."""
+        found = {}
+        for name in self._names():
+            match = _SPEC.match(name)
+            mtime = self._mtime(name) if match else None
+            if match and mtime is not None:
+                found[name] = (int(match.group(1)), mtime)
+        return found
+
+    def read_spec(self, name: str) -> str | None:
+        return self._read(name)
 
     # -- verdicts ---------------------------------------------------------------------------------
     def generation(self, gen: int) -> GenerationRecords:

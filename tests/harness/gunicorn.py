@@ -94,6 +94,13 @@ class Gunicorn(ServerProcess):
         assert (resp.version, resp.pid in new) == (f"v{gen + 1}", True)
         return mark
 
+    def wait_watching(self, loaded: int, after: int = 0, timeout: float = 30.0) -> None:
+        """With ``--reload``: wait until the master's watcher watches what generation *loaded*
+        loaded (the workers report it once ready)."""
+        self.wait_for(
+            rf"watching \d+ files and \d+ globs: what generation {loaded} loaded", timeout, after
+        )
+
     def workers(self) -> list[int]:
         """The master's live worker processes."""
         return procfs.live_children(self.pid)
