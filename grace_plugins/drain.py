@@ -11,7 +11,9 @@ During a drain (:meth:`~ConnectionTracker.drain`):
 * responses in flight and requests that arrive on idle keep-alive connections are served and
   marked ``Connection: close`` (adapters ask :attr:`~ConnectionTracker.draining`);
 * connections idle longer than the keep-alive timeout are closed (the client may not reuse them
-  anyway), never those idle for less, so a client reusing a fresh idle connection is not cut;
+  anyway), never those idle for less, so a client reusing a fresh idle connection is not cut,
+  nor one whose next request has arrived but is not read yet (its handler's thread is busy, or
+  not yet scheduled): that request is served like any other;
 * at the deadline whatever is left is closed and counted.
 """
 
@@ -25,6 +27,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from grace_plugins.options import DEFAULTS
+
+#: How soon a drain looks again at an idle-looking connection with a request pending on it.
+PENDING_RECHECK = 0.05
 
 
 @dataclass
@@ -156,7 +161,9 @@ class ConnectionTracker:
                     if conn.active:
                         continue
                     expires = conn.idle_since + self.keepalive_timeout
-                    if expires <= now and conn.sock is not None:
+                    if expires <= now and conn.sock is not None and _pending(conn.sock):
+                        next_check = min(next_check, now + PENDING_RECHECK)
+                    elif expires <= now and conn.sock is not None:
                         idle_closed += _shut(conn.sock)
                         conn.sock = None
                     else:
@@ -186,6 +193,17 @@ class ConnectionTracker:
                 callback(count)
         finally:
             self._lock.acquire()
+
+
+def _pending(sock: socket.socket) -> bool:
+    """True if the client sent bytes that nobody has read yet: a request on a connection that
+    looks idle. Peeks at the TCP stream itself (the raw bytes of a TLS connection too)."""
+    if getattr(sock, "pending", lambda: 0)():  # TLS: decrypted, buffered, unread
+        return True
+    try:
+        return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing pending (EAGAIN), or the connection is already gone
+        return False
 
 
 def _shut(sock: socket.socket) -> int:

@@ -66,7 +66,7 @@ class GenerationContext:
         self.listener_names = [name for name, _ in handoff.listeners]
         self.tracker = ConnectionTracker(keepalive_timeout=self.options.keepalive_timeout)
         self.logger = configure(f"gen {handoff.generation}")
-        self.started = time.monotonic()
+        self.started = _process_started()
         self._channel = channel
         self._send_lock = threading.Lock()
         self._stop_callbacks: list[Callable[[], None]] = []
@@ -210,6 +210,16 @@ class GenerationContext:
         self.tracker.begin_drain()
         for callback in list(self._stop_callbacks):
             _start_quietly(callback)
+
+
+def _process_started() -> float:
+    """When this process began (its exec, or its fork from the warm-start template), on the
+    ``time.monotonic()`` scale: the supervisor's ready deadline runs from the spawn, and an
+    interpreter and a framework starting on a busy machine can take longer than the ready
+    check's margin before this code runs."""
+    now = time.monotonic()
+    began = process_start_time()
+    return now if began is None else min(now, now - (time.time() - began))
 
 
 def _start_quietly(callback: Callable[[], None]) -> None:

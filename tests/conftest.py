@@ -3,6 +3,7 @@ when a test fails."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -20,6 +21,17 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(
                 (f"server output ({' '.join(server.argv)[:80]})", server.output()[-6000:])
             )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def garbage_collected_at_the_end_of_each_module():
+    """What a test module leaves to the garbage collector is collected when the module ends,
+    not in the middle of another module's test: an unclosed ``select.epoll`` (no
+    ResourceWarning when collected) closed during a test that counts this process's fds made
+    that test fail (tests/unit/test_supervisor.py's selectors, counted by
+    test_warm_preloader.py)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +56,14 @@ def app_dir(tmp_path):
 
     write_code(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def django_project(tmp_path):
+    """A copy of ``example_django/`` the test may edit (tests/harness/django_site.py)."""
+    from tests.harness.django_site import copy_site
+
+    return copy_site(tmp_path)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Settings for the in-process Django tests in tests/e2e/test_django.py (applied there with
-``settings.configure``, never through ``DJANGO_SETTINGS_MODULE``), and their URLconf."""
+"""Settings for the in-process Django tests in tests/e2e/test_django_in_process.py (applied
+there with ``settings.configure``, never through ``DJANGO_SETTINGS_MODULE``), and their
+URLconf."""
 
 import os
 

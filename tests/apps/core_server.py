@@ -71,6 +71,10 @@ if __name__ == "__main__":
 
     if os.path.exists("break-the-program"):  # tests: the program itself no longer starts
         sys.exit("core_server: broken on purpose (break-the-program exists)")
+    if os.path.exists("slow-the-program") and os.environ.get("GRACE_PLUGINS_PREFLIGHT"):
+        # tests: the new program takes this long to reach our entry point (a USR2 preflight)
+        print(f"core_server: a slow start (pid {os.getpid()})", flush=True)
+        time.sleep(float(open("slow-the-program").read()))  # noqa: SIM115
 
     if os.environ.get("GRACE_TEST_OPEN_FILE"):  # a supervisor-only fd that must not leak
         _held = open(os.environ.pop("GRACE_TEST_OPEN_FILE"), "w")  # noqa: SIM115

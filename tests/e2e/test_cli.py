@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from grace_plugins.state import state_dir
-from tests.e2e.test_core_e2e import SERVER, write_code
-from tests.harness import PYTHON, grace_cli, http_get, wait_served_by
+from tests.harness import PYTHON, grace_cli, http_get, wait_served_by, write_code
+from tests.harness.core import SERVER
 
 pytestmark = pytest.mark.timeout(60)
 

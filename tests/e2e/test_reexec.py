@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from tests.e2e.test_core_e2e import start
 from tests.harness import LINUX_PROC, Load, fd_count, grace_cli, http_get, wait_until
+from tests.harness.core import start
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import shutil
 import signal
 import socket
 import time
@@ -29,11 +28,15 @@ from tests.harness import (
     PYTHON,
     NotifySocket,
     ServerProcess,
+    django_site,
+    flask_site,
     grace_cli,
     http_get,
     socket_activated,
     wait_until,
+    write_code,
 )
+from tests.harness.core import SERVER
 
 pytestmark = pytest.mark.skipif(
     not hasattr(socket, "SO_PASSCRED"), reason="sender credentials need Linux (SO_PASSCRED)"
@@ -63,8 +66,6 @@ class Service:
 
 
 def core_service(tmp_path) -> Service:
-    from tests.e2e.test_core_e2e import SERVER, write_code
-
     write_code(tmp_path, "v1")
     return Service(
         [PYTHON, SERVER, "unused:0"],
@@ -76,32 +77,27 @@ def core_service(tmp_path) -> Service:
 
 
 def flask_service(tmp_path) -> Service:
-    from tests.e2e.test_flask import FLASK, seed_app, set_version
-
-    if not os.path.exists(FLASK):
+    if not os.path.exists(flask_site.FLASK):
         pytest.skip("flask is not installed")
-    path = seed_app(tmp_path)
+    path = flask_site.seed_app(tmp_path)
     return Service(
-        [FLASK, "--app", "app.py", "hotrun", "-p", "0"],
+        [flask_site.FLASK, "--app", "app.py", "hotrun", "-p", "0"],
         str(tmp_path),
         {"PYTHONDONTWRITEBYTECODE": "1"},
-        lambda v: set_version(path, v),
-        lambda: set_version(path, "v3", BROKEN + "\n"),
+        lambda v: flask_site.set_version(path, v),
+        lambda: flask_site.set_version(path, "v3", BROKEN + "\n"),
     )
 
 
 def django_service(tmp_path) -> Service:
     pytest.importorskip("django")
-    from tests.e2e.test_django import EXAMPLE, set_version
-
-    site = tmp_path / "site"
-    shutil.copytree(EXAMPLE, site, ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
+    site = django_site.copy_site(tmp_path)
     return Service(
         [PYTHON, "manage.py", "runhot", "--noreload", "127.0.0.1:0"],
         str(site),
         {"PYTHONDONTWRITEBYTECODE": "1", "EXAMPLE_LOG_REQUESTS": "0"},
-        lambda v: set_version(site, v),
-        lambda: set_version(site, "v3", BROKEN),
+        lambda v: django_site.set_version(site, v),
+        lambda: django_site.set_version(site, "v3", BROKEN),
     )
 
 

@@ -3,6 +3,11 @@ waits and clean-up by recorded identity (:mod:`.server`), client load and the on
 classifier (:mod:`.load`, :mod:`.client`), the one ``/proc`` reader (:mod:`.procfs`), the code
 under upgrade (:mod:`.code`) and systemd's side of the protocols (:mod:`.systemd`).
 
+Imported directly, not re-exported here: the servers under test as the tests start them
+(:mod:`.core`, :mod:`.flask_site`, :mod:`.django_site`), malformed inherited inputs
+(:mod:`.inherit`), a long request in flight (:mod:`.inflight`) and what an upgrade waited for
+(:mod:`.upgrades`).
+
 It imports nothing from ``grace_plugins``: it drives the product from outside, as a user would.
 """
 

@@ -49,18 +49,25 @@ def write_bench_code(directory: str, version: str, import_seconds: float) -> Non
     write_module(os.path.join(directory, "benchcode.py"), text)
 
 
-def broken_at_import(ready_timeout: int) -> dict[str, tuple[str, str]]:
+def broken_at_import(ready_timeout: int, import_error: int = 1) -> dict[str, tuple[str, str]]:
     """Every way new code can fail at import, and the rollback line each must give: {kind:
-    (code, regex)}. A failure the generation sees (sys.exit, an exception) exits
-    APP_LOAD_ERROR (4) whatever the app's own status; a hang is cut at *ready_timeout* s."""
+    (code, regex)}. A generation that fails before it is ready exits with the status the
+    program itself would have had (1 for an exception, N for ``sys.exit(N)``; for an
+    ``ImportError``, *import_error*: ``flask run`` exits 2, its usage error); a hang is cut
+    at *ready_timeout* s."""
     return {
-        "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 4\)"),
+        "syntax error": ("def broken(:\n", r"exited \(exit status 1\)"),
+        "missing module": (
+            "import module_that_does_not_exist\n",
+            rf"exited \(exit status {import_error}\)",
+        ),
+        "sys.exit(3)": ("import sys\nsys.exit(3)\n", r"exited \(exit status 3\)"),
         "sys.exit(msg)": (
             "import sys\nsys.exit('broken on purpose')\n",
-            r"exited \(exit status 4\)",
+            r"exited \(exit status 1\)",
         ),
         "os._exit(3)": ("import os\nos._exit(3)\n", r"exited \(exit status 3\)"),
         "os.abort()": ("import os\nos.abort()\n", r"killed by SIGABRT"),
-        "exception": ("raise RuntimeError('broken on purpose')\n", r"exited \(exit status 4\)"),
+        "exception": ("raise RuntimeError('broken on purpose')\n", r"exited \(exit status 1\)"),
         "hang": ("import time\ntime.sleep(600)\n", rf"was not ready within {ready_timeout} s"),
     }

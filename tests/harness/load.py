@@ -11,7 +11,9 @@ Kinds of client (each a thread):
 * ``slow``: requests that sleep ``slow_seconds`` server-side, in flight across upgrades.
 
 Every outcome goes to :meth:`LoadEngine.record` (one :class:`Outcome`); :class:`Load` (tests)
-sums them in a :class:`LoadReport`, the benchmark keeps each as a timeline sample.
+sums them in a :class:`LoadReport` (with the requests sent on a kept-alive connection, and
+those of them that met a closed connection: :attr:`LoadReport.stale`), the benchmark keeps
+each as a timeline sample.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Outcome:
     response: Response | None = None
     failure: str = ""  # "" or one of client.FAILURE_KINDS
     detail: str = ""
+    #: sent on a connection an earlier request already used (keep-alive), not a fresh one
+    reused: bool = False
 
 
 class LoadEngine:
@@ -108,14 +112,22 @@ class LoadEngine:
             and self._done < self._max_requests
         )
 
-    def _add(self, kind: str, start: float, resp: Response | None, exc: BaseException | None):
+    def _add(
+        self,
+        kind: str,
+        start: float,
+        resp: Response | None,
+        exc: BaseException | None,
+        reused: bool = False,
+    ) -> Outcome:
+        end = time.monotonic()
         if exc is not None:
-            outcome = Outcome(kind, start, time.monotonic(), None, classify(exc), repr(exc)[:160])
+            outcome = Outcome(kind, start, end, None, classify(exc), repr(exc)[:160], reused)
         else:
             assert resp is not None
             failure = classify_response(resp)
             detail = f"{resp.status} {resp.body[:80]!r}" if failure else ""
-            outcome = Outcome(kind, start, time.monotonic(), resp, failure, detail)
+            outcome = Outcome(kind, start, end, resp, failure, detail, reused)
         with self._lock:
             self._done += 1
             self.record(outcome)
@@ -142,20 +154,23 @@ class LoadEngine:
 
     def _reuse(self, kind: str, pause: float) -> None:
         conn: http.client.HTTPConnection | None = None
+        used = 0  # requests already answered on *conn*
         try:
             while self._running():
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                    used = 0
                 start = time.monotonic()
                 try:
                     conn.request("GET", self.path)
                     resp, closing = read_response(conn)
                 except Exception as exc:  # no retry: every failure counts
-                    self._add(kind, start, None, exc)
+                    self._add(kind, start, None, exc, reused=used > 0)
                     conn.close()
                     conn = None
                     continue
-                self._add(kind, start, resp, None)
+                self._add(kind, start, resp, None, reused=used > 0)
+                used += 1
                 if closing:
                     self.reconnected(kind)
                     conn.close()
@@ -190,6 +205,10 @@ class LoadReport:
     slow_started: int = 0
     slow_completed: int = 0
     reconnects: int = 0
+    #: requests sent on a kept-alive connection (one an earlier request used), and those of
+    #: them that met a closed connection: the failures a client that does not retry sees
+    reused: int = 0
+    stale: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
@@ -200,7 +219,8 @@ class LoadReport:
             kinds[kind] = kinds.get(kind, 0) + 1
         return (
             f"{self.requests} requests {self.by_kind}, {len(self.failures)} failed {kinds}, slow"
-            f" {self.slow_completed}/{self.slow_started}, {self.reconnects} reconnects;"
+            f" {self.slow_completed}/{self.slow_started}, {self.reconnects} reconnects,"
+            f" {self.reused} on kept-alive connections ({self.stale} met a closed one);"
             f" first failures: {self.failures[:5]}"
         )
 
@@ -225,7 +245,9 @@ class Load(LoadEngine):
         report = self.report
         report.requests += 1
         report.by_kind[outcome.kind] = report.by_kind.get(outcome.kind, 0) + 1
+        report.reused += outcome.reused
         if outcome.failure:
+            report.stale += outcome.reused
             report.failures.append((outcome.failure, f"{outcome.kind}: {outcome.detail}"))
             return
         assert outcome.response is not None

@@ -336,56 +336,7 @@ def test_channel_from_inherited_fd_and_peer_gone():
         assert theirs.sock.get_inheritable() is False
         assert theirs.fileno() >= 0
         theirs.close()
-        assert ours.send("x" * 10) in (True, False)  # the peer may already be gone
+        assert ours.send("x" * 10) is False  # the peer is gone: no exception, no SIGPIPE
         a.settimeout(2)
         assert ours.receive() is None
         assert ours.send("drain") is False
-
-
-# -- a generation's context and the tracked stdlib server (threads, no process) -------------------
-def test_tracked_server_counts_and_closes_keepalive_while_draining():
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-    from socketserver import ThreadingMixIn
-
-    from grace_plugins.drain import ConnectionTracker
-    from grace_plugins.tracked_server import TrackedHandlerMixin, TrackedServerMixin
-
-    class Server(TrackedServerMixin, ThreadingMixIn, HTTPServer):
-        daemon_threads = True
-
-    class Handler(TrackedHandlerMixin, BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Connection", "keep-alive")
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    import http.client
-    import threading
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.tracker = ConnectionTracker(keepalive_timeout=5)
-    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    loop.start()
-    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
-    try:
-        conn.request("GET", "/")
-        first = conn.getresponse()
-        assert first.read() == b"ok" and not first.will_close
-        assert server.tracker.total_accepted == 1
-        server.tracker.begin_drain()
-        conn.request("GET", "/")  # the idle keep-alive connection is served, then closed
-        second = conn.getresponse()
-        assert second.read() == b"ok" and second.getheader("Connection") == "close"
-    finally:
-        conn.close()
-        server.shutdown()
-        server.server_close()
-        loop.join(5)
-    assert not loop.is_alive()

@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
+import re
 
 import pytest
 
 from grace_plugins.errors import GraceError
 from grace_plugins.options import (
     BY_NAME,
-    DEFAULTS,
     SETTINGS,
     Options,
     add_arguments,
     options_from,
 )
 
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
-def test_defaults_are_the_options_defaults():
-    assert options_from() == DEFAULTS == Options()
+
+def readme_defaults() -> dict[str, object]:
+    """{flag: default} from the README's table of the settings the adapters share ("none" is
+    None, "warm" is on)."""
+    rows = re.findall(r"^\| `(--[\w-]+)[^|]*\| (\w+) \|", README.read_text(), flags=re.M)
+    words: dict[str, object] = {"none": None, "warm": True}
+    return {flag: words[value] if value in words else float(value) for flag, value in rows}
+
+
+def test_defaults_are_the_documented_ones_and_pass_their_own_check():
+    documented = readme_defaults()
     assert {s.name for s in SETTINGS} == set(Options.__dataclass_fields__)
+    assert {s.flag.split("/")[0] for s in SETTINGS} == set(documented)
     for setting in SETTINGS:
-        assert setting.default == getattr(DEFAULTS, setting.name)
+        assert setting.default == documented[setting.flag.split("/")[0]], setting.name
+        assert setting.parse(setting.default) == setting.default, setting.name
         assert setting.flag.startswith("--") and setting.help.endswith(".")
+    assert options_from() == Options()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,130 @@
+"""``python manage.py runhot`` as a command line: its help mirrors ``runserver``'s, bad input is
+one line, ``--insecure``/``--nostatic``, an IPv6 address, ``--settings``, and
+``grace-plugins reload`` reporting a runhot upgrade's outcome."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+
+from tests.harness import PYTHON, grace_cli, http_get, wait_served_by, wait_until
+from tests.harness.django_site import EXAMPLE, first_pid, runhot, set_version
+
+django = pytest.importorskip("django")
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_help_lists_runserver_options_and_ours():
+    def options(command):
+        out = subprocess.run(
+            [PYTHON, "manage.py", command, "--help"],
+            cwd=EXAMPLE,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert out.returncode == 0, out.stderr
+        return set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", out.stdout)), out.stdout
+
+    runserver, _ = options("runserver")
+    runhot, text = options("runhot")
+    assert {"--nostatic", "--insecure", "--ipv6", "--nothreading", "--noreload"} <= runserver
+    assert runserver <= runhot, f"missing from runhot --help: {runserver - runhot}"
+    assert {"--pidfile", "--ready-timeout", "--drain-timeout"} <= runhot
+    assert "kill -HUP" in text
+
+
+def test_bad_timeout_is_a_one_line_error():
+    out = subprocess.run(
+        [PYTHON, "manage.py", "runhot", "--ready-timeout", "soon"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert out.returncode != 0
+    assert "argument --ready-timeout: must be a number of seconds > 0, not 'soon'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("flags", "status"), [((), 404), (("--insecure",), 200)])
+def test_static_files_without_debug_need_insecure(start_server, django_project, flags, status):
+    server = runhot(start_server, django_project, "--noreload", *flags, env={"EXAMPLE_DEBUG": "0"})
+    assert http_get(server.port, "/hello").version == "v1"
+    assert http_get(server.port, "/static/example/style.css").status == status
+    assert server.stop() == 0
+
+
+def _has_ipv6_loopback():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_addrport(start_server, django_project):
+    server = runhot(start_server, django_project, "--noreload", address="[::1]:0")
+    assert "serving tcp:[::1]:" in server.output()
+    server.wait_for(r"Starting development server at http://\[::1\]:", 10)
+    old = first_pid(server)
+    assert http_get(server.port, host="::1").pid == old
+    new = server.upgrade(60)
+    wait_served_by_host(server.port, new, "::1")
+    assert server.stop() == 0
+
+
+def wait_served_by_host(port, pid, host):
+    return wait_until(
+        lambda: http_get(port, host=host).pid == pid, 20, f"a response from pid {pid}"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_settings_option_and_unapplied_migrations_warning(start_server, django_project, tmp_path):
+    """--settings reaches every generation; Django's migration warning is printed."""
+    (django_project / "example" / "settings_db.py").write_text(
+        "from example.settings import *  # noqa: F403\n"
+        "INSTALLED_APPS = ['django.contrib.contenttypes', *INSTALLED_APPS]  # noqa: F405\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3',"
+        f" 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
+    )
+    server = runhot(start_server, django_project, "--noreload", "--settings", "example.settings_db")
+    out = server.output()
+    assert "using settings 'example.settings_db'" in out
+    assert re.search(r"You have \d+ unapplied migration", out)
+    new = server.upgrade(60)
+    wait_served_by(server.port, new)
+    assert server.output().count("using settings 'example.settings_db'") == 2
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_grace_plugins_reload_through_runhot(start_server, django_project):
+    """``grace-plugins reload --pidfile`` waits for the outcome of a runhot upgrade."""
+
+    pidfile = str(django_project / "runhot.pid")
+    server = runhot(start_server, django_project, "--noreload", f"--pidfile={pidfile}")
+    set_version(django_project, "v2")
+    good = grace_cli("reload", "--pidfile", pidfile)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("upgraded: generation 2 (pid ")
+    wait_until(lambda: "version:v2" in http_get(server.port).body, 10, "v2 served")
+    set_version(django_project, "v3", extra="raise RuntimeError('broken on purpose')")
+    bad = grace_cli("reload", "--pidfile", pidfile)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stderr.startswith("rolled back: generation 3 ")
+    assert "version:v2" in http_get(server.port).body
+    assert server.stop() == 0
