@@ -15,13 +15,14 @@ is a load failure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.master import ready_timeout
@@ -47,6 +48,46 @@ _real_exit = os._exit
 
 class AppExited(Exception):
     """The app's code ended this worker while it was loading (``sys.exit``, ``os._exit``)."""
+
+
+@contextlib.contextmanager
+def exits_are_failures(on_os_exit: Callable[[str, str], NoReturn]) -> Iterator[None]:
+    """While the app loads in this process, an exit it asks for is a load failure:
+    ``sys.exit(N)`` raises :class:`AppExited`, and ``os._exit(N)`` called from Python calls
+    *on_os_exit* (the reason, and the stack it was called from) instead. A process the app
+    forks meanwhile keeps the real ``os._exit``."""
+    me = os.getpid()
+
+    def exit_while_loading(status: int) -> NoReturn:
+        if os.getpid() != me:
+            _real_exit(status)
+        where = "".join(traceback.format_stack()[:-1])
+        reason = f"the app called os._exit({status}) while loading"
+        on_os_exit(reason, f"Traceback (most recent call last):\n{where}")
+
+    os_exit = os._exit
+    setattr(os, "_exit", exit_while_loading)  # noqa: B010 (a module's function)
+    try:
+        yield
+    except SystemExit as exc:
+        failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
+        raise failure.with_traceback(exc.__traceback__) from None
+    finally:
+        setattr(os, "_exit", os_exit)  # noqa: B010
+
+
+def log_not_loaded(
+    log: Any, gen: int, reason: str, exc: BaseException | None = None, where: str = ""
+) -> None:
+    """The one error line (and traceback) of a generation whose new code does not load."""
+    log.error(
+        "grace_plugins: generation %s: the new code does not load (%s); the running"
+        " workers keep serving the previous code. Fix it and send HUP again.%s",
+        gen,
+        reason,
+        f"\n{where.rstrip()}" if where else "",
+        exc_info=exc,
+    )
 
 
 def ready_path(environ: Mapping[str, str]) -> str | None:
@@ -123,23 +164,12 @@ class Boot:
         if not self.something_serves():
             load_wsgi()
             return
-        os_exit = os._exit
-        setattr(os, "_exit", self._exit_while_loading)  # noqa: B010 (a module's function)
-        try:
+        with exits_are_failures(self._exit_while_loading):
             load_wsgi()
-        except SystemExit as exc:
-            failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
-            raise failure.with_traceback(exc.__traceback__) from None
-        finally:
-            setattr(os, "_exit", os_exit)  # noqa: B010
 
-    def _exit_while_loading(self, status: int) -> NoReturn:
+    def _exit_while_loading(self, reason: str, where: str) -> NoReturn:
         """``os._exit`` while the app loads: record the failure, exit with our status."""
-        if os.getpid() != self.member.pid:  # a process the app forked: its own business
-            _real_exit(status)
-        where = "".join(traceback.format_stack()[:-1])
-        reason = f"the app called os._exit({status}) while loading"
-        _real_exit(self._not_loaded(reason, where=f"Traceback (most recent call last):\n{where}"))
+        _real_exit(self._not_loaded(reason, where=where))
 
     def check(self, app: Any, listener: Any, is_ssl: bool) -> None:
         """With ``GRACE_READY_PATH``: GET it from the app in-process before accepting; a
@@ -211,14 +241,7 @@ class Boot:
         back off if this worker is a respawn. Returns the exit status to use."""
         self.settled.set()
         if self.store.claim("logged", self.member.gen):
-            self.log.error(
-                "grace_plugins: generation %s: the new code does not load (%s); the running"
-                " workers keep serving the previous code. Fix it and send HUP again.%s",
-                self.member.gen,
-                reason,
-                f"\n{where.rstrip()}" if where else "",
-                exc_info=exc,
-            )
+            log_not_loaded(self.log, self.member.gen, reason, exc, where)
         else:
             self.log.error(
                 "grace_plugins: worker %s (generation %s): the code on disk does not load: %s",

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.handover import create_store
@@ -35,6 +35,12 @@ from grace_plugins.state import merge_state, merge_upgrade, state_path
 #: Added to the age of workers that outlived a rolled-back generation (see ``age_of``).
 ROLLED_BACK_AGE_BONUS = 1_000_000_000
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class Retiring(Protocol):
+    """Molds that the verdicts retire (called from the master's lookout thread)."""
+
+    def retire(self, store: RecordStore) -> None: ...
 
 
 def ready_timeout(cfg: Any) -> float:
@@ -55,12 +61,19 @@ class MasterBook:
         self.systemd = MasterNotifier.take_from_environment()
         self._reported: set[int] = set()
         self.lookout: Lookout | None = None
+        #: in a mold (a process that imports one generation's app and forks its workers): the
+        #: generation of the workers built here
+        self.mold_generation: int | None = None
+        #: with --preload: what retires the molds no worker will come from (see molds.py)
+        self.molds: Retiring | None = None
         self._gunicorn_hup: Callable[[int, Any], None] | None = None
 
     def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, RecordStore]:
         """The generation of a worker built (in the master, before fork) with *cfg*: a new
         ``Config`` opens a new generation (announced in the records, the log, the state file
         and to systemd)."""
+        if self.mold_generation is not None and self.store is not None:
+            return self.mold_generation, self.store
         if self.pid != os.getpid() or self.store is None:
             self._start(cfg, log)
         assert self.store is not None
@@ -159,6 +172,8 @@ class MasterBook:
         if store is None or os.getpid() != self.pid:
             return
         self.systemd.poll(store)
+        if self.molds is not None:
+            self.molds.retire(store)
         newest = store.newest_generation()
         self._reported = {gen for gen in self._reported if gen >= newest - KEEP_GENERATIONS}
         for gen in range(max(1, newest - KEEP_GENERATIONS), newest + 1):
@@ -200,11 +215,11 @@ def announce_reload(gen: int, cfg: Any, log: Any) -> None:
         gen,
         cfg.workers,
     )
-    if cfg.preload_app:
+    if cfg.preload_app:  # still on in the master: the molds are off (GRACE_MOLDS=off)
         log.warning(
-            "grace_plugins: --preload is on: the app was imported once in the master, so HUP"
-            " restarts the workers on the SAME code. To load new code send USR2 (a new master),"
-            " or run without --preload."
+            "grace_plugins: --preload with GRACE_MOLDS=off: the app was imported once in the"
+            " master, so HUP restarts the workers on the SAME code. To load new code send USR2"
+            " (a new master), or unset GRACE_MOLDS (each generation imported once, in a mold)."
         )
 
 

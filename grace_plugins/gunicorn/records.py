@@ -87,19 +87,26 @@ class RecordStore:
             return False
         return True
 
-    def _write_for_workers(self, name: str, text: str) -> bool:
+    def _write_for_workers(self, name: str, text: str, *, exclusive: bool = False) -> bool:
         """Write *name* (from the master) so that the workers can read it: under a name no
-        reader looks at, handed to the workers' user, then renamed into place."""
+        reader looks at, handed to the workers' user, then renamed (or, *exclusive*, linked:
+        the first writer wins) into place."""
         if self.owner is None:
-            return self._write(name, text)
-        staging = f".{name}.staging"
+            return self._write(name, text, exclusive=exclusive)
+        staging = os.path.join(self.path, f".{name}.staging")
         final = os.path.join(self.path, name)
         try:
-            write_atomic(os.path.join(self.path, staging), text)
-            os.chown(os.path.join(self.path, staging), *self.owner)
-            os.replace(os.path.join(self.path, staging), final)
+            write_atomic(staging, text)
+            os.chown(staging, *self.owner)
+            if exclusive:
+                os.link(staging, final)
+            else:
+                os.replace(staging, final)
         except OSError:
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
         return True
 
     def _read(self, name: str) -> str | None:
@@ -226,6 +233,9 @@ class RecordStore:
         """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
         return self._mtime(f"verdict-{gen}")
 
-    def record_verdict(self, gen: int, verdict: Verdict) -> bool:
-        """Record a new verdict on *gen*, once: True for the one caller that recorded it."""
+    def record_verdict(self, gen: int, verdict: Verdict, *, by_master: bool = False) -> bool:
+        """Record a new verdict on *gen*, once: True for the one caller that recorded it. The
+        master (*by_master*: a mold failed, no worker was forked) hands it to the workers."""
+        if by_master:
+            return self._write_for_workers(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)
         return self._write(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from grace_plugins.channel import parse_watch
 from grace_plugins.gunicorn.boot import Boot, ready_path
 from grace_plugins.gunicorn.held_term import DRAIN, FORGET
 from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
+from grace_plugins.gunicorn.molds import take_over_preload
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
@@ -69,9 +72,21 @@ class Worker(DrainingWorker):
         self._age = value
 
     @classmethod
+    def setup(cls) -> None:
+        """Runs in the master each time gunicorn loads a config (the start, every HUP), just
+        before gunicorn would import the app for ``--preload``: the molds take that over (the
+        master never imports the app; see molds.py)."""
+        take_over_preload(sys._getframe(1))
+
+    @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         super().check_config(cfg, log)
-        ready_path({**os.environ, **cfg.env})  # a bad GRACE_READY_PATH: one line at start
+        environ = {**os.environ, **cfg.env}
+        ready_path(environ)  # a bad GRACE_READY_PATH: one line at start
+        try:
+            molds_wanted(environ.get(MOLDS_VAR))
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
         if cfg.reuse_port:
             raise RuntimeError(
                 "grace_plugins.Worker does not support --reuse-port: every worker would own a"
