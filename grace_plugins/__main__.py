@@ -93,6 +93,12 @@ def status(args: argparse.Namespace) -> int:
             f"serving: generation {state['generation']} (pid {state.get('generation_pid')}),"
             f" up {now - since:.0f} s"
         )
+    for mold in state.get("molds") or []:  # gunicorn --preload: who imports each generation
+        workers = ", ".join(str(pid) for pid in mold.get("workers") or []) or "none yet"
+        print(
+            f"mold: generation {mold.get('generation')} (pid {mold.get('pid')}),"
+            f" up {now - mold.get('since', now):.0f} s, workers forked from it: {workers}"
+        )
     for gen in state.get("draining") or []:
         print(draining_line(gen, now))
     print(f"upgrades finished: {state.get('upgrades', 0)}", end="")

@@ -15,13 +15,14 @@ is a load failure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.master import ready_timeout
@@ -30,6 +31,7 @@ from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.options import BY_NAME, InvalidValue
 from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
+from grace_plugins.watch_report import WatchReporter
 
 #: Exit status of a worker whose app did not load while older workers serve. Not gunicorn's
 #: 3 (WORKER_BOOT_ERROR) or 4 (APP_LOAD_ERROR): those make the master halt.
@@ -46,6 +48,46 @@ _real_exit = os._exit
 
 class AppExited(Exception):
     """The app's code ended this worker while it was loading (``sys.exit``, ``os._exit``)."""
+
+
+@contextlib.contextmanager
+def exits_are_failures(on_os_exit: Callable[[str, str], NoReturn]) -> Iterator[None]:
+    """While the app loads in this process, an exit it asks for is a load failure:
+    ``sys.exit(N)`` raises :class:`AppExited`, and ``os._exit(N)`` called from Python calls
+    *on_os_exit* (the reason, and the stack it was called from) instead. A process the app
+    forks meanwhile keeps the real ``os._exit``."""
+    me = os.getpid()
+
+    def exit_while_loading(status: int) -> NoReturn:
+        if os.getpid() != me:
+            _real_exit(status)
+        where = "".join(traceback.format_stack()[:-1])
+        reason = f"the app called os._exit({status}) while loading"
+        on_os_exit(reason, f"Traceback (most recent call last):\n{where}")
+
+    os_exit = os._exit
+    setattr(os, "_exit", exit_while_loading)  # noqa: B010 (a module's function)
+    try:
+        yield
+    except SystemExit as exc:
+        failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
+        raise failure.with_traceback(exc.__traceback__) from None
+    finally:
+        setattr(os, "_exit", os_exit)  # noqa: B010
+
+
+def log_not_loaded(
+    log: Any, gen: int, reason: str, exc: BaseException | None = None, where: str = ""
+) -> None:
+    """The one error line (and traceback) of a generation whose new code does not load."""
+    log.error(
+        "grace_plugins: generation %s: the new code does not load (%s); the running"
+        " workers keep serving the previous code. Fix it and send HUP again.%s",
+        gen,
+        reason,
+        f"\n{where.rstrip()}" if where else "",
+        exc_info=exc,
+    )
 
 
 def ready_path(environ: Mapping[str, str]) -> str | None:
@@ -71,6 +113,8 @@ class Boot:
     :param heartbeat: gunicorn's ``notify`` (the watchdog keeps the worker alive for
         gunicorn while the ready timeout, ours, runs)
     :param stop_waiting: whether a SIGTERM arrived (ends a back-off early)
+    :param reporter: with ``--reload``, where a failure says what it tried to load (the
+        module that broke it is the file a developer fixes next)
     """
 
     def __init__(
@@ -83,6 +127,7 @@ class Boot:
         listeners: list[Any],
         heartbeat: Callable[[], None],
         stop_waiting: Callable[[], bool],
+        reporter: WatchReporter | None = None,
     ) -> None:
         self.store = store
         self.listeners = listeners
@@ -92,6 +137,7 @@ class Boot:
         self.log = log
         self.heartbeat = heartbeat
         self.stop_waiting = stop_waiting
+        self.reporter = reporter
         self.timeout = ready_timeout(cfg)
         self.started = time.monotonic()
         #: when the watchdog cuts the boot (infinite while the ready check, bounded itself,
@@ -118,23 +164,12 @@ class Boot:
         if not self.something_serves():
             load_wsgi()
             return
-        os_exit = os._exit
-        setattr(os, "_exit", self._exit_while_loading)  # noqa: B010 (a module's function)
-        try:
+        with exits_are_failures(self._exit_while_loading):
             load_wsgi()
-        except SystemExit as exc:
-            failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
-            raise failure.with_traceback(exc.__traceback__) from None
-        finally:
-            setattr(os, "_exit", os_exit)  # noqa: B010
 
-    def _exit_while_loading(self, status: int) -> NoReturn:
+    def _exit_while_loading(self, reason: str, where: str) -> NoReturn:
         """``os._exit`` while the app loads: record the failure, exit with our status."""
-        if os.getpid() != self.member.pid:  # a process the app forked: its own business
-            _real_exit(status)
-        where = "".join(traceback.format_stack()[:-1])
-        reason = f"the app called os._exit({status}) while loading"
-        _real_exit(self._not_loaded(reason, where=f"Traceback (most recent call last):\n{where}"))
+        _real_exit(self._not_loaded(reason, where=where))
 
     def check(self, app: Any, listener: Any, is_ssl: bool) -> None:
         """With ``GRACE_READY_PATH``: GET it from the app in-process before accepting; a
@@ -206,14 +241,7 @@ class Boot:
         back off if this worker is a respawn. Returns the exit status to use."""
         self.settled.set()
         if self.store.claim("logged", self.member.gen):
-            self.log.error(
-                "grace_plugins: generation %s: the new code does not load (%s); the running"
-                " workers keep serving the previous code. Fix it and send HUP again.%s",
-                self.member.gen,
-                reason,
-                f"\n{where.rstrip()}" if where else "",
-                exc_info=exc,
-            )
+            log_not_loaded(self.log, self.member.gen, reason, exc, where)
         else:
             self.log.error(
                 "grace_plugins: worker %s (generation %s): the code on disk does not load: %s",
@@ -221,13 +249,15 @@ class Boot:
                 self.member.gen,
                 reason,
             )
-        status = self._fail(reason)
+        status = self._fail(reason, exc)
         if not self.watch.is_member():
             self._back_off()
         return status
 
-    def _fail(self, reason: str) -> int:
+    def _fail(self, reason: str, exc: BaseException | None = None) -> int:
         """Record that this worker's app did not load; return the exit status to use."""
+        if self.reporter is not None:
+            self.reporter.tried(exc)
         if not self.something_serves():
             return APP_LOAD_ERROR
         self.store.record(self.member, FAILED, reason)

@@ -4,11 +4,12 @@ Gunicorn builds each worker object in the master before forking it, so this modu
 there. It numbers the generations (each new ``Config``: the start, every HUP), owns the record
 directory (handed to the workers' user under ``--user``), records that the master stops before
 gunicorn SIGTERMs its workers, tells the master which workers to keep after a rollback
-(:meth:`MasterBook.age_of`, a query), and from one watcher thread reports each verdict the
-workers record: to systemd, to the state file of ``grace-plugins reload/status``, and, for the
-first generation of a master started by USR2, to the old master, which it retires
-(:meth:`MasterBook.step`). The workers never write outside the record directory: after
-``--user`` they could not.
+(:meth:`MasterBook.age_of`, a query), and reports each verdict the workers record: to systemd,
+to the state file of ``grace-plugins reload/status``, and, for the first generation of a master
+started by USR2, to the old master, which it retires (:meth:`MasterBook.step`, called by the
+master's lookout thread, :mod:`grace_plugins.gunicorn.lookout`, which also paces the HUPs and
+watches the files with ``--reload``). The workers never write outside the record directory:
+after ``--user`` they could not.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.handover import create_store
+from grace_plugins.gunicorn.lookout import Lookout
 from grace_plugins.gunicorn.notify import MasterNotifier
 from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
 from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
@@ -32,9 +34,13 @@ from grace_plugins.state import merge_state, merge_upgrade, state_path
 
 #: Added to the age of workers that outlived a rolled-back generation (see ``age_of``).
 ROLLED_BACK_AGE_BONUS = 1_000_000_000
-#: How often the watcher looks for new verdicts.
-WATCH_INTERVAL = 0.1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class Retiring(Protocol):
+    """Molds that the verdicts retire (called from the master's lookout thread)."""
+
+    def retire(self, store: RecordStore) -> None: ...
 
 
 def ready_timeout(cfg: Any) -> float:
@@ -54,17 +60,27 @@ class MasterBook:
         # gunicorn loads the worker class before ``Arbiter.start()``: see notify.py
         self.systemd = MasterNotifier.take_from_environment()
         self._reported: set[int] = set()
-        self._watcher: threading.Thread | None = None
+        self.lookout: Lookout | None = None
+        #: in a mold (a process that imports one generation's app and forks its workers): the
+        #: generation of the workers built here
+        self.mold_generation: int | None = None
+        #: with --preload: what retires the molds no worker will come from (see molds.py)
+        self.molds: Retiring | None = None
+        self._gunicorn_hup: Callable[[int, Any], None] | None = None
 
     def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, RecordStore]:
         """The generation of a worker built (in the master, before fork) with *cfg*: a new
         ``Config`` opens a new generation (announced in the records, the log, the state file
         and to systemd)."""
+        if self.mold_generation is not None and self.store is not None:
+            return self.mold_generation, self.store
         if self.pid != os.getpid() or self.store is None:
             self._start(cfg, log)
         assert self.store is not None
         if cfg is not self.cfg:
             self.cfg = cfg
+            if self.lookout is not None:
+                self.lookout.watch_files(cfg)
             self.generation += 1
             info = Announcement(cfg.workers, age, time.monotonic(), ready_timeout(cfg))
             self.store.announce(self.generation, info)
@@ -84,13 +100,18 @@ class MasterBook:
         # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
         merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
         self.systemd.master_started()
-        if threading.current_thread() is threading.main_thread():
-            for sig in _STOP_SIGNALS:
-                previous = signal.getsignal(sig)
-                if callable(previous):  # gunicorn's handler: it only queues the signal
-                    signal.signal(sig, self._on_stop_signal(previous))
-        self._watcher = threading.Thread(target=self._watch, name="grace-verdicts", daemon=True)
-        self._watcher.start()
+        self.lookout = Lookout(self.store, log, self.step, self._hand_over_hup)
+        self.lookout.start()
+        if threading.current_thread() is not threading.main_thread():
+            return  # no signal handler can be set here
+        for sig in _STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            if callable(previous):  # gunicorn's handler: it only queues the signal
+                signal.signal(sig, self._on_stop_signal(previous))
+        previous = signal.getsignal(signal.SIGHUP)
+        if callable(previous):
+            self._gunicorn_hup = previous
+            signal.signal(signal.SIGHUP, self._on_hup)
 
     def _on_stop_signal(self, previous: Callable[..., Any]) -> Callable[[int, Any], None]:
         """A stop signal is recorded before gunicorn acts on it (it then SIGTERMs the
@@ -103,6 +124,16 @@ class MasterBook:
             previous(sig, frame)
 
         return handler
+
+    def _on_hup(self, sig: int, frame: Any) -> None:
+        """A HUP is only recorded: the lookout thread hands it to gunicorn when it may go."""
+        if self.lookout is not None and os.getpid() == self.pid:
+            self.lookout.heard_hup()
+
+    def _hand_over_hup(self) -> None:
+        """Give gunicorn a HUP (its handler queues it; its loop then reloads)."""
+        if self._gunicorn_hup is not None:
+            self._gunicorn_hup(signal.SIGHUP, None)
 
     # -- what the master reads ---------------------------------------------------------------------
     @staticmethod
@@ -131,14 +162,7 @@ class MasterBook:
                 return first_age - 0.5 if first_age > 0 else age
         return age
 
-    # -- the watcher thread ------------------------------------------------------------------------
-    def _watch(self) -> None:
-        """Report verdicts every 0.1 s for the master's life (a daemon thread). It takes no
-        lock that a forked worker could need, so a fork meanwhile is safe."""
-        while True:
-            self.step()
-            time.sleep(WATCH_INTERVAL)
-
+    # -- reports (from the lookout thread) --------------------------------------------------------
     def step(self) -> None:
         """Report each verdict recorded since the last step: to systemd first (as
         ``ExecReload=``, ``grace-plugins reload`` must not return before systemd heard that
@@ -148,6 +172,8 @@ class MasterBook:
         if store is None or os.getpid() != self.pid:
             return
         self.systemd.poll(store)
+        if self.molds is not None:
+            self.molds.retire(store)
         newest = store.newest_generation()
         self._reported = {gen for gen in self._reported if gen >= newest - KEEP_GENERATIONS}
         for gen in range(max(1, newest - KEEP_GENERATIONS), newest + 1):
@@ -189,11 +215,11 @@ def announce_reload(gen: int, cfg: Any, log: Any) -> None:
         gen,
         cfg.workers,
     )
-    if cfg.preload_app:
+    if cfg.preload_app:  # still on in the master: the molds are off (GRACE_MOLDS=off)
         log.warning(
-            "grace_plugins: --preload is on: the app was imported once in the master, so HUP"
-            " restarts the workers on the SAME code. To load new code send USR2 (a new master),"
-            " or run without --preload."
+            "grace_plugins: --preload with GRACE_MOLDS=off: the app was imported once in the"
+            " master, so HUP restarts the workers on the SAME code. To load new code send USR2"
+            " (a new master), or unset GRACE_MOLDS (each generation imported once, in a mold)."
         )
 
 

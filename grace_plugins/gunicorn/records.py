@@ -12,6 +12,8 @@ whole (:func:`grace_plugins.atomic.write_atomic`), and most of a record is its n
 * ``w-G-AGE-PID.STATE`` -- a worker's own progress: ``boot``, ``ready``, ``failed`` (the
   reason inside);
 * ``verdict-G`` -- the verdict on *G*, written once (the first writer wins);
+* ``watch-G-PID`` -- with ``--reload``, what worker *PID* of *G* loaded (or tried to load),
+  for the master's file watcher (an encoded :class:`~grace_plugins.watchspec.WatchSpec`);
 * ``ever-ready``, ``backoff``, ``claim-WHAT-G``, ``master-stopping`` -- shared notes.
 
 What the records mean is decided elsewhere (:mod:`grace_plugins.gunicorn.verdicts`, pure).
@@ -43,7 +45,8 @@ BOOT, READY, FAILED = "boot", "ready", "failed"
 
 _WORKER = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
 _ANNOUNCEMENT = re.compile(r"^gen-(\d+)\.json$")
-_PER_GENERATION = re.compile(r"^(?:w|gen|verdict|claim-\w+)-(\d+)")
+_PER_GENERATION = re.compile(r"^(?:w|gen|verdict|watch|claim-\w+)-(\d+)")
+_SPEC = re.compile(r"^watch-(\d+)-(\w+)$")
 _MASTER_STOPPING = "master-stopping"
 
 
@@ -84,19 +87,26 @@ class RecordStore:
             return False
         return True
 
-    def _write_for_workers(self, name: str, text: str) -> bool:
+    def _write_for_workers(self, name: str, text: str, *, exclusive: bool = False) -> bool:
         """Write *name* (from the master) so that the workers can read it: under a name no
-        reader looks at, handed to the workers' user, then renamed into place."""
+        reader looks at, handed to the workers' user, then renamed (or, *exclusive*, linked:
+        the first writer wins) into place."""
         if self.owner is None:
-            return self._write(name, text)
-        staging = f".{name}.staging"
+            return self._write(name, text, exclusive=exclusive)
+        staging = os.path.join(self.path, f".{name}.staging")
         final = os.path.join(self.path, name)
         try:
-            write_atomic(os.path.join(self.path, staging), text)
-            os.chown(os.path.join(self.path, staging), *self.owner)
-            os.replace(os.path.join(self.path, staging), final)
+            write_atomic(staging, text)
+            os.chown(staging, *self.owner)
+            if exclusive:
+                os.link(staging, final)
+            else:
+                os.replace(staging, final)
         except OSError:
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
         return True
 
     def _read(self, name: str) -> str | None:
@@ -187,6 +197,24 @@ class RecordStore:
         """True for the first caller only (e.g. who logs a generation's traceback)."""
         return self._write(f"claim-{what}-{gen}", exclusive=True)
 
+    # -- what the generations loaded (--reload) ---------------------------------------------------
+    def record_spec(self, gen: int, who: int | str, encoded: str) -> bool:
+        """Record what *who* (a worker's pid) of *gen* loaded: one encoded watch spec."""
+        return self._write(f"watch-{gen}-{who}", encoded)
+
+    def spec_stamps(self) -> dict[str, tuple[int, float]]:
+        """{record name: (generation, mtime)} of every watch spec recorded."""
+        found = {}
+        for name in self._names():
+            match = _SPEC.match(name)
+            mtime = self._mtime(name) if match else None
+            if match and mtime is not None:
+                found[name] = (int(match.group(1)), mtime)
+        return found
+
+    def read_spec(self, name: str) -> str | None:
+        return self._read(name)
+
     # -- verdicts ---------------------------------------------------------------------------------
     def generation(self, gen: int) -> GenerationRecords:
         """What the records say about *gen* (reads only)."""
@@ -205,6 +233,9 @@ class RecordStore:
         """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
         return self._mtime(f"verdict-{gen}")
 
-    def record_verdict(self, gen: int, verdict: Verdict) -> bool:
-        """Record a new verdict on *gen*, once: True for the one caller that recorded it."""
+    def record_verdict(self, gen: int, verdict: Verdict, *, by_master: bool = False) -> bool:
+        """Record a new verdict on *gen*, once: True for the one caller that recorded it. The
+        master (*by_master*: a mold failed, no worker was forked) hands it to the workers."""
+        if by_master:
+            return self._write_for_workers(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)
         return self._write(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)

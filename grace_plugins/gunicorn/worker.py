@@ -15,16 +15,23 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import sys
 import time
 from typing import Any
 
+from grace_plugins.channel import parse_watch
 from grace_plugins.gunicorn.boot import Boot, ready_path
 from grace_plugins.gunicorn.held_term import DRAIN, FORGET
 from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
+from grace_plugins.gunicorn.molds import take_over_preload
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
+from grace_plugins.gunicorn.watchlist import serving_spec
+from grace_plugins.watch_report import WatchReporter
+from grace_plugins.watchspec import is_glob
 
 
 def _noop() -> None:
@@ -44,9 +51,12 @@ class Worker(DrainingWorker):
         self._term_pending = False
         self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
         self._next_look = 0.0
+        #: when this worker's code began loading (``time.time()``): saves since then count
+        self.loading_since = time.time()
         # made in the worker (init_process), once its pid is known
         self.watch: Watch | None = None
         self.boot: Boot | None = None
+        self.reporter: WatchReporter | None = None
 
     @property
     def age(self) -> float:
@@ -62,9 +72,21 @@ class Worker(DrainingWorker):
         self._age = value
 
     @classmethod
+    def setup(cls) -> None:
+        """Runs in the master each time gunicorn loads a config (the start, every HUP), just
+        before gunicorn would import the app for ``--preload``: the molds take that over (the
+        master never imports the app; see molds.py)."""
+        take_over_preload(sys._getframe(1))
+
+    @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         super().check_config(cfg, log)
-        ready_path({**os.environ, **cfg.env})  # a bad GRACE_READY_PATH: one line at start
+        environ = {**os.environ, **cfg.env}
+        ready_path(environ)  # a bad GRACE_READY_PATH: one line at start
+        try:
+            molds_wanted(environ.get(MOLDS_VAR))
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
         if cfg.reuse_port:
             raise RuntimeError(
                 "grace_plugins.Worker does not support --reuse-port: every worker would own a"
@@ -76,6 +98,7 @@ class Worker(DrainingWorker):
     def init_process(self) -> None:
         member = Member(self.generation, self._age, os.getpid())
         self.watch = Watch(self.store, member, self.log)
+        self.reporter = self._reporter(member)
         self.boot = Boot(
             self.store,
             member,
@@ -85,6 +108,7 @@ class Worker(DrainingWorker):
             self.sockets,
             heartbeat=self.notify,
             stop_waiting=lambda: self._term_pending,
+            reporter=self.reporter,
         )
         self.boot.start()
         try:
@@ -95,6 +119,25 @@ class Worker(DrainingWorker):
             if self.booted or not self.boot.something_serves():
                 raise  # nothing else serves: gunicorn's own handling (the master halts)
             self.boot.failed(exc)
+
+    def _reporter(self, member: Member) -> WatchReporter | None:
+        """With ``--reload``: what this worker loads goes to the master's file watcher, and
+        gunicorn's own reloader (a thread in each worker that restarts it on a save: a broken
+        save would take the site down) is off in this process."""
+        if not self.cfg.reload:
+            return None
+        self.cfg.set("reload", False)
+        extra = list(self.cfg.reload_extra_files or ())
+
+        def send(line: str) -> None:
+            self.store.record_spec(member.gen, member.pid, parse_watch(line) or "")
+
+        return WatchReporter(
+            send,
+            lambda since: serving_spec(extra, since),
+            self.loading_since,
+            extra_files=[name for name in extra if not is_glob(name)],
+        )
 
     def load_wsgi(self) -> None:
         assert self.boot is not None
@@ -126,6 +169,8 @@ class Worker(DrainingWorker):
         )
         self.set_accept_enabled(True)
         self.boot.ready()
+        if self.reporter is not None:
+            self.reporter.start()
         self._look_at_verdicts()
         while self.alive:
             self.notify()
@@ -140,6 +185,8 @@ class Worker(DrainingWorker):
             self._murder_idle()
             if time.monotonic() >= self._next_look:
                 self._look_at_verdicts()
+        if self.reporter is not None:
+            self.reporter.stop()  # what this worker loads is no longer what is served
         self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
 
     def _look_at_verdicts(self) -> None:

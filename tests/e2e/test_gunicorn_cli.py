@@ -90,9 +90,19 @@ def test_reuse_port_is_refused(start_server, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_preload_hup_says_to_use_usr2(start_server, tmp_path):
-    server = start_gunicorn(start_server, tmp_path, "--preload")
+def test_preload_without_molds_hup_says_to_use_usr2(start_server, tmp_path):
+    env = {"GRACE_MOLDS": "off"}
+    server = start_gunicorn(start_server, tmp_path, "--preload", env=env)
     write_code(tmp_path, version("v2"))
     server.hup(2)
-    assert "--preload is on" in server.output() and "USR2" in server.output()
+    assert "--preload with GRACE_MOLDS=off" in server.output() and "USR2" in server.output()
+    assert "the app is imported once, in mold" not in server.output()
     assert http_get(server.port).version == "v1"  # the master's cached import
+
+
+@pytest.mark.timeout(60)
+def test_bad_grace_molds_is_refused(start_server, tmp_path):
+    env = {"GRACE_MOLDS": "sometimes"}
+    server = start_gunicorn(start_server, tmp_path, "--preload", env=env, ready=False)
+    assert server.proc.wait(30) != 0
+    server.wait_for(r"GRACE_MOLDS='sometimes' is neither on nor off\. Set it to off", 10)

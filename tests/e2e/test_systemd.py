@@ -226,9 +226,10 @@ def test_socket_activation_and_notify(start_server, tmp_path, name):
 
 
 @pytest.mark.timeout(90)
-def test_gunicorn_hup_while_starting_is_not_a_reload(start_server, tmp_path):
-    """A HUP before the first workers are ready is part of the start for systemd: no
-    ``RELOADING=1`` while still starting; one ``READY=1`` once the newest workers serve."""
+def test_gunicorn_hup_while_starting_waits_for_the_start(start_server, tmp_path):
+    """A HUP before the first workers are ready waits for them (one generation starts at a
+    time): systemd hears ``READY=1`` once they serve, then the held HUP's reload, with its own
+    ``RELOADING=1`` and ``READY=1``."""
     service = gunicorn_service(tmp_path)
     with open(tmp_path / "appcode.py", "a") as handle:
         handle.write("import time\ntime.sleep(3)\n")  # every generation takes 3 s to start
@@ -242,11 +243,14 @@ def test_gunicorn_hup_while_starting_is_not_a_reload(start_server, tmp_path):
         )
         server.wait_for(r"Booting worker with pid", 30)
         os.kill(server.pid, signal.SIGHUP)
-        server.wait_for(r"reload: starting generation 2", 30)
+        server.wait_for(r"HUP held", 30)
         assert "generation 1 ready" not in server.output()  # the HUP came while starting
         ready = notify.next(60, "the start is over")
-        assert ready.pid == server.pid
-        assert ready.fields.get("READY") == "1", ready.fields
+        assert (ready.pid, ready.fields.get("READY")) == (server.pid, "1"), ready.fields
+        assert "serving with generation 1" in ready.fields["STATUS"], ready.fields
+        reloading = notify.next(60, "the held HUP reloads")
+        assert reloading.fields.get("RELOADING") == "1", reloading.fields
+        ready = notify.next(60, "the reload is over")
         assert "serving with generation 2" in ready.fields["STATUS"], ready.fields
         server.wait_ready()
         assert http_get(server.port).version == "v1"

@@ -22,6 +22,8 @@ from tests.harness.code import broken_at_import, write_module
 from tests.harness.server import ROOT, ServerProcess, joined, wait_until
 
 APPS = os.path.join(ROOT, "tests", "apps")
+#: A mold named in the log (its start, its retirement, its failure).
+MOLD = r"\bmold (?:\(pid )?(\d+)"
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+) \((\d+)\)"
 #: The new workers' ready timeout (gunicorn's ``--timeout``) in the tests of broken code.
 BROKEN_TIMEOUT = 4
@@ -94,9 +96,22 @@ class Gunicorn(ServerProcess):
         assert (resp.version, resp.pid in new) == (f"v{gen + 1}", True)
         return mark
 
+    def wait_watching(self, loaded: int, after: int = 0, timeout: float = 30.0) -> None:
+        """With ``--reload``: wait until the master's watcher watches what generation *loaded*
+        loaded (the workers report it once ready)."""
+        self.wait_for(
+            rf"watching \d+ files and \d+ globs: what generation {loaded} loaded", timeout, after
+        )
+
     def workers(self) -> list[int]:
-        """The master's live worker processes."""
-        return procfs.live_children(self.pid)
+        """The master's live worker processes (its molds, with ``--preload``, left out)."""
+        molds = self.molds()
+        return [pid for pid in procfs.live_children(self.pid) if pid not in molds]
+
+    def molds(self) -> set[int]:
+        """Every mold the log named (``--preload``: one process per generation imports the
+        app and forks its workers)."""
+        return {int(pid) for pid in re.findall(MOLD, self.output())}
 
     def wait_until_workers(self, count: int, timeout: float = 30.0) -> None:
         wait_until(lambda: len(self.workers()) == count, timeout, f"{count} workers")

@@ -1,0 +1,80 @@
+"""When a HUP (or a save, with ``--reload``) reaches gunicorn's own reload (pure: no signal, no
+file, no clock: the caller passes *now* and what the records say).
+
+Gunicorn's master reloads once per HUP: twenty HUPs within a second were twenty-two
+generations (44 workers booted for ``-w 2``). The master therefore hands a HUP to gunicorn only
+as the core's supervisor starts an upgrade: one generation starting at a time, at most one
+follow-up for every HUP that arrives meanwhile, and at most one start per ``upgrade_interval``.
+A storm is one or two upgrades, and the last HUP is always served by a start that came after it.
+
+A generation is *starting* from the moment its HUP is handed over until the records hold its
+verdict (promoted or rolled back), and for at most :attr:`HupGate.limit` seconds: a reload that
+opens no generation (another worker class in the new config) must not hold HUPs for ever. The
+newest generation undecided counts too: a HUP while the first generation starts waits for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Newest:
+    """What the records say about the newest generation (``number`` 0: none yet)."""
+
+    number: int
+    decided: bool
+    #: ``time.monotonic()`` after which it no longer counts as starting, decided or not (its
+    #: ready timeout has passed: the workers' rules roll it back by then)
+    until: float
+
+
+@dataclass
+class HupGate:
+    """The HUPs held back, and when the next may go (times are ``time.monotonic()``)."""
+
+    #: seconds between two starts (the core's ``upgrade_interval``)
+    interval: float
+    #: longest a handed-over HUP counts as starting while no newer generation is announced
+    limit: float
+    handed_at: float | None = None
+    #: the newest generation when the last HUP was handed over: the one it starts is newer
+    handed_after: int = 0
+    follow_up: bool = False
+
+    def hup(self, now: float, newest: Newest) -> bool:
+        """A HUP arrived: True to hand it to gunicorn now, False if it is held (it becomes the
+        one follow-up, or joins it)."""
+        if self.follow_up or self.starting(now, newest) or self._too_soon(now):
+            self.follow_up = True
+            return False
+        self._hand(now, newest)
+        return True
+
+    def due(self, now: float, newest: Newest) -> bool:
+        """Whether the follow-up goes now (it is then no longer held)."""
+        if not self.follow_up or self.starting(now, newest) or self._too_soon(now):
+            return False
+        self.follow_up = False
+        self._hand(now, newest)
+        return True
+
+    def starting(self, now: float, newest: Newest) -> bool:
+        """Whether a generation is starting: the newest is undecided (within its time), or the
+        last HUP handed over has opened none yet (within :attr:`limit`)."""
+        if newest.number > 0 and not newest.decided and now < newest.until:
+            return True
+        if self.handed_at is None or newest.number > self.handed_after:
+            return False
+        return now < self.handed_at + self.limit
+
+    def drop(self) -> None:
+        """The master stops: the held HUP is forgotten."""
+        self.follow_up = False
+
+    def _too_soon(self, now: float) -> bool:
+        return self.handed_at is not None and now < self.handed_at + self.interval
+
+    def _hand(self, now: float, newest: Newest) -> None:
+        self.handed_at = now
+        self.handed_after = newest.number

@@ -1,0 +1,237 @@
+"""A mold: the process that imports one generation's app (``--preload``), then forks its workers.
+
+The master forks it (it shares the master's pages: gunicorn and this package) and never imports
+the app itself. The mold imports it as gunicorn's ``--preload`` would (``app.wsgi()``), bounded
+by gunicorn's ``timeout`` (``SIGALRM``: no thread), runs the ready check (``GRACE_READY_PATH``:
+it also warms the mold, such as Django's URLconf, which the first request imports), closes
+Django's database connections, freezes the collector (``gc.freeze()``: the workers keep
+sharing the pages) and checks that forking is safe (:func:`~.mold_rules.unsafe`). It answers
+the master once, on its private socket (:class:`grace_plugins.wire.Wire`):
+
+* ``{"ready": ms}``: then it forks a worker per request (``{"fork": age}`` with the worker's
+  heartbeat file, ``SCM_RIGHTS``), twice, so that the worker is re-parented to the master (a
+  child subreaper) and gunicorn reaps it as its own; it answers ``{"pid": N}``;
+* ``{"unsafe": why}``: each worker of this generation imports the app itself;
+* ``{"failed": why}``: the new code does not load (logged here with its traceback).
+
+It leaves on EOF (the master closed its socket or exited) and on SIGTERM (retired), always by
+``os._exit``: the app's ``atexit`` hooks are its workers'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, NoReturn
+
+from grace_plugins.gunicorn.master import MASTER, ready_timeout
+from grace_plugins.gunicorn.mold_rules import unsafe
+from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
+from grace_plugins.gunicorn.mold_worker import become_worker
+from grace_plugins.wire import Wire
+
+#: Longest the mold waits for its middle child to report the worker's pid.
+FORK_REPORT_TIMEOUT = 5.0
+#: Signals the mold leaves to the master (a terminal's Ctrl-C or hang-up reaches the whole
+#: process group: the master decides) and the ones it gives back their default action.
+_LEFT_TO_MASTER = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_DEFAULT = (signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
+
+
+def run_mold(arbiter: Any, gen: int, sock: socket.socket, since: float, others: list[int]) -> None:
+    """The mold's life, in the child the master just forked; it ends by ``os._exit``. In a
+    worker forked from it, this returns nothing and raises ``SystemExit`` (as gunicorn's own
+    workers do: up through the master's frames to the interpreter's exit).
+
+    :param others: fds of the master's other molds (not this one's business)
+    """
+    mold = os.getpid()
+    try:
+        Mold(arbiter, gen, Wire(sock), since).run(others)
+    except BaseException:  # noqa: BLE001 - in the mold: say it, leave
+        if os.getpid() != mold:
+            raise  # a worker's exit, on its way to the interpreter's
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    _quit()
+
+
+class Mold:
+    """One generation's mold (see the module doc)."""
+
+    def __init__(self, arbiter: Any, gen: int, wire: Wire, since: float) -> None:
+        self.arbiter = arbiter
+        self.gen = gen
+        self.wire = wire
+        self.since = since
+        self.log = arbiter.log
+        self.master = arbiter.pid
+
+    def run(self, others: list[int]) -> None:
+        self._leave_the_master(others)
+        answer = self._load()
+        self.wire.send(answer)
+        if "ready" not in answer:
+            _quit()
+        self.log.info(
+            "grace_plugins: generation %s: the app is imported once, in mold %s (%s ms); its"
+            " workers are forked from it",
+            self.gen,
+            os.getpid(),
+            answer["ready"],
+        )
+        while True:
+            got = self.wire.receive(None)
+            if got is None:
+                _quit()  # the master closed our socket, or is gone
+            request, fds = got
+            if "fork" not in request or len(fds) != 1:
+                self.wire.send({"error": "a fork request without its heartbeat file"})
+                _close(fds)
+                continue
+            self._fork(int(request["fork"]), fds[0])
+
+    # -- becoming a mold ---------------------------------------------------------------------------
+    def _leave_the_master(self, others: list[int]) -> None:
+        MASTER.mold_generation = self.gen  # the workers built here are this generation's
+        for sig in _LEFT_TO_MASTER:
+            signal.signal(sig, _ignore)
+        for sig in _DEFAULT:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _retired)
+        for sibling in self.arbiter.WORKERS.values():  # as gunicorn's own children do
+            with contextlib.suppress(OSError):
+                sibling.tmp.close()
+        _close(others)
+        with contextlib.suppress(Exception):
+            from gunicorn import util
+
+            util._setproctitle(f"mold [{self.arbiter.proc_name}]")
+
+    def _load(self) -> dict[str, Any]:
+        """Import the app, check it, freeze it: the answer to the master."""
+        startup = Startup(self.arbiter, self.gen, self.since, self._fail_now)
+        deadline = time.monotonic() + ready_timeout(self.arbiter.cfg)
+        failure = startup.load(deadline) or startup.check(os.environ, deadline)
+        if failure is not None:
+            return {"failed": failure}
+        _close_database_connections()
+        gc.collect()
+        gc.freeze()  # the collector must not touch (and so copy) the shared pages
+        why = _why_unsafe(startup.sockets_before, {self.wire.sock.fileno(), *_listener_fds(self)})
+        if why:
+            return {"unsafe": why}
+        return {"ready": round((time.monotonic() - startup.began) * 1000)}
+
+    def _fail_now(self, reason: str) -> NoReturn:
+        """The import cannot go on (it hangs, or asked to exit): answer, leave."""
+        with contextlib.suppress(OSError):
+            self.wire.send({"failed": reason})
+        _quit()
+
+    # -- forking a worker --------------------------------------------------------------------------
+    def _fork(self, age: int, tmp_fd: int) -> None:
+        """Fork the worker of gunicorn's *age* twice (it becomes the master's child); answer
+        its pid. In the worker this does not return (see :func:`run_mold`)."""
+        with contextlib.suppress(Exception):
+            sys.stdout.flush(), sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            os.close(read_end)
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                os.close(write_end)
+                self.wire.sock.close()
+                try:
+                    become_worker(self.arbiter, age, tmp_fd, self.since, me)
+                except SystemExit:
+                    raise  # the worker's exit, as gunicorn's own workers leave
+                except BaseException:  # noqa: BLE001 - never back into the master's frames
+                    traceback.print_exc()
+                    os._exit(1)
+            with contextlib.suppress(OSError):
+                os.write(write_end, str(pid).encode())
+            os._exit(0)
+        os.close(write_end)
+        os.close(tmp_fd)
+        try:
+            ready = select.select([read_end], [], [], FORK_REPORT_TIMEOUT)[0]
+            data = os.read(read_end, 32) if ready else b""
+        finally:
+            os.close(read_end)
+            os.waitpid(middle, 0)
+        if data.isdigit():
+            self.wire.send({"pid": int(data)})
+        else:
+            self.wire.send({"error": "the fork did not report the worker's pid"})
+
+
+def _listener_fds(mold: Mold) -> list[int]:
+    return [listener.fileno() for listener in mold.arbiter.LISTENERS]
+
+
+def _why_unsafe(sockets_before: set[str], ours: set[int]) -> str:
+    """Why forking from this process is not safe now ("" if it is)."""
+    native = 0
+    deadline = time.monotonic() + 0.5
+    while True:  # a thread that just ended (the ready check's) may linger a moment in /proc
+        others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        native = _task_count() - 1 - len(others)
+        if (not others and native <= 0) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    sockets = [
+        f"fd {fd}: {what}"
+        for fd, what in open_sockets().items()
+        if fd not in ours and what not in sockets_before
+    ]
+    return unsafe(others, native, sockets)
+
+
+def _task_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _close_database_connections() -> None:
+    """Close the connections Django opened during the import or the ready check, as
+    readthedocs' gunicorn config does before forking (each worker opens its own). Django is
+    not imported here: only used if the app loaded it."""
+    db = sys.modules.get("django.db")
+    connections = getattr(db, "connections", None)
+    if connections is not None:
+        with contextlib.suppress(Exception):
+            connections.close_all()
+
+
+def _ignore(sig: int, frame: Any) -> None:
+    pass
+
+
+def _retired(sig: int, frame: Any) -> None:
+    _quit()
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _quit() -> NoReturn:
+    """Leave without the app's ``atexit`` hooks (they are its workers')."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,105 @@
+"""A mold as the master knows it: its pid, its private socket, and the master's side of the
+talk on it (the first answer, a fork request) and of its end (reaping it before gunicorn can).
+See :mod:`grace_plugins.gunicorn.molds`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.verdicts import Verdict
+from grace_plugins.wire import Wire
+
+#: Longest a fork request may take.
+FORK_TIMEOUT = 10.0
+#: How often the master, waiting for a mold, looks whether it is asked to stop.
+STEP = 0.1
+
+
+@dataclass
+class MoldHandle:
+    """A mold that answered ready."""
+
+    gen: int
+    pid: int
+    wire: Wire
+    since: float  # time.time() when it became ready
+    workers: list[int] = field(default_factory=list)
+
+    def gone(self) -> bool:
+        """Whether it exited (an idle mold sends nothing: anything readable is its end)."""
+        with contextlib.suppress(OSError, ValueError):
+            return bool(select.select([self.wire.sock], [], [], 0)[0])
+        return True
+
+    def fork(self, age: int, tmp_fd: int) -> int | None:
+        """Ask the mold to fork the worker of gunicorn's *age* (with its heartbeat file); the
+        worker's pid, or None."""
+        try:
+            self.wire.send({"fork": age}, [tmp_fd])
+            got = self.wire.receive(FORK_TIMEOUT)
+        except (OSError, TimeoutError, ValueError):
+            return None
+        if got is None or not isinstance(got[0].get("pid"), int):
+            return None
+        return int(got[0]["pid"])
+
+    def as_state(self) -> dict[str, Any]:
+        """What ``grace-plugins status`` shows of it."""
+        return {
+            "pid": self.pid,
+            "generation": self.gen,
+            "since": self.since,
+            "workers": self.workers,
+        }
+
+
+def first_answer(
+    wire: Wire, store: RecordStore, deadline: float, timeout: float
+) -> tuple[dict[str, Any], str]:
+    """A new mold's answer, or ``({}, why there is none)``: bounded by *deadline*, and cut
+    short when the master stops. *timeout*: the ready timeout, for the reason."""
+    while time.monotonic() < deadline:
+        if store.master_stopping():
+            return {}, "stopping"
+        try:
+            got = wire.receive(STEP)
+        except TimeoutError:
+            continue
+        except (OSError, ValueError):
+            got = None
+        if got is None:
+            return {}, "it exited before it was ready"
+        return got[0], ""
+    return {}, f"it was not ready within {timeout:g} s"
+
+
+def verdict_kind(store: RecordStore | None, gen: int) -> str | None:
+    """The kind of the verdict recorded on *gen* (``None`` while it starts)."""
+    text = store.recorded_verdict(gen) if store is not None else None
+    return None if text is None else Verdict.from_recorded(text).kind
+
+
+def reap(pid: int, kill: bool) -> str:
+    """Reap a mold that leaves (*kill*: it did not answer, kill it first): its status, as the
+    log says it. The master reaps it here, before gunicorn's ``waitpid(-1)`` could: gunicorn
+    24 halts on any child's 3 or 4, whoever the child is."""
+    deadline = time.monotonic() + (0.0 if kill else 2.0)
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done and time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                done, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return "reaped elsewhere"
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        time.sleep(0.005)

@@ -1,0 +1,83 @@
+"""The molds' rules (pure: no process, no file): which mold forks a worker, which molds are no
+longer needed, and whether a mold may be forked at all.
+
+With ``--preload``, each generation's app is imported once, in a *mold* (a process forked from
+the master), and the generation's workers are forked from it (see docs/gunicorn.md). A worker
+the reload forks (a *member* of the new generation) comes from that generation's mold; any
+other (a respawn after a crash, ``max_requests``, a heartbeat kill, TTIN) from the mold of the
+generation that serves: the code it runs is the code being served, whatever is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK
+
+
+def pick(
+    age: int,
+    members: range,
+    newest: int,
+    molds: Collection[int],
+    verdicts: Mapping[int, str | None],
+) -> int | None:
+    """The generation whose mold forks the worker of gunicorn's *age*, or ``None`` (no mold
+    can: gunicorn forks it from the master, and it imports the app itself).
+
+    *members*: the ages of the newest generation's members; *molds*: the generations whose
+    mold is ready; *verdicts*: each generation's verdict (``None`` while it starts).
+    """
+    if age in members:
+        return newest if newest in molds else None
+    promoted = [gen for gen in molds if verdicts.get(gen) == PROMOTED]
+    if promoted:
+        return max(promoted)
+    starting = [gen for gen in molds if verdicts.get(gen) is None]
+    return max(starting, default=None)
+
+
+def to_retire(molds: Iterable[int], verdicts: Mapping[int, str | None]) -> list[int]:
+    """The molds no worker will come from any more: those of generations rolled back, and
+    those older than the newest promoted generation (its mold serves the respawns)."""
+    molds = sorted(molds)
+    promoted = [gen for gen in molds if verdicts.get(gen) == PROMOTED]
+    serving = max(promoted, default=0)
+    return [gen for gen in molds if gen < serving or verdicts.get(gen) == ROLLED_BACK]
+
+
+def unsafe(threads: Sequence[str], native_threads: int, sockets: Sequence[str]) -> str:
+    """Why forking workers from this mold would not be safe ("" if it is): a thread alive
+    after the import (a fork copies only the calling thread: locks its others hold stay held
+    in every worker), or a socket opened at import (a database or cache connection that every
+    worker would share). *threads*: the names of the other Python threads; *native_threads*:
+    threads the ``threading`` module does not know; *sockets*: what each new socket is."""
+    if threads:
+        more = f" and {len(threads) - 2} more" if len(threads) > 2 else ""
+        names = ", ".join(repr(name) for name in threads[:2])
+        return f"the import started a thread ({names}{more})"
+    if native_threads > 0:
+        return "the import started a thread from C (not one of Python's threads)"
+    if sockets:
+        return f"the import opened a socket and kept it open ({sockets[0]})"
+    return ""
+
+
+#: The variable that turns the molds off (``GRACE_MOLDS=off``: gunicorn's own ``--preload``).
+MOLDS_VAR = "GRACE_MOLDS"
+_ON, _OFF = ("on", "1", "yes", "true"), ("off", "0", "no", "false")
+
+
+def molds_wanted(value: str | None) -> bool:
+    """Whether ``--preload`` makes molds, from ``GRACE_MOLDS`` (unset: yes).
+
+    :raises ValueError: one line, for a value that is neither on nor off.
+    """
+    if value is None or value.strip().lower() in ("", *_ON):
+        return True
+    if value.strip().lower() in _OFF:
+        return False
+    raise ValueError(
+        f"{MOLDS_VAR}={value!r} is neither on nor off. Set it to off for gunicorn's own"
+        " --preload (the app imported in the master, HUP keeps the old code), or unset it."
+    )

@@ -1,0 +1,135 @@
+"""A mold's import of the app and its ready check: bounded, and every failure is a reason.
+
+The import is gunicorn's ``--preload`` import (``app.wsgi()``), bounded by gunicorn's
+``timeout`` with ``SIGALRM`` (a watchdog thread would make the mold unsafe to fork). An exit the
+app asks for (``sys.exit(N)``, ``os._exit(N)`` from Python) is a load failure, as in a worker
+(:func:`~grace_plugins.gunicorn.boot.exits_are_failures`): the master rolls the generation back
+and never sees the status. Each failure is logged here once, with its traceback, and with
+``--reload`` what the import tried goes to the master's watcher (the fix is heard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, NoReturn
+
+from grace_plugins.gunicorn.boot import exits_are_failures, log_not_loaded, ready_path
+from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.loaded import tried_spec
+from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
+from grace_plugins.watchspec import is_glob
+
+
+class Startup:
+    """One mold's import (:meth:`load`) and ready check (:meth:`check`)."""
+
+    def __init__(
+        self, arbiter: Any, gen: int, since: float, fail: Callable[[str], NoReturn]
+    ) -> None:
+        """*fail*: called with the reason when the mold must leave at once (a hang, an
+        ``os._exit``); it answers the master and does not return."""
+        self.arbiter = arbiter
+        self.gen = gen
+        self.since = since
+        self.fail = fail
+        self.log = arbiter.log
+        self.began = time.monotonic()
+        self.app: Any = None
+        #: what the sockets open before the import are (those opened by it make it unsafe)
+        self.sockets_before = set(open_sockets().values())
+
+    def load(self, deadline: float) -> str | None:
+        """Import the app; the reason it failed, or None."""
+        signal.signal(signal.SIGALRM, self._too_late)
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.01))
+        try:
+            with exits_are_failures(self._exit_while_loading):
+                self.app = self.arbiter.app.wsgi()
+        except Exception as exc:  # AppExited (sys.exit) included
+            reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            return self._failed(reason, exc)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        return None
+
+    def check(self, environ: Mapping[str, str], deadline: float) -> str | None:
+        """With ``GRACE_READY_PATH``: GET it from the app in-process (as each worker does
+        too; here it also warms the mold); the reason it failed, or None."""
+        try:
+            path = ready_path(environ)
+        except RuntimeError as exc:
+            return self._failed(str(exc))
+        if path is None:
+            return None
+        listener = self.arbiter.LISTENERS[0]
+        host, port = host_and_port(getattr(listener, "sock", listener))
+        timeout = time_for_check(deadline, time.monotonic())
+        scheme = "https" if self.arbiter.cfg.is_ssl else "http"
+        try:
+            check_ready(self.app, path, host=host, port=port, timeout=timeout, scheme=scheme)
+        except NotReady as exc:
+            return self._failed(str(exc))
+        return None
+
+    # -- failures ---------------------------------------------------------------------------------
+    def _failed(self, reason: str, exc: BaseException | None = None, where: str = "") -> str:
+        if self.gen > 1:
+            log_not_loaded(self.log, self.gen, reason, exc, where)
+        else:
+            self.log.error(
+                "grace_plugins: the app does not load in the mold (%s)%s",
+                reason,
+                f"\n{where.rstrip()}" if where else "",
+                exc_info=exc,
+            )
+        self._report_tried(exc)
+        return reason
+
+    def _exit_while_loading(self, reason: str, where: str) -> NoReturn:
+        self.fail(self._failed(reason, where=where))
+
+    def _too_late(self, sig: int, frame: FrameType | None) -> None:
+        """``SIGALRM``: the import hangs. Say where, then fail (the master kills a mold that
+        hangs where no signal handler runs, in C)."""
+        timeout = self.arbiter.cfg.timeout
+        where = "".join(traceback.format_stack(frame)).rstrip() if frame else "(unknown)"
+        reason = f"not ready after {timeout:g} s (does the app hang at import?)"
+        self.log.error(
+            "grace_plugins: mold %s (generation %s) %s; it was at:\n%s",
+            os.getpid(),
+            self.gen,
+            reason,
+            where,
+        )
+        self._report_tried(None)
+        self.fail(reason)
+
+    def _report_tried(self, exc: BaseException | None) -> None:
+        """With ``--reload``: what the import tried, for the master's watcher."""
+        cfg = self.arbiter.cfg
+        if not cfg.reload:
+            return
+        extra = [name for name in cfg.reload_extra_files or () if not is_glob(name)]
+        with contextlib.suppress(Exception):
+            spec = tried_spec(exc, self.since, extra_files=extra)
+            if MASTER.store is not None:
+                MASTER.store.record_spec(self.gen, "mold", spec.encode())
+
+
+def open_sockets() -> dict[int, str]:
+    """This process's socket fds and what each is (``socket:[inode]``); Linux only."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                what = os.readlink(f"/proc/self/fd/{name}")
+                if what.startswith("socket:"):
+                    found[int(name)] = what
+    return found

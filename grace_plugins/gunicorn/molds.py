@@ -1,0 +1,304 @@
+"""The master's side of the molds: ``--preload`` that reloads (see docs/gunicorn.md).
+
+Gunicorn's ``--preload`` imports the app in the master and forks the workers from it, so a HUP
+never loads new code. With ``grace_plugins.Worker`` the master never imports the app: each
+generation's app is imported once, in a *mold* (:mod:`grace_plugins.gunicorn.mold`), and its
+workers are forked from it. Gunicorn's master forks every worker itself (``spawn_worker``), so
+on the one arbiter of this process, and only with ``--preload``, :class:`Molds` takes that
+method's place (an attribute of the object; gunicorn's class is not changed). It does what
+gunicorn's does in the master: count the age, build the worker object (its heartbeat file),
+call ``pre_fork``, record ``WORKERS[pid]``; but the fork is the mold's, twice, so that the
+worker is re-parented to the master (a child subreaper) and gunicorn's ``reap_workers`` reaps
+it, its heartbeat, ``timeout``, TTIN/TTOU and ``max_requests`` working as they do. Which mold
+forks which worker, and which molds are retired, are :mod:`~.mold_rules`' (pure).
+
+The master waits for a new mold's answer inside ``spawn_worker`` (as gunicorn's ``reload()``
+waits for its new workers), bounded by ``timeout``; it reaps a mold that failed itself, so
+gunicorn never sees a mold's exit status (3 or 4 would halt it). Retired molds (their
+generation replaced or rolled back) are sent SIGTERM by the master's lookout thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from grace_plugins.gunicorn.master import MASTER, ready_timeout
+from grace_plugins.gunicorn.mold import run_mold
+from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap, verdict_kind
+from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick, to_retire
+from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.verdicts import ROLLED_BACK, Verdict
+from grace_plugins.process import become_subreaper
+from grace_plugins.state import merge_state
+from grace_plugins.wire import Wire
+
+#: How long past gunicorn's ``timeout`` the master waits for a mold's answer before killing it
+#: (the mold's own alarm fires at the timeout, unless the import hangs in C).
+MOLD_SLACK = 2.0
+MOLD, FALLBACK, FAILED = "mold", "each worker imports", "failed"
+
+
+@dataclass
+class Plan:
+    """The generation of the arbiter's current config, and how its workers are made."""
+
+    cfg: Any
+    gen: int
+    members: range  # gunicorn's ages of the workers its reload forks
+    how: str  # MOLD, FALLBACK or FAILED
+
+
+def take_over_preload(frame: FrameType | None) -> None:
+    """Called by the worker class's ``setup()`` (gunicorn loads the class, in the master, each
+    time it loads a config: the start, every HUP), before gunicorn would import the app for
+    ``--preload``: the arbiter found among the callers gets its molds."""
+    from gunicorn.arbiter import Arbiter
+
+    for _ in range(4):
+        if frame is None:
+            return
+        arbiter = frame.f_locals.get("self")
+        if isinstance(arbiter, Arbiter):
+            molds = MASTER.molds
+            if not isinstance(molds, Molds) or molds.arbiter is not arbiter:
+                molds = Molds(arbiter)
+            molds.configure(arbiter.cfg)
+            return
+        frame = frame.f_back
+
+
+class Molds:
+    """The molds of one arbiter, and the ``spawn_worker`` that forks from them."""
+
+    def __init__(self, arbiter: Any) -> None:
+        self.arbiter = arbiter
+        self.log = arbiter.log
+        self.preload_cfg: Any = None
+        self.plan: Plan | None = None
+        self.handles: dict[int, MoldHandle] = {}
+        self.subreaper: bool | None = None
+        # shared with the lookout thread (which retires molds)
+        self._lock = threading.Lock()
+        self._pids: dict[int, int] = {}
+        self._retired: set[int] = set()
+        self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
+        self._dirty = False
+
+    def configure(self, cfg: Any) -> None:
+        """A config was loaded: with ``--preload``, the master does not import the app (the
+        molds do) and forks workers here."""
+        if not cfg.preload_app or not _wanted(cfg, self.log):
+            self.preload_cfg = None
+            return
+        cfg.set("preload_app", False)  # in the master only: gunicorn must not import the app
+        self.preload_cfg = cfg
+        if self.subreaper is None:
+            self.subreaper = become_subreaper()
+        self.arbiter.spawn_worker = self.spawn_worker
+        MASTER.molds = self
+
+    # -- spawning (the master's main thread) -------------------------------------------------------
+    def spawn_worker(self) -> int | None:
+        """``Arbiter.spawn_worker`` for ``--preload``: fork the next worker from a mold."""
+        cfg = self.arbiter.cfg
+        if cfg is not self.preload_cfg:
+            return self._gunicorn_spawn()
+        self._prune()
+        age = self.arbiter.worker_age + 1
+        plan = self.plan
+        if plan is None or plan.cfg is not cfg:
+            plan = self.plan = self._new_plan(cfg, age)
+        if age in plan.members and plan.how == FAILED:
+            return None  # rolled back: the reload forks no worker
+        store = MASTER.store
+        while True:
+            verdicts = {gen: verdict_kind(store, gen) for gen in self.handles}
+            gen = pick(age, plan.members, plan.gen, set(self.handles), verdicts)
+            if gen is None:
+                return self._gunicorn_spawn()
+            handle = self.handles[gen]
+            if not handle.gone():
+                return self._fork_from(handle, plan)
+            self.log.warning(
+                "grace_plugins: mold %s (generation %s) is gone; the next worker comes from"
+                " another mold, or imports the app itself",
+                handle.pid,
+                gen,
+            )
+            self._drop(handle)
+
+    def _gunicorn_spawn(self) -> int | None:
+        """gunicorn's own ``spawn_worker``: forked from the master, the worker imports."""
+        pid: int | None = type(self.arbiter).spawn_worker(self.arbiter)
+        return pid
+
+    def _new_plan(self, cfg: Any, age: int) -> Plan:
+        gen, store = MASTER.generation_for(cfg, self.log, age)
+        plan = Plan(cfg, gen, range(age, age + cfg.workers), FALLBACK)
+        if not self.subreaper:
+            self.log.warning(
+                "grace_plugins: --preload: this system cannot make the master the parent of"
+                " workers forked by another process (Linux's PR_SET_CHILD_SUBREAPER), so each"
+                " worker imports the app itself (HUP still loads new code)"
+            )
+            return plan
+        plan.how = self._start_mold(plan, store)
+        return plan
+
+    def _start_mold(self, plan: Plan, store: RecordStore) -> str:
+        """Fork the mold of *plan*'s generation and wait for its answer (bounded)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        others = [handle.wire.sock.fileno() for handle in self.handles.values()]
+        since = time.time()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush(), sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            run_mold(self.arbiter, plan.gen, child, since, others)
+            os._exit(0)  # never back into the master's frames (a worker leaves by SystemExit)
+        child.close()
+        wire = Wire(parent)
+        timeout = ready_timeout(plan.cfg)
+        deadline = time.monotonic() + timeout + MOLD_SLACK
+        answer, why = first_answer(wire, store, deadline, timeout)
+        if "ready" in answer:
+            handle = MoldHandle(plan.gen, pid, wire, time.time())
+            self.handles[plan.gen] = handle
+            with self._lock:
+                self._pids[plan.gen] = pid
+            self._note_state()
+            return MOLD
+        parent.close()
+        status = reap(pid, kill=not answer)
+        if "unsafe" in answer:
+            self.log.warning(
+                "grace_plugins: generation %s: --preload cannot share the app between the"
+                " workers: %s; each worker imports the app itself",
+                plan.gen,
+                answer["unsafe"],
+            )
+            return FALLBACK
+        if why == "stopping":
+            return FAILED  # the stop ended it, not the new code: no verdict
+        reason = answer.get("failed") or f"{why} ({status})"
+        self._roll_back(plan.gen, store, f"the mold (pid {pid}): {reason}")
+        return FAILED
+
+    def _roll_back(self, gen: int, store: RecordStore, reason: str) -> None:
+        if gen < 2 and not store.ever_ready():
+            from gunicorn.errors import HaltServer
+
+            raise HaltServer("App failed to load.", self.arbiter.APP_LOAD_ERROR)
+        if store.record_verdict(gen, Verdict(ROLLED_BACK, reason), by_master=True):
+            self.log.error(
+                "grace_plugins: generation %s rolled back (%s); the previous workers keep serving",
+                gen,
+                reason,
+            )
+
+    def _fork_from(self, handle: MoldHandle, plan: Plan) -> int | None:
+        """What gunicorn's ``spawn_worker`` does in the master, with the mold's fork."""
+        arbiter = self.arbiter
+        arbiter.worker_age += 1
+        age = arbiter.worker_age
+        worker = arbiter.worker_class(
+            age, arbiter.pid, arbiter.LISTENERS, arbiter.app, arbiter.timeout / 2.0, arbiter.cfg,
+            arbiter.log,
+        )  # fmt: skip
+        arbiter.cfg.pre_fork(arbiter, worker)
+        pid = handle.fork(age, worker.tmp.fileno())
+        if pid is None:
+            worker.tmp.close()
+            self.log.error(
+                "grace_plugins: mold %s (generation %s) did not fork a worker",
+                handle.pid,
+                handle.gen,
+            )
+            self._drop(handle)
+            if age in plan.members and handle.gen == plan.gen and MASTER.store is not None:
+                reason = f"the mold (pid {handle.pid}) exited while forking its workers"
+                self._roll_back(plan.gen, MASTER.store, reason)
+            return None
+        worker.pid = pid
+        arbiter.WORKERS[pid] = worker
+        stats = getattr(arbiter, "_stats", None)  # gunicorn >= 25: the control socket's
+        if isinstance(stats, dict) and "workers_spawned" in stats:
+            stats["workers_spawned"] += 1
+        handle.workers = [p for p in handle.workers if p in arbiter.WORKERS] + [pid]
+        self._note_state()
+        return pid
+
+    def _prune(self) -> None:
+        """Forget the molds the lookout retired (their sockets close here, on this thread)."""
+        with self._lock:
+            retired = set(self._retired)
+        for gen in retired & set(self.handles):
+            self._drop(self.handles[gen])
+
+    def _drop(self, handle: MoldHandle) -> None:
+        with contextlib.suppress(OSError):
+            handle.wire.sock.close()
+        self.handles.pop(handle.gen, None)
+        with self._lock:
+            self._pids.pop(handle.gen, None)
+            self._retired.discard(handle.gen)
+        with contextlib.suppress(OSError):
+            os.kill(handle.pid, signal.SIGTERM)
+        self._note_state()
+
+    # -- retiring (the master's lookout thread) ----------------------------------------------------
+    def retire(self, store: RecordStore) -> None:
+        """SIGTERM the molds no worker will come from any more (see ``to_retire``)."""
+        with self._lock:
+            pids = dict(self._pids)
+            done = set(self._retired)
+        verdicts = {gen: verdict_kind(store, gen) for gen in pids}
+        for gen in to_retire(pids, verdicts):
+            if gen in done:
+                continue
+            with self._lock:
+                self._retired.add(gen)
+            with contextlib.suppress(OSError):
+                os.kill(pids[gen], signal.SIGTERM)
+            self.log.info(
+                "grace_plugins: mold %s (generation %s) retired: no worker comes from it any more",
+                pids[gen],
+                gen,
+            )
+        self._write_state(bool(to_retire(pids, verdicts)))
+
+    def _note_state(self) -> None:
+        """The molds changed (main thread): the lookout thread writes them to the state file
+        (its only writer in the master: merges from two threads could lose a field)."""
+        with self._lock:
+            self._snapshot = [handle.as_state() for handle in list(self.handles.values())]
+            self._dirty = True
+
+    def _write_state(self, changed: bool) -> None:
+        """The molds alive, for ``grace-plugins status`` (the master's state file)."""
+        with self._lock:
+            if not (changed or self._dirty) or MASTER.pid is None:
+                return
+            self._dirty = False
+            molds = [m for m in self._snapshot if m["generation"] not in self._retired]
+        merge_state(MASTER.pid, molds=molds)
+
+
+def _wanted(cfg: Any, log: Any) -> bool:
+    """``GRACE_MOLDS`` (gunicorn's ``raw_env`` first: it is not in the environment yet when
+    the config loads). A bad value was refused at start; on a HUP it is said, and molds stay."""
+    try:
+        return molds_wanted(cfg.env.get(MOLDS_VAR, os.environ.get(MOLDS_VAR)))
+    except ValueError as exc:
+        log.error("grace_plugins: %s", exc)
+        return True

@@ -1,0 +1,276 @@
+"""``gunicorn -k grace_plugins.Worker --preload``: each generation's app is imported once, in a
+mold (not the master), its workers are forked from it, and every HUP loads new code; gunicorn's
+own bookkeeping (respawns, ``max_requests``, TTIN/TTOU, the heartbeat's ``timeout``) keeps
+working, broken code is rolled back, and what makes sharing unsafe falls back to each worker
+importing for itself (the rules behind it: tests/unit/test_gunicorn_mold_rules.py).
+
+The code under upgrade appends ``PID VERSION`` to ``imports.log`` each time a process imports
+it: what tells an import from a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from tests.harness import Load, grace_cli, http_get, wait_until, zombies
+from tests.harness.gunicorn import (
+    BROKEN,
+    BROKEN_TIMEOUT,
+    Gunicorn,
+    assert_clean,
+    start_gunicorn,
+    write_code,
+)
+from tests.harness.procfs import gone_or_zombie, stat
+
+pytest.importorskip("gunicorn")
+
+IMPORTED_ONCE = r"generation (\d+): the app is imported once, in mold (\d+)"
+
+
+def counted(v: str, extra: str = "") -> str:
+    """``appcode.py`` at version *v*: each import appends ``PID VERSION`` to imports.log."""
+    return (
+        f"VERSION = {v!r}\nimport os\n"
+        "with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imports.log'),"
+        " 'a') as _log:\n"
+        "    _log.write(f'{os.getpid()} {VERSION}\\n')\n"
+        f"{extra}"
+    )
+
+
+def imports(tmp_path) -> list[tuple[int, str]]:
+    """Each import of the code so far: (pid, version)."""
+    try:
+        text = (tmp_path / "imports.log").read_text()
+    except FileNotFoundError:
+        return []
+    return [(int(pid), v) for pid, v in (line.split() for line in text.splitlines())]
+
+
+def start(start_server, tmp_path, *extra: str, **settings) -> Gunicorn:
+    code = counted("v1")
+    return start_gunicorn(start_server, tmp_path, "--preload", *extra, code=code, **settings)
+
+
+def hup_to(server: Gunicorn, tmp_path, gen: int, code: str | None = None) -> list[int]:
+    """Write ``v{gen}`` (or *code*), HUP, wait for generation *gen*; the new workers."""
+    write_code(tmp_path, code if code is not None else counted(f"v{gen}"))
+    return server.hup(gen)
+
+
+def mold_of(server: Gunicorn, gen: int, after: int = 0) -> int:
+    for found in re.finditer(IMPORTED_ONCE, server.output(after)):
+        if int(found.group(1)) == gen:
+            return int(found.group(2))
+    raise AssertionError(f"no mold for generation {gen}:\n{server.output(after)}")
+
+
+def wait_respawned(server: Gunicorn, victim: int) -> None:
+    def respawned() -> bool:
+        workers = server.workers()
+        return victim not in workers and len(workers) == 2
+
+    wait_until(respawned, 20, f"a worker in place of {victim}")
+
+
+def assert_children_of_master(server: Gunicorn, pids: list[int]) -> None:
+    for pid in pids:
+        found = stat(pid)
+        assert found is not None and found.ppid == server.pid, (pid, found)
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_hup_loads_new_code_imported_once_per_generation(start_server, tmp_path):
+    server = start(start_server, tmp_path)
+    first = imports(tmp_path)
+    assert len(first) == 1 and first[0][0] not in (server.pid, *server.workers()), first
+    assert first[0][0] == mold_of(server, 1)
+    assert_children_of_master(server, server.workers())  # forked twice: the master reaps them
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
+        for gen in (2, 3, 4):
+            new = hup_to(server, tmp_path, gen)
+            resp = http_get(server.port)
+            assert (resp.version, resp.pid in new) == (f"v{gen}", True), resp
+            assert_children_of_master(server, new)
+        report = load.stop()
+    assert_clean(report)
+    assert {"v2", "v3", "v4"} <= report.versions, report.versions
+    # one import per generation, each in its mold; never in the master nor in a worker
+    assert [v for _, v in imports(tmp_path)] == ["v1", "v2", "v3", "v4"]
+    assert [pid for pid, _ in imports(tmp_path)] == [mold_of(server, gen) for gen in (1, 2, 3, 4)]
+    # the replaced generations' molds are gone, and reaped
+    for gen in (1, 2, 3):
+        wait_until(lambda g=gen: gone_or_zombie(mold_of(server, g)), 10, f"mold {gen} to exit")
+    wait_until(lambda: not zombies(server.pid), 10, "no zombies")
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_respawns_come_from_the_current_mold(start_server, tmp_path):
+    server = start(start_server, tmp_path)
+    hup_to(server, tmp_path, 2)
+    count = len(imports(tmp_path))
+    victim = server.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_respawned(server, victim)
+    os.kill(server.pid, signal.SIGTTIN)
+    server.wait_until_workers(3, 20)
+    assert_children_of_master(server, server.workers())
+    for _ in range(6):  # every worker serves the current code, none imported it
+        assert http_get(server.port).version == "v2"
+    os.kill(server.pid, signal.SIGTTOU)
+    server.wait_until_workers(2, 20)
+    assert len(imports(tmp_path)) == count, imports(tmp_path)
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_max_requests(start_server, tmp_path):
+    server = start(start_server, tmp_path, "--max-requests", "5", "--max-requests-jitter", "0")
+    hup_to(server, tmp_path, 2)
+    count, mark = len(imports(tmp_path)), server.mark()
+    with Load(server.port, fresh=2, keepalive=1) as load:
+        wait_until(
+            lambda: len(re.findall(r"Booting worker", server.output(mark))) >= 4, 30, "4 restarts"
+        )
+        report = load.stop()
+    assert_clean(report, slow=False)
+    assert report.versions == {"v2"}, report.versions
+    assert len(imports(tmp_path)) == count, imports(tmp_path)
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_mold_killed(start_server, tmp_path):
+    server = start(start_server, tmp_path)
+    mold = mold_of(server, 1)
+    os.kill(mold, signal.SIGKILL)
+    wait_until(lambda: gone_or_zombie(mold), 10, "the mold to die")
+    victim, mark = server.workers()[0], server.mark()
+    os.kill(victim, signal.SIGKILL)  # no mold to fork from: the respawn imports for itself
+    server.wait_for(rf"mold {mold} \(generation 1\) is gone", 20, after=mark)
+    wait_respawned(server, victim)
+    wait_until(lambda: len(imports(tmp_path)) == 2, 20, "the respawn to import")
+    assert [v for _, v in imports(tmp_path)] == ["v1", "v1"]
+    with Load(server.port, fresh=2, keepalive=2) as load:
+        new = hup_to(server, tmp_path, 2)  # a new mold for the new generation
+        report = load.stop()
+    assert_clean(report, slow=False)
+    assert http_get(server.port).version == "v2"
+    assert imports(tmp_path)[-1] == (mold_of(server, 2), "v2")
+    assert_children_of_master(server, new)
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "kind", ["syntax error", "sys.exit(3)", "os._exit(4)", "exception", "hang", "os.abort()"]
+)
+def test_gunicorn_preload_broken_code_rolled_back(start_server, tmp_path, kind):
+    server = start(start_server, tmp_path, timeout=BROKEN_TIMEOUT)
+    with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
+        mark = server.broken_hup_then_fix(tmp_path, BROKEN[kind], 2)
+        report = load.stop()
+    assert_clean(report)
+    out = server.output(mark)
+    broken = out[: out.index("generation 2 rolled back")]
+    assert "Booting worker" not in broken, broken  # no worker was forked from the broken mold
+    assert "the new code does not load" in out or kind in ("hang", "os.abort()"), out
+    assert http_get(server.port).version == "v3"
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_ready_check_failure_rolled_back(start_server, tmp_path):
+    env = {"GRACE_READY_PATH": "/"}
+    server = start(start_server, tmp_path, timeout=BROKEN_TIMEOUT, env=env)
+    failing = "def status(environ):\n    raise RuntimeError('broken at request time')\n"
+    with Load(server.port, fresh=2, keepalive=2) as load:
+        server.broken_hup_then_fix(tmp_path, counted("v2", failing), 2)
+        report = load.stop()
+    assert_clean(report, slow=False)
+    assert "broken at request time" in server.output()
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_thread_at_import_falls_back(start_server, tmp_path):
+    server = start(start_server, tmp_path)
+    threaded = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,),"
+    threaded += " name='started-at-import', daemon=True).start()\n"
+    mark = server.mark()
+    new = hup_to(server, tmp_path, 2, counted("v2", threaded))
+    out = server.output(mark)
+    assert len(re.findall(r"cannot share the app between the workers", out)) == 1, out
+    assert "the import started a thread ('started-at-import')" in out
+    assert http_get(server.port).version == "v2"
+    # each worker imported for itself (and the mold that refused, once)
+    v2 = [pid for pid, v in imports(tmp_path) if v == "v2"]
+    assert len(v2) == 3 and set(new) <= set(v2), (v2, new)
+    hup_to(server, tmp_path, 3)  # code without the thread: a mold again
+    assert imports(tmp_path)[-1] == (mold_of(server, 3), "v3")
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_timeout_kills_a_stuck_worker(start_server, tmp_path):
+    server = start(start_server, tmp_path, timeout=3)
+    stuck, healthy = server.workers()
+    mark = server.mark()
+    os.kill(stuck, signal.SIGSTOP)  # no heartbeat from it any more
+    try:
+        server.wait_for(rf"WORKER TIMEOUT \(pid:{stuck}\)", 30, after=mark)
+        wait_until(lambda: stuck not in server.workers(), 20, "the stuck worker to be killed")
+    finally:
+        if not gone_or_zombie(stuck):
+            os.kill(stuck, signal.SIGCONT)
+    server.wait_until_workers(2, 20)
+    assert healthy in server.workers()  # its heartbeat reaches the master: never timed out
+    timed_out = re.findall(r"WORKER TIMEOUT \(pid:(\d+)\)", server.output(mark))
+    assert set(timed_out) == {str(stuck)}, server.output(mark)
+    assert http_get(server.port).version == "v1"
+    assert len(imports(tmp_path)) == 1  # the replacement came from the mold
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_gunicorn_preload_broken_at_first_start_stops_the_master(start_server, tmp_path):
+    code = counted("v1", "raise RuntimeError('broken from the start')\n")
+    server = start_gunicorn(start_server, tmp_path, "--preload", code=code, ready=False)
+    assert server.proc.wait(30) != 0
+    out = server.output()
+    assert "App failed to load" in out and "broken from the start" in out, out
+    assert "Booting worker" not in out
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, tmp_path):
+    server = start(start_server, tmp_path, timeout=BROKEN_TIMEOUT)
+    master = str(server.pid)
+
+    def mold_line() -> str:
+        shown = grace_cli("status", "--pid", master)
+        assert shown.returncode == 0, shown.stderr
+        return next((ln for ln in shown.stdout.splitlines() if ln.startswith("mold:")), "")
+
+    def workers_listed(line: str) -> set[int]:
+        return {int(pid) for pid in re.findall(r"\d+", line.split("forked from it:")[1])}
+
+    line = wait_until(mold_line, 10, "the mold in the status")
+    assert f"generation 1 (pid {mold_of(server, 1)})" in line
+    assert workers_listed(line) == set(server.workers())
+    write_code(tmp_path, counted("v2"))
+    good = grace_cli("reload", "--pid", master, "--timeout", "40")
+    assert good.returncode == 0 and good.stdout.startswith("upgraded: generation 2"), good
+    wait_until(lambda: f"generation 2 (pid {mold_of(server, 2)})" in mold_line(), 10, "mold 2")
+    write_code(tmp_path, BROKEN["exception"])
+    bad = grace_cli("reload", "--pid", master, "--timeout", "40")
+    assert bad.returncode == 1 and bad.stderr.startswith("rolled back: generation 3"), bad
+    line = mold_line()
+    assert "generation 2" in line and workers_listed(line) == set(server.workers())
+    assert server.stop() == 0

@@ -1,0 +1,103 @@
+"""When a HUP reaches gunicorn's reload: the gunicorn master's coalescing rule as a table (pure,
+no process started), and a storm replayed through it."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
+
+from grace_plugins.gunicorn.hup_gate import HupGate, Newest  # noqa: E402
+
+INTERVAL, LIMIT = 1.0, 10.0
+#: generation 2 decided; generation 3 starting until t=50 (its ready timeout)
+DECIDED = Newest(2, True, 40.0)
+STARTING = Newest(3, False, 50.0)
+
+
+def gate(handed_at: float | None = None, after: int = 2, follow_up: bool = False) -> HupGate:
+    return HupGate(INTERVAL, LIMIT, handed_at, after, follow_up)
+
+
+# (case, gate before, now, newest) -> (handed over now?, follow-up held after)
+HUPS = [
+    ("nothing starting, no recent start: handed over",
+     gate(), 20.0, DECIDED, True, False),
+    ("the newest generation has no verdict: held",
+     gate(), 20.0, STARTING, False, True),
+    ("the newest undecided past its ready timeout: no longer starting",
+     gate(), 51.0, STARTING, True, False),
+    ("the last HUP handed over opened no generation yet: held",
+     gate(handed_at=19.5), 20.0, DECIDED, False, True),
+    ("the last HUP handed over opened none within the limit: handed over",
+     gate(handed_at=5.0), 20.0, DECIDED, True, False),
+    ("a start less than the interval ago, its generation decided: held",
+     gate(handed_at=19.5, after=1), 20.0, DECIDED, False, True),
+    ("a start the interval ago, its generation decided: handed over",
+     gate(handed_at=19.0, after=1), 20.0, DECIDED, True, False),
+    ("a follow-up already held: joined, never handed over ahead of it",
+     gate(follow_up=True), 20.0, DECIDED, False, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "newest", "handed", "held"),
+    [case[1:] for case in HUPS],
+    ids=[case[0] for case in HUPS],
+)
+def test_a_hup(before, now, newest, handed, held):
+    assert before.hup(now, newest) is handed
+    assert before.follow_up is held
+    if handed:
+        assert (before.handed_at, before.handed_after) == (now, newest.number)
+
+
+# (case, gate before, now, newest) -> the follow-up goes now?
+FOLLOW_UPS = [
+    ("none held", gate(handed_at=1.0, after=1), 20.0, DECIDED, False),
+    ("held, its generation still starting", gate(1.0, 2, True), 20.0, STARTING, False),
+    ("held, decided, the interval passed", gate(18.0, 1, True), 20.0, DECIDED, True),
+    ("held, decided, within the interval", gate(19.5, 1, True), 20.0, DECIDED, False),
+    ("held, the HUP handed over opened nothing yet", gate(19.0, 2, True), 20.0, DECIDED, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "newest", "goes"),
+    [case[1:] for case in FOLLOW_UPS],
+    ids=[case[0] for case in FOLLOW_UPS],
+)
+def test_the_follow_up(before, now, newest, goes):
+    assert before.due(now, newest) is goes
+    assert before.follow_up is (not goes and before.follow_up)
+    if goes:
+        assert before.handed_at == now
+
+
+def test_a_storm_is_two_reloads_and_the_last_hup_is_served_after_it():
+    """20 HUPs within a second while each generation takes 0.7 s to be decided: the first is
+    handed over, the other 19 are one follow-up, handed over once the first generation is
+    decided and the interval has passed: after the last HUP of the storm."""
+    rules = HupGate(INTERVAL, LIMIT)
+    newest = Newest(1, True, 0.0)
+    handed: list[float] = []
+
+    def step(now: float, hup: bool) -> None:
+        nonlocal newest
+        if handed and newest.number == len(handed) and now >= handed[-1] + 0.05:
+            newest = Newest(len(handed) + 1, False, now + 30)  # gunicorn opened it
+        if handed and not newest.decided and now >= handed[-1] + 0.7:
+            newest = Newest(newest.number, True, newest.until)
+        if (hup and rules.hup(now, newest)) or rules.due(now, newest):
+            handed.append(now)
+
+    for tick in range(300):  # 3 s in 10 ms steps; a HUP every 50 ms during the first second
+        step(tick / 100, hup=tick % 5 == 0 and tick < 100)
+    assert len(handed) == 2
+    assert handed[0] == 0.0 and handed[1] >= 0.95  # after the storm's last HUP (t=0.95)
+
+
+def test_dropped_when_the_master_stops():
+    rules = gate(follow_up=True)
+    rules.drop()
+    assert not rules.due(30.0, DECIDED)

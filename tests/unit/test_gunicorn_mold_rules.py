@@ -1,0 +1,85 @@
+"""The molds' rules (pure, no process started): which mold forks a worker, which molds are
+retired, what makes forking unsafe, and the ``GRACE_MOLDS`` switch."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
+
+from grace_plugins.gunicorn.mold_rules import molds_wanted, pick, to_retire, unsafe  # noqa: E402
+from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK  # noqa: E402
+
+MEMBERS = range(11, 13)  # generation 3's workers: ages 11 and 12
+
+# (case, age, newest, molds, verdicts) -> the generation whose mold forks it
+PICKS = [
+    ("a member of the newest generation: its mold",
+     11, 3, {2, 3}, {2: PROMOTED, 3: None}, 3),
+    ("a member whose mold is not there (gone, unsafe): it imports for itself",
+     12, 3, {2}, {2: PROMOTED, 3: None}, None),
+    ("a respawn while the newest starts: the serving generation's mold",
+     13, 3, {2, 3}, {2: PROMOTED, 3: None}, 2),
+    ("a respawn once the newest is promoted: the newest's mold",
+     13, 3, {2, 3}, {2: PROMOTED, 3: PROMOTED}, 3),
+    ("a respawn after a rollback: the promoted generation's, never the rolled-back one's",
+     13, 3, {2, 3}, {2: PROMOTED, 3: ROLLED_BACK}, 2),
+    ("the first generation, before its verdict: its mold",
+     5, 1, {1}, {1: None}, 1),
+    ("no mold at all: it imports for itself",
+     13, 3, set(), {}, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("age", "newest", "molds", "verdicts", "expected"),
+    [case[1:] for case in PICKS],
+    ids=[case[0] for case in PICKS],
+)
+def test_pick(age, newest, molds, verdicts, expected):
+    assert pick(age, MEMBERS, newest, molds, verdicts) == expected
+
+
+RETIRES = [
+    ("one generation serving: kept", {1: 10}, {1: PROMOTED}, []),
+    ("a new one starting: both kept (the old one serves the respawns)",
+     {1: 10, 2: 20}, {1: PROMOTED, 2: None}, []),
+    ("the new one promoted: the old one retired", {1: 10, 2: 20}, {1: PROMOTED, 2: PROMOTED}, [1]),
+    ("the new one rolled back: it is retired", {1: 10, 2: 20}, {1: PROMOTED, 2: ROLLED_BACK}, [2]),
+    ("two behind the promoted one: both retired",
+     {1: 10, 2: 20, 3: 30}, {1: PROMOTED, 2: ROLLED_BACK, 3: PROMOTED}, [1, 2]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("molds", "verdicts", "expected"),
+    [case[1:] for case in RETIRES],
+    ids=[case[0] for case in RETIRES],
+)
+def test_to_retire(molds, verdicts, expected):
+    assert to_retire(molds, verdicts) == expected
+
+
+def test_unsafe_names_the_cause():
+    assert unsafe([], 0, []) == ""
+    assert unsafe(["apm"], 0, []) == "the import started a thread ('apm')"
+    many = unsafe(["a", "b", "c", "d"], 0, [])
+    assert many == "the import started a thread ('a', 'b' and 2 more)"
+    assert "from C" in unsafe([], 1, [])
+    assert "opened a socket" in unsafe([], 0, ["fd 7: socket:[1234]"])
+    assert "thread" in unsafe(["apm"], 1, ["fd 7: socket:[1234]"])  # the first cause only
+
+
+@pytest.mark.parametrize("value", [None, "", "on", "1", "ON", " yes "])
+def test_molds_on_by_default(value):
+    assert molds_wanted(value) is True
+
+
+@pytest.mark.parametrize("value", ["off", "0", "no", "False"])
+def test_molds_off(value):
+    assert molds_wanted(value) is False
+
+
+def test_a_bad_value_is_one_line_naming_the_fix():
+    with pytest.raises(ValueError, match=r"^GRACE_MOLDS='maybe' is neither on nor off\. .*unset"):
+        molds_wanted("maybe")
