@@ -56,7 +56,10 @@ def test_saves_under_load_good_broken_and_the_fix(start_server, tmp_path):
         report = load.stop()
     assert_clean(report)
     out = server.output()
-    assert out.count("file changed: appcode.py; reloading as on HUP") == 3
+    # a save (rename, then utime) may reach the watcher as two batches on a loaded machine: the
+    # second is held and folds into the next reload (seen once on gunicorn 24.1), never a 5th
+    assert 3 <= out.count("file changed: appcode.py; reloading as on HUP") <= 4
+    assert "generation 5" not in out
     assert GUNICORN_RELOADER not in out
     assert server.proc.poll() is None
     assert server.stop() == 0
