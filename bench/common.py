@@ -218,7 +218,7 @@ class Server(ServerProcess):
         super().__init__(argv, cwd=cwd, full_env=env, log_path=log_path)
         self.seen_pids: set[int] = set()
 
-    def output(self, tail: int = 4000, quiet: bool = False) -> str:  # type: ignore[override]
+    def output(self, tail: int = 4000, quiet: bool = False) -> str:
         """The end of the server's output; *quiet* drops per-request access log lines."""
         text = super().output()
         if quiet:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,6 +23,11 @@ from tests.harness import Load, ServerProcess, wait_until  # noqa: E402
 
 APPS = os.path.join(ROOT, "tests", "apps")
 WORKERS = ("grace_plugins.Worker", "gthread")
+
+
+def _answered(load: Load, count: int) -> Callable[[], bool]:
+    """Whether *load*'s clients have made *count* requests (a wait's condition)."""
+    return lambda: load.report.requests >= count
 
 
 def keepalive_idle(worker: str, hups: int, pause: float) -> tuple[int, int]:
@@ -40,7 +46,7 @@ def keepalive_idle(worker: str, hups: int, pause: float) -> tuple[int, int]:
             with Load(port, fresh=0, keepalive=4, slow=0, keepalive_pause=pause) as load:
                 wait_until(lambda: load.report.requests >= 4, 30, "the first round")
                 for n in range(1, hups + 1):
-                    wait_until(lambda n=n: load.report.requests >= 4 * (n + 1), 20, "a round")
+                    wait_until(_answered(load, 4 * (n + 1)), 20, "a round")
                     os.kill(server.pid, signal.SIGHUP)
                 done = load.report.requests
                 wait_until(lambda: load.report.requests >= done + 4, 20, "a last round")

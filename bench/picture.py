@@ -30,7 +30,7 @@ FAIL = "#d62728"
 Y_MIN, Y_MAX = 0.0005, 20.0  # seconds, log scale
 PANELS = (
     ("`flask hotrun`", "HUP", "grace_plugins: flask hotrun (HUP)"),
-    ("`gunicorn -k gthread`", "HUP", "gunicorn -k gthread (plain HUP)"),
+    ("`gunicorn -k gthread -w 2 --threads 4`", "HUP", "gunicorn -k gthread (plain HUP)"),
 )
 MISSING = "matplotlib not installed: pip install 'grace_plugins[bench]' (or pip install matplotlib)"
 

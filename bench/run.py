@@ -2,11 +2,12 @@
 
 Run it from the repository root, with the ``bench`` extra installed and wrk on the PATH::
 
-    python bench/run.py            # full run, ~6 min on 2 cores: docs/benchmarks.md, upgrade.svg
-    python bench/run.py --quick    # smoke run, under a minute
+    python bench/run.py            # full run, ~22 min on 2 cores: docs/benchmarks.md, upgrade.svg
+    python bench/run.py --quick    # smoke run, ~5 min
     python bench/run.py --only gunicorn --out gunicorn-only.md
+    python bench/run.py --sections saves,memory   # these two; the page keeps the others
 
-Three measurements, each bounded in time (see the modules):
+The measurements, each bounded in time (see the modules):
 
 1. ``throughput.py``: throughput and p50/p99/max latency by wrk, keep-alive and fresh
    connections, each adapter against the server it replaces, in ABAB rounds;
@@ -14,7 +15,11 @@ Three measurements, each bounded in time (see the modules):
 3. ``upgrades.py``: our own client across upgrades (failures by kind, slow requests, cutover,
    stalls), whose flask hotrun and gunicorn gthread rows ``picture.py`` draws;
 4. ``warm.py``: trigger to new code with warm start on and off against the app's cold start
-   and the framework's own reloader, and the memory (RSS, PSS) of each arrangement.
+   and the framework's own reloader, and the memory (RSS, PSS) of each arrangement;
+5. ``saves.py``: save → first answer from the new code, N saves under load, where the time
+   goes, and HUP → new generation of the same server;
+6. ``memory.py``: idle memory (PSS) and CPU of each server's whole process tree, ours against
+   the server it replaces, side by side.
 """
 
 from __future__ import annotations
@@ -28,14 +33,20 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import memory
+import memory_tables
 import picture
 import report
+import saves
+import saves_tables
 import throughput
 import upgrades
 import warm
 import wrk
 import wrk_hups
 from common import ROOT, RunPlan
+
+SECTIONS = ("throughput", "hups", "upgrades", "warm", "saves", "memory")
 
 
 def public_args(argv: list[str]) -> list[str]:
@@ -65,7 +76,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--watchdog", action="store_true", help="let werkzeug's reloader use watchdog (inotify)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"measurements to run, of {', '.join(SECTIONS)} (default all); the page keeps"
+        " the sections of the others as they were",
+    )
+    parser.add_argument("--saves", type=int, help="saves per server (default 20, quick 3)")
+    parser.add_argument("--idle-seconds", type=float, help="idle window (default 60, quick 10)")
+    parser.add_argument("--idle-rounds", type=int, help="idle memory rounds (default 3, quick 1)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections.split(",")) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}: use some of {', '.join(SECTIONS)}")
+    return args
 
 
 def chosen(label: str, group: str, only: str | None) -> bool:
@@ -74,12 +98,16 @@ def chosen(label: str, group: str, only: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    sections = set(args.sections.split(","))
     # A SIGTERM (timeout, CI) unwinds like Ctrl-C, so every server started is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    wrk_path = None if args.no_wrk else wrk.find()
-    if not args.no_wrk and wrk_path is None:
+    uses_wrk = not args.no_wrk and bool(sections & {"throughput", "hups"})
+    wrk_path = wrk.find() if uses_wrk else None
+    if uses_wrk and wrk_path is None:
         print(f"{wrk.HINT} (or run with --no-wrk)", file=sys.stderr)
         return 2
+    if "upgrades" not in sections:
+        args.no_picture = True
     if not args.no_picture:
         try:
             import matplotlib  # noqa: F401
@@ -99,30 +127,51 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     tput, hups = [], []
-    if wrk_path:
-        print("throughput and latency (wrk, ABAB rounds):", flush=True)
+    if wrk_path and "throughput" in sections:
+        _heading(started, "throughput and latency (wrk, ABAB rounds):")
         for group, members in throughput.GROUPS:
             members = [c for c in members if chosen(c.label, group, args.only)]
             if members:
                 tput.append(throughput.run_group(group, members, wrk_path, tput_plan))
-        print("wrk across HUPs:", flush=True)
+    if wrk_path and "hups" in sections:
+        _heading(started, "wrk across HUPs:")
         for c in wrk_hups.contenders():
             if chosen(c.label, "", args.only) and (c.grace or not quick):
                 hups.append(wrk_hups.run_one(c, wrk_path, hup_plan))
-    print("upgrades under load (our client):", flush=True)
     rows = []
-    for delay in (1.0,) if quick else upgrades.IMPORT_DELAYS:
-        for row in upgrades.ROWS:
-            if chosen(row.label, row.group, args.only) and (not quick or picture.drawn(row)):
-                rows.append(upgrades.run_row(row, delay, plan, watchdog=args.watchdog))
+    if "upgrades" in sections:
+        _heading(started, "upgrades under load (our client):")
+        for delay in (1.0,) if quick else upgrades.IMPORT_DELAYS:
+            for row in upgrades.ROWS:
+                if chosen(row.label, row.group, args.only) and (not quick or picture.drawn(row)):
+                    rows.append(upgrades.run_row(row, delay, plan, watchdog=args.watchdog))
 
     warm_results: list[dict] = []
     warm_rounds = 2 if quick else 5
-    print("warm start against cold (bench/warm.py):", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-warm-") as workdir:
-        for kind in ("flask", "django"):
-            if chosen(kind, kind, args.only):
-                warm_results.append(warm.run(kind, warm_rounds, workdir))
+    if "warm" in sections:
+        _heading(started, "warm start against cold (bench/warm.py):")
+        with tempfile.TemporaryDirectory(prefix="bench-warm-") as workdir:
+            for kind in ("flask", "django"):
+                if chosen(kind, kind, args.only):
+                    warm_results.append(warm.run(kind, warm_rounds, workdir))
+
+    save_plan = saves.Plan(saves=max(1, args.saves or (3 if quick else 20)))
+    save_results = []
+    if "saves" in sections:
+        _heading(started, f"save → new code, {save_plan.saves} saves (bench/saves.py):")
+        for save_row in saves.ROWS:
+            if chosen(save_row.label, save_row.key, args.only):
+                save_results.append(saves.run_row(save_row, save_plan))
+
+    idle_plan = memory.Plan(
+        rounds=max(1, args.idle_rounds or (1 if quick else 3)),
+        seconds=args.idle_seconds or (10.0 if quick else 60.0),
+    )
+    idle_plan.keys = [c.key for c in memory.CONTENDERS if chosen(c.label, c.key, args.only)]
+    idle_rounds = []
+    if "memory" in sections and idle_plan.keys:
+        _heading(started, "idle memory and CPU (bench/memory.py):")
+        idle_rounds = memory.run(idle_plan)
 
     drawn = None
     if not args.no_picture:
@@ -146,16 +195,34 @@ def main(argv: list[str] | None = None) -> int:
         picture=drawn,
         warm=warm_results,
         warm_rounds=warm_rounds,
+        sections=sections,
+        saves=save_results,
+        save_plan=save_plan,
+        idle=idle_rounds,
+        idle_plan=idle_plan,
     )
     report.write(args.out, run)
     print(f"wrote {args.out} ({run.seconds:.0f} s)")
-    print("\n".join(throughput.tables(tput) + [""] + upgrades.table(rows)))
+    if tput:
+        print("\n".join(throughput.tables(tput)))
+    if rows:
+        print("\n".join(upgrades.table(rows)))
     if warm_results:
         print(warm.table(warm_results))
+    if save_results:
+        print("\n".join(saves_tables.tables(save_results)))
+    if idle_rounds:
+        print("\n".join(memory_tables.tables(idle_rounds)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([_row_json(r) for r in rows], handle)
     return 0
+
+
+def _heading(started: float, text: str) -> None:
+    """A measurement begins: when, into the run, and the machine's load (what it shares)."""
+    elapsed, load = time.monotonic() - started, os.getloadavg()[0]
+    print(f"[{elapsed:.0f} s into the run, load average {load:.1f}] {text}", flush=True)
 
 
 def _row_json(r: upgrades.Result) -> dict[str, object]:

@@ -3,21 +3,26 @@
 For each server: a fresh copy of the benchmark app, loaded by the end-to-end harness's clients
 (``tests/harness``: fresh connections, keep-alive connections that never retry, idle keep-alive
 connections that sit idle across upgrades), then the version module saved N times (default 20),
-a fixed interval apart (default 2.5 s), as an editor saves (a temporary file renamed over it),
-nothing else done. Each save is timed to the first answer carrying its version; a version that
-never answered (the next save came first) is *never served*. The HUP rows write the same
-module, then ``kill -HUP`` the server (its reloader off): the upgrade's own time, without the
-watcher's.
+as an editor saves (a temporary file renamed over it), each timed to the first answer carrying
+its version; a version that never answered (the next save came first) is *never served*.
 
-Rows: ``flask --app flask_app hotrun --reload`` and ``flask run --reload`` (werkzeug's reloader
-as installed: watchdog if present), ``manage.py runhot`` and ``runserver`` on a minimal Django
-project (one view); ``--site`` adds ``runhot`` on a startproject-shaped site with admin. The
-library's own files are excluded from the Flask reloaders (``--exclude-patterns``), as in
-``bench/upgrades.py``.
+Our servers run with their file watcher (the reloader on) and get, on the same process, one
+interval after each save, a ``kill -HUP`` with nothing changed: HUP → the first answer of the
+new generation is the upgrade's own time, so save ÷ HUP is what the watcher adds. Their log says
+where a save's time went (``... served N ms after the save (A ms to hear it, B ms to start and
+be ready)``), how many upgrades the watcher started for the saves (one each), and whether each
+upgrade was forked warm. The servers they replace get the saves alone. Events are an interval
+apart (default 2.5 s), each moved at random by up to ``--jitter`` (default 0.5 s; see
+:class:`Plan`).
 
-Usage: ``python bench/saves.py [--saves N] [--interval S] [--rows hotrun,...] [--site]
-[--json FILE]``. Every wait is bounded; every server is stopped by SIGTERM, then SIGKILL of what
-it started.
+Rows: ``flask --app flask_app hotrun --reload``, ``manage.py runhot`` on a minimal project (one
+view) and on a startproject-shaped site with admin, ``runserver`` on the minimal project,
+``flask run --reload`` with werkzeug's stat reloader and with watchdog (as installed). The
+library's own files are excluded from the Flask reloaders (``--exclude-patterns``).
+
+Usage: ``python bench/saves.py [--saves N] [--interval S] [--jitter S] [--rows hotrun,...]
+[--json FILE] [--keep-logs DIR]``.
+Every wait is bounded; every server is stopped by SIGTERM, then SIGKILL of what it started.
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import saves_tables
 import servers
 from common import (
     FAILURE_PAUSE,
@@ -46,55 +51,50 @@ from common import (
     make_app_dir,
     write_code,
 )
+from procmem import Proc, read_proc
+from saves_tables import Result, account
 from servers import EXCLUDE
+from upgrades import block_watchdog
 
-from tests.harness import LoadEngine, Outcome, write_module  # on sys.path by common
+from tests.harness import LoadEngine, Outcome, procfs, write_module  # on sys.path by common
 
-WARM_READY = r"warm start: template \(pid \d+\) ready after"
+WATCHING = r"watching \d+ files.*: what generation 1 loaded"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One server: how to start it, which app it serves, how a new version reaches it."""
+    """One server: how to start it, which app it serves."""
 
     key: str
     label: str
     app: str  # "minimal" (bench/apps) or "site" (bench/apps/djsite)
     argv: Callable[[int, str], list[str]]
-    trigger: str = "save"  # or "HUP"
-    grace: bool = True
+    grace: bool = True  # ours: a HUP after each save, and its log read
+    stat_reloader: bool = False  # werkzeug polls (watchdog made unimportable)
     env: dict[str, str] = field(default_factory=dict)
 
 
 GRACE = {"BENCH_GRACE": "1"}
+DRAIN = ("--drain-timeout", "10")
 ROWS = [
     Row(
         "hotrun",
         "`flask --app flask_app hotrun --reload`",
         "minimal",
-        servers.flask("hotrun", "--reload", "--exclude-patterns", EXCLUDE, "--drain-timeout", "10"),
-    ),
-    Row(
-        "hotrun-hup",
-        "`flask --app flask_app hotrun --no-reload` (HUP)",
-        "minimal",
-        servers.flask("hotrun", "--no-reload", "--drain-timeout", "10"),
-        "HUP",
+        servers.flask("hotrun", "--reload", "--exclude-patterns", EXCLUDE, *DRAIN),
     ),
     Row(
         "runhot",
         "`python manage.py runhot` (minimal project)",
         "minimal",
-        servers.django("runhot", "--drain-timeout", "10"),
+        servers.django("runhot", *DRAIN),
         env=GRACE,
     ),
     Row(
-        "runhot-hup",
-        "`python manage.py runhot --noreload` (minimal project, HUP)",
-        "minimal",
-        servers.django("runhot", "--noreload", "--drain-timeout", "10"),
-        "HUP",
-        env=GRACE,
+        "site-runhot",
+        "`python manage.py runhot` (site with admin)",
+        "site",
+        servers.django("runhot", *DRAIN),
     ),
     Row(
         "runserver",
@@ -104,32 +104,34 @@ ROWS = [
         grace=False,
     ),
     Row(
+        "flask-run-stat",
+        "`flask --app flask_app run --reload` (stat reloader)",
+        "minimal",
+        servers.flask("run", "--reload", "--exclude-patterns", EXCLUDE),
+        grace=False,
+        stat_reloader=True,
+    ),
+    Row(
         "flask-run",
-        "`flask --app flask_app run --reload`",
+        "`flask --app flask_app run --reload` (watchdog, as installed)",
         "minimal",
         servers.flask("run", "--reload", "--exclude-patterns", EXCLUDE),
         grace=False,
     ),
 ]
-SITE_ROWS = [
+EXTRA_ROWS = [
     Row(
-        "site-runhot",
-        "`python manage.py runhot` (startproject-shaped site with admin)",
+        "site-runserver",
+        "`python manage.py runserver` (site with admin)",
         "site",
-        servers.django("runhot", "--drain-timeout", "10"),
-    ),
-    Row(
-        "site-runhot-hup",
-        "`python manage.py runhot --noreload` (site with admin, HUP)",
-        "site",
-        servers.django("runhot", "--noreload", "--drain-timeout", "10"),
-        "HUP",
+        servers.django("runserver"),
+        grace=False,
     ),
 ]
 
 
 class SaveLoad(LoadEngine):
-    """The harness's clients; keeps, per code version, when it first answered (monotonic)."""
+    """The harness's clients; keeps when each code version and each pid first answered."""
 
     def __init__(self, port: int, max_seconds: float) -> None:
         super().__init__(
@@ -146,6 +148,7 @@ class SaveLoad(LoadEngine):
         )
         self.requests = 0
         self.first_answer: dict[str, float] = {}
+        self.first_of_process: dict[tuple[int, str], float] = {}  # (pid, version): when
         self.failures: dict[str, int] = {}
         self.examples: list[str] = []
 
@@ -157,23 +160,8 @@ class SaveLoad(LoadEngine):
                 self.examples.append(f"{outcome.kind}: {outcome.failure} {outcome.detail}")
             return
         self.first_answer.setdefault(outcome.response.version, outcome.end)
-
-
-@dataclass
-class Result:
-    key: str
-    label: str
-    trigger: str
-    saves: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    never_served: list[str] = field(default_factory=list)
-    requests: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-    skipped: str = ""
-    log_tail: str = ""
-    #: The machine's 1-minute load average as the row began and as it ended (2 cores shared).
-    load_average: tuple[float, float] = (0.0, 0.0)
+        answer = (outcome.response.pid, outcome.response.version)
+        self.first_of_process.setdefault(answer, outcome.end)
 
 
 class App:
@@ -195,7 +183,10 @@ class App:
                 timeout=120,
             )
         self.kind = kind
-        self.save("v1")
+        # v1 is there (copied or written); backdate it, so that no save's mtime is ahead of the
+        # clock (write_module keeps mtimes increasing) and the watcher sees no save at start.
+        past = time.time() - 60.0
+        os.utime(self.module, (past, past))
 
     def save(self, version: str) -> None:
         """Write *version* as an editor saves (a temporary file renamed over the module)."""
@@ -208,141 +199,149 @@ class App:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_in_log(server: Server, pattern: str, timeout: float) -> bool:
-    """Whether *pattern* appears in the server's log within *timeout* s (read every 50 ms)."""
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    while time.monotonic() < deadline:
-        if regex.search(server.output(10**7)):
-            return True
-        if server.proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
+@dataclass
+class Plan:
+    """How many saves, and how far apart: *interval* s on average, each event moved by up to
+    *jitter* s at random (fixed seed), so that no kind of event keeps one phase of the clients'
+    1 s idle cadence (saves and HUPs 2.5 s apart exactly sat half a cycle apart: the old
+    generation's drain took 800 ms after every save and 250 ms after every HUP)."""
+
+    saves: int = 20
+    interval: float = 2.5
+    jitter: float = 0.5
+    seed: int = 22
+
+    def schedule(self, events: int) -> list[float]:
+        """When each event is due, in seconds from the first, which is at 0."""
+        rng = random.Random(self.seed)
+        moved = [k * self.interval + rng.uniform(-self.jitter, self.jitter) for k in range(events)]
+        return [max(0.0, t - moved[0]) for t in moved]
 
 
-def run_row(row: Row, saves: int, interval: float, verbose: bool = True) -> Result:
-    """Start, load, save N times, stop; never raises for a server's failure."""
-    result = Result(row.key, row.label, row.trigger, saves)
+@dataclass
+class Events:
+    """When each version was saved, and (ours) when the HUP that followed it was sent."""
+
+    saved: dict[str, float] = field(default_factory=dict)
+    hups: dict[str, float] = field(default_factory=dict)
+    #: The log's size (bytes) as each save began, and as each HUP was sent.
+    saved_at: dict[str, int] = field(default_factory=dict)
+    hup_at: dict[str, int] = field(default_factory=dict)
+
+
+def run_row(row: Row, plan: Plan, verbose: bool = True, keep_logs: str = "") -> Result:
+    """Start, load, save N times (ours: each save followed by a HUP), stop; never raises for a
+    server's failure."""
+    result = Result(row.key, row.label, row.grace, plan.saves)
     began = os.getloadavg()[0]
     app = App(row.app)
     port = free_port()
     env = bench_env(row.env)
+    if row.stat_reloader:
+        env["PYTHONPATH"] = os.pathsep.join([block_watchdog(app.dir), env["PYTHONPATH"]])
     server = Server(row.argv(port, app.dir), app.dir, env, os.path.join(app.dir, "server.log"))
     load: SaveLoad | None = None
+    events = Events()
     try:
         server.wait_answering(port, timeout=60.0)
-        if row.grace:
-            wait_in_log(server, WARM_READY, 60.0)  # upgrades are warm from the first save
-        load = SaveLoad(port, max_seconds=saves * interval + 60.0)
+        if row.grace:  # upgrades are warm from the first save, and the watcher is watching
+            servers.wait_in_log(server, servers.TEMPLATE_READY, 60.0)
+            servers.wait_in_log(server, WATCHING, 60.0)
+        events_due = plan.saves * (2 if row.grace else 1)
+        load = SaveLoad(port, max_seconds=events_due * plan.interval + 60.0)
         load.start()
-        time.sleep(2.0)  # steady load; the reloaders have taken their first look at the files
-        saved = run_saves(app, server, row, load, saves, interval)
+        time.sleep(2.0)  # steady load; the polling reloaders have taken their first look
+        result.supervisor_start = _supervisor(server)
+        processes = len(procfs.descendants(server.owned.root)) if server.owned.root else 0
+        events = run_events(app, server, row, load, plan)
+        _settled(server, processes, timeout=20.0)
+        result.supervisor_end = _supervisor(server)
     except RuntimeError as exc:
         result.skipped = f"server failed: {str(exc).splitlines()[0]}"
-        saved = {}
     finally:
         if load is not None:
             load.stop()
         server.stop()
         result.log_tail = server.output(4000, quiet=True)
+        with open(os.path.join(app.dir, "server.log"), "rb") as handle:
+            log = handle.read()
         result.load_average = (began, os.getloadavg()[0])
+        if keep_logs:
+            os.makedirs(keep_logs, exist_ok=True)
+            shutil.copy(
+                os.path.join(app.dir, "server.log"), os.path.join(keep_logs, f"{row.key}.log")
+            )
         app.remove()
-    if load is not None and saved:
-        for version, moment in saved.items():
-            answered = load.first_answer.get(version)
-            if answered is None:
-                result.never_served.append(version)
-            else:
-                result.latencies_ms.append(round((answered - moment) * 1000, 1))
-        result.requests = load.requests
-        result.failures = dict(load.failures)
-        result.examples = load.examples
+    if load is not None and events.saved:
+        account(result, load, events, log if row.grace else b"")
     if verbose:
-        print(f"  {describe(result)}", flush=True)
+        print(f"  {saves_tables.describe(result)}", flush=True)
     return result
 
 
-def run_saves(
-    app: App, server: Server, row: Row, load: SaveLoad, saves: int, interval: float
-) -> dict[str, float]:
-    """Save N versions *interval* s apart (HUP after each for the HUP rows); return {version:
-    when it was saved}. After the last, wait up to *interval* s for its answer."""
-    saved: dict[str, float] = {}
+def _settled(server: Server, processes: int, timeout: float) -> None:
+    """Wait (at most *timeout* s) until the old generations have drained: the tree has no more
+    processes than it had before the saves."""
+    root = server.owned.root
+    deadline = time.monotonic() + timeout
+    while root and len(procfs.descendants(root)) > processes and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _supervisor(server: Server) -> Proc | None:
+    """The process the user started (the supervisor, or the reloader's parent) as it is now."""
+    return read_proc(server.pid, "supervisor")
+
+
+def run_events(app: App, server: Server, row: Row, load: SaveLoad, plan: Plan) -> Events:
+    """Save N versions, each followed by a HUP for ours, as *plan* schedules them. After the
+    last, wait up to one interval for its answer."""
+    events = Events()
+    due = plan.schedule(plan.saves * (2 if row.grace else 1))
+    log = server.log_path or ""
     start = time.monotonic()
-    for number in range(saves):
-        version = f"v{number + 2}"
-        app.save(version)
-        saved[version] = time.monotonic()
-        if row.trigger == "HUP":
+    for step, moment in enumerate(due):
+        time.sleep(max(0.0, start + moment - time.monotonic()))
+        version = f"v{step // (2 if row.grace else 1) + 2}"
+        if version not in events.saved:
+            events.saved_at[version] = os.path.getsize(log)
+            events.saved[version] = time.monotonic()  # the save's start: its first event is later
+            app.save(version)
+        else:
+            events.hup_at[version] = os.path.getsize(log)
+            events.hups[version] = time.monotonic()
             server.signal(signal.SIGHUP)
-        next_save = start + (number + 1) * interval
-        time.sleep(max(0.0, next_save - time.monotonic()))
-    last = f"v{saves + 1}"
-    deadline = time.monotonic() + interval
+    time.sleep(plan.interval)  # the last event's upgrade
+    last = f"v{plan.saves + 1}"
+    deadline = time.monotonic() + plan.interval
     while last not in load.first_answer and time.monotonic() < deadline:
         time.sleep(0.02)
-    return saved
-
-
-def describe(result: Result) -> str:
-    if result.skipped:
-        return f"{result.label}: skipped: {result.skipped}"
-    return (
-        f"{result.label}: {spread(result.latencies_ms)}, never served"
-        f" {len(result.never_served)} of {result.saves}, failed"
-        f" {sum(result.failures.values())} of {result.requests} {result.failures or ''}"
-        f" (load average {result.load_average[0]:.1f} → {result.load_average[1]:.1f})"
-    )
-
-
-def spread(values: list[float]) -> str:
-    """min / median / max in ms, or "never" if no save was served."""
-    if not values:
-        return "never"
-    return f"{min(values):,.0f} / {statistics.median(values):,.0f} / {max(values):,.0f} ms"
-
-
-def table(results: list[Result]) -> list[str]:
-    lines = [
-        "| server | save → new code, min / median / max | saves never served | failed requests |",
-        "|---|---|---|---|",
-    ]
-    for res in results:
-        if res.skipped:
-            lines.append(f"| {res.label} | skipped: {res.skipped} | | |")
-            continue
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(res.failures.items()))
-        failed = sum(res.failures.values())
-        lines.append(
-            f"| {res.label} | {spread(res.latencies_ms)}"
-            f" | {len(res.never_served)} of {res.saves}"
-            f" | {failed:,} of {res.requests:,}{f' ({kinds})' if kinds else ''} |"
-        )
-    return lines
+    return events
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=20, help="saves per server (20)")
-    parser.add_argument("--interval", type=float, default=2.5, help="seconds between saves")
-    keys = [r.key for r in ROWS + SITE_ROWS]
+    parser.add_argument("--interval", type=float, default=2.5, help="seconds between events")
+    parser.add_argument("--jitter", type=float, default=0.5, help="each event moved by ± S")
+    keys = [r.key for r in ROWS + EXTRA_ROWS]
     parser.add_argument("--rows", default="", help=f"comma-separated, of: {', '.join(keys)}")
-    parser.add_argument("--site", action="store_true", help="add the site-with-admin rows")
     parser.add_argument("--json", help="write every number (and each server's log tail) here")
+    parser.add_argument("--keep-logs", default="", help="copy each server's whole log here")
     args = parser.parse_args(argv)
-    if args.saves < 1 or args.interval <= 0:
-        parser.error("--saves must be at least 1 and --interval above 0")
-    rows = ROWS + (SITE_ROWS if args.site else [])
+    if args.saves < 1 or args.interval <= 0 or not 0 <= args.jitter < args.interval / 2:
+        parser.error("--saves must be 1 or more, --interval above 0, --jitter under interval/2")
+    plan = Plan(args.saves, args.interval, args.jitter)
+    rows = ROWS
     if args.rows:
         wanted = args.rows.split(",")
         unknown = sorted(set(wanted) - set(keys))
         if unknown:
             parser.error(f"unknown rows {unknown}: use some of {', '.join(keys)}")
-        rows = [r for r in ROWS + SITE_ROWS if r.key in wanted]
-    print(f"{args.saves} saves, {args.interval:g} s apart, per server:", flush=True)
-    results = [run_row(row, args.saves, args.interval) for row in rows]
-    print("\n".join(["", *table(results)]))
+        rows = [r for r in ROWS + EXTRA_ROWS if r.key in wanted]
+    print(f"{plan.saves} saves, {plan.interval:g} ± {plan.jitter:g} s apart:", flush=True)
+    results = [run_row(r, plan, keep_logs=args.keep_logs) for r in rows]
+    print("\n".join(["", *saves_tables.tables(results)]))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([asdict(r) for r in results], handle, indent=1)

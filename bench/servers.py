@@ -1,21 +1,27 @@
 """The servers under comparison: how to start each one on a port, from an app directory.
 
 One place for the command lines, so the upgrade rows (``upgrades.py``), the throughput rounds
-(``throughput.py``) and the wrk-across-HUPs runs (``wrk_hups.py``) start the same servers.
+(``throughput.py``), the wrk-across-HUPs runs (``wrk_hups.py``), the saves (``saves.py``) and
+the idle trees (``memory.py``) start the same servers; and the one wait on a server's log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
-from common import bin_path
+from common import Server, bin_path
 
 Argv = Callable[[int, str], list[str]]
 
 EXCLUDE = "*/grace_plugins/*"  # the reloaders watch only the app, not the library
+#: Our supervisor's line once the warm-start template is ready (group 1: its pid); until then
+#: an upgrade starts cold.
+TEMPLATE_READY = r"warm start: template \(pid (\d+)\) ready after"
 DJANGO_IMPORT = (
     "import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'djproject.settings'; import django;"
     " django.setup(); import djproject.urls"
@@ -60,9 +66,10 @@ def gunicorn(*args: str) -> Argv:
 
 
 def short(label: str) -> str:
-    """The label without the command's prefix (``run --reload``, ``gthread``)."""
+    """The label without the command's prefix (``run --reload``), a gunicorn label its worker
+    class alone (``gthread``: its configuration is the row's own)."""
     words = label.strip("`").split()
-    return " ".join(words[2:] if words[0] == "gunicorn" else words[1:])
+    return words[2] if words[0] == "gunicorn" else " ".join(words[1:])
 
 
 def unavailable(check: list[str] | None, app_dir: str, env: dict[str, str]) -> str:
@@ -79,3 +86,16 @@ def unavailable(check: list[str] | None, app_dir: str, env: dict[str, str]) -> s
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"adapter not available yet ({last[0][:100]})"
     return ""
+
+
+def wait_in_log(server: Server, pattern: str, timeout: float) -> bool:
+    """Whether *pattern* appears in the server's log within *timeout* s (read every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    while time.monotonic() < deadline:
+        if regex.search(server.output(10**7)):
+            return True
+        if server.proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False

@@ -35,13 +35,16 @@ GROUPS: list[tuple[str, list[Contender]]] = [
         "gunicorn",
         [
             Contender(
-                "`gunicorn -k grace_plugins.Worker`",
+                "`gunicorn -k grace_plugins.Worker -w 2 --threads 4`",
                 servers.gunicorn("-k", "grace_plugins.Worker", "--threads", "4"),
                 True,
                 servers.GUNICORN_CHECK,
             ),
-            Contender("`gunicorn -k gthread`", servers.gunicorn("-k", "gthread", "--threads", "4")),
-            Contender("`gunicorn -k sync`", servers.gunicorn("-k", "sync")),
+            Contender(
+                "`gunicorn -k gthread -w 2 --threads 4`",
+                servers.gunicorn("-k", "gthread", "--threads", "4"),
+            ),
+            Contender("`gunicorn -k sync -w 2`", servers.gunicorn("-k", "sync")),
         ],
     ),
     (

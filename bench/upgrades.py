@@ -100,7 +100,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k grace_plugins.Worker`",
+        "`gunicorn -k grace_plugins.Worker -w 2 --threads 4`",
         True,
         "HUP",
         servers.gunicorn("-k", "grace_plugins.Worker", "--threads", "4"),
@@ -109,7 +109,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k gthread`",
+        "`gunicorn -k gthread -w 2 --threads 4`",
         False,
         "HUP",
         servers.gunicorn("-k", "gthread", "--threads", "4"),
@@ -117,7 +117,7 @@ ROWS = [
     ),
     Row(
         "gunicorn",
-        "`gunicorn -k sync`",
+        "`gunicorn -k sync -w 2`",
         False,
         "HUP",
         servers.gunicorn("-k", "sync"),
@@ -176,6 +176,8 @@ def run_row(
     server = Server(row.argv(port, app_dir), app_dir, env, os.path.join(app_dir, "server.log"))
     try:
         server.wait_answering(port, timeout=60.0)
+        if row.grace and row.group != "gunicorn":  # every upgrade warm, on a loaded machine too
+            servers.wait_in_log(server, servers.TEMPLATE_READY, 60.0)
         trigger = (lambda: server.signal(signal.SIGHUP)) if row.trigger == "HUP" else (lambda: None)
         if row.trigger == "file save":
             time.sleep(1.5)  # the reloaders take their first snapshot of the files

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -53,7 +54,8 @@ def free_port() -> int:
 def first_answer(port: int, version: str, deadline: float, path: str = "/hello") -> float:
     """Poll (a new connection every ~2 ms) until *version* answers; return when it did."""
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
+        # a reloader that kills its server mid-answer truncates it (http.client's HTTPException)
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
             resp = http_get(port, path, timeout=2.0)
             if resp.status == 200 and f"version:{version}" in resp.body:
                 return time.monotonic()

@@ -1,7 +1,7 @@
 """Writing a small file so that a reader sees the old content or the new, never half of it.
 
 Every file the package shares between processes (the pidfile, the state file, the gunicorn
-gate's records, the warm-start module report) is written here: the text goes to a private
+adapter's records, the warm-start module report) is written here: the text goes to a private
 temporary file beside the target (``O_EXCL | O_NOFOLLOW``: never through a planted link), then
 is renamed over the target, or, when *exclusive*, linked to it (``link`` fails if the name
 exists, so exactly one writer wins).

@@ -18,9 +18,7 @@ thread that runs ``serve_forever`` must never call ``shutdown()`` on it: that de
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import logging
 import os
 import queue
 import signal
@@ -37,6 +35,7 @@ from grace_plugins import listeners as lst
 from grace_plugins.channel import Channel
 from grace_plugins.drain import ConnectionTracker
 from grace_plugins.errors import ExitCode, GraceError
+from grace_plugins.exit_status import exit_now, failure_status
 from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.log import configure
 from grace_plugins.preload import write_report
@@ -297,7 +296,7 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
         if not (isinstance(exc, SystemExit) and exc.code in (0, None) and context.stopping):
             if context._watch is not None and not context._is_ready:
                 context._watch.tried(exc)  # the file to fix is among them
-            _exit(_failed(exc, context, logger))
+            exit_now(failure_status(exc, context._is_ready, context.generation, logger))
     context.close_listeners()
     drain_timeout = context.options.drain_timeout
     report = context.tracker.drain(
@@ -314,45 +313,4 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
         if report.cut_short
         else f"at the {drain_timeout:.0f} s deadline",
     )
-    _exit(ExitCode.OK)
-
-
-def _exit(code: int) -> NoReturn:
-    """Run the app's atexit hooks and leave, without waiting for threads the app left behind
-    (a non-daemon thread would otherwise keep a drained generation alive)."""
-    with contextlib.suppress(Exception):
-        atexit._run_exitfuncs()
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
-
-
-def _failed(exc: BaseException, context: GenerationContext, logger: logging.Logger) -> int:
-    """Say why ``serve`` failed (once) and return the exit status. Before ready it is the
-    status the program would have had (a framework's own: 2 for a usage error, 1 for a failed
-    check or an exception, N for ``sys.exit(N)``), so that a failed first start exits as the
-    framework does; our own reasons (the ready check) exit :data:`ExitCode.APP_LOAD_ERROR`."""
-    if context._is_ready:
-        if not isinstance(exc, (SystemExit, GraceError)):
-            traceback.print_exc()
-        logger.error("generation %d crashed: %s", context.generation, _describe(exc))
-        return 1
-    if isinstance(exc, GraceError):  # our own one-line reason (e.g. the ready check's)
-        logger.error("generation %d failed before it was ready: %s", context.generation, exc)
-        return ExitCode.APP_LOAD_ERROR
-    if isinstance(exc, SystemExit):
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)  # what Python prints for sys.exit("message")
-        return exc.code if isinstance(exc.code, int) and exc.code > 0 else 1
-    traceback.print_exc()
-    return 1
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        code = int(exc.code) if isinstance(exc.code, int) else exc.code
-        return f"it called sys.exit({code!r})"
-    if isinstance(exc, GraceError):  # our own one-line message
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}".strip()
+    exit_now(ExitCode.OK)

@@ -14,7 +14,6 @@ import pytest
 
 from grace_plugins import generation as gen
 from grace_plugins.channel import Channel
-from grace_plugins.errors import GraceError
 from grace_plugins.handoff import Handoff
 from grace_plugins.options import Options
 from grace_plugins.readycheck import NotReady
@@ -178,12 +177,3 @@ def test_ready_check_is_bounded_by_what_is_left_of_the_ready_timeout(setup):
     finally:
         release.set()
     assert time.monotonic() - began < 1.0
-
-
-def test_failure_descriptions():
-    assert gen._describe(SystemExit(3)) == "it called sys.exit(3)"
-    assert gen._describe(NotReady("ready check GET /h answered 500")) == (
-        "ready check GET /h answered 500"
-    )
-    assert gen._describe(GraceError("one line")) == "one line"
-    assert gen._describe(ValueError("bad")) == "ValueError: bad"
