@@ -7,7 +7,10 @@ broken code is rolled back instead of halting the master. How it works: docs/gun
 Modules: ``worker`` (the ``-k`` class, which puts the parts together), ``boot`` (a new worker's
 import), ``serve`` (gthread with a drain), ``watch`` (a worker's view of the verdicts),
 ``records`` (the record directory the master and its workers share), ``verdicts`` and
-``held_term`` (the rules, pure), ``master`` (what runs in the master), ``notify`` (systemd).
+``held_term`` (the rules, pure), ``master`` (what runs in the master), ``notify`` (systemd),
+``lookout`` (the master's thread: HUP pacing, ``--reload``), and with ``--preload`` ``molds``
+(the master's side), ``mold``, ``mold_startup``, ``mold_worker``, ``mold_handle`` and
+``mold_rules`` (pure): a mold per generation imports the app and forks its workers.
 """
 
 from __future__ import annotations

@@ -76,6 +76,9 @@ class Mold:
         self.master = arbiter.pid
 
     def run(self, others: list[int]) -> None:
+        # what the master had is never garbage here: frozen, the import's collections do not
+        # write to (and so copy) the pages this process still shares with the master
+        gc.freeze()
         self._leave_the_master(others)
         answer = self._load()
         self.wire.send(answer)

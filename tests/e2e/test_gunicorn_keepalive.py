@@ -55,7 +55,9 @@ def test_keepalive_requests_across_hups_with_slow_requests_in_flight(
     slow request while requests arrive on its kept-alive connections and wait, longer than
     ``keepalive``, for the thread. They are answered at drain time, none meets a closed
     connection."""
-    server = start_gunicorn(start_server, tmp_path, **CONFIGS[config])
+    # up to 7 slow requests of 3 s may queue on one worker's thread: its drain needs 21 s, more
+    # than the harness's graceful_timeout (15 s cut 2 of them in one run of the suite)
+    server = start_gunicorn(start_server, tmp_path, graceful=30, **CONFIGS[config])
     slow: list[InFlight] = []
     # a worker whose thread is busy still accepts, so it may hold several slow requests, and
     # the requests queued behind them wait that long (up to 7 x 3 s): clients wait as long

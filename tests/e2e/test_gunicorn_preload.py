@@ -198,21 +198,35 @@ def test_gunicorn_preload_ready_check_failure_rolled_back(start_server, tmp_path
     assert server.stop() == 0
 
 
+#: Code that makes sharing unsafe, and the cause the fallback's line names.
+UNSAFE = {
+    "thread": (
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,),"
+        " name='started-at-import', daemon=True).start()\n",
+        "the import started a thread ('started-at-import')",
+    ),
+    "socket": (
+        "import socket\n_kept = socket.socket()\n_kept.bind(('127.0.0.1', 0))\n",
+        "the import opened a socket and kept it open (fd ",
+    ),
+}
+
+
 @pytest.mark.timeout(120)
-def test_gunicorn_preload_thread_at_import_falls_back(start_server, tmp_path):
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_gunicorn_preload_unsafe_import_falls_back(start_server, tmp_path, kind):
     server = start(start_server, tmp_path)
-    threaded = "import threading, time\nthreading.Thread(target=time.sleep, args=(600,),"
-    threaded += " name='started-at-import', daemon=True).start()\n"
+    code, cause = UNSAFE[kind]
     mark = server.mark()
-    new = hup_to(server, tmp_path, 2, counted("v2", threaded))
+    new = hup_to(server, tmp_path, 2, counted("v2", code))
     out = server.output(mark)
     assert len(re.findall(r"cannot share the app between the workers", out)) == 1, out
-    assert "the import started a thread ('started-at-import')" in out
+    assert cause in out, out
     assert http_get(server.port).version == "v2"
     # each worker imported for itself (and the mold that refused, once)
     v2 = [pid for pid, v in imports(tmp_path) if v == "v2"]
     assert len(v2) == 3 and set(new) <= set(v2), (v2, new)
-    hup_to(server, tmp_path, 3)  # code without the thread: a mold again
+    hup_to(server, tmp_path, 3)  # code without it: a mold again
     assert imports(tmp_path)[-1] == (mold_of(server, 3), "v3")
     assert server.stop() == 0
 

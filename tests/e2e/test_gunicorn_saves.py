@@ -56,7 +56,10 @@ def test_saves_under_load_good_broken_and_the_fix(start_server, tmp_path):
         report = load.stop()
     assert_clean(report)
     out = server.output()
-    assert out.count("file changed: appcode.py; reloading as on HUP") == 3
+    # a save (rename, then utime) may reach the watcher as two batches on a loaded machine: the
+    # second is held and folds into the next reload (seen once on gunicorn 24.1), never a 5th
+    assert 3 <= out.count("file changed: appcode.py; reloading as on HUP") <= 4
+    assert "generation 5" not in out
     assert GUNICORN_RELOADER not in out
     assert server.proc.poll() is None
     assert server.stop() == 0
@@ -81,26 +84,25 @@ def test_the_fix_of_a_module_only_the_broken_code_imported_is_heard(start_server
 
 @pytest.mark.timeout(60)
 def test_an_extra_file_and_a_pattern_reload(start_server, tmp_path):
+    import gunicorn.config
+
+    # gunicorn < 25 takes only existing files in --reload-extra-file: the pattern is left out
+    patterns = hasattr(gunicorn.config, "validate_list_of_files_or_patterns")
     (tmp_path / "templates").mkdir()
     (tmp_path / "settings.toml").write_text("a = 1\n")
-    server = start_gunicorn(
-        start_server,
-        tmp_path,
-        "--reload",
-        "--reload-extra-file",
-        str(tmp_path / "settings.toml"),
-        "--reload-extra-file",
-        str(tmp_path / "templates" / "*.html"),
-        workers=1,
-    )
+    extra = ["--reload-extra-file", str(tmp_path / "settings.toml")]
+    if patterns:
+        extra += ["--reload-extra-file", str(tmp_path / "templates" / "*.html")]
+    server = start_gunicorn(start_server, tmp_path, "--reload", *extra, workers=1)
     server.wait_watching(1)
     mark = server.mark()
     save(tmp_path / "settings.toml", "a = 2\n")
     server.wait_promoted(2, mark)
-    mark = server.mark()
-    save(tmp_path / "templates" / "new.html", "<p>created after the start</p>\n")
-    server.wait_promoted(3, mark)
-    assert "file changed: new.html" in server.output(mark)
+    if patterns:
+        mark = server.mark()
+        save(tmp_path / "templates" / "new.html", "<p>created after the start</p>\n")
+        server.wait_promoted(3, mark)
+        assert "file changed: new.html" in server.output(mark)
 
 
 @pytest.mark.timeout(60)

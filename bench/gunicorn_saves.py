@@ -1,0 +1,222 @@
+"""``gunicorn --reload``: save → first answer from the new code, against the same server's HUP.
+
+Each row starts gunicorn on the bench's Flask app, loads it with the end-to-end harness's
+clients (fresh connections, keep-alive connections that never retry, idle keep-alive ones:
+``bench/saves.py``'s), saves the version module N times (default 10) a fixed interval apart
+(2.5 s), then saves code that fails at import, waits for the rollback (or 3 s), and saves the
+fix. Save rows rely on ``--reload``; HUP rows write the same module and send ``kill -HUP``
+(no ``--reload``): the upgrade's own time. Per row: save (or HUP) → first answer of its version
+(min / median / max), the longest request (the stall), the requests that failed, and those that
+failed between the broken save and the fix's first answer.
+
+Rows: ``-k grace_plugins.Worker`` with ``-w 2 --threads 4`` and with gunicorn's defaults (one
+worker, one thread), each by save and by HUP, and ``-k gthread -w 2 --threads 4 --reload``
+(gunicorn's own reloader: each worker restarts itself). Ratios come from one run.
+
+Usage (from the repository root): ``python bench/gunicorn_saves.py [--saves N] [--interval S]
+[--rows KEY,...] [--json FILE]``. Every wait is bounded; every server is stopped by SIGTERM,
+then SIGKILL of what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import saves
+from common import Server, bench_env, bin_path, free_port
+
+from tests.harness import Outcome, write_module  # on sys.path by common
+
+BROKEN = "raise RuntimeError('broken on purpose')\n"
+TUNED = ("-w", "2", "--threads", "4")
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    args: tuple[str, ...]
+    trigger: str  # "save" or "HUP"
+
+
+ROWS = [
+    Row("ours-save", "`-k grace_plugins.Worker -w 2 --threads 4 --reload` (save)",
+        ("-k", "grace_plugins.Worker", *TUNED, "--reload"), "save"),
+    Row("ours-hup", "`-k grace_plugins.Worker -w 2 --threads 4` (HUP)",
+        ("-k", "grace_plugins.Worker", *TUNED), "HUP"),
+    Row("defaults-save", "`-k grace_plugins.Worker --reload` (gunicorn's defaults, save)",
+        ("-k", "grace_plugins.Worker", "--reload"), "save"),
+    Row("defaults-hup", "`-k grace_plugins.Worker` (gunicorn's defaults, HUP)",
+        ("-k", "grace_plugins.Worker"), "HUP"),
+    Row("gthread-save", "`-k gthread -w 2 --threads 4 --reload` (save)",
+        ("-k", "gthread", *TUNED, "--reload"), "save"),
+]  # fmt: skip
+
+
+class Clients(saves.SaveLoad):
+    """``bench/saves.py``'s clients, also keeping the longest request and when each failed."""
+
+    def __init__(self, port: int, max_seconds: float) -> None:
+        super().__init__(port, max_seconds)
+        self.longest_ms = 0.0
+        self.failed_at: list[float] = []
+
+    def record(self, outcome: Outcome) -> None:
+        super().record(outcome)
+        if outcome.failure or outcome.response is None:
+            self.failed_at.append(outcome.end)
+        else:
+            self.longest_ms = max(self.longest_ms, (outcome.end - outcome.start) * 1000)
+
+
+@dataclass
+class Result:
+    key: str
+    label: str
+    trigger: str
+    latencies_ms: list[float] = field(default_factory=list)
+    never_served: int = 0
+    longest_ms: float = 0.0
+    requests: int = 0
+    failed: int = 0
+    failed_while_broken: int = 0
+    broken_rolled_back: bool = False
+    load_average: tuple[float, float] = (0.0, 0.0)
+    skipped: str = ""
+
+
+def argv(row: Row, port: int, app_dir: str) -> list[str]:
+    return [
+        bin_path("gunicorn"), *row.args,
+        "--graceful-timeout", "10", "--timeout", "30",
+        "-b", f"127.0.0.1:{port}", "--chdir", app_dir,
+        "--control-socket", os.path.join(app_dir, "gunicorn.ctl"),
+        "flask_app:app",
+    ]  # fmt: skip
+
+
+def run_row(row: Row, count: int, interval: float) -> Result:
+    result = Result(row.key, row.label, row.trigger)
+    began = os.getloadavg()[0]
+    app = saves.App("minimal")
+    port = free_port()
+    server = Server(argv(row, port, app.dir), app.dir, bench_env(), f"{app.dir}/server.log")
+    load: Clients | None = None
+    try:
+        server.wait_answering(port, timeout=60.0)
+        load = Clients(port, max_seconds=count * interval + 90.0)
+        load.start()
+        time.sleep(2.0)
+        for number in range(count):
+            version = f"v{number + 2}"
+            saved = trigger(app, server, row, version)
+            wait_answer(load, version, interval)
+            answered = load.first_answer.get(version)
+            if answered is None:
+                result.never_served += 1
+            else:
+                result.latencies_ms.append(round((answered - saved) * 1000, 1))
+            time.sleep(max(0.0, saved + interval - time.monotonic()))
+        broken_at = trigger(app, server, row, None)
+        result.broken_rolled_back = saves.wait_in_log(server, "rolled back", 15.0)
+        time.sleep(max(0.0, broken_at + 3.0 - time.monotonic()))
+        trigger(app, server, row, "fixed")
+        wait_answer(load, "fixed", 30.0)
+        fixed = load.first_answer.get("fixed", time.monotonic())
+        result.failed_while_broken = sum(broken_at <= t <= fixed for t in load.failed_at)
+    except RuntimeError as exc:
+        result.skipped = f"server failed: {str(exc).splitlines()[0]}"
+    finally:
+        if load is not None:
+            load.stop()
+            result.longest_ms = round(load.longest_ms)
+            result.requests, result.failed = load.requests, len(load.failed_at)
+        server.stop()
+        result.load_average = (began, os.getloadavg()[0])
+        app.remove()
+    print(f"  {describe(result)}", flush=True)
+    return result
+
+
+def trigger(app: saves.App, server: Server, row: Row, version: str | None) -> float:
+    """Save *version* (broken code for None), HUP for the HUP rows; when it was saved."""
+    if version is None:
+        write_module(app.module, BROKEN)
+    else:
+        app.save(version)
+    saved = time.monotonic()
+    if row.trigger == "HUP":
+        server.signal(signal.SIGHUP)
+    return saved
+
+
+def wait_answer(load: Clients, version: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while version not in load.first_answer and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def describe(res: Result) -> str:
+    if res.skipped:
+        return f"{res.label}: skipped: {res.skipped}"
+    return (
+        f"{res.label}: {saves.spread(res.latencies_ms)}, never served {res.never_served},"
+        f" longest request {res.longest_ms:,.0f} ms, failed {res.failed} of {res.requests:,}"
+        f" ({res.failed_while_broken} while broken; rolled back: {res.broken_rolled_back})"
+        f" (load average {res.load_average[0]:.1f} → {res.load_average[1]:.1f})"
+    )
+
+
+def table(results: list[Result]) -> list[str]:
+    lines = [
+        "| server | trigger → new code, min / median / max | longest request | failed"
+        " (while broken) | broken code rolled back |",
+        "|---|---|---|---|---|",
+    ]
+    for res in results:
+        if res.skipped:
+            lines.append(f"| {res.label} | skipped: {res.skipped} | | | |")
+            continue
+        lines.append(
+            f"| {res.label} | {saves.spread(res.latencies_ms)} | {res.longest_ms:,.0f} ms"
+            f" | {res.failed} of {res.requests:,} ({res.failed_while_broken})"
+            f" | {'yes' if res.broken_rolled_back else 'no'} |"
+        )
+    by_key = {r.key: r for r in results if r.latencies_ms}
+    for save, hup in (("ours-save", "ours-hup"), ("defaults-save", "defaults-hup")):
+        if save in by_key and hup in by_key:
+            ratio = saves.statistics.median(by_key[save].latencies_ms) / max(
+                saves.statistics.median(by_key[hup].latencies_ms), 0.1
+            )
+            lines.append(f"\nmedian save ÷ median HUP, {save}: {ratio:.2f}")
+    return lines
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saves", type=int, default=10, help="good saves per row (10)")
+    parser.add_argument("--interval", type=float, default=2.5, help="seconds between saves")
+    parser.add_argument("--rows", default="", help="comma-separated keys (default: all)")
+    parser.add_argument("--json", help="write every number here")
+    opts = parser.parse_args(args)
+    keys = [r.key for r in ROWS]
+    wanted = opts.rows.split(",") if opts.rows else keys
+    if set(wanted) - set(keys):
+        parser.error(f"unknown rows: use some of {', '.join(keys)}")
+    print(f"{opts.saves} saves, {opts.interval:g} s apart, per row:", flush=True)
+    results = [run_row(row, opts.saves, opts.interval) for row in ROWS if row.key in wanted]
+    print("\n".join(["", *table(results)]))
+    if opts.json:
+        with open(opts.json, "w") as handle:
+            json.dump([asdict(r) for r in results], handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
