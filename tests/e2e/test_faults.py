@@ -161,7 +161,7 @@ def test_supervisor_killed_generation_drains_and_exits(start_server, app_dir):
     gen = http_get(server.port).pid
     result = {}
     slow = threading.Thread(
-        target=lambda: result.update(r=http_get(server.port, "/hello?sleep=1", timeout=10))
+        target=lambda: result.update(r=http_get(server.port, "/hello?sleep=3", timeout=10))
     )
     slow.start()
     wait_until(lambda: has_connection(gen), 5, "the slow request to arrive")
