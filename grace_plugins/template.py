@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import pkgutil  # noqa: F401 - runpy.run_path imports it: known to the template, not new
-import select
 import signal
 import socket
 import sys
@@ -36,7 +35,7 @@ from typing import Any, NoReturn
 from grace_plugins import forked, preload
 from grace_plugins.cmdline import Program, program_path0
 from grace_plugins.preloader import Preloader, threads
-from grace_plugins.wire import Wire
+from grace_plugins.wire import Wire, answer_fork
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.template import main;main()"
 #: Modules with effects at import (printing, opening a browser): never preloaded.
@@ -222,16 +221,7 @@ class Template:
             finally:
                 os._exit(0)
         os.close(write_end)
-        try:
-            ready = select.select([read_end], [], [], 5.0)[0]
-            data = os.read(read_end, 32) if ready else b""
-        finally:
-            os.close(read_end)
-            os.waitpid(middle, 0)
-        if data.isdigit():
-            self.wire.send({"pid": int(data)})
-        else:
-            self.wire.send({"error": "the fork did not report the generation's pid"})
+        answer_fork(self.wire, read_end, middle, 5.0, "the generation")
         return None
 
     def _become(self, request: dict[str, Any], fds: list[int], middle: int) -> Callable[[], None]:

@@ -1,9 +1,11 @@
-"""The warm-start template's wire: newline-delimited JSON over a Unix stream socket, the fds of
-a generation riding with its spawn request (``SCM_RIGHTS``)."""
+"""The wire of the processes that fork on request (the warm-start template, gunicorn's molds):
+newline-delimited JSON over a Unix stream socket, the fds of a generation riding with its spawn
+request (``SCM_RIGHTS``), and the answer to a fork: the pid of the grandchild."""
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import time
@@ -46,3 +48,19 @@ class Wire:
         line, _, self._buffer = self._buffer.partition(b"\n")
         fds, self._fds = self._fds, []
         return json.loads(line), fds
+
+
+def answer_fork(wire: Wire, read_end: int, middle: int, timeout: float, what: str) -> None:
+    """After a double fork, answer the pid the middle child wrote on *read_end* (the grandchild,
+    re-parented to the subreaper once the middle is reaped here), or an error naming *what* was
+    forked when the middle said nothing within *timeout*."""
+    try:
+        ready = select.select([read_end], [], [], timeout)[0]
+        data = os.read(read_end, 32) if ready else b""
+    finally:
+        os.close(read_end)
+        os.waitpid(middle, 0)
+    if data.isdigit():
+        wire.send({"pid": int(data)})
+    else:
+        wire.send({"error": f"the fork did not report {what}'s pid"})

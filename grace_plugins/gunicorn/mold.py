@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import select
 import signal
 import socket
 import sys
@@ -36,7 +35,7 @@ from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold_rules import unsafe
 from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
 from grace_plugins.gunicorn.mold_worker import become_worker
-from grace_plugins.wire import Wire
+from grace_plugins.wire import Wire, answer_fork
 
 #: Longest the mold waits for its middle child to report the worker's pid.
 FORK_REPORT_TIMEOUT = 5.0
@@ -167,16 +166,7 @@ class Mold:
             os._exit(0)
         os.close(write_end)
         os.close(tmp_fd)
-        try:
-            ready = select.select([read_end], [], [], FORK_REPORT_TIMEOUT)[0]
-            data = os.read(read_end, 32) if ready else b""
-        finally:
-            os.close(read_end)
-            os.waitpid(middle, 0)
-        if data.isdigit():
-            self.wire.send({"pid": int(data)})
-        else:
-            self.wire.send({"error": "the fork did not report the worker's pid"})
+        answer_fork(self.wire, read_end, middle, FORK_REPORT_TIMEOUT, "the worker")
 
 
 def _listener_fds(mold: Mold) -> list[int]:
