@@ -35,12 +35,11 @@ CONFIGS = {
 
 
 def occupy_every_worker(server: Gunicorn, seconds: float) -> list[InFlight]:
-    """Send slow requests until every worker holds one (a worker whose thread is busy still
-    accepts, so one may get several); bounded."""
-    workers, busy, sent = set(server.workers()), set(), []
-    while busy != workers:
-        assert len(sent) < 4 * len(workers), f"slow requests all went to {busy} of {workers}"
-        sent.append(InFlight(server.port, f"/hello?sleep={seconds}"))
+    """One slow request on every worker, each sent on a connection that worker holds."""
+    busy: set[int] = set()
+    sent = []
+    for _ in server.workers():
+        sent.append(InFlight.on_another_worker(server, f"/hello?sleep={seconds}", busy))
         busy.add(sent[-1].wait_held(server))
     return sent
 
@@ -55,12 +54,9 @@ def test_keepalive_requests_across_hups_with_slow_requests_in_flight(
     slow request while requests arrive on its kept-alive connections and wait, longer than
     ``keepalive``, for the thread. They are answered at drain time, none meets a closed
     connection."""
-    # up to 7 slow requests of 3 s may queue on one worker's thread: its drain needs 21 s, more
-    # than the harness's graceful_timeout (15 s cut 2 of them in one run of the suite)
+    # headroom: a 3 s request per worker, and the requests queued behind it on its one thread
     server = start_gunicorn(start_server, tmp_path, graceful=30, **CONFIGS[config])
     slow: list[InFlight] = []
-    # a worker whose thread is busy still accepts, so it may hold several slow requests, and
-    # the requests queued behind them wait that long (up to 7 x 3 s): clients wait as long
     load = Load(server.port, fresh=2, keepalive=2, idle=2, slow=0, idle_seconds=0.5, timeout=40)
     with load:
         for gen in range(2, 5):

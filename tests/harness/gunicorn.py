@@ -125,8 +125,14 @@ class InFlight:
     """One GET sent at construction from the caller's thread (so it is on the wire before the
     caller goes on) and read on a thread of its own; :meth:`join` it."""
 
-    def __init__(self, port: int, path: str, timeout: float = 40.0) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    def __init__(
+        self,
+        port: int,
+        path: str,
+        timeout: float = 40.0,
+        conn: http.client.HTTPConnection | None = None,
+    ) -> None:
+        self.conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.conn.request("GET", path)
         assert self.conn.sock is not None
         self.client_port: int = self.conn.sock.getsockname()[1]
@@ -159,6 +165,29 @@ class InFlight:
             return self.held_by(server)
 
         return wait_until(holder, timeout, "a worker to accept")  # type: ignore[return-value]
+
+    @classmethod
+    def on_another_worker(
+        cls, server: Gunicorn, path: str, taken: set[int], attempts: int = 60
+    ) -> InFlight:
+        """Send *path* on a connection held by a worker not in *taken*. Connections are opened
+        (and closed again) until one lands there: the kernel, not the client, picks the worker,
+        and a worker whose thread sleeps in a slow request accepts faster than one serving load,
+        so sending until one lands elsewhere can miss for a long time (8 in a row seen)."""
+        for _ in range(attempts):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=40.0)
+            conn.connect()
+            assert conn.sock is not None
+            port = conn.sock.getsockname()[1]
+            holder = wait_until(
+                lambda: procfs.holder_of(server.workers(), port),  # noqa: B023
+                10,
+                "a worker to accept",
+            )
+            if holder not in taken:
+                return cls(server.port, path, conn=conn)
+            conn.close()
+        raise AssertionError(f"{attempts} connections all went to {taken} of {server.workers()}")
 
     def join(self, timeout: float = 40.0) -> Response:
         """Wait for the answer; fail if there is none."""
