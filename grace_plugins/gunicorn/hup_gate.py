@@ -68,6 +68,10 @@ class HupGate:
             return False
         return now < self.handed_at + self.limit
 
+    def busy(self, now: float, newest: Newest) -> bool:
+        """Whether anything here can change soon: a generation starting, or a HUP held."""
+        return self.follow_up or self.starting(now, newest)
+
     def drop(self) -> None:
         """The master stops: the held HUP is forgotten."""
         self.follow_up = False

@@ -10,8 +10,10 @@ runs this thread for its whole life. It waits on two sources and a timer:
 * with ``--reload``, the file watcher (:class:`grace_plugins.watcher.Watcher`, one for the
   master's life): a save is one more HUP, through the same gate, so it is what a HUP is (a new
   generation, ready before the old one stops, rolled back when broken);
-* every :data:`STEP` seconds: the verdicts the workers recorded (``MasterBook.step``), the
-  follow-up once due, and what the watcher watches (what the workers recorded they loaded).
+* every :data:`STEP` seconds while a generation starts or a HUP is held, every
+  :data:`IDLE_STEP` seconds otherwise (an idle master costs next to no CPU, as gunicorn's own):
+  the verdicts the workers recorded (``MasterBook.step``), the follow-up once due, and what the
+  watcher watches (what the workers recorded they loaded).
 
 It blocks every signal (they are the main thread's) and takes no lock a forked worker needs.
 """
@@ -35,8 +37,10 @@ from grace_plugins.options import BY_NAME
 from grace_plugins.watcher import Watcher
 from grace_plugins.watchspec import WatchSpec
 
-#: How often the thread looks at the records when nothing wakes it.
+#: How often the thread looks at the records while a generation starts or a HUP is held.
 STEP = 0.1
+#: How often it looks when nothing moves (a HUP or a save wakes it at once).
+IDLE_STEP = 1.0
 #: Starts at most once per this many seconds (the core's ``upgrade_interval``).
 UPGRADE_INTERVAL = float(BY_NAME["upgrade_interval"].default)
 #: Longest a handed-over HUP holds the next while no generation is announced.
@@ -67,6 +71,7 @@ class Lookout:
         self.reloading = False  # the current config's --reload
         self.specs = SpecReader(store)
         self._watched: WatchSpec | None = None
+        self._wait = STEP  # until the next turn, when nothing wakes the thread
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -101,11 +106,12 @@ class Lookout:
     def _turn(self) -> None:
         watcher = self.watcher
         sources = [self._wake_r] if watcher is None else [self._wake_r, watcher.fileno()]
-        readable = select.select(sources, [], [], STEP)[0]
+        readable = select.select(sources, [], [], self._wait)[0]
         hups = self._read_hups() if self._wake_r in readable else 0
         saved = watcher.take() if watcher is not None and watcher.fileno() in readable else None
         self.step()
         now, newest = time.monotonic(), self._newest()
+        self._wait = STEP
         if self.store.master_stopping():
             self.gate.drop()
             return
@@ -120,6 +126,8 @@ class Lookout:
             self._info("reload: the HUPs held while a generation started")
             self.hand_over()
         self._feed_watcher()
+        if not self.gate.busy(now, newest):
+            self._wait = IDLE_STEP
 
     def _offer(self, now: float, newest: Newest, what: str) -> None:
         held_before = self.gate.follow_up

@@ -101,3 +101,22 @@ def test_dropped_when_the_master_stops():
     rules = gate(follow_up=True)
     rules.drop()
     assert not rules.due(30.0, DECIDED)
+
+
+# (case, gate, now, newest) -> busy: the master's lookout steps fast (else slowly, idle)
+BUSY = [
+    ("all decided, nothing held: idle", gate(), 20.0, DECIDED, False),
+    ("a generation starting", gate(), 20.0, STARTING, True),
+    ("a generation undecided past its ready timeout: idle", gate(), 51.0, STARTING, False),
+    ("a HUP handed over, no generation announced yet", gate(handed_at=19.9), 20.0, DECIDED, True),
+    ("a follow-up held", gate(handed_at=19.5, after=1, follow_up=True), 20.0, DECIDED, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rules", "now", "newest", "busy"),
+    [case[1:] for case in BUSY],
+    ids=[case[0] for case in BUSY],
+)
+def test_busy(rules, now, newest, busy):
+    assert rules.busy(now, newest) is busy
