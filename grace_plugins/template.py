@@ -56,6 +56,8 @@ class Template:
         self.roots: list[str] = []
         self.stdlib = preload.stdlib_dirs()
         self.generators: list[weakref.ref[Any]] = []
+        #: modules found not to be the project's, by name: only new ones are looked at again
+        self.cleared: dict[str, object] = {}
 
     def run(self, resumed: dict[str, Any] | None = None) -> Callable[[], None]:
         """Preload, then serve spawn requests; returns (a job to run) only in a generation.
@@ -149,6 +151,7 @@ class Template:
             if origin and os.path.isabs(origin) and origin not in stamps:
                 stamps[origin] = preload.stamp(origin)
                 files[origin] = name
+        warm_metadata()
         gc.collect()
         self.generators = forked.generators()
         gc.freeze()
@@ -162,9 +165,15 @@ class Template:
         }
 
     def project_modules(self) -> list[str]:
-        items = [(n, preload.module_origin(m)) for n, m in list(sys.modules.items())]
+        """The project's modules in ``sys.modules`` (none, or the template must not fork).
+        Checked before every fork, so only the modules not cleared before are looked at."""
+        fresh = [(n, m) for n, m in list(sys.modules.items()) if self.cleared.get(n) is not m]
+        items = [(n, preload.module_origin(m)) for n, m in fresh]
         items = [(n, o) for n, o in items if n not in preload.ALWAYS_PROJECT]
-        return preload.split_modules(items, self.roots, self.stdlib)[1]
+        project = preload.split_modules(items, self.roots, self.stdlib)[1]
+        found = set(project)
+        self.cleared.update((n, m) for n, m in fresh if n not in found)
+        return project
 
     def fork(self, request: dict[str, Any], fds: list[int]) -> Callable[[], None] | None:
         """Fork a generation for *request*; returns its job in the generation, else None."""
@@ -226,9 +235,6 @@ class Template:
 
     def _become(self, request: dict[str, Any], fds: list[int], middle: int) -> Callable[[], None]:
         """In the generation: reset what the fork copied, then hand back the program to run."""
-        deadline = time.monotonic() + 2.0
-        while os.getppid() == middle and time.monotonic() < deadline:
-            time.sleep(0.0005)  # until re-parented to the supervisor (handoff checks getppid)
         os.setsid()
         for sig, handler in self.dispositions.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
@@ -247,7 +253,22 @@ class Template:
         program = self.program
         if not getattr(sys.flags, "safe_path", False) and sys.path:
             sys.path[0] = program_path0(program, request["cwd"])
+        deadline = time.monotonic() + 2.0  # the middle process exits meanwhile: waits last
+        while os.getppid() == middle and time.monotonic() < deadline:
+            time.sleep(0.0005)  # until re-parented to the supervisor (handoff checks getppid)
         return lambda: forked.run_program(program)
+
+
+def warm_metadata() -> None:
+    """Fill ``importlib.metadata``'s own caches of what each ``sys.path`` directory holds (kept
+    per directory modification time: a package installed later is still found), so that a
+    generation that lists entry points, as flask's command line does at every start, does not
+    list every directory first."""
+    metadata = sys.modules.get("importlib.metadata")
+    if metadata is not None:
+        with contextlib.suppress(Exception):
+            for _ in metadata.distributions():
+                pass
 
 
 def _close(fds: list[int]) -> None:
