@@ -55,6 +55,8 @@ class TemplateProcess:
         """
         try:
             got = self.wire.receive(0.0)
+        except TimeoutError:  # an OSError too: a big answer is read in parts, never an exit
+            raise
         except (OSError, ValueError):  # a broken template: as if it had exited
             got = None
         if got is None:

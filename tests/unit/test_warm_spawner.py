@@ -222,3 +222,23 @@ def test_a_new_template_replaces_the_old_only_once_ready(setup, tmp_path, monkey
     outcomes = read(sources, spawner)
     assert [o.process.pid for o in outcomes] == [4343]
     assert old.wire.sock.fileno() == -1  # answered: stopped now
+
+
+def test_a_verdict_read_in_parts_is_not_taken_for_an_exit():
+    """A big verdict (every module and file it stands for) may be in the socket only in part
+    when the supervisor reads: that is "not yet", never "it exited" (a loaded machine made a
+    usable template look dead, and the upgrade started cold)."""
+    ours, theirs = socket.socketpair()
+    try:
+        template = TemplateProcess(FakeProcess(6000), Wire(ours), [], time.monotonic())  # type: ignore[arg-type]
+        answer = {"files": {}, "stamps": {}, "known": [f"module{n}" for n in range(5000)]}
+        line = json.dumps(answer).encode() + b"\n"
+        theirs.sendall(line[:1000])
+        with pytest.raises(TimeoutError):
+            template.verdict()
+        theirs.sendall(line[1000:])
+        assert template.verdict() is None  # ready
+        assert len(template.known) == 5000
+    finally:
+        ours.close()
+        theirs.close()
