@@ -110,6 +110,31 @@ def test_gunicorn_preload_hup_loads_new_code_imported_once_per_generation(start_
     assert server.stop() == 0
 
 
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.timeout(240)
+def test_gunicorn_preload_ten_hups_under_load_nothing_grows(start_server, tmp_path):
+    """Ten HUPs under load (fresh, busy and idle keep-alive clients, a slow request in flight):
+    nothing failed, each HUP served its version, no zombie, the master's fds did not grow."""
+    server = start(start_server, tmp_path)
+    load = Load(server.port, fresh=2, keepalive=2, idle=2, slow=1, slow_seconds=1.0)
+    with load:
+        hup_to(server, tmp_path, 2)
+        wait_until(lambda: gone_or_zombie(mold_of(server, 1)), 10, "mold 1 to exit")
+        settled = fd_count(server.pid)
+        for gen in range(3, 12):
+            hup_to(server, tmp_path, gen)
+            assert http_get(server.port).version == f"v{gen}"
+        report = load.stop()
+    assert_clean(report)
+    assert {f"v{gen}" for gen in range(2, 12)} <= report.versions, report.versions
+    wait_until(lambda: not zombies(server.pid), 10, "no zombies")
+    wait_until(lambda: fd_count(server.pid) <= settled, 10, f"the master's fds back to {settled}")
+    assert server.stop() == 0
+
+
 @pytest.mark.timeout(120)
 def test_gunicorn_preload_respawns_come_from_the_current_mold(start_server, tmp_path):
     server = start(start_server, tmp_path)

@@ -14,11 +14,18 @@ from tests.harness.gunicorn import assert_clean, start_gunicorn, version, write_
 
 pytest.importorskip("gunicorn")
 
+#: the new master's first generation, imported once in a mold (``--preload``)
+IMPORTED_IN_MOLD = r"generation 1: the app is imported once, in mold (\d+)"
+
 
 @pytest.mark.timeout(90)
-def test_usr2_new_master_retires_the_old_one(start_server, tmp_path):
+@pytest.mark.parametrize("preload", [False, True], ids=["import", "--preload"])
+def test_usr2_new_master_retires_the_old_one(start_server, tmp_path, preload):
+    """With ``--preload`` too: the new master's first generation imports in a mold of its
+    own (never in either master), and the old master retires once it is ready."""
     pidfile = tmp_path / "gunicorn.pid"
-    server = start_gunicorn(start_server, tmp_path, "--pid", str(pidfile))
+    extra = ["--preload"] if preload else []
+    server = start_gunicorn(start_server, tmp_path, "--pid", str(pidfile), *extra)
     old_master = server.pid
     assert int(pidfile.read_text()) == old_master
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
@@ -27,6 +34,9 @@ def test_usr2_new_master_retires_the_old_one(start_server, tmp_path):
         os.kill(old_master, signal.SIGUSR2)
         found = server.wait_for(r"USR2: the new master (\d+) is ready", 30, after=mark)
         new_master = int(found.group(1))
+        if preload:
+            molded = server.wait_for(IMPORTED_IN_MOLD, 10, after=mark)
+            assert int(molded.group(1)) not in (old_master, new_master), molded.string
         assert server.proc.wait(30) == 0  # the old master retired by itself
         wait_until(
             lambda: pidfile.exists() and pidfile.read_text().strip() == str(new_master),
