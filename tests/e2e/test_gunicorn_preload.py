@@ -16,7 +16,7 @@ import signal
 
 import pytest
 
-from tests.harness import Load, grace_cli, http_get, wait_until, zombies
+from tests.harness import Load, fd_count, grace_cli, http_get, wait_until, zombies
 from tests.harness.gunicorn import (
     BROKEN,
     BROKEN_TIMEOUT,
@@ -108,10 +108,6 @@ def test_gunicorn_preload_hup_loads_new_code_imported_once_per_generation(start_
         wait_until(lambda g=gen: gone_or_zombie(mold_of(server, g)), 10, f"mold {gen} to exit")
     wait_until(lambda: not zombies(server.pid), 10, "no zombies")
     assert server.stop() == 0
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.mark.timeout(240)

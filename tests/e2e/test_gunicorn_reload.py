@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import pytest
 
-from tests.harness import Load, fd_count, grace_cli, http_get, wait_until, zombies
+from tests.harness import Load, fd_count, grace_cli, http_get, procfs, wait_until, zombies
 from tests.harness.gunicorn import (
     BROKEN,
     BROKEN_TIMEOUT,
@@ -78,12 +77,17 @@ def test_broken_code_with_a_worker_killed(start_server, tmp_path):
     os.kill(victim, signal.SIGKILL)
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
         # back-off: each respawn that meets the broken code waits longer before it exits (1 s,
-        # then 2 s), so the master does not fork in a hot loop
-        backoff = r"does not load \({n} failed respawns in a row\); this worker exits in {s} s"
-        server.wait_for(backoff.format(n=1, s=1), 20, after=mark)
-        first = time.monotonic()
-        server.wait_for(backoff.format(n=2, s=2), 20, after=mark)
-        assert time.monotonic() - first >= 0.9, "the second respawn did not wait for the first"
+        # then 2 s), so the master does not fork in a hot loop. Timed by the workers' own start
+        # times (each is still waiting when its line shows), not by when the test reads a line.
+        backoff = (
+            r"\[(\d+)\] .*does not load \({n} failed respawns in a row\);"
+            r" this worker exits in {s} s"
+        )
+        first = procfs.stat(int(server.wait_for(backoff.format(n=1, s=1), 20, after=mark)[1]))
+        second = procfs.stat(int(server.wait_for(backoff.format(n=2, s=2), 20, after=mark)[1]))
+        assert first is not None and second is not None, "a respawn exited before its wait"
+        waited = (second.starttime - first.starttime) / os.sysconf("SC_CLK_TCK")
+        assert waited >= 0.9, f"the second respawn started {waited:.2f} s after the first"
         assert server.proc.poll() is None
         assert http_get(server.port).pid == survivor
         write_code(tmp_path, version("v3"))
