@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 #: A burst is over once no change came for this long (s)...
-QUIET = 0.02
+QUIET = 0.005
 #: ...or this long after its first change, however busy the files stay (s).
 LONGEST = 0.5
 
@@ -47,7 +47,10 @@ class Debounce:
     *quiet*) and none is missing (vim renames the file away, then writes it anew: on a busy
     machine the two can be more than *quiet* apart, and a new generation started in between
     would not find the module), or *longest* s after the burst's first change, whatever
-    happens (a file really deleted)."""
+    happens (a file really deleted). A file whose metadata alone changes (``os.utime`` or a
+    chmod after the rename that saved it) up to *longest* s after its batch was due is part of
+    that save, however busy the machine was between the two: not a new batch; a ``touch``
+    later than that is a save."""
 
     quiet: float = QUIET
     longest: float = LONGEST
@@ -56,6 +59,7 @@ class Debounce:
     _missing: set[str] = field(default_factory=set)
     _first: float | None = None
     _last: float = 0.0
+    _due_at: dict[str, float] = field(default_factory=dict)  # path: when its last batch was due
 
     def add(
         self,
@@ -64,11 +68,14 @@ class Debounce:
         writing: Iterable[str] = (),
         closed: Iterable[str] = (),
         missing: Iterable[str] = (),
+        touched: Iterable[str] = (),
     ) -> None:
         """Changes seen at *now*; of them, *writing* are still open for writing, *closed* were
-        closed by their writer, and *missing* do not exist now (the others do: a missing file
-        that reappears no longer holds the batch). Nothing happens for an empty *paths*."""
-        paths = set(paths)
+        closed by their writer, *missing* do not exist now (the others do: a missing file
+        that reappears no longer holds the batch), and only the metadata of *touched* changed.
+        Nothing happens for an empty *paths*."""
+        recent = {p for p, due in self._due_at.items() if now - due <= self.longest}
+        paths = set(paths) - (recent & set(touched))
         if not paths:
             return
         self._paths |= paths
@@ -94,4 +101,6 @@ class Debounce:
             return Batch()
         batch = Batch(tuple(sorted(self._paths)), self._first, now)
         self._paths, self._writing, self._missing, self._first = set(), set(), set(), None
+        self._due_at = {p: due for p, due in self._due_at.items() if now - due <= self.longest}
+        self._due_at.update((path, now) for path in batch.paths)
         return batch

@@ -169,7 +169,9 @@ class Watcher:
         changed = self._matcher.changed
         paths = changed(raw.paths)
         missing = [path for path in paths if not os.path.exists(path)]
-        self._debounce.add(paths, now, changed(raw.writing), changed(raw.closed), missing)
+        self._debounce.add(
+            paths, now, changed(raw.writing), changed(raw.closed), missing, changed(raw.touched)
+        )
         self._publish(self._debounce.due(now))
 
     def _apply(self, spec: WatchSpec) -> None:

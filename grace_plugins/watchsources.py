@@ -38,14 +38,16 @@ Scan = Callable[[], dict[str, Stamp]]
 
 
 class Raw(NamedTuple):
-    """What a source heard: changed paths; of them, those still open for writing and those
-    their writer closed (inotify tells); and whether some events were lost (the kernel's queue
-    overflowed: the watcher must look at the files themselves)."""
+    """What a source heard: changed paths; of them, those still open for writing, those
+    their writer closed, and those whose only change was their metadata (inotify tells); and
+    whether some events were lost (the kernel's queue overflowed: the watcher must look at the
+    files themselves)."""
 
     paths: list[str]
     lost: bool = False
     writing: tuple[str, ...] = ()
     closed: tuple[str, ...] = ()
+    touched: tuple[str, ...] = ()
 
 
 class WatchLimit(OSError):
@@ -130,6 +132,7 @@ class InotifySource:
             return Raw([])
         paths: list[str] = []
         writing: dict[str, bool] = {}  # path: still open for writing, after this read
+        masks: dict[str, int] = {}  # path: what happened to it in this read
         lost = False
         for event in self._inotify.read(timeout=0):
             if event.mask & self._flags.Q_OVERFLOW:
@@ -143,6 +146,7 @@ class InotifySource:
                 for directory in self._dirs_of.get(event.wd, ()):
                     path = os.path.join(directory, event.name) if event.name else directory
                     paths.append(path)
+                    masks[path] = masks.get(path, 0) | event.mask
                     if event.mask & self._opened:
                         writing[path] = True
                     elif event.mask & self._ended:
@@ -152,6 +156,7 @@ class InotifySource:
             lost,
             tuple(p for p, open_ in writing.items() if open_),
             tuple(p for p, open_ in writing.items() if not open_),
+            tuple(p for p, mask in masks.items() if mask == self._flags.ATTRIB),
         )
 
     def interrupt(self) -> None:

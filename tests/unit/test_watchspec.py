@@ -270,17 +270,35 @@ def test_two_saves_apart_are_two_batches():
     assert QUIET < LONGEST
 
 
-#: Events as the OS reports them for one save, (seconds after the first, path): a file that is
+def test_a_metadata_change_just_after_a_save_is_part_of_it_a_later_touch_is_a_save():
+    """``os.replace`` then ``os.utime`` (or a chmod): on a busy machine the two can be further
+    apart than *quiet*, after the batch was due; that is still the same save."""
+    debounce = Debounce(quiet=0.005, longest=0.5)
+    debounce.add(["/a.py"], 1.0, closed=["/a.py"])
+    assert debounce.due(1.005).paths == ("/a.py",)
+    debounce.add(["/a.py"], 1.05, touched=["/a.py"])  # its utime, 45 ms late
+    assert debounce.wait(1.05) is None and not debounce.due(1.1)
+    debounce.add(["/b.py"], 1.06, touched=["/b.py"])  # another file: a touch is a save
+    assert debounce.due(1.065).paths == ("/b.py",)
+    debounce.add(["/a.py"], 1.2)  # new content for the same file: a save
+    assert debounce.due(1.205).paths == ("/a.py",)
+    debounce.add(["/a.py"], 1.8, touched=["/a.py"])  # ``touch a.py`` 0.6 s later: a save
+    assert debounce.due(1.805).paths == ("/a.py",)
+
+
+STATES = ("writing", "closed")
+#: Events as the OS reports them for one save, (seconds after the first, path[, what inotify
+#: says of the writer: one of STATES]): a file that is
 #: not loaded (the editor's temporaries) changes nothing; the save is one batch.
-SAVES = {
+SAVES: dict[str, list[tuple]] = {
     "os.replace": [(0, "/proj/app.py.tmp"), (0.0002, "/proj/app.py.tmp"), (0.0003, "/proj/app.py")],
     "vim": [
         (0, "/proj/4913"),
         (0.0001, "/proj/4913"),
         (0.0002, "/proj/app.py"),  # renamed to app.py~
         (0.0003, "/proj/app.py~"),
-        (0.0004, "/proj/app.py"),  # written anew
-        (0.015, "/proj/app.py"),  # after fsync: closed, chmod
+        (0.0004, "/proj/app.py", "writing"),  # written anew
+        (0.015, "/proj/app.py", "closed"),  # after fsync: closed, chmod
         (0.016, "/proj/app.py~"),
     ],
     "jetbrains": [
@@ -302,13 +320,14 @@ def test_an_editors_save_is_one_batch_of_the_loaded_files(kind):
     debounce = Debounce()
     batches = []
     clock = 100.0
-    for offset, path in SAVES[kind]:
+    for offset, path, *state in SAVES[kind]:
         clock = 100.0 + offset
         batches.append(debounce.due(clock))
-        debounce.add(matcher.changed([path]), clock)
+        flags = {name: matcher.changed([path]) if state == [name] else [] for name in STATES}
+        debounce.add(matcher.changed([path]), clock, **flags)
     batches.append(debounce.due(clock + QUIET))
     found = [b.paths for b in batches if b]
-    expected = sorted({p for _, p in SAVES[kind] if p in matcher.spec.files})
+    expected = sorted({event[1] for event in SAVES[kind] if event[1] in matcher.spec.files})
     assert found == [tuple(expected)]
 
 
