@@ -24,12 +24,15 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import saves
 from common import Server, bench_env, bin_path, free_port
+from saves_tables import spread
+from servers import wait_in_log
 
 from tests.harness import Outcome, write_module  # on sys.path by common
 
@@ -124,7 +127,7 @@ def run_row(row: Row, count: int, interval: float) -> Result:
                 result.latencies_ms.append(round((answered - saved) * 1000, 1))
             time.sleep(max(0.0, saved + interval - time.monotonic()))
         broken_at = trigger(app, server, row, None)
-        result.broken_rolled_back = saves.wait_in_log(server, "rolled back", 15.0)
+        result.broken_rolled_back = wait_in_log(server, "rolled back", 15.0)
         time.sleep(max(0.0, broken_at + 3.0 - time.monotonic()))
         trigger(app, server, row, "fixed")
         wait_answer(load, "fixed", 30.0)
@@ -166,7 +169,7 @@ def describe(res: Result) -> str:
     if res.skipped:
         return f"{res.label}: skipped: {res.skipped}"
     return (
-        f"{res.label}: {saves.spread(res.latencies_ms)}, never served {res.never_served},"
+        f"{res.label}: {spread(res.latencies_ms)}, never served {res.never_served},"
         f" longest request {res.longest_ms:,.0f} ms, failed {res.failed} of {res.requests:,}"
         f" ({res.failed_while_broken} while broken; rolled back: {res.broken_rolled_back})"
         f" (load average {res.load_average[0]:.1f} → {res.load_average[1]:.1f})"
@@ -184,15 +187,15 @@ def table(results: list[Result]) -> list[str]:
             lines.append(f"| {res.label} | skipped: {res.skipped} | | | |")
             continue
         lines.append(
-            f"| {res.label} | {saves.spread(res.latencies_ms)} | {res.longest_ms:,.0f} ms"
+            f"| {res.label} | {spread(res.latencies_ms)} | {res.longest_ms:,.0f} ms"
             f" | {res.failed} of {res.requests:,} ({res.failed_while_broken})"
             f" | {'yes' if res.broken_rolled_back else 'no'} |"
         )
     by_key = {r.key: r for r in results if r.latencies_ms}
     for save, hup in (("ours-save", "ours-hup"), ("defaults-save", "defaults-hup")):
         if save in by_key and hup in by_key:
-            ratio = saves.statistics.median(by_key[save].latencies_ms) / max(
-                saves.statistics.median(by_key[hup].latencies_ms), 0.1
+            ratio = statistics.median(by_key[save].latencies_ms) / max(
+                statistics.median(by_key[hup].latencies_ms), 0.1
             )
             lines.append(f"\nmedian save ÷ median HUP, {save}: {ratio:.2f}")
     return lines
