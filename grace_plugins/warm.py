@@ -275,8 +275,13 @@ class WarmSpawner(Spawner):
         self._stop(self.building)
         self.building = None
         self._basis = names
-        if program is None or argv[0] != sys.executable:
+        if program is None:
             self._unusable = "the command line cannot be re-run in-process (python -c?)"
+            return
+        # the same interpreter, however its path was spelt: ``../.venv/bin/python`` started
+        # the program, and the re-executed supervisor's own path is normalised
+        if os.path.normpath(argv[0]) != os.path.normpath(sys.executable):
+            self._unusable = f"the generations run another interpreter ({argv[0]})"
             return
         try:
             b = self.building = start_template(program, argv, env, cwd, self.report)

@@ -262,3 +262,22 @@ def test_django_runhot_upgrades_warm(start_server, tmp_path):
     server.wait_for(r"upgrade rolled back", 30, after=mark)
     wait_until(lambda: not zombies(server.pid), 10, "the supervisor to reap")
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_an_interpreter_started_by_a_relative_path_still_forks_warm(start_server, app_dir):
+    """``../.venv/bin/python app.py``: the program's ``sys.executable`` keeps the ``..``, the
+    re-executed supervisor's is normalised; the same interpreter all the same (every upgrade
+    started cold: "the command line cannot be re-run in-process")."""
+    write_code(app_dir, "v1")
+    spelt = os.path.relpath(PYTHON, app_dir)  # run from app_dir: ../../.venv/bin/python
+    assert spelt.startswith("..")
+    argv = [spelt, os.path.join(ROOT, "tests", "apps", "core_server.py"), "127.0.0.1:0"]
+    server = start_server([*argv, "--interval=0.1"], cwd=app_dir)
+    server.wait_ready()
+    server.wait_for(TEMPLATE_READY, 30)
+    write_code(app_dir, "v2")
+    pid = upgrade_warm(server)
+    assert wait_served_by(server.port, pid).version == "v2"
+    assert "starts cold" not in server.output(), server.output()
+    assert server.stop() == 0
