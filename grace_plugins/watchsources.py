@@ -281,5 +281,9 @@ def open_source(polling: bool, interval: float) -> tuple[Source, str]:
         return WatchfilesSource(), ""
     except ImportError:
         reasons.append("watchfiles is not installed")
-    hint = "; for events, install your server's extra: pip install 'grace_plugins[flask]'"
+    package = "inotify_simple" if sys.platform.startswith("linux") else "watchfiles"
+    hint = (
+        f"; for events: pip install {package} (in each server's extra: 'grace_plugins[django]',"
+        " '[flask]', '[gunicorn]')"
+    )
     return PollSource(interval), "; ".join(reasons) + hint

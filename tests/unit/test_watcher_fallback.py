@@ -87,6 +87,8 @@ def test_without_an_event_library_it_polls_and_says_why(proj, monkeypatch):
     assert len(lines) == 1
     assert lines[0].startswith(f"watching for file changes by polling every {POLL:g} s (")
     assert "watchfiles is not installed" in lines[0]
+    package = "inotify_simple" if sys.platform.startswith("linux") else "watchfiles"
+    assert f"pip install {package} (" in lines[0] and "grace_plugins[django]" in lines[0]
 
 
 @pytest.mark.parametrize(
