@@ -58,6 +58,13 @@ def parse_program(argv: Sequence[str], argv_len: int) -> Program | None:
     return program
 
 
+def same_interpreter(path: str) -> bool:
+    """Whether *path* names this interpreter, however it was spelt: a program started as
+    ``../.venv/bin/python app.py`` keeps the ``..`` in its ``sys.executable``, a process
+    that re-executed itself from there has it normalised."""
+    return os.path.normpath(path) == os.path.normpath(sys.executable)
+
+
 def _this() -> tuple[list[str], Program | None]:
     args = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))[1:]
     return args, split(args, len(sys.argv))

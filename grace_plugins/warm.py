@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from grace_plugins import actions as act
 from grace_plugins import preload
-from grace_plugins.cmdline import parse_program
+from grace_plugins.cmdline import parse_program, same_interpreter
 from grace_plugins.log import get_logger
 from grace_plugins.process import (
     AddSource,
@@ -275,13 +275,8 @@ class WarmSpawner(Spawner):
         self._stop(self.building)
         self.building = None
         self._basis = names
-        if program is None:
+        if program is None or not same_interpreter(argv[0]):
             self._unusable = "the command line cannot be re-run in-process (python -c?)"
-            return
-        # the same interpreter, however its path was spelt: ``../.venv/bin/python`` started
-        # the program, and the re-executed supervisor's own path is normalised
-        if os.path.normpath(argv[0]) != os.path.normpath(sys.executable):
-            self._unusable = f"the generations run another interpreter ({argv[0]})"
             return
         try:
             b = self.building = start_template(program, argv, env, cwd, self.report)

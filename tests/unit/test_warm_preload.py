@@ -4,8 +4,9 @@ command line is re-run in-process, and how the template says what it left to the
 from __future__ import annotations
 
 import os
+import sys
 
-from grace_plugins.cmdline import Program, parse_program, program_path0
+from grace_plugins.cmdline import Program, parse_program, program_path0, same_interpreter
 from grace_plugins.preload import (
     SETTINGS,
     SOCKET,
@@ -170,3 +171,10 @@ def test_a_failure_is_named_by_its_exception_type_only():
     assert failure_reason(ModuleNotFoundError("no module named x")) == (
         "fails to import (ModuleNotFoundError)"
     )
+
+
+def test_the_same_interpreter_however_its_path_is_spelt(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/srv/site/.venv/bin/python")
+    assert same_interpreter("/srv/site/app/../.venv/bin/python")  # ../.venv/bin/python app.py
+    assert same_interpreter("/srv/site/./.venv/bin/python")
+    assert not same_interpreter("/srv/other/.venv/bin/python")  # another environment
