@@ -6,8 +6,11 @@ clients (fresh connections, keep-alive connections that never retry, idle keep-a
 (2.5 s), then saves code that fails at import, waits for the rollback (or 3 s), and saves the
 fix. Save rows rely on ``--reload``; HUP rows write the same module and send ``kill -HUP``
 (no ``--reload``): the upgrade's own time. Per row: save (or HUP) → first answer of its version
-(min / median / max), the longest request (the stall), the requests that failed, and those that
-failed between the broken save and the fix's first answer.
+(min / median / max); the stall, two ways: the longest pause of the whole server (the longest
+time between two answers, whichever client got them) and the longest single request, each also
+over a quiet stretch of the same length before the first trigger (no upgrade: what the 2-core
+machine's noise alone gives); the requests that failed, and those that failed between the broken
+save and the fix's first answer.
 
 Rows: ``-k grace_plugins.Worker`` with ``-w 2 --threads 4`` and with gunicorn's defaults (one
 worker, one thread), each by save and by HUP, and ``-k gthread -w 2 --threads 4 --reload``
@@ -21,6 +24,7 @@ then SIGKILL of what it started.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -63,11 +67,12 @@ ROWS = [
 
 
 class Clients(saves.SaveLoad):
-    """``bench/saves.py``'s clients, also keeping the longest request and when each failed."""
+    """``bench/saves.py``'s clients, also keeping when each answer came (and how long it took)
+    and when each failure."""
 
     def __init__(self, port: int, max_seconds: float) -> None:
         super().__init__(port, max_seconds)
-        self.longest_ms = 0.0
+        self.answered: list[tuple[float, float]] = []  # (start, end) of each answer
         self.failed_at: list[float] = []
 
     def record(self, outcome: Outcome) -> None:
@@ -75,7 +80,15 @@ class Clients(saves.SaveLoad):
         if outcome.failure or outcome.response is None:
             self.failed_at.append(outcome.end)
         else:
-            self.longest_ms = max(self.longest_ms, (outcome.end - outcome.start) * 1000)
+            self.answered.append((outcome.start, outcome.end))
+
+    def stalls(self, begin: float, end: float) -> tuple[float, float]:
+        """Between *begin* and *end*: the longest pause (ms between two answers, whoever got
+        them) and the longest request (ms, started in the stretch)."""
+        ends = sorted(done for _, done in self.answered if begin <= done < end)
+        pause = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
+        request = max((e - s for s, e in self.answered if begin <= s < end), default=0.0)
+        return round(pause * 1000), round(request * 1000)
 
 
 @dataclass
@@ -85,7 +98,10 @@ class Result:
     trigger: str
     latencies_ms: list[float] = field(default_factory=list)
     never_served: int = 0
-    longest_ms: float = 0.0
+    longest_ms: float = 0.0  # the longest request, from the first trigger on
+    longest_pause_ms: float = 0.0  # the longest time between two answers, from then on
+    quiet_longest_ms: float = 0.0  # the same two over a quiet stretch before the first trigger
+    quiet_pause_ms: float = 0.0
     requests: int = 0
     failed: int = 0
     failed_while_broken: int = 0
@@ -111,11 +127,15 @@ def run_row(row: Row, count: int, interval: float) -> Result:
     port = free_port()
     server = Server(argv(row, port, app.dir), app.dir, bench_env(), f"{app.dir}/server.log")
     load: Clients | None = None
+    quiet_from = first_trigger = 0.0
     try:
         server.wait_answering(port, timeout=60.0)
         load = Clients(port, max_seconds=count * interval + 90.0)
         load.start()
         time.sleep(2.0)
+        quiet_from = time.monotonic()
+        time.sleep(count * interval / 2)  # as long as half the triggers' stretch
+        first_trigger = time.monotonic()
         for number in range(count):
             version = f"v{number + 2}"
             saved = trigger(app, server, row, version)
@@ -138,7 +158,11 @@ def run_row(row: Row, count: int, interval: float) -> Result:
     finally:
         if load is not None:
             load.stop()
-            result.longest_ms = round(load.longest_ms)
+            if first_trigger:
+                quiet = load.stalls(quiet_from, first_trigger)
+                result.quiet_pause_ms, result.quiet_longest_ms = quiet
+                busy = load.stalls(first_trigger, time.monotonic())
+                result.longest_pause_ms, result.longest_ms = busy
             result.requests, result.failed = load.requests, len(load.failed_at)
         server.stop()
         result.load_average = (began, os.getloadavg()[0])
@@ -170,7 +194,9 @@ def describe(res: Result) -> str:
         return f"{res.label}: skipped: {res.skipped}"
     return (
         f"{res.label}: {spread(res.latencies_ms)}, never served {res.never_served},"
-        f" longest request {res.longest_ms:,.0f} ms, failed {res.failed} of {res.requests:,}"
+        f" longest pause {res.longest_pause_ms:,.0f} ms (quiet {res.quiet_pause_ms:,.0f}),"
+        f" longest request {res.longest_ms:,.0f} ms (quiet {res.quiet_longest_ms:,.0f}),"
+        f" failed {res.failed} of {res.requests:,}"
         f" ({res.failed_while_broken} while broken; rolled back: {res.broken_rolled_back})"
         f" (load average {res.load_average[0]:.1f} → {res.load_average[1]:.1f})"
     )
@@ -178,16 +204,18 @@ def describe(res: Result) -> str:
 
 def table(results: list[Result]) -> list[str]:
     lines = [
-        "| server | trigger → new code, min / median / max | longest request | failed"
-        " (while broken) | broken code rolled back |",
-        "|---|---|---|---|---|",
+        "| server | trigger → new code, min / median / max | longest pause (quiet) | longest"
+        " request (quiet) | failed (while broken) | broken code rolled back |",
+        "|---|---|---|---|---|---|",
     ]
     for res in results:
         if res.skipped:
-            lines.append(f"| {res.label} | skipped: {res.skipped} | | | |")
+            lines.append(f"| {res.label} | skipped: {res.skipped} | | | | |")
             continue
         lines.append(
-            f"| {res.label} | {spread(res.latencies_ms)} | {res.longest_ms:,.0f} ms"
+            f"| {res.label} | {spread(res.latencies_ms)}"
+            f" | {res.longest_pause_ms:,.0f} ms ({res.quiet_pause_ms:,.0f})"
+            f" | {res.longest_ms:,.0f} ms ({res.quiet_longest_ms:,.0f})"
             f" | {res.failed} of {res.requests:,} ({res.failed_while_broken})"
             f" | {'yes' if res.broken_rolled_back else 'no'} |"
         )
@@ -199,6 +227,29 @@ def table(results: list[Result]) -> list[str]:
             )
             lines.append(f"\nmedian save ÷ median HUP, {save}: {ratio:.2f}")
     return lines
+
+
+def section(results: list[Result], count: int, interval: float) -> list[str]:
+    """The section of ``docs/benchmarks.md`` (``bench/run.py --sections gunicorn-saves``)."""
+    if not results:
+        return []
+    return [
+        "## gunicorn --reload: save → new code (bench/gunicorn_saves.py)",
+        "",
+        "gunicorn on the Flask example, loaded by the end-to-end harness's clients (as above),"
+        f" left alone for {count * interval / 2:g} s (the *quiet* figures), then its version"
+        f" module saved {count} times {interval:g} s apart (`--reload` rows) or written and"
+        " followed by `kill -HUP` (HUP rows: the upgrade's own time); then code that fails at"
+        " import is saved, and its fix 3 s later. *longest pause*: the longest time in which"
+        " the server answered no client (the whole server's stall); *longest request*: the"
+        " slowest single answer, which on 2 cores shared with the clients also measures the"
+        " clients' own scheduling (compare each with its quiet figure). *failed (while"
+        " broken)*: requests that failed in the whole row, and between the broken save and the"
+        " fix's first answer. gthread restarts each worker itself on a save.",
+        "",
+        *table(results),
+        "",
+    ]
 
 
 def main(args: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 
+import gunicorn_saves
 import memory
 import memory_tables
 import saves_tables
@@ -75,6 +76,9 @@ class Run:
     sections: set[str] = dataclasses.field(default_factory=set)
     saves: list[saves_tables.Result] = dataclasses.field(default_factory=list)
     save_plan: SavePlan = dataclasses.field(default_factory=SavePlan)
+    #: bench/gunicorn_saves.py's rows, and how many saves each (2.5 s apart)
+    gunicorn_saves: list[gunicorn_saves.Result] = dataclasses.field(default_factory=list)
+    gunicorn_save_count: int = 0
     idle: list[list[memory.Sample]] = dataclasses.field(default_factory=list)
     idle_plan: memory.Plan = dataclasses.field(default_factory=memory.Plan)
 
@@ -224,6 +228,10 @@ def _saves_section(run: Run) -> list[str]:
     return saves_tables.section(run.saves, run.save_plan)
 
 
+def _gunicorn_saves_section(run: Run) -> list[str]:
+    return gunicorn_saves.section(run.gunicorn_saves, run.gunicorn_save_count, INTERVAL)
+
+
 def _memory_section(run: Run) -> list[str]:
     return memory_tables.section(run.idle, run.idle_plan)
 
@@ -235,10 +243,17 @@ SECTIONS = [
     ("upgrades", "## Upgrades under load (our client)", _upgrades_section),
     ("warm", "## Warm start: trigger to new code, against a cold start", _warm_section),
     ("saves", "## Save → new code (bench/saves.py)", _saves_section),
+    (
+        "gunicorn-saves",
+        "## gunicorn --reload: save → new code (bench/gunicorn_saves.py)",
+        _gunicorn_saves_section,
+    ),
     ("memory", "## Idle memory and CPU (bench/memory.py)", _memory_section),
     ("upgrades", "## The picture", _picture_section),
 ]
 MADE_BY = "This page was made by "
+#: Seconds between two triggers of bench/gunicorn_saves.py's rows.
+INTERVAL = 2.5
 
 
 def _kept(path: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -270,7 +285,7 @@ def write(path: str, run: Run) -> None:
         " `bench` extra: `pip install -e '.[bench]'`):",
         "",
         "```sh",
-        "python bench/run.py            # full run (~22 min on 2 cores); --quick: ~5 min",
+        "python bench/run.py            # full run (~26 min on 2 cores); --quick: ~5 min",
         "python bench/run.py --sections saves,memory   # these only; the page keeps the rest",
         "python bench/picture.py        # only the picture, docs/upgrade.svg (~1 min)",
         "```",

@@ -2,7 +2,7 @@
 
 Run it from the repository root, with the ``bench`` extra installed and wrk on the PATH::
 
-    python bench/run.py            # full run, ~22 min on 2 cores: docs/benchmarks.md, upgrade.svg
+    python bench/run.py            # full run, ~26 min on 2 cores: docs/benchmarks.md, upgrade.svg
     python bench/run.py --quick    # smoke run, ~5 min
     python bench/run.py --only gunicorn --out gunicorn-only.md
     python bench/run.py --sections saves,memory   # these two; the page keeps the others
@@ -18,7 +18,9 @@ The measurements, each bounded in time (see the modules):
    and the framework's own reloader, and the memory (RSS, PSS) of each arrangement;
 5. ``saves.py``: save → first answer from the new code, N saves under load, where the time
    goes, and HUP → new generation of the same server;
-6. ``memory.py``: idle memory (PSS) and CPU of each server's whole process tree, ours against
+6. ``gunicorn_saves.py``: ``gunicorn --reload`` with our worker (a save is a HUP) against the
+   same server's HUP and gthread's own reloader: new code, stalls, a broken save;
+7. ``memory.py``: idle memory (PSS) and CPU of each server's whole process tree, ours against
    the server it replaces, side by side.
 """
 
@@ -33,6 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import gunicorn_saves
 import memory
 import memory_tables
 import picture
@@ -46,7 +49,7 @@ import wrk
 import wrk_hups
 from common import ROOT, RunPlan
 
-SECTIONS = ("throughput", "hups", "upgrades", "warm", "saves", "memory")
+SECTIONS = ("throughput", "hups", "upgrades", "warm", "saves", "gunicorn-saves", "memory")
 
 
 def public_args(argv: list[str]) -> list[str]:
@@ -163,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             if chosen(save_row.label, save_row.key, args.only):
                 save_results.append(saves.run_row(save_row, save_plan))
 
+    gunicorn_count = 2 if quick else 10
+    gunicorn_results = []
+    if "gunicorn-saves" in sections:
+        _heading(started, f"gunicorn --reload, {gunicorn_count} saves (bench/gunicorn_saves.py):")
+        for gunicorn_row in gunicorn_saves.ROWS:
+            if chosen(gunicorn_row.label, gunicorn_row.key, args.only):
+                result = gunicorn_saves.run_row(gunicorn_row, gunicorn_count, report.INTERVAL)
+                gunicorn_results.append(result)
+
     idle_plan = memory.Plan(
         rounds=max(1, args.idle_rounds or (1 if quick else 3)),
         seconds=args.idle_seconds or (10.0 if quick else 60.0),
@@ -198,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         sections=sections,
         saves=save_results,
         save_plan=save_plan,
+        gunicorn_saves=gunicorn_results,
+        gunicorn_save_count=gunicorn_count,
         idle=idle_rounds,
         idle_plan=idle_plan,
     )
@@ -211,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         print(warm.table(warm_results))
     if save_results:
         print("\n".join(saves_tables.tables(save_results)))
+    if gunicorn_results:
+        print("\n".join(gunicorn_saves.table(gunicorn_results)))
     if idle_rounds:
         print("\n".join(memory_tables.tables(idle_rounds)))
     if args.json:
