@@ -41,6 +41,8 @@ from servers import wait_in_log
 from tests.harness import Outcome, write_module  # on sys.path by common
 
 BROKEN = "raise RuntimeError('broken on purpose')\n"
+#: Seconds between two triggers (``--interval``; bench/run.py's section uses it as is).
+INTERVAL = 2.5
 TUNED = ("-w", "2", "--threads", "4")
 
 
@@ -255,7 +257,7 @@ def section(results: list[Result], count: int, interval: float) -> list[str]:
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=10, help="good saves per row (10)")
-    parser.add_argument("--interval", type=float, default=2.5, help="seconds between saves")
+    parser.add_argument("--interval", type=float, default=INTERVAL, help="seconds apart")
     parser.add_argument("--rows", default="", help="comma-separated keys (default: all)")
     parser.add_argument("--json", help="write every number here")
     opts = parser.parse_args(args)

@@ -76,7 +76,7 @@ class Run:
     sections: set[str] = dataclasses.field(default_factory=set)
     saves: list[saves_tables.Result] = dataclasses.field(default_factory=list)
     save_plan: SavePlan = dataclasses.field(default_factory=SavePlan)
-    #: bench/gunicorn_saves.py's rows, and how many saves each (2.5 s apart)
+    #: bench/gunicorn_saves.py's rows, and how many saves each
     gunicorn_saves: list[gunicorn_saves.Result] = dataclasses.field(default_factory=list)
     gunicorn_save_count: int = 0
     idle: list[list[memory.Sample]] = dataclasses.field(default_factory=list)
@@ -229,7 +229,8 @@ def _saves_section(run: Run) -> list[str]:
 
 
 def _gunicorn_saves_section(run: Run) -> list[str]:
-    return gunicorn_saves.section(run.gunicorn_saves, run.gunicorn_save_count, INTERVAL)
+    count = run.gunicorn_save_count
+    return gunicorn_saves.section(run.gunicorn_saves, count, gunicorn_saves.INTERVAL)
 
 
 def _memory_section(run: Run) -> list[str]:
@@ -252,8 +253,6 @@ SECTIONS = [
     ("upgrades", "## The picture", _picture_section),
 ]
 MADE_BY = "This page was made by "
-#: Seconds between two triggers of bench/gunicorn_saves.py's rows.
-INTERVAL = 2.5
 
 
 def _kept(path: str) -> tuple[list[str], dict[str, list[str]]]:

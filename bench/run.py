@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         _heading(started, f"gunicorn --reload, {gunicorn_count} saves (bench/gunicorn_saves.py):")
         for gunicorn_row in gunicorn_saves.ROWS:
             if chosen(gunicorn_row.label, gunicorn_row.key, args.only):
-                result = gunicorn_saves.run_row(gunicorn_row, gunicorn_count, report.INTERVAL)
+                result = gunicorn_saves.run_row(
+                    gunicorn_row, gunicorn_count, gunicorn_saves.INTERVAL
+                )
                 gunicorn_results.append(result)
 
     idle_plan = memory.Plan(
