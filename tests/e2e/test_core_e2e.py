@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -24,13 +23,13 @@ from tests.harness import (
     fd_count,
     gone_or_zombie,
     http_get,
-    joined,
     wait_served_by,
     wait_until,
     write_code,
     zombies,
 )
-from tests.harness.core import SERVER, has_connection, start
+from tests.harness.core import SERVER, start
+from tests.harness.inflight import LongRequest
 
 
 @pytest.mark.timeout(60)
@@ -38,19 +37,15 @@ def test_seed_scenario_slow_request_finishes_on_old_generation(start_server, app
     server = start(start_server, app_dir)
     first = http_get(server.port)
     assert first.status == 200 and first.version == "v1"
-    slow_result = {}
-    slow = threading.Thread(
-        target=lambda: slow_result.update(r=http_get(server.port, "/hello?sleep=3"))
-    )
-    slow.start()
-    wait_until(lambda: fd_count(first.pid) and has_connection(first.pid), 5, "slow request")
+    slow = LongRequest(server.port, 3)
+    assert slow.held_by(lambda: [first.pid]) == first.pid
     write_code(app_dir, "v2")
     new_pid = server.upgrade()
     fresh = wait_served_by(server.port, new_pid)
     assert fresh.version == "v2"
-    joined(slow, 10, "the slow client")
-    assert slow_result["r"].status == 200
-    assert (slow_result["r"].pid, slow_result["r"].version) == (first.pid, "v1")
+    answer = slow.finish(10)
+    assert answer.status == 200
+    assert (answer.pid, answer.version) == (first.pid, "v1")
     server.wait_for(r"generation 1 drained [1-9]\d* connections", 10)
     assert server.stop() == 0
 
@@ -158,16 +153,13 @@ def test_stop_signal_drains_in_flight_then_exits_zero(start_server, app_dir, tmp
     pidfile = tmp_path / "server.pid"
     server = start(start_server, app_dir, extra=[f"--pidfile={pidfile}"])
     assert int(pidfile.read_text()) == server.pid
-    result = {}
-    slow = threading.Thread(target=lambda: result.update(r=http_get(server.port, "/x?sleep=3")))
-    slow.start()
-    gen = server.generation_pids()[1]
-    wait_until(lambda: has_connection(gen), 5, "the slow request to arrive")
+    slow = LongRequest(server.port, 3, path="/x")
+    assert slow.held_by(lambda: [server.generation_pids()[1]]) == server.generation_pids()[1]
     os.kill(server.pid, stop_signal)
     assert server.proc.wait(20) == 0
-    joined(slow, 10, "the slow client")
-    assert result["r"].status == 200
-    assert result["r"].headers.get("connection") == "close"
+    answer = slow.finish(10)
+    assert answer.status == 200
+    assert answer.headers.get("connection") == "close"
     assert not pidfile.exists()
     with pytest.raises(ConnectionRefusedError):
         http_get(server.port)

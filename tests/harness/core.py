@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-from tests.harness import procfs
 from tests.harness.server import PYTHON, ROOT, ServerProcess
 
 SERVER = os.path.join(ROOT, "tests", "apps", "core_server.py")
@@ -29,12 +28,3 @@ def start(
     server = start_server(argv, cwd=app_dir, env=env, pass_fds=pass_fds)
     server.wait_ready()
     return server
-
-
-def has_connection(pid: int) -> bool:
-    """True once *pid* holds a request in flight: an ESTABLISHED connection (a connection of
-    an earlier request, closed by its client but not yet by the server, does not count).
-    Without ``/proc``, True: the caller then relies on the request's own timing."""
-    if not procfs.LINUX_PROC:
-        return True
-    return procfs.established_connections(pid) >= 1

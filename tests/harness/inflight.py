@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from tests.harness.client import Response, read_response
-from tests.harness.procfs import holder_of
+from tests.harness.procfs import LINUX_PROC, holder_of
 from tests.harness.server import wait_until
 
 
@@ -37,13 +37,21 @@ class LongRequest:
         """True once the answer (or a failure) came back."""
         return not self.thread.is_alive()
 
-    def held_by(self, pids: Callable[[], Iterable[int]], timeout: float = 5.0) -> int:
+    def held_by(self, pids: Callable[[], Iterable[int]], timeout: float = 10.0) -> int:
         """Wait until one of *pids()* holds the server side of this connection (it accepted
-        the request); return that pid."""
-        found = wait_until(
-            lambda: holder_of(pids(), self.client_port), timeout, "a process to hold the request"
-        )
-        return int(found)  # type: ignore[call-overload]
+        the request); return that pid. Fails at once, showing what the client got, if the
+        request ended before anyone was seen holding it. Without ``/proc``, a single
+        candidate is taken as the holder (the caller relies on the request's own timing)."""
+        if not LINUX_PROC and len(candidates := list(pids())) == 1:
+            return candidates[0]
+
+        def holder() -> int | None:
+            found = holder_of(pids(), self.client_port)
+            if found is None and self.answered:
+                raise AssertionError(f"the request ended before it was seen held: {self.result}")
+            return found
+
+        return int(wait_until(holder, timeout, "a process to hold the request"))  # type: ignore[call-overload]
 
     def finish(self, timeout: float) -> Response:
         """Wait for the answer; fail if none came (a failure is shown)."""
