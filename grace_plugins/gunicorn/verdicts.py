@@ -113,6 +113,14 @@ def verdict(records: GenerationRecords, now: float, alive: Callable[[int], bool]
     return Verdict(PENDING)
 
 
+def forked_by_reload(info: Announcement | None, age: int) -> bool:
+    """Whether the worker of gunicorn's *age* is one that the reload announced by *info* forks
+    (a member), known from the ages alone, before the worker left any record."""
+    if info is None or info.first_age <= 0:
+        return False
+    return info.first_age <= age < info.first_age + info.expected
+
+
 def members(info: Announcement | None, workers: Iterable[Member]) -> list[Member]:
     """The workers of a generation that its reload forked (later respawns are not members),
     by age."""

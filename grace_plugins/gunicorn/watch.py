@@ -16,6 +16,7 @@ from grace_plugins.gunicorn.verdicts import (
     ROLLED_BACK,
     Member,
     Verdict,
+    forked_by_reload,
     pid_list,
     verdict,
 )
@@ -55,6 +56,17 @@ class Watch:
         if found.kind == ROLLED_BACK and self.is_member():
             return f"generation {self.member.gen} was rolled back"
         return ""
+
+    def stillborn(self) -> str:
+        """Why this worker must not even import the app ("" if it may): gunicorn forks a
+        reload's workers one after another, and a member forked after a sibling already failed
+        belongs to a generation that is rolled back (its import would only fail again, or
+        serve nothing)."""
+        gen = self.member.gen
+        if gen < 2 or not forked_by_reload(self.store.announcement(gen), self.member.age):
+            return ""
+        found = self.verdict_on(gen)
+        return f"generation {gen} was rolled back" if found.kind == ROLLED_BACK else ""
 
     def is_member(self) -> bool:
         """Whether this worker is one of those its reload forked (not a respawn), in a

@@ -98,6 +98,15 @@ class Worker(DrainingWorker):
     def init_process(self) -> None:
         member = Member(self.generation, self._age, os.getpid())
         self.watch = Watch(self.store, member, self.log)
+        stillborn = self.watch.stillborn()
+        if stillborn:
+            self.log.info(
+                "grace_plugins: worker %s (generation %s) exits without loading the app: %s",
+                member.pid,
+                member.gen,
+                stillborn,
+            )
+            sys.exit(0)
         self.reporter = self._reporter(member)
         self.boot = Boot(
             self.store,

@@ -24,6 +24,7 @@ from tests.harness.server import ROOT, ServerProcess, joined, wait_until
 APPS = os.path.join(ROOT, "tests", "apps")
 #: A mold named in the log (its start, its retirement, its failure).
 MOLD = r"\bmold (?:\(pid )?(\d+)"
+BOOTING = r"Booting worker with pid: (\d+)"
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+) \((\d+)\)"
 #: The new workers' ready timeout (gunicorn's ``--timeout``) in the tests of broken code.
 BROKEN_TIMEOUT = 4
@@ -72,10 +73,18 @@ class Gunicorn(ServerProcess):
         return [int(p) for p in found.group(1).split(",")]
 
     def wait_rollback(self, gen: int, after: int, timeout: float = 20) -> None:
-        """Wait until generation *gen* is rolled back and the workers it booted are gone."""
-        self.wait_for(rf"generation {gen} rolled back", timeout, after=after)
-        booted = {int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.output(after))}
-        wait_until(lambda: not booted & set(self.workers()), timeout, "the new workers to exit")
+        """Wait until generation *gen* is rolled back and every worker its reload forked is
+        gone: gunicorn forks them one after another, so some may start after the verdict (a
+        mold that failed forked none)."""
+        found = self.wait_for(rf"generation {gen} rolled back \((.*)\)", timeout, after=after)
+        size = re.search(rf"starting generation {gen} \((\d+) workers\)", self.output(after))
+        forks = int(size.group(1)) if size and "the mold" not in found.group(1) else 0
+
+        def all_gone() -> bool:
+            booted = {int(p) for p in re.findall(BOOTING, self.output(after))}
+            return len(booted) >= forks and not booted & set(self.workers())
+
+        wait_until(all_gone, timeout, f"the {forks} workers of generation {gen} to exit")
 
     def broken_hup_then_fix(self, app_dir: str | os.PathLike[str], code: str, gen: int) -> int:
         """HUP with broken *code* (generation *gen*): it is rolled back, the same workers serve

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -119,3 +120,37 @@ def test_under_another_user_the_workers_own_the_directory_and_the_announcements(
         assert sorted(os.listdir(store.path)) == ["gen-1.json"]  # nothing left staged
     finally:
         store.remove()
+
+
+class QuietLog:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, text: str, *args: object) -> None:
+        self.lines.append(text % args)
+
+    error = warning = info
+
+
+def test_a_member_forked_after_its_generation_failed_does_not_load_it(tmp_path):
+    """gunicorn forks a reload's workers one after another: the second may start after the
+    first already failed. It must not import the code (it would fail again, or serve code
+    that was rolled back); a respawn, or a member of an undecided generation, imports."""
+    from grace_plugins.gunicorn.watch import Watch
+
+    store = RecordStore(str(tmp_path))
+    now = time.monotonic()
+    store.announce(2, Announcement(expected=2, first_age=3, started=now, ready_timeout=30.0))
+    log = QuietLog()
+    second = Watch(store, Member(2, 4, 40), log)
+    assert second.stillborn() == ""  # the first still imports: undecided
+    store.record(Member(2, 3, 30), "boot")
+    store.record(Member(2, 3, 30), "failed", "RuntimeError: boom")
+    assert second.stillborn() == "generation 2 was rolled back"
+    assert store.recorded_verdict(2) == "worker 30 failed: RuntimeError: boom"
+    assert log.lines == [
+        "grace_plugins: generation 2 rolled back (worker 30 failed: RuntimeError: boom);"
+        " the previous workers keep serving"
+    ]  # recorded and logged once, by whoever saw it first
+    assert Watch(store, Member(2, 5, 50), log).stillborn() == ""  # a respawn: not a member
+    assert Watch(store, Member(1, 1, 10), log).stillborn() == ""  # the first generation

@@ -22,6 +22,7 @@ from grace_plugins.gunicorn.verdicts import (  # noqa: E402
     GenerationRecords,
     Member,
     Verdict,
+    forked_by_reload,
     members,
     verdict,
 )
@@ -99,6 +100,13 @@ def test_members_are_the_workers_the_reload_forked():
     without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
     assert members(without_ages, workers) == [Member(2, 3, 30), Member(2, 4, 40)]
     assert members(None, workers) == []
+
+
+def test_a_member_is_known_by_its_age_before_it_left_a_record():
+    assert [age for age in range(1, 7) if forked_by_reload(INFO, age)] == [3, 4]
+    without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
+    assert not forked_by_reload(without_ages, 3)  # unknown: it imports, as before
+    assert not forked_by_reload(None, 3)
 
 
 # -- a worker holding the reload's SIGTERM: drain, wait, or forget ---------------------------
