@@ -102,12 +102,45 @@ def test_settings_option_and_unapplied_migrations_warning(start_server, django_p
         f" 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
     )
     server = runhot(start_server, django_project, "--noreload", "--settings", "example.settings_db")
-    out = server.output()
-    assert "using settings 'example.settings_db'" in out
-    assert re.search(r"You have \d+ unapplied migration", out)
+    assert "using settings 'example.settings_db'" in server.output()
+    server.wait_for(r"You have \d+ unapplied migration", 20)  # printed once serving
+    mark = server.mark()
     new = server.upgrade(60)
     wait_served_by(server.port, new)
+    server.wait_for(r"You have \d+ unapplied migration", 20, after=mark)  # by each generation
     assert server.output().count("using settings 'example.settings_db'") == 2
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_migrations_check_is_reported_and_the_site_serves(
+    start_server, django_project, tmp_path
+):
+    """``runserver``'s unapplied-migrations check only ever warns: it runs once the generation
+    serves, and its failure (here a migration that does not import) is one line, neither a
+    failed start nor a rolled-back upgrade."""
+    migrations = django_project / "shop" / "migrations"
+    migrations.mkdir(parents=True)
+    (django_project / "shop" / "__init__.py").write_text("")
+    (migrations / "__init__.py").write_text("")
+    (migrations / "0001_initial.py").write_text("this is not python (\n")
+    (django_project / "example" / "settings_shop.py").write_text(
+        "from example.settings import *  # noqa: F403\n"
+        "INSTALLED_APPS = [*INSTALLED_APPS, 'shop']  # noqa: F405\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3',"
+        f" 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
+    )
+    settings = ("--settings", "example.settings_shop")
+    server = runhot(start_server, django_project, "--noreload", *settings)
+    failed = r"The unapplied-migrations check failed: SyntaxError"
+    server.wait_for(failed, 20)
+    assert http_get(server.port).status == 200
+    mark = server.mark()
+    set_version(django_project, "v2")
+    new = server.upgrade(60)
+    assert wait_served_by(server.port, new).version == "v2"
+    server.wait_for(failed, 20, after=mark)
+    assert "rolled back" not in server.output()
     assert server.stop() == 0
 
 

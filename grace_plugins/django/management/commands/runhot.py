@@ -11,9 +11,10 @@ program and re-binds the port on every change, ``runhot`` calls :func:`grace_plu
   (the one to signal), re-executes itself into the lean supervisor (what ``django.setup()``
   imported is not kept) and re-runs ``manage.py runhot ...`` as child *generations*. It never
   imports the URLconf, the views or the WSGI application;
-* a generation runs ``runserver``'s ``inner_run`` (checks, migrations warning, WSGI handler,
-  banner) on the inherited listener. A failing check, a broken import or a hang fails it
-  *before* it reports ready, so the upgrade is rolled back and the old code keeps serving;
+* a generation runs ``runserver``'s ``inner_run`` (checks, WSGI handler, banner) on the
+  inherited listener. A failing check, a broken import or a hang fails it *before* it reports
+  ready, so the upgrade is rolled back and the old code keeps serving. The unapplied-migrations
+  warning, which never stops ``runserver``, comes once the generation serves;
 * with the autoreloader on, each generation tells the supervisor's file watcher what
   ``runserver`` would watch (:mod:`grace_plugins.django.watchlist`: every imported module, and
   what the ``autoreload_started`` receivers add: templates, locale, ``watch_dir`` globs); a
@@ -26,6 +27,7 @@ import functools
 import io
 import os
 import socket
+import threading
 from typing import Any
 
 from django.apps import apps
@@ -33,6 +35,7 @@ from django.conf import settings
 from django.core.management.base import CommandError, OutputWrapper, SystemCheckError
 from django.core.management.commands.runserver import Command as CoreRunserverCommand
 from django.core.servers.basehttp import WSGIServer
+from django.db import connections
 
 from grace_plugins.django.server import hot_server_class, stop_soon
 from grace_plugins.django.watchlist import Watchlist
@@ -62,6 +65,7 @@ class Command(RunserverCommand):
     server_cls: type[WSGIServer]  # runserver's class attribute; a generation replaces it
     stderr: OutputWrapper  # BaseCommand's
     _use_reloader = False
+    _migrations_later = False
 
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
@@ -163,9 +167,30 @@ class Command(RunserverCommand):
             f" (generation {context.generation}, pid {os.getpid()})."
         )
 
+    def check_migrations(self) -> None:
+        """``runserver``'s unapplied-migrations warning, printed once the generation is ready
+        rather than before: it never decides whether the server starts (``runserver`` only
+        prints it), and it imports every migration module of every app (hundreds on a CMS,
+        about as long as the system checks), which an upgrade need not wait for."""
+        if self.context is None:
+            super().check_migrations()
+        else:
+            self._migrations_later = True
+
+    def _check_migrations_now(self) -> None:
+        """The deferred check, on a thread of its own: a failure (the database unreachable, a
+        migration that does not import) is reported, as ``runserver`` would show it, and the
+        generation serves on."""
+        try:
+            super().check_migrations()
+        except Exception as exc:  # noqa: BLE001 - reported; the check only ever warns
+            self.stderr.write(f"The unapplied-migrations check failed: {type(exc).__name__}: {exc}")
+        finally:
+            connections.close_all()  # this thread's own connections
+
     def on_serving(self, server: WSGIServer, *, options: dict[str, Any]) -> None:
         """On the serving thread, just before the accept loop: arm the stop, run the ready
-        check, report ready."""
+        check, report ready, then start the unapplied-migrations check."""
         context = self.context
         assert context is not None
         context.on_stop(stop_soon(server))
@@ -175,6 +200,10 @@ class Command(RunserverCommand):
                 server.get_app(), context.options.ready_path, host=allowed_host(host), port=port
             )
         context.ready()
+        if self._migrations_later:
+            threading.Thread(
+                target=self._check_migrations_now, name="grace-migrations", daemon=True
+            ).start()
 
 
 def allowed_host(host: str) -> str:
