@@ -4,17 +4,20 @@ Each row starts gunicorn on the bench's Flask app, loads it with the end-to-end 
 clients (fresh connections, keep-alive connections that never retry, idle keep-alive ones:
 ``bench/saves.py``'s), saves the version module N times (default 10) a fixed interval apart
 (2.5 s), then saves code that fails at import, waits for the rollback (or 3 s), and saves the
-fix. Save rows rely on ``--reload``; HUP rows write the same module and send ``kill -HUP``
-(no ``--reload``): the upgrade's own time. Per row: save (or HUP) → first answer of its version
-(min / median / max); the stall, two ways: the longest pause of the whole server (the longest
+fix. With our worker, each save is followed one interval later by a ``kill -HUP`` with nothing
+changed, on the same server (as ``bench/saves.py`` does for hotrun and runhot): HUP → the first
+answer from a worker of the generation it started is the upgrade's own time, so save ÷ HUP,
+measured side by side under the same conditions, is what the watcher adds. Per row: save → first
+answer of its version, and HUP → first answer of its generation (min / median / max); the
+stall, two ways: the longest pause of the whole server (the longest
 time between two answers, whichever client got them) and the longest single request, each also
 over a quiet stretch of the same length before the first trigger (no upgrade: what the 2-core
 machine's noise alone gives); the requests that failed, and those that failed between the broken
 save and the fix's first answer.
 
-Rows: ``-k grace_plugins.Worker`` with ``-w 2 --threads 4`` and with gunicorn's defaults (one
-worker, one thread), each by save and by HUP, and ``-k gthread -w 2 --threads 4 --reload``
-(gunicorn's own reloader: each worker restarts itself). Ratios come from one run.
+Rows: ``-k grace_plugins.Worker --reload`` with ``-w 2 --threads 4`` and with gunicorn's
+defaults (one worker, one thread), and ``-k gthread -w 2 --threads 4 --reload`` (gunicorn's own
+reloader: each worker restarts itself; no HUP). Ratios come from one row.
 
 Usage (from the repository root): ``python bench/gunicorn_saves.py [--saves N] [--interval S]
 [--rows KEY,...] [--json FILE]``. Every wait is bounded; every server is stopped by SIGTERM,
@@ -27,6 +30,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -51,21 +55,19 @@ class Row:
     key: str
     label: str
     args: tuple[str, ...]
-    trigger: str  # "save" or "HUP"
+    hups: bool  # a HUP with nothing changed one interval after each save (our worker)
 
 
 ROWS = [
-    Row("ours-save", "`-k grace_plugins.Worker -w 2 --threads 4 --reload` (save)",
-        ("-k", "grace_plugins.Worker", *TUNED, "--reload"), "save"),
-    Row("ours-hup", "`-k grace_plugins.Worker -w 2 --threads 4` (HUP)",
-        ("-k", "grace_plugins.Worker", *TUNED), "HUP"),
-    Row("defaults-save", "`-k grace_plugins.Worker --reload` (gunicorn's defaults, save)",
-        ("-k", "grace_plugins.Worker", "--reload"), "save"),
-    Row("defaults-hup", "`-k grace_plugins.Worker` (gunicorn's defaults, HUP)",
-        ("-k", "grace_plugins.Worker"), "HUP"),
-    Row("gthread-save", "`-k gthread -w 2 --threads 4 --reload` (save)",
-        ("-k", "gthread", *TUNED, "--reload"), "save"),
+    Row("ours", "`-k grace_plugins.Worker -w 2 --threads 4 --reload`",
+        ("-k", "grace_plugins.Worker", *TUNED, "--reload"), True),
+    Row("defaults", "`-k grace_plugins.Worker --reload` (gunicorn's defaults)",
+        ("-k", "grace_plugins.Worker", "--reload"), True),
+    Row("gthread", "`-k gthread -w 2 --threads 4 --reload`",
+        ("-k", "gthread", *TUNED, "--reload"), False),
 ]  # fmt: skip
+#: Our worker's log line for a promoted generation, with its workers' pids.
+PROMOTED = re.compile(r"generation \d+ ready: \d+ workers serving \(pids ([\d,]+)\)")
 
 
 class Clients(saves.SaveLoad):
@@ -97,9 +99,10 @@ class Clients(saves.SaveLoad):
 class Result:
     key: str
     label: str
-    trigger: str
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # save -> its version answers
+    hup_ms: list[float] = field(default_factory=list)  # HUP -> its generation answers
     never_served: int = 0
+    hups_never_served: int = 0
     longest_ms: float = 0.0  # the longest request, from the first trigger on
     longest_pause_ms: float = 0.0  # the longest time between two answers, from then on
     quiet_longest_ms: float = 0.0  # the same two over a quiet stretch before the first trigger
@@ -123,7 +126,7 @@ def argv(row: Row, port: int, app_dir: str) -> list[str]:
 
 
 def run_row(row: Row, count: int, interval: float) -> Result:
-    result = Result(row.key, row.label, row.trigger)
+    result = Result(row.key, row.label)
     began = os.getloadavg()[0]
     app = saves.App("minimal")
     port = free_port()
@@ -132,15 +135,16 @@ def run_row(row: Row, count: int, interval: float) -> Result:
     quiet_from = first_trigger = 0.0
     try:
         server.wait_answering(port, timeout=60.0)
-        load = Clients(port, max_seconds=count * interval + 90.0)
+        events = count * (2 if row.hups else 1)
+        load = Clients(port, max_seconds=events * interval + 90.0)
         load.start()
         time.sleep(2.0)
         quiet_from = time.monotonic()
-        time.sleep(count * interval / 2)  # as long as half the triggers' stretch
+        time.sleep(events * interval / 2)  # as long as half the triggers' stretch
         first_trigger = time.monotonic()
         for number in range(count):
             version = f"v{number + 2}"
-            saved = trigger(app, server, row, version)
+            saved = save(app, version)
             wait_answer(load, version, interval)
             answered = load.first_answer.get(version)
             if answered is None:
@@ -148,10 +152,18 @@ def run_row(row: Row, count: int, interval: float) -> Result:
             else:
                 result.latencies_ms.append(round((answered - saved) * 1000, 1))
             time.sleep(max(0.0, saved + interval - time.monotonic()))
-        broken_at = trigger(app, server, row, None)
+            if row.hups:
+                sent = time.monotonic()
+                took = hup(server, load, version, interval)
+                if took is None:
+                    result.hups_never_served += 1
+                else:
+                    result.hup_ms.append(took)
+                time.sleep(max(0.0, sent + interval - time.monotonic()))
+        broken_at = save(app, None)
         result.broken_rolled_back = wait_in_log(server, "rolled back", 15.0)
         time.sleep(max(0.0, broken_at + 3.0 - time.monotonic()))
-        trigger(app, server, row, "fixed")
+        save(app, "fixed")
         wait_answer(load, "fixed", 30.0)
         fixed = load.first_answer.get("fixed", time.monotonic())
         result.failed_while_broken = sum(broken_at <= t <= fixed for t in load.failed_at)
@@ -173,16 +185,34 @@ def run_row(row: Row, count: int, interval: float) -> Result:
     return result
 
 
-def trigger(app: saves.App, server: Server, row: Row, version: str | None) -> float:
-    """Save *version* (broken code for None), HUP for the HUP rows; when it was saved."""
+def save(app: saves.App, version: str | None) -> float:
+    """Save *version* (broken code for None); when it was saved."""
     if version is None:
         write_module(app.module, BROKEN)
     else:
         app.save(version)
-    saved = time.monotonic()
-    if row.trigger == "HUP":
-        server.signal(signal.SIGHUP)
-    return saved
+    return time.monotonic()
+
+
+def hup(server: Server, load: Clients, version: str, timeout: float) -> float | None:
+    """``kill -HUP`` with *version* on disk and served; ms until a worker of the generation it
+    started (named by its ready line) first answered, or None if none did within *timeout*."""
+    log = server.log_path or ""
+    offset = os.path.getsize(log)
+    sent = time.monotonic()
+    server.signal(signal.SIGHUP)
+    deadline = sent + timeout
+    while time.monotonic() < deadline:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            found = PROMOTED.search(handle.read().decode(errors="replace"))
+        pids = [int(pid) for pid in found.group(1).split(",")] if found else []
+        answers = [load.first_of_process.get((pid, version)) for pid in pids]
+        first = min((when for when in answers if when is not None), default=None)
+        if first is not None:
+            return round((first - sent) * 1000, 1)
+        time.sleep(0.01)
+    return None
 
 
 def wait_answer(load: Clients, version: str, timeout: float) -> None:
@@ -194,8 +224,9 @@ def wait_answer(load: Clients, version: str, timeout: float) -> None:
 def describe(res: Result) -> str:
     if res.skipped:
         return f"{res.label}: skipped: {res.skipped}"
+    hups = f", HUP {spread(res.hup_ms)}" if res.hup_ms else ""
     return (
-        f"{res.label}: {spread(res.latencies_ms)}, never served {res.never_served},"
+        f"{res.label}: save {spread(res.latencies_ms)}{hups}, never served {res.never_served},"
         f" longest pause {res.longest_pause_ms:,.0f} ms (quiet {res.quiet_pause_ms:,.0f}),"
         f" longest request {res.longest_ms:,.0f} ms (quiet {res.quiet_longest_ms:,.0f}),"
         f" failed {res.failed} of {res.requests:,}"
@@ -206,28 +237,31 @@ def describe(res: Result) -> str:
 
 def table(results: list[Result]) -> list[str]:
     lines = [
-        "| server | trigger → new code, min / median / max | longest pause (quiet) | longest"
-        " request (quiet) | failed (while broken) | broken code rolled back |",
-        "|---|---|---|---|---|---|",
+        "| server | save → new code, min / median / max | HUP → new generation, min / median /"
+        " max | save ÷ HUP (medians) | longest pause (quiet) | longest request (quiet) | failed"
+        " (while broken) | broken code rolled back |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         if res.skipped:
-            lines.append(f"| {res.label} | skipped: {res.skipped} | | | | |")
+            lines.append(f"| {res.label} | skipped: {res.skipped} | | | | | | |")
             continue
+        ratio = (
+            f"{statistics.median(res.latencies_ms) / max(statistics.median(res.hup_ms), 0.1):.2f}"
+            if res.latencies_ms and res.hup_ms
+            else "–"
+        )
+        missed = f" ({res.never_served + res.hups_never_served} never served)" * bool(
+            res.never_served + res.hups_never_served
+        )
         lines.append(
             f"| {res.label} | {spread(res.latencies_ms)}"
+            f" | {spread(res.hup_ms) if res.hup_ms else '–'}{missed} | {ratio}"
             f" | {res.longest_pause_ms:,.0f} ms ({res.quiet_pause_ms:,.0f})"
             f" | {res.longest_ms:,.0f} ms ({res.quiet_longest_ms:,.0f})"
             f" | {res.failed} of {res.requests:,} ({res.failed_while_broken})"
             f" | {'yes' if res.broken_rolled_back else 'no'} |"
         )
-    by_key = {r.key: r for r in results if r.latencies_ms}
-    for save, hup in (("ours-save", "ours-hup"), ("defaults-save", "defaults-hup")):
-        if save in by_key and hup in by_key:
-            ratio = statistics.median(by_key[save].latencies_ms) / max(
-                statistics.median(by_key[hup].latencies_ms), 0.1
-            )
-            lines.append(f"\nmedian save ÷ median HUP, {save}: {ratio:.2f}")
     return lines
 
 
@@ -235,19 +269,25 @@ def section(results: list[Result], count: int, interval: float) -> list[str]:
     """The section of ``docs/benchmarks.md`` (``bench/run.py --sections gunicorn-saves``)."""
     if not results:
         return []
+    text = (
+        "gunicorn on the Flask example, loaded by the end-to-end harness's clients (as above),"
+        " left alone for half the length of its triggers (the *quiet* figures), then its"
+        f" version module saved {count} times; with our worker each save is followed,"
+        f" {interval:g} s later, by a `kill -HUP` with nothing changed on the same server"
+        " (*HUP → new generation*: from the HUP to the first answer from a worker its ready"
+        " line names, the upgrade's own time), and the next save comes"
+        f" {interval:g} s after that; then code that fails at import is saved, and its fix"
+        " 3 s later. *longest pause*: the longest time in which the server answered no client"
+        " (the whole server's stall); *longest request*: the slowest single answer, which on"
+        " 2 cores shared with the clients also measures the clients' own scheduling (compare"
+        " each with its quiet figure). *failed (while broken)*: requests that failed in the"
+        " whole row, and between the broken save and the fix's first answer. gthread restarts"
+        " each worker itself on a save."
+    )
     return [
         "## gunicorn --reload: save → new code (bench/gunicorn_saves.py)",
         "",
-        "gunicorn on the Flask example, loaded by the end-to-end harness's clients (as above),"
-        f" left alone for {count * interval / 2:g} s (the *quiet* figures), then its version"
-        f" module saved {count} times {interval:g} s apart (`--reload` rows) or written and"
-        " followed by `kill -HUP` (HUP rows: the upgrade's own time); then code that fails at"
-        " import is saved, and its fix 3 s later. *longest pause*: the longest time in which"
-        " the server answered no client (the whole server's stall); *longest request*: the"
-        " slowest single answer, which on 2 cores shared with the clients also measures the"
-        " clients' own scheduling (compare each with its quiet figure). *failed (while"
-        " broken)*: requests that failed in the whole row, and between the broken save and the"
-        " fix's first answer. gthread restarts each worker itself on a save.",
+        text,
         "",
         *table(results),
         "",
