@@ -128,8 +128,7 @@ def members(info: Announcement | None, workers: Iterable[Member]) -> list[Member
         return []
     if info.first_age <= 0:  # an announcement without ages: the first ones by age
         return sorted(workers, key=lambda m: m.age)[: info.expected]
-    last = info.first_age + info.expected
-    return sorted((m for m in workers if info.first_age <= m.age < last), key=lambda m: m.age)
+    return sorted((m for m in workers if forked_by_reload(info, m.age)), key=lambda m: m.age)
 
 
 def pid_list(found: Iterable[Member]) -> str:
