@@ -43,6 +43,7 @@ from saves_tables import spread
 from servers import wait_in_log
 
 from tests.harness import Outcome, write_module  # on sys.path by common
+from tests.harness.gunicorn import PROMOTED as PROMOTED_LINE
 
 BROKEN = "raise RuntimeError('broken on purpose')\n"
 #: Seconds between two triggers (``--interval``; bench/run.py's section uses it as is).
@@ -66,8 +67,7 @@ ROWS = [
     Row("gthread", "`-k gthread -w 2 --threads 4 --reload`",
         ("-k", "gthread", *TUNED, "--reload"), False),
 ]  # fmt: skip
-#: Our worker's log line for a promoted generation, with its workers' pids.
-PROMOTED = re.compile(r"generation \d+ ready: \d+ workers serving \(pids ([\d,]+)\)")
+PROMOTED = re.compile(PROMOTED_LINE.format(gen=r"\d+"))
 
 
 class Clients(saves.SaveLoad):
@@ -251,18 +251,20 @@ def table(results: list[Result]) -> list[str]:
             if res.latencies_ms and res.hup_ms
             else "–"
         )
-        missed = f" ({res.never_served + res.hups_never_served} never served)" * bool(
-            res.never_served + res.hups_never_served
-        )
         lines.append(
-            f"| {res.label} | {spread(res.latencies_ms)}"
-            f" | {spread(res.hup_ms) if res.hup_ms else '–'}{missed} | {ratio}"
+            f"| {res.label} | {spread(res.latencies_ms)}{_missed(res.never_served)}"
+            f" | {spread(res.hup_ms) if res.hup_ms else '–'}{_missed(res.hups_never_served)}"
+            f" | {ratio}"
             f" | {res.longest_pause_ms:,.0f} ms ({res.quiet_pause_ms:,.0f})"
             f" | {res.longest_ms:,.0f} ms ({res.quiet_longest_ms:,.0f})"
             f" | {res.failed} of {res.requests:,} ({res.failed_while_broken})"
             f" | {'yes' if res.broken_rolled_back else 'no'} |"
         )
     return lines
+
+
+def _missed(count: int) -> str:
+    return f" ({count} never served)" if count else ""
 
 
 def section(results: list[Result], count: int, interval: float) -> list[str]:

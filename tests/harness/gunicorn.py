@@ -25,6 +25,8 @@ APPS = os.path.join(ROOT, "tests", "apps")
 #: A mold named in the log (its start, its retirement, its failure).
 MOLD = r"\bmold (?:\(pid )?(\d+)"
 BOOTING = r"Booting worker with pid: (\d+)"
+#: Our worker's line for a promoted generation (its number, or any: ``\d+``), with the pids.
+PROMOTED = r"generation {gen} ready: \d+ workers serving \(pids ([\d,]+)\)"
 LISTENING = r"Listening at: https?://127\.0\.0\.1:(\d+) \((\d+)\)"
 #: The new workers' ready timeout (gunicorn's ``--timeout``) in the tests of broken code.
 BROKEN_TIMEOUT = 4
@@ -67,9 +69,7 @@ class Gunicorn(ServerProcess):
 
     def wait_promoted(self, gen: int, after: int, timeout: float = 30.0) -> list[int]:
         """Wait for generation *gen*'s promotion (logged at *after* or later); its pids."""
-        found = self.wait_for(
-            rf"generation {gen} ready: \d+ workers serving \(pids ([\d,]+)\)", timeout, after=after
-        )
+        found = self.wait_for(PROMOTED.format(gen=gen), timeout, after=after)
         return [int(p) for p in found.group(1).split(",")]
 
     def wait_rollback(self, gen: int, after: int, timeout: float = 20) -> None:
