@@ -86,13 +86,13 @@ class Clients(saves.SaveLoad):
         else:
             self.answered.append((outcome.start, outcome.end))
 
-    def stalls(self, begin: float, end: float) -> tuple[float, float]:
+    def stalls(self, begin: float, end: float) -> tuple[float, float, float]:
         """Between *begin* and *end*: the longest pause (ms between two answers, whoever got
-        them) and the longest request (ms, started in the stretch)."""
+        them), when it began, and the longest request (ms, started in the stretch)."""
         ends = sorted(done for _, done in self.answered if begin <= done < end)
-        pause = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
+        pause, since = max(((b - a, a) for a, b in itertools.pairwise(ends)), default=(0.0, 0.0))
         request = max((e - s for s, e in self.answered if begin <= s < end), default=0.0)
-        return round(pause * 1000), round(request * 1000)
+        return round(pause * 1000), since, round(request * 1000)
 
 
 @dataclass
@@ -105,6 +105,7 @@ class Result:
     hups_never_served: int = 0
     longest_ms: float = 0.0  # the longest request, from the first trigger on
     longest_pause_ms: float = 0.0  # the longest time between two answers, from then on
+    pause_after: str = ""  # the trigger the longest pause followed, and how long after it
     quiet_longest_ms: float = 0.0  # the same two over a quiet stretch before the first trigger
     quiet_pause_ms: float = 0.0
     requests: int = 0
@@ -133,6 +134,7 @@ def run_row(row: Row, count: int, interval: float) -> Result:
     server = Server(argv(row, port, app.dir), app.dir, bench_env(), f"{app.dir}/server.log")
     load: Clients | None = None
     quiet_from = first_trigger = 0.0
+    triggers: list[tuple[float, str]] = []  # (when, what) of each save and HUP
     try:
         server.wait_answering(port, timeout=60.0)
         events = count * (2 if row.hups else 1)
@@ -145,6 +147,7 @@ def run_row(row: Row, count: int, interval: float) -> Result:
         for number in range(count):
             version = f"v{number + 2}"
             saved = save(app, version)
+            triggers.append((saved, f"save {number + 1}"))
             wait_answer(load, version, interval)
             answered = load.first_answer.get(version)
             if answered is None:
@@ -154,6 +157,7 @@ def run_row(row: Row, count: int, interval: float) -> Result:
             time.sleep(max(0.0, saved + interval - time.monotonic()))
             if row.hups:
                 sent = time.monotonic()
+                triggers.append((sent, f"HUP {number + 1}"))
                 took = hup(server, load, version, interval)
                 if took is None:
                     result.hups_never_served += 1
@@ -161,9 +165,10 @@ def run_row(row: Row, count: int, interval: float) -> Result:
                     result.hup_ms.append(took)
                 time.sleep(max(0.0, sent + interval - time.monotonic()))
         broken_at = save(app, None)
+        triggers.append((broken_at, "the broken save"))
         result.broken_rolled_back = wait_in_log(server, "rolled back", 15.0)
         time.sleep(max(0.0, broken_at + 3.0 - time.monotonic()))
-        save(app, "fixed")
+        triggers.append((save(app, "fixed"), "the fix"))
         wait_answer(load, "fixed", 30.0)
         fixed = load.first_answer.get("fixed", time.monotonic())
         result.failed_while_broken = sum(broken_at <= t <= fixed for t in load.failed_at)
@@ -173,10 +178,12 @@ def run_row(row: Row, count: int, interval: float) -> Result:
         if load is not None:
             load.stop()
             if first_trigger:
-                quiet = load.stalls(quiet_from, first_trigger)
-                result.quiet_pause_ms, result.quiet_longest_ms = quiet
-                busy = load.stalls(first_trigger, time.monotonic())
-                result.longest_pause_ms, result.longest_ms = busy
+                result.quiet_pause_ms, _, result.quiet_longest_ms = load.stalls(
+                    quiet_from, first_trigger
+                )
+                pause, since, result.longest_ms = load.stalls(first_trigger, time.monotonic())
+                result.longest_pause_ms = pause
+                result.pause_after = after_which(triggers, since)
             result.requests, result.failed = load.requests, len(load.failed_at)
         server.stop()
         result.load_average = (began, os.getloadavg()[0])
@@ -215,6 +222,15 @@ def hup(server: Server, load: Clients, version: str, timeout: float) -> float | 
     return None
 
 
+def after_which(triggers: list[tuple[float, str]], moment: float) -> str:
+    """The last trigger before *moment*, and how long before it: where a pause came from."""
+    before = [(when, what) for when, what in triggers if when <= moment]
+    if not before:
+        return "before the first trigger"
+    when, what = before[-1]
+    return f"{(moment - when) * 1000:,.0f} ms after {what}"
+
+
 def wait_answer(load: Clients, version: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while version not in load.first_answer and time.monotonic() < deadline:
@@ -227,7 +243,8 @@ def describe(res: Result) -> str:
     hups = f", HUP {spread(res.hup_ms)}" if res.hup_ms else ""
     return (
         f"{res.label}: save {spread(res.latencies_ms)}{hups}, never served {res.never_served},"
-        f" longest pause {res.longest_pause_ms:,.0f} ms (quiet {res.quiet_pause_ms:,.0f}),"
+        f" longest pause {res.longest_pause_ms:,.0f} ms (quiet {res.quiet_pause_ms:,.0f};"
+        f" began {res.pause_after}),"
         f" longest request {res.longest_ms:,.0f} ms (quiet {res.quiet_longest_ms:,.0f}),"
         f" failed {res.failed} of {res.requests:,}"
         f" ({res.failed_while_broken} while broken; rolled back: {res.broken_rolled_back})"
