@@ -46,7 +46,9 @@ def test_ten_hups_under_load(start_server, tmp_path):
     assert {f"v{gen}" for gen in range(3, 13)} <= report.versions, report.versions
     wait_until(lambda: not zombies(master), 10, "no zombies")
     if fds is not None:
-        assert fd_count(master) == fds
+        # A transient fd (a worker's pipe while it is spawned) may be counted in either look:
+        # a leak grows with every HUP, so the count comes back to at most where it was.
+        wait_until(lambda: fd_count(master) <= fds, 10, f"the master back to {fds} fds")
     assert len(re.findall(r"drained \d+ connections", server.output())) >= 20
     assert server.stop() == 0
 
