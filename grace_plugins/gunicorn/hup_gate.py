@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from grace_plugins.pacing import Pacing
+
 
 @dataclass(frozen=True)
 class Newest:
@@ -31,31 +33,35 @@ class Newest:
 
 @dataclass
 class HupGate:
-    """The HUPs held back, and when the next may go (times are ``time.monotonic()``)."""
+    """The HUPs held back, and when the next may go (times are ``time.monotonic()``). The
+    interval and the one follow-up are the core's :class:`~grace_plugins.pacing.Pacing`; what
+    is gunicorn's own is how a start is known to be over (the records' verdict)."""
 
-    #: seconds between two starts (the core's ``upgrade_interval``)
-    interval: float
     #: longest a handed-over HUP counts as starting while no newer generation is announced
     limit: float
+    #: at most one start per ``interval`` (the core's ``upgrade_interval``), one follow-up
+    pacing: Pacing
     handed_at: float | None = None
     #: the newest generation when the last HUP was handed over: the one it starts is newer
     handed_after: int = 0
-    follow_up: bool = False
+
+    @property
+    def follow_up(self) -> bool:
+        return self.pacing.followup
 
     def hup(self, now: float, newest: Newest) -> bool:
         """A HUP arrived: True to hand it to gunicorn now, False if it is held (it becomes the
         one follow-up, or joins it)."""
         if self.follow_up or self.starting(now, newest) or self._too_soon(now):
-            self.follow_up = True
+            self.pacing.queue()
             return False
         self._hand(now, newest)
         return True
 
     def due(self, now: float, newest: Newest) -> bool:
         """Whether the follow-up goes now (it is then no longer held)."""
-        if not self.follow_up or self.starting(now, newest) or self._too_soon(now):
+        if self._too_soon(now) or not self.pacing.followup_due(now, self.starting(now, newest)):
             return False
-        self.follow_up = False
         self._hand(now, newest)
         return True
 
@@ -74,11 +80,11 @@ class HupGate:
 
     def drop(self) -> None:
         """The master stops: the held HUP is forgotten."""
-        self.follow_up = False
+        self.pacing.cancel()
 
     def _too_soon(self, now: float) -> bool:
-        return self.handed_at is not None and now < self.handed_at + self.interval
+        return self.handed_at is not None and self.pacing.too_soon(now)
 
     def _hand(self, now: float, newest: Newest) -> None:
-        self.handed_at = now
+        self.handed_at = self.pacing.upgrade_started = now
         self.handed_after = newest.number

@@ -34,6 +34,7 @@ from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.verdicts import GRACE_SECONDS, PROMOTED
 from grace_plugins.gunicorn.watched import SpecReader, to_watch
 from grace_plugins.options import BY_NAME
+from grace_plugins.pacing import Pacing
 from grace_plugins.watcher import Watcher
 from grace_plugins.watchspec import WatchSpec
 
@@ -66,7 +67,7 @@ class Lookout:
         self.log = log
         self.step = step
         self.hand_over = hand_over
-        self.gate = HupGate(UPGRADE_INTERVAL, HANDED_LIMIT)
+        self.gate = HupGate(HANDED_LIMIT, Pacing(UPGRADE_INTERVAL))
         self.watcher: Watcher | None = None
         self.reloading = False  # the current config's --reload
         self.specs = SpecReader(store)
@@ -135,7 +136,7 @@ class Lookout:
             self.hand_over()
         elif not held_before:
             self._info(
-                f"{what} held: a reload started less than {self.gate.interval:g} s ago or"
+                f"{what} held: a reload started less than {self.gate.pacing.interval:g} s ago or"
                 " has no verdict yet; one reload follows it"
             )
 

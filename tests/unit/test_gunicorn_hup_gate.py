@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
 
 from grace_plugins.gunicorn.hup_gate import HupGate, Newest  # noqa: E402
+from grace_plugins.pacing import Pacing  # noqa: E402
 
 INTERVAL, LIMIT = 1.0, 10.0
 #: generation 2 decided; generation 3 starting until t=50 (its ready timeout)
@@ -16,7 +17,8 @@ STARTING = Newest(3, False, 50.0)
 
 
 def gate(handed_at: float | None = None, after: int = 2, follow_up: bool = False) -> HupGate:
-    return HupGate(INTERVAL, LIMIT, handed_at, after, follow_up)
+    pacing = Pacing(INTERVAL, upgrade_started=handed_at or 0.0, followup=follow_up)
+    return HupGate(LIMIT, pacing, handed_at, after)
 
 
 # (case, gate before, now, newest) -> (handed over now?, follow-up held after)
@@ -78,7 +80,7 @@ def test_a_storm_is_two_reloads_and_the_last_hup_is_served_after_it():
     """20 HUPs within a second while each generation takes 0.7 s to be decided: the first is
     handed over, the other 19 are one follow-up, handed over once the first generation is
     decided and the interval has passed: after the last HUP of the storm."""
-    rules = HupGate(INTERVAL, LIMIT)
+    rules = HupGate(LIMIT, Pacing(INTERVAL))
     newest = Newest(1, True, 0.0)
     handed: list[float] = []
 
