@@ -223,7 +223,8 @@ def hup(server: Server, load: Clients, version: str, timeout: float) -> float | 
 
 
 def after_which(triggers: list[tuple[float, str]], moment: float) -> str:
-    """The last trigger before *moment*, and how long before it: where a pause came from."""
+    """The last trigger before *moment*, and how long after it *moment* came: where a pause
+    began."""
     before = [(when, what) for when, what in triggers if when <= moment]
     if not before:
         return "before the first trigger"
