@@ -21,7 +21,7 @@ class Pacing:
     """The follow-up, the interval and the back-off (times from the rules' clock)."""
 
     interval: float
-    upgrade_started: float = 0.0
+    upgrade_started: float | None = None  # None: no upgrade started yet
     followup: bool = False
     followup_at: float | None = None
     restart_at: float | None = None
@@ -29,7 +29,7 @@ class Pacing:
 
     def too_soon(self, now: float) -> bool:
         """Whether an upgrade started less than ``interval`` ago."""
-        return now < self.upgrade_started + self.interval
+        return self.upgrade_started is not None and now < self.upgrade_started + self.interval
 
     def queue(self) -> bool:
         """Ask for one follow-up; True if none was queued yet (worth a log line)."""
@@ -43,9 +43,9 @@ class Pacing:
         if not self.followup or busy:
             self.followup_at = None
             return False
-        earliest = self.upgrade_started + self.interval
-        if now < earliest:
-            self.followup_at = earliest
+        started = self.upgrade_started
+        if started is not None and now < started + self.interval:
+            self.followup_at = started + self.interval
             return False
         self.followup = False
         self.followup_at = None

@@ -41,7 +41,6 @@ class HupGate:
     limit: float
     #: at most one start per ``interval`` (the core's ``upgrade_interval``), one follow-up
     pacing: Pacing
-    handed_at: float | None = None
     #: the newest generation when the last HUP was handed over: the one it starts is newer
     handed_after: int = 0
 
@@ -52,7 +51,7 @@ class HupGate:
     def hup(self, now: float, newest: Newest) -> bool:
         """A HUP arrived: True to hand it to gunicorn now, False if it is held (it becomes the
         one follow-up, or joins it)."""
-        if self.follow_up or self.starting(now, newest) or self._too_soon(now):
+        if self.follow_up or self.starting(now, newest) or self.pacing.too_soon(now):
             self.pacing.queue()
             return False
         self._hand(now, newest)
@@ -60,7 +59,7 @@ class HupGate:
 
     def due(self, now: float, newest: Newest) -> bool:
         """Whether the follow-up goes now (it is then no longer held)."""
-        if self._too_soon(now) or not self.pacing.followup_due(now, self.starting(now, newest)):
+        if not self.pacing.followup_due(now, self.starting(now, newest)):
             return False
         self._hand(now, newest)
         return True
@@ -70,9 +69,10 @@ class HupGate:
         last HUP handed over has opened none yet (within :attr:`limit`)."""
         if newest.number > 0 and not newest.decided and now < newest.until:
             return True
-        if self.handed_at is None or newest.number > self.handed_after:
+        handed_at = self.pacing.upgrade_started
+        if handed_at is None or newest.number > self.handed_after:
             return False
-        return now < self.handed_at + self.limit
+        return now < handed_at + self.limit
 
     def busy(self, now: float, newest: Newest) -> bool:
         """Whether anything here can change soon: a generation starting, or a HUP held."""
@@ -82,9 +82,6 @@ class HupGate:
         """The master stops: the held HUP is forgotten."""
         self.pacing.cancel()
 
-    def _too_soon(self, now: float) -> bool:
-        return self.handed_at is not None and self.pacing.too_soon(now)
-
     def _hand(self, now: float, newest: Newest) -> None:
-        self.handed_at = self.pacing.upgrade_started = now
+        self.pacing.upgrade_started = now
         self.handed_after = newest.number

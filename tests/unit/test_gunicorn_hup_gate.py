@@ -17,8 +17,8 @@ STARTING = Newest(3, False, 50.0)
 
 
 def gate(handed_at: float | None = None, after: int = 2, follow_up: bool = False) -> HupGate:
-    pacing = Pacing(INTERVAL, upgrade_started=handed_at or 0.0, followup=follow_up)
-    return HupGate(LIMIT, pacing, handed_at, after)
+    pacing = Pacing(INTERVAL, upgrade_started=handed_at, followup=follow_up)
+    return HupGate(LIMIT, pacing, after)
 
 
 # (case, gate before, now, newest) -> (handed over now?, follow-up held after)
@@ -51,7 +51,7 @@ def test_a_hup(before, now, newest, handed, held):
     assert before.hup(now, newest) is handed
     assert before.follow_up is held
     if handed:
-        assert (before.handed_at, before.handed_after) == (now, newest.number)
+        assert (before.pacing.upgrade_started, before.handed_after) == (now, newest.number)
 
 
 # (case, gate before, now, newest) -> the follow-up goes now?
@@ -73,7 +73,7 @@ def test_the_follow_up(before, now, newest, goes):
     assert before.due(now, newest) is goes
     assert before.follow_up is (not goes and before.follow_up)
     if goes:
-        assert before.handed_at == now
+        assert before.pacing.upgrade_started == now
 
 
 def test_a_storm_is_two_reloads_and_the_last_hup_is_served_after_it():
