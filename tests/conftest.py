@@ -4,6 +4,7 @@ when a test fails."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 
@@ -21,6 +22,21 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(
                 (f"server output ({' '.join(server.argv)[:80]})", server.output()[-6000:])
             )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_directory(tmp_path_factory):
+    """The servers and CLI calls of this test process keep their state files (status, module
+    reports, warm-start seeds) in a directory of its own, not in the user's: the suite starts
+    hundreds of programs, whose seeds would push the user's own out (the 32 newest are kept).
+    A test about the state directory sets its own."""
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = saved
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -77,7 +77,8 @@ def test_hups_with_workers_as_nobody(start_server, nobody_python: NobodyPython, 
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
         write_code(app_dir, version("v2"))
         mark = server.mark()
-        good = grace_cli("reload", "--pid", str(server.pid), "--timeout", "60")
+        same_state = {k: v for k, v in env.items() if k == "XDG_RUNTIME_DIR"}  # as the master's
+        good = grace_cli("reload", "--pid", str(server.pid), "--timeout", "60", env=same_state)
         assert good.returncode == 0, good.stdout + good.stderr
         assert good.stdout.startswith("upgraded: generation 2 ready"), good.stdout
         # the previous workers drained because generation 2 was ready, not on a SIGTERM
