@@ -62,6 +62,7 @@ class Contender:
     stat_reloader: bool = False  # werkzeug polls (watchdog made unimportable)
     alone: bool = False  # measured in a phase of its own (it spins)
     upgrades: int = 0  # HUPs before the warm-up (ours: the generation is then a warm fork)
+    again: bool = False  # ours: run once before (its seed: the first generation is forked)
 
 
 def ours(key: str, label: str, app: str, argv: servers.Argv, top: str = "supervisor") -> Contender:
@@ -103,16 +104,22 @@ BASE = [
 ]  # fmt: skip
 #: Measured also after one HUP (ours: the generation is then forked from the template).
 UPGRADED = ("site-runhot", "many-runhot", "hotrun", "gunicorn-grace", "gunicorn-gthread")
+#: Measured also when started again (ours: the first generation forked from the last run's).
+AGAIN = ("site-runhot", "many-runhot", "hotrun")
 
 
 def with_upgraded(base: list[Contender]) -> list[Contender]:
-    """Each contender, followed by its "after one HUP" twin if it is one of ``UPGRADED``."""
+    """Each contender, followed by its "after one HUP" twin if it is one of ``UPGRADED``
+    and its "started again" twin if it is one of ``AGAIN``."""
     found = []
     for c in base:
         found.append(c)
         if c.key in UPGRADED:
             label = f"{c.label}, after one HUP"
             found.append(dataclasses.replace(c, key=f"{c.key}-up", label=label, upgrades=1))
+        if c.key in AGAIN:
+            label = f"{c.label}, started again"
+            found.append(dataclasses.replace(c, key=f"{c.key}-again", label=label, again=True))
     return found
 
 
@@ -190,6 +197,13 @@ class Apps:
         if c.stat_reloader:
             env["PYTHONPATH"] = os.pathsep.join([block_watchdog(directory), env["PYTHONPATH"]])
         log = os.path.join(directory, f"{c.key}.log")
+        if c.again:  # the same command line, in the same directory, run once until warm
+            first = Server(c.argv(port, directory), directory, env, f"{log}.first")
+            try:
+                if not servers.wait_in_log(first, servers.TEMPLATE_READY, 120.0):
+                    raise RuntimeError(f"{c.label}: the first run's template was never ready")
+            finally:
+                first.stop()
         return Running(c, Server(c.argv(port, directory), directory, env, log), port)
 
     def remove(self) -> None:

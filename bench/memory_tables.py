@@ -13,10 +13,13 @@ if TYPE_CHECKING:
 COMPARE = [
     ("site with admin", "site-runhot", "site-runserver", None),
     ("site with admin, after one HUP", "site-runhot-up", "site-runserver", None),
+    ("site with admin, started again", "site-runhot-again", "site-runserver", None),
     ("site with many apps", "many-runhot", "many-runserver", None),
     ("site with many apps, after one HUP", "many-runhot-up", "many-runserver", None),
+    ("site with many apps, started again", "many-runhot-again", "many-runserver", None),
     ("Flask example", "hotrun", "flask-run-stat", None),
     ("Flask example, after one HUP", "hotrun-up", "flask-run-stat", None),
+    ("Flask example, started again", "hotrun-again", "flask-run-stat", None),
     ("Flask example", "hotrun", "flask-run", None),
     ("gunicorn, one worker", "gunicorn-grace", "gunicorn-gthread", None),
     ("gunicorn, one worker, after one HUP", "gunicorn-grace-up", "gunicorn-gthread-up", None),
@@ -208,7 +211,10 @@ def section(rounds: list[list[Sample]], p: Plan) -> list[str]:
         " `flask run --reload`, reloader parent + serving child; gunicorn, master + one worker."
         " *After one HUP*: the server got one `kill -HUP` before the warm-up, so our generation"
         " is forked from the template and shares its pages (as after any save); a fresh start's"
-        " first generation is a cold start. *Site with admin*: `bench/apps/djsite`; *many apps*:"
+        " first generation is a cold start. *Started again*: the same command line was run once"
+        " in the same directory until its template was ready, then stopped; started again, its"
+        " first generation is forked from a template of the modules that run imported."
+        " *Site with admin*: `bench/apps/djsite`; *many apps*:"
         " the same site with every contrib app that installs without a system library"
         " (`djsite/settings_many.py`: admindocs, sites, flatpages, redirects, sitemaps,"
         " humanize, syndication and their middleware and URLs). `flask run --reload` with"

@@ -130,13 +130,19 @@ class Template:
         stamps: dict[str, preload.Stamp] = {}
         files: dict[str, str] = {}
         settings = os.environ.get("DJANGO_SETTINGS_MODULE")
+        # a seed (warm_seed) says which imports its template left out: not tried again
+        left_before = {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
         with Preloader(self.roots, self.stdlib, excluded, settings) as preloader:
             for name in names:
                 origin = origins.get(name)
                 if origin and os.path.isabs(origin):
                     stamps[origin] = preload.stamp(origin)
                     files[origin] = name
-                if name not in sys.modules and name not in NEVER_PRELOAD:
+                if name in sys.modules or name in NEVER_PRELOAD:
+                    continue
+                if name in left_before:
+                    preloader.left.append(preload.LeftOut(name, *left_before[name]))
+                else:
                     preloader.load(name)
         if preloader.tainted:
             return {"tainted": preloader.tainted}

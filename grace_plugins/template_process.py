@@ -41,6 +41,9 @@ class TemplateProcess:
     stamps: dict[str, preload.Stamp] = dataclasses.field(default_factory=dict)
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     known: frozenset[str] = frozenset()  # every module name its forks will report
+    report: str = ""  # the module report it preloads
+    #: [name, culprit, reason] of each top-level import it left to the generations
+    left: list[list[str]] = dataclasses.field(default_factory=list)
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
 
     @property
@@ -68,6 +71,7 @@ class TemplateProcess:
         for path, value in answer["stamps"].items():
             self.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
         self.known = frozenset(answer["known"])
+        self.left = [[str(part) for part in one] for one in answer.get("left", [])]
         return None
 
     def changed_files(self) -> list[str]:
@@ -152,7 +156,7 @@ def start_template(
         raise
     finally:
         theirs.close()
-    template = TemplateProcess(process, Wire(ours), argv, time.monotonic())
+    template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)
     template.wire.send({"report": report, "program": dataclasses.asdict(program), "cwd": cwd})
     return template
 

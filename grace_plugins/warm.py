@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from grace_plugins import actions as act
-from grace_plugins import preload
+from grace_plugins import preload, warm_seed
 from grace_plugins.cmdline import parse_program, same_interpreter
 from grace_plugins.log import get_logger
 from grace_plugins.process import (
@@ -97,6 +97,8 @@ class WarmSpawner(Spawner):
         self.template: TemplateProcess | None = None  # ready: forks generations
         self.building: TemplateProcess | None = None  # importing: replaces it once ready
         self._fork: _Fork | None = None
+        #: the first generation, until the template built from its program's seed is ready
+        self._waiting: tuple[SpawnRequest, float] | None = None
         self._leaving = Leaving()
         self._report_stamp: preload.Stamp = None
         #: module names the last template covered (ok or unusable): no rebuild for those.
@@ -119,6 +121,8 @@ class WarmSpawner(Spawner):
         try:
             if request.cold:
                 raise _Cold("")
+            if self._spawns == 1 and self._seeded(request):
+                return None
             self._send_fork(request)
         except _Cold as why:
             self._say_cold(str(why))
@@ -142,10 +146,13 @@ class WarmSpawner(Spawner):
 
     def deadline(self) -> float | None:
         moments = [self._leaving.deadline(), self._fork.deadline if self._fork else None]
+        moments.append(self._waiting[1] if self._waiting else None)
         return min((m for m in moments if m is not None), default=None)
 
     def expire(self, now: float) -> list[Outcome]:
         self._leaving.expire(now)
+        if self._waiting is not None and now >= self._waiting[1]:
+            return self._unwait("the template built from the last run's modules is not ready yet")
         fork = self._fork
         if fork is None or now < fork.deadline:
             return []
@@ -239,11 +246,46 @@ class WarmSpawner(Spawner):
             self.template, self._unusable, self._basis = None, why, None
         elif t is self.building:
             self.building = None
+            if self._waiting is not None:
+                return self._unwait(f"{why} before it was ready")
         fork = self._fork
         if fork is None or fork.template is not t:
             return []
         self._fork = None
         return [self._cold(fork.request, why)]
+
+    def _seeded(self, request: SpawnRequest) -> bool:
+        """Build the template from the seed of *request*'s program (:mod:`.warm_seed`) and
+        hold *request* until it is ready; False (nothing held) without a seed."""
+        found = warm_seed.find(request.argv, request.cwd)
+        if found is not None:
+            self._build(frozenset(), found[0])
+        if found is None or self.building is None:
+            return False
+        self.log.info(
+            "warm start: the first generation waits (up to %.1f s) for a template of the"
+            " modules the last run of this program imported",
+            found[1],
+        )
+        self._waiting = (request, time.monotonic() + found[1])
+        return True
+
+    def _unwait(self, why: str) -> list[Outcome]:
+        """The held first generation starts cold now, saying *why*."""
+        assert self._waiting is not None
+        request, self._waiting = self._waiting[0], None
+        self.log.info("warm start: %s; the first generation starts cold", why)
+        return [self._cold(request, "")]
+
+    def _fork_now(self) -> list[Outcome]:
+        """Send the fork of the held first generation (its outcome comes later)."""
+        assert self._waiting is not None
+        try:
+            self._send_fork(self._waiting[0])
+        except _Cold as why:
+            return self._unwait(str(why))
+        self._waiting = None
+        return []
 
     def _say_cold(self, why: str) -> None:
         if why and self._spawns > 1:
@@ -267,8 +309,9 @@ class WarmSpawner(Spawner):
         return found
 
     # -- the template's life ----------------------------------------------------------------
-    def _build(self, names: frozenset[str]) -> None:
-        """Start a new template; the current one (if any) forks until the new one is ready."""
+    def _build(self, names: frozenset[str], report: str | None = None) -> None:
+        """Start a new template preloading *report* (by default the generations'); the
+        current one (if any) forks until the new one is ready."""
         assert self._program is not None
         argv, env, cwd = self._program
         program = parse_program(argv, self.argv_len)
@@ -279,7 +322,7 @@ class WarmSpawner(Spawner):
             self._unusable = "the command line cannot be re-run in-process (python -c?)"
             return
         try:
-            b = self.building = start_template(program, argv, env, cwd, self.report)
+            b = self.building = start_template(program, argv, env, cwd, report or self.report)
         except OSError as exc:
             self._unusable = f"the template could not start ({exc})"
             return
@@ -298,20 +341,23 @@ class WarmSpawner(Spawner):
             self._stop(b)
             if self.template is None:
                 self._unusable = f"the template is unusable: {unusable}"
-            return []
+            return self._unwait(self._unusable or unusable) if self._waiting else []
         self._basis = (self._basis or frozenset()) | b.known
         old, self.template, self._unusable = self.template, b, None
         if old is not None and (self._fork is None or self._fork.template is not old):
             self._stop(old)  # else it is stopped once it answered (see _answers)
         self._remove(b.wire.sock)
         self._add(b.wire.sock, lambda: self._answers(b))
+        elapsed = (time.monotonic() - b.started) * 1000
         self.log.info(
             "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
             b.pid,
-            (time.monotonic() - b.started) * 1000,
+            elapsed,
             len(b.names),
         )
-        return []
+        if self._program is not None:
+            warm_seed.keep(b.report, b.argv, self._program[2], round(elapsed), b.left)
+        return [] if self._waiting is None else self._fork_now()
 
     def _stop(self, t: TemplateProcess | None) -> None:
         """Stop template *t* (if any), no longer a source of the loop; it leaves by itself

@@ -59,12 +59,14 @@ ADAPTERS = {
 }
 
 
-def start_corpus(start_server, tmp_path, adapter: str):
-    """The corpus project under *adapter*, the fake libraries on PYTHONPATH outside it."""
+def start_corpus(start_server, tmp_path, adapter: str, again: bool = False):
+    """The corpus project under *adapter*, the fake libraries on PYTHONPATH outside it
+    (*again*: the copy a previous server of the test ran)."""
     argv, needs = ADAPTERS[adapter]
     pytest.importorskip(needs)
     project = tmp_path / "corpus"
-    shutil.copytree(CORPUS, project, ignore=shutil.ignore_patterns("__pycache__"))
+    if not again:
+        shutil.copytree(CORPUS, project, ignore=shutil.ignore_patterns("__pycache__"))
     env = {
         "PYTHONPATH": os.pathsep.join([ROOT, FAKELIBS]),
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -89,9 +91,13 @@ def hooks_log(tmp_path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def assert_left_out(line: str, adapter: str) -> None:
-    """The start line names each left-out library with its reason, and no kept one."""
-    assert "(started over 1x)" in line, line  # the thread from C: the preload started over
+def assert_left_out(line: str, adapter: str, again: bool = False) -> None:
+    """The start line names each left-out library with its reason, and no kept one (*again*:
+    a template built from the last run's seed tries none of them again)."""
+    if again:
+        assert "started over" not in line, line
+    else:
+        assert "(started over 1x)" in line, line  # the thread from C: the preload started over
     assert re.search(r"starts a thread: [^;)]*corpus_nativethread", line), line
     assert re.search(r"starts a thread: [^;)]*corpus_thread", line), line
     assert re.search(r"opens a socket: [^;)]*corpus_socket", line), line
@@ -141,3 +147,29 @@ def test_corpus_upgrades_warm_under_load(start_server, tmp_path, adapter):
     exits = {line.split()[1] for line in hooks_log(tmp_path) if line.startswith("atexit ")}
     generations = {str(p) for p in server.generation_pids().values()}
     assert exits == generations, f"atexit ran in {exits}, generations {generations}"
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_corpus_started_again_forks_its_first_generation_trying_nothing_left_out_again(
+    start_server, tmp_path, adapter
+):
+    first, project, _ = start_corpus(start_server, tmp_path, adapter)
+    first.wait_for(r"warm start: template \(pid \d+\) ready after", 90)
+    assert first.stop() == 0
+    server, _, port = start_corpus(start_server, tmp_path, adapter, again=True)
+    said = server.wait_for(TEMPLATE_SAID, 5)  # before the first generation was ready
+    found = re.search(TEMPLATE_LINE, said.string)
+    assert found, said.string
+    assert_left_out(found.group(3), adapter, again=True)
+    gen1 = server.generation_pids()[1]
+    assert int(server.wait_for(FORKED, 5).group(1)) == gen1
+    state = corpus_report(port, gen1)
+    assert state["fresh"] == FRESH, state
+    assert state["settings"] == "live" and state["thread"] and state["socket"], state
+    assert state["pool"] and state["lazy"] == "v1", state
+    write_module(project / "corpusver.py", "VERSION = 'v2'\n")
+    assert wait_served_by(port, server.upgrade(60)).version == "v2"
+    output = server.output()
+    assert "Exception ignored" not in output and "Traceback" not in output, output[-3000:]
+    assert server.stop() == 0

@@ -61,7 +61,7 @@ class Templates:
         peer = Wire(theirs)
         self.peers.append(peer)
         process = FakeProcess(6000 + len(self.peers))
-        template = TemplateProcess(process, Wire(ours), argv, time.monotonic())  # type: ignore[arg-type]
+        template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)  # type: ignore[arg-type]
         template.wire.send({"report": report})  # as start_template tells it what to preload
         assert peer.receive(5)[0]["report"] == report
         return template

@@ -1,0 +1,76 @@
+"""The module report a program's last template was built from, kept for its next start.
+
+A template is built from what a serving generation reports it imported, so at a first start
+there is none: the first generation starts cold and the template then imports the same
+libraries beside it, two copies of them for as long as that generation serves (about 1.26 x
+``runserver``'s memory for a Django site, 1.06 x once a generation is forked). The supervisor
+keeps the report behind each usable template as the *seed* of its program (the command line,
+working directory and interpreter), in the private state directory (a runtime directory:
+gone at reboot). The next start of the same program builds its template from the seed first
+and forks the first generation from it, so that it shares the template's pages from the start.
+No seed, an unreadable one, or a template slower than the wait: the first generation starts
+cold, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+
+from grace_plugins import preload
+from grace_plugins.atomic import write_atomic
+from grace_plugins.state import state_dir
+
+#: How long the first generation may wait for a seeded template: this many times as long as
+#: the template took last time, and at least :data:`MIN_WAIT` seconds.
+WAIT_FACTOR = 2.0
+MIN_WAIT = 2.0
+#: Seeds kept at most (the newest, by when their program last built a template).
+MAX_SEEDS = 32
+
+
+def seed_path(argv: list[str], cwd: str) -> str:
+    """Where the seed of the program *argv* run in *cwd* (by this interpreter) is kept."""
+    key = json.dumps([sys.executable, cwd, argv]).encode()
+    return os.path.join(state_dir(), f"seed-{hashlib.sha256(key).hexdigest()[:24]}.json")
+
+
+def keep(
+    report: str, argv: list[str], cwd: str, template_ms: int, left: list[list[str]] | None = None
+) -> None:
+    """Keep module report file *report*, from which a usable template was built in
+    *template_ms*, leaving out the top-level imports *left* ([name, culprit, reason]), as the
+    seed of its program: its template does not try those again (undoing a refused import and
+    importing again what it shared with others made the template of a CMS site take 2.1 s
+    where a cold start imports in 1.3). Never raises (warm start is an optimisation)."""
+    with contextlib.suppress(Exception):
+        with open(report) as handle:
+            data = json.load(handle)
+        data["template_ms"] = int(template_ms)
+        data["left"] = left or []
+        write_atomic(seed_path(argv, cwd), json.dumps(data, separators=(",", ":")))
+        prune(state_dir())
+
+
+def prune(directory: str, keep_newest: int = MAX_SEEDS) -> None:
+    """Remove all but the *keep_newest* most recently written seeds in *directory*."""
+    with contextlib.suppress(OSError):
+        seeds = [e for e in os.scandir(directory) if e.name.startswith("seed-")]
+        seeds.sort(key=lambda entry: entry.stat().st_mtime_ns, reverse=True)
+        for old in seeds[keep_newest:]:
+            with contextlib.suppress(OSError):
+                os.unlink(old.path)
+
+
+def find(argv: list[str], cwd: str) -> tuple[str, float] | None:
+    """The seed of this program and how long to wait for a template built from it, or None."""
+    with contextlib.suppress(Exception):
+        path = seed_path(argv, cwd)
+        with open(path) as handle:
+            data = json.load(handle)
+        if data.get("v") == preload.REPORT_VERSION and data.get("modules"):
+            return path, max(MIN_WAIT, WAIT_FACTOR * int(data.get("template_ms", 0)) / 1000)
+    return None

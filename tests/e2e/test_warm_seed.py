@@ -1,0 +1,54 @@
+"""A program started again where it ran before forks its first generation from a template of
+the modules its last run imported (so that generation shares the template's pages from the
+start), and falls back to the cold start, as before, whenever that cannot serve."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.harness import PYTHON, http_get, wait_served_by, write_code
+from tests.harness.core import SERVER, start
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start: Linux")
+
+FORKED = r"warm start: pid (\d+) forked from the template"
+
+
+def run_once(start_server, app_dir) -> None:
+    """A first run, stopped once its template was ready (its modules are then the seed)."""
+    first = start(start_server, app_dir)
+    first.wait_warm()
+    assert first.count(FORKED) == 0, "a first run's first generation starts cold"
+    assert first.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_second_run_forks_its_first_generation_from_the_last_runs_modules(start_server, app_dir):
+    run_once(start_server, app_dir)
+    second = start(start_server, app_dir)
+    forked = second.wait_for(FORKED, 1)  # already said: before the first generation was ready
+    assert int(forked.group(1)) == second.generation_pids()[1]
+    answer = http_get(second.port)
+    assert (answer.status, answer.pid, answer.version) == (200, second.generation_pids()[1], "v1")
+    write_code(app_dir, "v2")
+    assert wait_served_by(second.port, second.upgrade()).version == "v2"
+    assert second.count(r"warm start: template \(pid \d+\) ready") == 1, "no rebuild at start"
+    assert second.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_code_broken_since_the_last_run_fails_the_first_start_as_a_cold_start_does(
+    start_server, app_dir
+):
+    run_once(start_server, app_dir)
+    write_code(app_dir, "v1", "raise RuntimeError('broken since the last run')")
+    argv = [PYTHON, SERVER, "127.0.0.1:0", "--ready=10", "--drain=10", "--interval=0.1"]
+    second = start_server(argv, cwd=app_dir)
+    second.wait_for(FORKED, 20)
+    second.wait_for(
+        r"the app failed to start: generation 1 .* exited \(exit status 1\) .*\(so did its warm", 20
+    )
+    assert "RuntimeError: broken since the last run" in second.output()
+    assert second.proc.wait(10) == 1  # as the cold start of the same code exits

@@ -1,0 +1,170 @@
+"""A program's seed (the module report of its last usable template) and the first generation
+it makes warm, with the fake template of ``test_warm_spawner``: no process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pytest
+
+from grace_plugins import warm, warm_seed
+from tests.unit.test_warm_spawner import ColdSpawner, Templates, read, request, warm_up
+
+pytestmark = pytest.mark.timeout(20)
+
+ARGV = ["python", "app.py"]
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    return tmp_path
+
+
+def write_report(path, modules=(("json", None),)) -> str:
+    with open(path, "w") as handle:
+        json.dump({"v": 1, "modules": [list(m) for m in modules], "path": [], "cwd": "/"}, handle)
+    return str(path)
+
+
+def test_a_kept_report_is_found_for_the_same_program_only(state):
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv/a", template_ms=1500)
+    path, wait = warm_seed.find(ARGV, "/srv/a")
+    with open(path) as handle:
+        assert json.load(handle)["modules"] == [["json", None]]
+    assert wait == pytest.approx(2 * 1.5)
+    assert warm_seed.find(ARGV, "/srv/b") is None  # another working directory
+    assert warm_seed.find([*ARGV, "--port=1"], "/srv/a") is None  # another command line
+
+
+def test_a_fast_template_still_gets_the_minimum_wait(state):
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv", template_ms=10)
+    assert warm_seed.find(ARGV, "/srv")[1] == warm_seed.MIN_WAIT
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"v": 99, "modules": [["json", null]]}', '{"v": 1, "modules": []}']
+)
+def test_an_unreadable_seed_is_no_seed(state, content):
+    with open(warm_seed.seed_path(ARGV, "/srv"), "w") as handle:
+        handle.write(content)
+    assert warm_seed.find(ARGV, "/srv") is None
+
+
+def test_a_missing_report_keeps_nothing_and_raises_nothing(state):
+    warm_seed.keep(str(state / "gone.json"), ARGV, "/srv", template_ms=10)
+    assert warm_seed.find(ARGV, "/srv") is None
+
+
+def test_only_the_newest_seeds_are_kept(state):
+    report = write_report(state / "r.json")
+    for n in range(5):
+        warm_seed.keep(report, ARGV, f"/srv/{n}", template_ms=10)
+        os.utime(warm_seed.seed_path(ARGV, f"/srv/{n}"), ns=(n * 10**9, n * 10**9))
+    warm_seed.prune(os.path.dirname(warm_seed.seed_path(ARGV, "/")), keep_newest=2)
+    assert [warm_seed.find(ARGV, f"/srv/{n}") is not None for n in range(5)] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+# -- the first generation of a seeded program -------------------------------------------------
+@pytest.fixture
+def seeded(state, monkeypatch, caplog):
+    """A spawner whose program has a seed (a previous spawner's template was usable)."""
+    monkeypatch.setattr(warm.sys, "executable", "python-unused")
+    templates = Templates()
+    monkeypatch.setattr(warm, "start_template", templates)
+    caplog.set_level(logging.INFO, "test-warm")
+    made = []
+
+    def spawner():
+        cold, sources = ColdSpawner(), {}
+        one = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
+        one.attach(sources.__setitem__, lambda fileobj: sources.pop(fileobj, None))
+        made.append(one)
+        return one, cold, sources
+
+    previous, _, sources = spawner()
+    warm_up(previous, templates, sources, state)
+    previous.close()
+    assert warm_seed.find(request(1, state).argv, str(state)) is not None, "the template's report"
+    yield (*spawner(), templates)
+    for one in made:
+        one.close()
+    templates.close()
+
+
+def answer_ready(peer) -> None:
+    peer.send({"ready": 1, "known": ["json"], "skipped": [], "ms": 5, "files": {}, "stamps": {}})
+
+
+def test_the_first_generation_is_forked_from_the_seeds_template(seeded, state, caplog):
+    spawner, cold, sources, templates = seeded
+    built = len(templates.peers)
+    assert spawner.spawn(request(1, state)) is None  # held: no cold start
+    assert len(templates.peers) == built + 1, "a template built from the seed at once"
+    assert spawner.deadline() == pytest.approx(time.monotonic() + warm_seed.MIN_WAIT, abs=1)
+    answer_ready(templates.peers[-1])
+    assert read(sources, spawner) == []  # the fork request is sent; its answer comes later
+    message, _ = templates.peers[-1].receive(5)
+    assert message["argv"] == request(1, state).argv
+    templates.peers[-1].send({"pid": 4343})
+    (outcome,) = read(sources, spawner)
+    assert (outcome.number, outcome.process.pid, outcome.warm) == (1, 4343, True)
+    assert cold.started == []
+    spawner.refresh()  # the generation's report names nothing new: no second template
+    assert len(templates.peers) == built + 1
+
+
+def test_an_unusable_seed_template_starts_the_first_generation_cold(seeded, state, caplog):
+    spawner, cold, sources, templates = seeded
+    assert spawner.spawn(request(1, state)) is None
+    templates.peers[-1].send({"unsafe": "json started a thread at import, every time"})
+    (outcome,) = read(sources, spawner)
+    assert (outcome.number, outcome.warm, cold.started) == (1, False, [1])
+    assert "the first generation starts cold" in caplog.text
+    assert "started a thread" in caplog.text
+
+
+def test_a_template_that_exits_before_ready_starts_the_first_generation_cold(seeded, state):
+    spawner, cold, sources, templates = seeded
+    assert spawner.spawn(request(1, state)) is None
+    templates.peers[-1].sock.close()
+    (outcome,) = read(sources, spawner)
+    assert (outcome.number, cold.started) == (1, [1])
+    assert spawner.deadline() is None or spawner.deadline() > time.monotonic() + 1
+
+
+def test_a_slow_seed_template_is_not_waited_for_past_the_deadline(seeded, state, caplog):
+    spawner, cold, sources, templates = seeded
+    assert spawner.spawn(request(1, state)) is None
+    deadline = spawner.deadline()
+    assert spawner.expire(deadline - 0.5) == []
+    (outcome,) = spawner.expire(deadline)
+    assert (outcome.number, cold.started) == (1, [1])
+    assert "not ready yet" in caplog.text
+    answer_ready(templates.peers[-1])  # it becomes the template for the upgrades
+    assert read(sources, spawner) == []
+    assert spawner.template is not None
+    assert spawner.spawn(request(2, state)) is None  # forked
+    assert cold.started == [1]
+
+
+def test_no_seed_means_a_cold_first_generation_as_before(state, monkeypatch):
+    templates = Templates()
+    monkeypatch.setattr(warm, "start_template", templates)
+    cold = ColdSpawner()
+    spawner = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
+    try:
+        assert spawner.spawn(request(1, state)) is not None
+        assert (cold.started, templates.peers) == ([1], [])
+    finally:
+        spawner.close()
+        templates.close()
