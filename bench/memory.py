@@ -177,6 +177,8 @@ class Apps:
 
     def __init__(self) -> None:
         self.flask = make_app_dir(0.0)
+        # before any server starts: a new module in its directory is a save to our watchers
+        self.no_watchdog = block_watchdog(self.flask)
         self.site = tempfile.mkdtemp(prefix="grace-memory-site-")
         shutil.copytree(os.path.join(HERE, "apps", "djsite"), self.site, dirs_exist_ok=True)
         for settings in SITE_SETTINGS.values():
@@ -195,7 +197,7 @@ class Apps:
         if c.app != "flask":
             env["DJANGO_SETTINGS_MODULE"] = SITE_SETTINGS[c.app]
         if c.stat_reloader:
-            env["PYTHONPATH"] = os.pathsep.join([block_watchdog(directory), env["PYTHONPATH"]])
+            env["PYTHONPATH"] = os.pathsep.join([self.no_watchdog, env["PYTHONPATH"]])
         log = os.path.join(directory, f"{c.key}.log")
         if c.again:  # the same command line, in the same directory, run once until warm
             first = Server(c.argv(port, directory), directory, env, f"{log}.first")

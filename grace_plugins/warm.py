@@ -263,8 +263,9 @@ class WarmSpawner(Spawner):
         if found is None or self.building is None:
             return False
         self.log.info(
-            "warm start: the first generation waits (up to %.1f s) for a template of the"
-            " modules the last run of this program imported",
+            "warm start: generation %d waits (up to %.1f s) for a template of the modules the"
+            " last run of this program imported",
+            request.number,
             found[1],
         )
         self._waiting = (request, time.monotonic() + found[1])
@@ -274,7 +275,7 @@ class WarmSpawner(Spawner):
         """The held first generation starts cold now, saying *why*."""
         assert self._waiting is not None
         request, self._waiting = self._waiting[0], None
-        self.log.info("warm start: %s; the first generation starts cold", why)
+        self.log.info("warm start: %s; generation %d starts cold", why, request.number)
         return [self._cold(request, "")]
 
     def _fork_now(self) -> list[Outcome]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 
@@ -28,6 +29,9 @@ def test_usr2_reexec_under_load_keeps_pid_and_fds(start_server, app_dir):
             )
             found = server.wait_for(r"generation \d+ \(pid (\d+)\) ready after", 20, mark)
             new = int(found.group(1))
+            if sys.platform.startswith("linux"):  # warm: the seed the image before kept
+                forked = server.wait_for(r"warm start: pid (\d+) forked from the template", 5, mark)
+                assert int(forked.group(1)) == new
             wait_until(lambda pid=new: pid in load.report.pids, 10, f"traffic on {new}")
         report = load.stop()
     assert report.failures == [], report.summary()

@@ -129,7 +129,7 @@ def test_an_unusable_seed_template_starts_the_first_generation_cold(seeded, stat
     templates.peers[-1].send({"unsafe": "json started a thread at import, every time"})
     (outcome,) = read(sources, spawner)
     assert (outcome.number, outcome.warm, cold.started) == (1, False, [1])
-    assert "the first generation starts cold" in caplog.text
+    assert "generation 1 starts cold" in caplog.text
     assert "started a thread" in caplog.text
 
 
