@@ -131,10 +131,17 @@ class Effects:
         for end in self._starting.pop(number, ()):
             end.close()
 
+    def _give_up(self, number: int) -> None:
+        """A spawn whose outcome had not come is given up: the spawner must not start it
+        later with the channel end closed here."""
+        if number in self._starting:
+            self.spawner.cancel(number)
+        self.spawn_failed(number)
+
     def forget(self, number: int) -> None:
         """The generation is gone (or given up before its spawn completed): close its
         channel (the loop stopped watching it)."""
-        self.spawn_failed(number)
+        self._give_up(number)
         child = self.children.pop(number, None)
         if child is not None:
             child.channel.close()

@@ -166,6 +166,10 @@ class Spawner:
     def refresh(self) -> None:
         """A generation became current (warm start: rebuild the template if it is behind)."""
 
+    def cancel(self, number: int) -> None:
+        """Generation *number*, whose outcome was to come later, was given up (a stop, a
+        rollback): what has not started for it yet must not start (warm start)."""
+
     def drop(self, why: str) -> None:
         """The template was at fault: discard it (warm start)."""
 

@@ -155,7 +155,7 @@ def make_spawner(options: Options, argv_len: int) -> Spawner:
         get_logger().info("%s: every generation starts cold", why)
         return Spawner()
     try:
-        return warm.WarmSpawner(argv_len=argv_len)
+        return warm.WarmSpawner(argv_len=argv_len, max_wait=options.ready_timeout / 3)
     except (OSError, GraceError) as exc:
         get_logger().info("warm start unavailable (%s): every generation starts cold", exc)
         return Spawner()

@@ -86,6 +86,7 @@ class WarmSpawner(Spawner):
         log: logging.Logger | None = None,
         argv_len: int | None = None,
         cold: Spawner | None = None,
+        max_wait: float = 10.0,
     ) -> None:
         self.log = log or get_logger()
         self.cold = cold or Spawner()  # what starts a generation when no fork will do
@@ -99,6 +100,9 @@ class WarmSpawner(Spawner):
         self._fork: _Fork | None = None
         #: the first generation, until the template built from its program's seed is ready
         self._waiting: tuple[SpawnRequest, float] | None = None
+        #: at most this long (a third of the ready timeout): the cold fallback must still fit
+        self.max_wait = max_wait
+        self._seeded_first = False
         self._leaving = Leaving()
         self._report_stamp: preload.Stamp = None
         #: module names the last template covered (ok or unusable): no rebuild for those.
@@ -169,6 +173,10 @@ class WarmSpawner(Spawner):
                 names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
             if self._program is not None and (self._basis is None or not names <= self._basis):
                 self._build(names)
+
+    def cancel(self, number: int) -> None:
+        if self._waiting is not None and self._waiting[0].number == number:
+            self._waiting = None  # its template keeps importing: it serves the next spawn
 
     def drop(self, why: str) -> None:
         self._stop_all(why)
@@ -257,18 +265,20 @@ class WarmSpawner(Spawner):
     def _seeded(self, request: SpawnRequest) -> bool:
         """Build the template from the seed of *request*'s program (:mod:`.warm_seed`) and
         hold *request* until it is ready; False (nothing held) without a seed."""
-        found = warm_seed.find(request.argv, request.cwd)
+        found = warm_seed.find(request.argv, request.cwd, request.env)
         if found is not None:
             self._build(frozenset(), found[0])
         if found is None or self.building is None:
             return False
+        wait = min(found[1], self.max_wait)
         self.log.info(
             "warm start: generation %d waits (up to %.1f s) for a template of the modules the"
             " last run of this program imported",
             request.number,
-            found[1],
+            wait,
         )
-        self._waiting = (request, time.monotonic() + found[1])
+        self._waiting = (request, time.monotonic() + wait)
+        self._seeded_first = True
         return True
 
     def _unwait(self, why: str) -> list[Outcome]:
@@ -289,7 +299,7 @@ class WarmSpawner(Spawner):
         return []
 
     def _say_cold(self, why: str) -> None:
-        if why and self._spawns > 1:
+        if why and (self._spawns > 1 or self._seeded_first):
             self.log.info("warm start: %s; this generation starts cold", why)
 
     def _cold(self, request: SpawnRequest, why: str) -> Outcome:
@@ -357,7 +367,8 @@ class WarmSpawner(Spawner):
             len(b.names),
         )
         if self._program is not None:
-            warm_seed.keep(b.report, b.argv, self._program[2], round(elapsed), b.left)
+            argv, env, cwd = self._program
+            warm_seed.keep(b.report, argv, cwd, env, round(elapsed), b.left)
         return [] if self._waiting is None else self._fork_now()
 
     def _stop(self, t: TemplateProcess | None) -> None:

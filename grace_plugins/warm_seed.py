@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 
 from grace_plugins import preload
 from grace_plugins.atomic import write_atomic
@@ -32,14 +33,25 @@ MIN_WAIT = 2.0
 MAX_SEEDS = 32
 
 
-def seed_path(argv: list[str], cwd: str) -> str:
-    """Where the seed of the program *argv* run in *cwd* (by this interpreter) is kept."""
-    key = json.dumps([sys.executable, cwd, argv]).encode()
+#: The environment variables that choose what a program imports: part of its identity.
+KEY_VARS = ("DJANGO_SETTINGS_MODULE", "FLASK_APP", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def seed_path(argv: list[str], cwd: str, env: Mapping[str, str]) -> str:
+    """Where the seed of the program *argv* run in *cwd* with *env* (by this interpreter) is
+    kept."""
+    chosen = {name: env.get(name) for name in KEY_VARS}
+    key = json.dumps([sys.executable, cwd, argv, chosen]).encode()
     return os.path.join(state_dir(), f"seed-{hashlib.sha256(key).hexdigest()[:24]}.json")
 
 
 def keep(
-    report: str, argv: list[str], cwd: str, template_ms: int, left: list[list[str]] | None = None
+    report: str,
+    argv: list[str],
+    cwd: str,
+    env: Mapping[str, str],
+    template_ms: int,
+    left: list[list[str]] | None = None,
 ) -> None:
     """Keep module report file *report*, from which a usable template was built in
     *template_ms*, leaving out the top-level imports *left* ([name, culprit, reason]), as the
@@ -51,7 +63,7 @@ def keep(
             data = json.load(handle)
         data["template_ms"] = int(template_ms)
         data["left"] = left or []
-        write_atomic(seed_path(argv, cwd), json.dumps(data, separators=(",", ":")))
+        write_atomic(seed_path(argv, cwd, env), json.dumps(data, separators=(",", ":")))
         prune(state_dir())
 
 
@@ -65,10 +77,10 @@ def prune(directory: str, keep_newest: int = MAX_SEEDS) -> None:
                 os.unlink(old.path)
 
 
-def find(argv: list[str], cwd: str) -> tuple[str, float] | None:
+def find(argv: list[str], cwd: str, env: Mapping[str, str]) -> tuple[str, float] | None:
     """The seed of this program and how long to wait for a template built from it, or None."""
     with contextlib.suppress(Exception):
-        path = seed_path(argv, cwd)
+        path = seed_path(argv, cwd, env)
         with open(path) as handle:
             data = json.load(handle)
         if data.get("v") == preload.REPORT_VERSION and data.get("modules"):

@@ -196,6 +196,34 @@ def test_rollback_kills_and_reaps_the_new_generation(listener):
     assert sup.rules.finished
 
 
+class HoldingSpawner(FakeSpawner):
+    """Holds the spawn of generation 2 (its outcome would come later, as a warm start's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: list[int] = []
+
+    def spawn(self, request):
+        return None if request.number == 2 else super().spawn(request)
+
+    def cancel(self, number: int) -> None:
+        self.cancelled.append(number)
+
+
+def test_a_held_spawn_given_up_at_its_ready_deadline_is_cancelled(listener):
+    spawner = HoldingSpawner()
+    sup, events = make(listener, spawner, ready_timeout=0.2)
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    run_until(sup, lambda: "outcome rolled_back" in events, "the ready deadline")
+    assert spawner.cancelled == [2]  # its channel end is closed: it must never start now
+    spawner.spawned[0][3].exit(0)
+    run_until(sup, lambda: sup.rules.gens.current is None, "generation 1 exit")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
+    assert sup.rules.finished and spawner.cancelled == [2]
+
+
 def test_spawn_failure_is_logged_and_retried(listener, caplog):
     spawner = FakeSpawner(fail=True)
     sup, _ = make(listener, spawner)

@@ -16,6 +16,7 @@ from tests.unit.test_warm_spawner import ColdSpawner, Templates, read, request, 
 pytestmark = pytest.mark.timeout(20)
 
 ARGV = ["python", "app.py"]
+ENV = {"DJANGO_SETTINGS_MODULE": "site.settings", "TERM": "xterm"}
 
 
 @pytest.fixture
@@ -31,41 +32,44 @@ def write_report(path, modules=(("json", None),)) -> str:
 
 
 def test_a_kept_report_is_found_for_the_same_program_only(state):
-    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv/a", template_ms=1500)
-    path, wait = warm_seed.find(ARGV, "/srv/a")
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv/a", ENV, template_ms=1500)
+    path, wait = warm_seed.find(ARGV, "/srv/a", ENV)
     with open(path) as handle:
         assert json.load(handle)["modules"] == [["json", None]]
     assert wait == pytest.approx(2 * 1.5)
-    assert warm_seed.find(ARGV, "/srv/b") is None  # another working directory
-    assert warm_seed.find([*ARGV, "--port=1"], "/srv/a") is None  # another command line
+    assert warm_seed.find(ARGV, "/srv/b", ENV) is None  # another working directory
+    assert warm_seed.find([*ARGV, "--port=1"], "/srv/a", ENV) is None  # another command line
+    other_site = {**ENV, "DJANGO_SETTINGS_MODULE": "site.other"}
+    assert warm_seed.find(ARGV, "/srv/a", other_site) is None  # other settings, other imports
+    assert warm_seed.find(ARGV, "/srv/a", {**ENV, "TERM": "dumb"}) is not None
 
 
 def test_a_fast_template_still_gets_the_minimum_wait(state):
-    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv", template_ms=10)
-    assert warm_seed.find(ARGV, "/srv")[1] == warm_seed.MIN_WAIT
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv", ENV, template_ms=10)
+    assert warm_seed.find(ARGV, "/srv", ENV)[1] == warm_seed.MIN_WAIT
 
 
 @pytest.mark.parametrize(
     "content", ["{not json", '{"v": 99, "modules": [["json", null]]}', '{"v": 1, "modules": []}']
 )
 def test_an_unreadable_seed_is_no_seed(state, content):
-    with open(warm_seed.seed_path(ARGV, "/srv"), "w") as handle:
+    with open(warm_seed.seed_path(ARGV, "/srv", ENV), "w") as handle:
         handle.write(content)
-    assert warm_seed.find(ARGV, "/srv") is None
+    assert warm_seed.find(ARGV, "/srv", ENV) is None
 
 
 def test_a_missing_report_keeps_nothing_and_raises_nothing(state):
-    warm_seed.keep(str(state / "gone.json"), ARGV, "/srv", template_ms=10)
-    assert warm_seed.find(ARGV, "/srv") is None
+    warm_seed.keep(str(state / "gone.json"), ARGV, "/srv", ENV, template_ms=10)
+    assert warm_seed.find(ARGV, "/srv", ENV) is None
 
 
 def test_only_the_newest_seeds_are_kept(state):
     report = write_report(state / "r.json")
     for n in range(5):
-        warm_seed.keep(report, ARGV, f"/srv/{n}", template_ms=10)
-        os.utime(warm_seed.seed_path(ARGV, f"/srv/{n}"), ns=(n * 10**9, n * 10**9))
-    warm_seed.prune(os.path.dirname(warm_seed.seed_path(ARGV, "/")), keep_newest=2)
-    assert [warm_seed.find(ARGV, f"/srv/{n}") is not None for n in range(5)] == [
+        warm_seed.keep(report, ARGV, f"/srv/{n}", ENV, template_ms=10)
+        os.utime(warm_seed.seed_path(ARGV, f"/srv/{n}", ENV), ns=(n * 10**9, n * 10**9))
+    warm_seed.prune(os.path.dirname(warm_seed.seed_path(ARGV, "/", ENV)), keep_newest=2)
+    assert [warm_seed.find(ARGV, f"/srv/{n}", ENV) is not None for n in range(5)] == [
         False,
         False,
         False,
@@ -84,9 +88,10 @@ def seeded(state, monkeypatch, caplog):
     caplog.set_level(logging.INFO, "test-warm")
     made = []
 
-    def spawner():
+    def spawner(max_wait: float = 10.0):
         cold, sources = ColdSpawner(), {}
-        one = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
+        log = logging.getLogger("test-warm")
+        one = warm.WarmSpawner(log, argv_len=1, cold=cold, max_wait=max_wait)
         one.attach(sources.__setitem__, lambda fileobj: sources.pop(fileobj, None))
         made.append(one)
         return one, cold, sources
@@ -94,8 +99,9 @@ def seeded(state, monkeypatch, caplog):
     previous, _, sources = spawner()
     warm_up(previous, templates, sources, state)
     previous.close()
-    assert warm_seed.find(request(1, state).argv, str(state)) is not None, "the template's report"
-    yield (*spawner(), templates)
+    first = request(1, state)
+    assert warm_seed.find(first.argv, str(state), first.env) is not None, "the template's report"
+    yield (*spawner(), templates, spawner)
     for one in made:
         one.close()
     templates.close()
@@ -106,7 +112,7 @@ def answer_ready(peer) -> None:
 
 
 def test_the_first_generation_is_forked_from_the_seeds_template(seeded, state, caplog):
-    spawner, cold, sources, templates = seeded
+    spawner, cold, sources, templates, _ = seeded
     built = len(templates.peers)
     assert spawner.spawn(request(1, state)) is None  # held: no cold start
     assert len(templates.peers) == built + 1, "a template built from the seed at once"
@@ -124,7 +130,7 @@ def test_the_first_generation_is_forked_from_the_seeds_template(seeded, state, c
 
 
 def test_an_unusable_seed_template_starts_the_first_generation_cold(seeded, state, caplog):
-    spawner, cold, sources, templates = seeded
+    spawner, cold, sources, templates, _ = seeded
     assert spawner.spawn(request(1, state)) is None
     templates.peers[-1].send({"unsafe": "json started a thread at import, every time"})
     (outcome,) = read(sources, spawner)
@@ -134,7 +140,7 @@ def test_an_unusable_seed_template_starts_the_first_generation_cold(seeded, stat
 
 
 def test_a_template_that_exits_before_ready_starts_the_first_generation_cold(seeded, state):
-    spawner, cold, sources, templates = seeded
+    spawner, cold, sources, templates, _ = seeded
     assert spawner.spawn(request(1, state)) is None
     templates.peers[-1].sock.close()
     (outcome,) = read(sources, spawner)
@@ -143,7 +149,7 @@ def test_a_template_that_exits_before_ready_starts_the_first_generation_cold(see
 
 
 def test_a_slow_seed_template_is_not_waited_for_past_the_deadline(seeded, state, caplog):
-    spawner, cold, sources, templates = seeded
+    spawner, cold, sources, templates, _ = seeded
     assert spawner.spawn(request(1, state)) is None
     deadline = spawner.deadline()
     assert spawner.expire(deadline - 0.5) == []
@@ -168,3 +174,37 @@ def test_no_seed_means_a_cold_first_generation_as_before(state, monkeypatch):
     finally:
         spawner.close()
         templates.close()
+
+
+def test_a_generation_given_up_while_held_is_never_started(seeded, state):
+    """A stop or a rollback while the template imports: nothing is forked or started for it
+    later (its channel end is closed by then), and the template serves the next spawn."""
+    spawner, cold, sources, templates, _ = seeded
+    assert spawner.spawn(request(1, state)) is None
+    spawner.cancel(1)
+    assert spawner.deadline() is None
+    answer_ready(templates.peers[-1])
+    assert read(sources, spawner) == []
+    assert cold.started == [] and spawner.template is not None
+    assert spawner.spawn(request(2, state)) is None  # forked: the fork request is for 2
+    message, _ = templates.peers[-1].receive(5)
+    assert message["argv"] == request(2, state).argv and cold.started == []
+
+
+def test_the_wait_is_capped_so_that_a_cold_start_still_fits_the_ready_timeout(seeded, state):
+    *_, make = seeded
+    spawner, cold, sources = make(max_wait=0.5)
+    assert spawner.spawn(request(1, state)) is None
+    assert spawner.deadline() == pytest.approx(time.monotonic() + 0.5, abs=0.3)
+
+
+def test_a_refused_fork_of_the_held_generation_says_why_it_starts_cold(seeded, state, caplog):
+    spawner, cold, sources, templates, _ = seeded
+    assert spawner.spawn(request(1, state)) is None
+    answer_ready(templates.peers[-1])
+    assert read(sources, spawner) == []
+    templates.peers[-1].receive(5)
+    templates.peers[-1].send({"error": "the template has more than one thread"})
+    (outcome,) = read(sources, spawner)
+    assert (outcome.number, cold.started) == (1, [1])
+    assert "more than one thread; this generation starts cold" in caplog.text
