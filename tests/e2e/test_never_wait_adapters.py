@@ -51,15 +51,19 @@ SAMPLES: dict[str, dict[str, list[float]]] = {}
 STARTS: dict[str, list[float]] = {}
 
 
-def _each_holds_one(supervisor: int, holders: list[int], seen: list[str]) -> str | None:
-    """``grace-plugins status`` if it shows each holder draining with 1 connection left."""
-    shown = grace_cli("status", "--pid", str(supervisor)).stdout
-    seen[:] = [shown]
+def _each_held_one(supervisor: int, holders: list[int], seen: dict[int, str], shown: list[str]):
+    """Ask ``grace-plugins status``; note in *seen* each holder it shows draining with exactly
+    1 connection left. True once every holder was seen so, in this answer or an earlier one:
+    each long request ends at its own time, so on a loaded machine the windows in which both
+    show their single connection at once can be too short to catch in one answer."""
+    answer = grace_cli("status", "--pid", str(supervisor)).stdout
+    if answer not in shown:
+        shown.append(answer)
     for holder in holders:
         line = rf"draining: generation \d+ \(pid {holder}\), 1 connections left, \d+ s to its"
-        if not re.search(line, shown):
-            return None
-    return shown
+        if re.search(line, answer):
+            seen.setdefault(holder, answer)
+    return all(holder in seen for holder in holders)
 
 
 def three_upgrades_with_long_requests(
@@ -107,15 +111,17 @@ def three_upgrades_with_long_requests(
             # the next upgrade comes once this one's predecessor drains beside the others
             server.wait_for(rf"\[gen {number - 1} \d+\] draining", 10, after=mark)
         # the two youngest long requests have seconds to run: status shows each held
-        seen: list[str] = []
+        seen: dict[int, str] = {}
+        shown: list[str] = []
         holders = [holder for _, holder in longs[1:]]
         try:
-            shown = wait_until(
-                lambda: _each_holds_one(server.pid, holders, seen), 5, "status counts"
-            )
+            wait_until(lambda: _each_held_one(server.pid, holders, seen, shown), 5, "status")
         except AssertionError as exc:
-            raise AssertionError(f"{exc} (1 left in {holders}); it showed:\n{seen}") from None
-        print(f"\n{shown}")
+            missing = [holder for holder in holders if holder not in seen]
+            raise AssertionError(
+                f"{exc}: never 1 connection left in {missing}; it showed:\n" + "\n".join(shown)
+            ) from None
+        print("\n" + "\n".join(dict.fromkeys(seen.values())))
         for long, holder in longs:
             resp = long.finish(LONG_SECONDS + 15)
             assert (resp.status, resp.pid) == (200, holder), long.result
