@@ -6,7 +6,8 @@ not know whether a generation was forked warm or started cold. Nothing here bloc
 * when a generation becomes current (``refresh``), its module report is read and, if it names
   a module the template does not cover, a new template (:mod:`grace_plugins.template`) starts
   importing; its socket is a source of the loop, and its answer (ready, or unusable) is read
-  when it comes; the old template forks until the new one is ready;
+  when it comes; the old template forks until the new one is ready (the templates' own
+  bookkeeping is :mod:`grace_plugins.warm_templates`);
 * a spawn checks the template (there, same command line, every preloaded file unchanged on
   disk: a changed file discards it, names the module in the log, and that generation starts
   cold), sends the fork request and returns; the template's answer (the generation's pid)
@@ -31,7 +32,7 @@ from collections.abc import Callable
 
 from grace_plugins import actions as act
 from grace_plugins import preload, warm_seed
-from grace_plugins.cmdline import parse_program, same_interpreter
+from grace_plugins.cmdline import parse_program
 from grace_plugins.log import get_logger
 from grace_plugins.process import (
     AddSource,
@@ -42,12 +43,8 @@ from grace_plugins.process import (
     Started,
     become_subreaper,
 )
-from grace_plugins.template_process import (
-    Leaving,
-    TemplateProcess,
-    forget_dead_reports,
-    start_template,
-)
+from grace_plugins.template_process import TemplateProcess, forget_dead_reports
+from grace_plugins.warm_templates import ProgramRun, Templates
 
 #: Seconds a fork request may wait for the template's answer before the generation starts cold.
 FORK_TIMEOUT = 5.0
@@ -95,27 +92,20 @@ class WarmSpawner(Spawner):
         forget_dead_reports(os.path.dirname(self.report))
         with open(self.report, "w"):  # its existence asks generations to report
             pass
-        self.template: TemplateProcess | None = None  # ready: forks generations
-        self.building: TemplateProcess | None = None  # importing: replaces it once ready
+        self.templates = Templates(self.log)
         self._fork: _Fork | None = None
         #: the first generation, until the template built from its program's seed is ready
         self._waiting: tuple[SpawnRequest, float] | None = None
         #: at most this long (a third of the ready timeout): the cold fallback must still fit
         self.max_wait = max_wait
         self._seeded_first = False
-        self._leaving = Leaving()
         self._report_stamp: preload.Stamp = None
-        #: module names the last template covered (ok or unusable): no rebuild for those.
-        self._basis: frozenset[str] | None = None
-        self._unusable: str | None = None
-        self._program: tuple[list[str], dict[str, str], str] | None = None
+        self._program: ProgramRun | None = None
         self._spawns = 0
-        self._add: AddSource = lambda fileobj, reader: None
-        self._remove: Callable[[object], None] = lambda fileobj: None
 
     # -- the Spawner interface --------------------------------------------------------------
     def attach(self, add: AddSource, remove: Callable[[object], None]) -> None:
-        self._add, self._remove = add, remove
+        self.templates.attach(add, remove)
 
     def spawn(self, request: SpawnRequest) -> Started | None:
         """Send a fork request to the template (the outcome comes on its socket), or start
@@ -134,7 +124,7 @@ class WarmSpawner(Spawner):
         return None
 
     def pids(self) -> set[int]:
-        return {t.pid for t in self._templates()} | self._leaving.pids()
+        return self.templates.pids(self._owing())
 
     def reap(self) -> list[Outcome]:
         """After a SIGCHLD: first the answers a template already sent (so a generation it
@@ -142,19 +132,19 @@ class WarmSpawner(Spawner):
         out: list[Outcome] = []
         if self._fork is not None:
             out += self._answers(self._fork.template)
-        for t in self._templates():
+        for t in self.templates.current(self._owing()):
             if t.process.poll() is not None:
                 out += self._lost(t, f"the template (pid {t.pid}) exited")
-        self._leaving.reap()
+        self.templates.leaving.reap()
         return out
 
     def deadline(self) -> float | None:
-        moments = [self._leaving.deadline(), self._fork.deadline if self._fork else None]
+        moments = [self.templates.leaving.deadline(), self._fork.deadline if self._fork else None]
         moments.append(self._waiting[1] if self._waiting else None)
         return min((m for m in moments if m is not None), default=None)
 
     def expire(self, now: float) -> list[Outcome]:
-        self._leaving.expire(now)
+        self.templates.leaving.expire(now)
         if self._waiting is not None and now >= self._waiting[1]:
             return self._unwait("the template built from the last run's modules is not ready yet")
         fork = self._fork
@@ -171,7 +161,7 @@ class WarmSpawner(Spawner):
             self._report_stamp = current
             with open(self.report) as handle:
                 names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
-            if self._program is not None and (self._basis is None or not names <= self._basis):
+            if self._program is not None and not self.templates.covers(names):
                 self._build(names)
 
     def cancel(self, number: int) -> None:
@@ -180,22 +170,24 @@ class WarmSpawner(Spawner):
 
     def drop(self, why: str) -> None:
         self._stop_all(why)
-        self._basis = None  # the next report rebuilds it
+        self.templates.basis = None  # the next report rebuilds it
 
     def close(self) -> None:
         """Stop the templates and withdraw the report request. Blocks up to a few seconds."""
         self._stop_all(None)
-        self._leaving.close()
+        self.templates.leaving.close()
         with contextlib.suppress(OSError):
             os.unlink(self.report)
 
     # -- one warm spawn ---------------------------------------------------------------------
     def _send_fork(self, request: SpawnRequest) -> None:
-        t = self.template
+        t = self.templates.ready
         if t is None:
-            if self.building is not None:
+            if self.templates.building is not None:
                 raise _Cold("the template is still importing")
-            raise _Cold(self._unusable or "no template yet (built once a generation reports)")
+            raise _Cold(
+                self.templates.unusable or "no template yet (built once a generation reports)"
+            )
         if request.argv != t.argv:
             self._stop_all(None)
             raise _Cold("the command line changed")
@@ -213,6 +205,10 @@ class WarmSpawner(Spawner):
             raise _Cold(f"the template is gone ({exc})") from None
         now = time.monotonic()
         self._fork = _Fork(request, t, now, now + FORK_TIMEOUT)
+
+    def _owing(self) -> TemplateProcess | None:
+        """The template whose fork answer is awaited, if any."""
+        return None if self._fork is None else self._fork.template
 
     def _answers(self, t: TemplateProcess) -> list[Outcome]:
         """Read what template *t* said (never blocks): the answer to the awaited fork, or end
@@ -232,8 +228,8 @@ class WarmSpawner(Spawner):
                 continue  # an answer to a request given up on
             self._fork = None
             out.append(self._forked(fork, got[0]))
-        if t is not self.template and (self._fork is None or self._fork.template is not t):
-            self._stop(t)  # replaced while it owed an answer: done now
+        if t is not self.templates.ready and self._owing() is not t:
+            self.templates.stop(t)  # replaced while it owed an answer: done now
         return out
 
     def _forked(self, fork: _Fork, answer: dict) -> Outcome:
@@ -247,15 +243,10 @@ class WarmSpawner(Spawner):
 
     def _lost(self, t: TemplateProcess, why: str) -> list[Outcome]:
         """Template *t* is gone or broken: discard it (the next report builds another); a
-        fork awaited from it starts cold."""
-        self._stop(t)
-        if t is self.template:
-            self.log.info("warm start: %s; the next generation starts cold", why)
-            self.template, self._unusable, self._basis = None, why, None
-        elif t is self.building:
-            self.building = None
-            if self._waiting is not None:
-                return self._unwait(f"{why} before it was ready")
+        held first generation or a fork awaited from it starts cold."""
+        was_building = self.templates.discard(t, why)
+        if was_building and self._waiting is not None:
+            return self._unwait(f"{why} before it was ready")
         fork = self._fork
         if fork is None or fork.template is not t:
             return []
@@ -268,7 +259,7 @@ class WarmSpawner(Spawner):
         found = warm_seed.find(request.argv, request.cwd, request.env)
         if found is not None:
             self._build(frozenset(), found[0])
-        if found is None or self.building is None:
+        if found is None or self.templates.building is None:
             return False
         wait = min(found[1], self.max_wait)
         self.log.info(
@@ -312,76 +303,23 @@ class WarmSpawner(Spawner):
         assert started is not None
         return started
 
-    def _templates(self) -> list[TemplateProcess]:
-        """Every template process alive: ready, building, and one replaced that owes a fork."""
-        found = [t for t in (self.template, self.building) if t is not None]
-        if self._fork is not None and self._fork.template not in found:
-            found.append(self._fork.template)
-        return found
-
     # -- the template's life ----------------------------------------------------------------
     def _build(self, names: frozenset[str], report: str | None = None) -> None:
-        """Start a new template preloading *report* (by default the generations'); the
-        current one (if any) forks until the new one is ready."""
+        """Start a new template preloading *report* (by default the generations')."""
         assert self._program is not None
-        argv, env, cwd = self._program
-        program = parse_program(argv, self.argv_len)
-        self._stop(self.building)
-        self.building = None
-        self._basis = names
-        if program is None or not same_interpreter(argv[0]):
-            self._unusable = "the command line cannot be re-run in-process (python -c?)"
-            return
-        try:
-            b = self.building = start_template(program, argv, env, cwd, report or self.report)
-        except OSError as exc:
-            self._unusable = f"the template could not start ({exc})"
-            return
-        self._add(b.wire.sock, lambda: self._verdict(b))
+        program = parse_program(self._program[0], self.argv_len)
+        self.templates.build(program, self._program, names, report or self.report, self._verdict)
 
     def _verdict(self, b: TemplateProcess) -> list[Outcome]:
-        """The building template answered its preload (or died): promote it if ready."""
-        if b is not self.building:
+        """The building template answered its preload (or died): once ready, it forks the
+        held first generation, if any; unusable, that generation starts cold."""
+        verdict = self.templates.read_verdict(b, self._owing(), self._answers)
+        if verdict is None or self._waiting is None:
             return []
-        try:
-            unusable = b.verdict()
-        except TimeoutError:
-            return []  # not a whole line yet
-        self.building = None
-        if unusable is not None:
-            self._stop(b)
-            if self.template is None:
-                self._unusable = f"the template is unusable: {unusable}"
-            return self._unwait(self._unusable or unusable) if self._waiting else []
-        self._basis = (self._basis or frozenset()) | b.known
-        old, self.template, self._unusable = self.template, b, None
-        if old is not None and (self._fork is None or self._fork.template is not old):
-            self._stop(old)  # else it is stopped once it answered (see _answers)
-        self._remove(b.wire.sock)
-        self._add(b.wire.sock, lambda: self._answers(b))
-        elapsed = (time.monotonic() - b.started) * 1000
-        self.log.info(
-            "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
-            b.pid,
-            elapsed,
-            len(b.names),
-        )
-        if self._program is not None:
-            argv, env, cwd = self._program
-            warm_seed.keep(b.report, argv, cwd, env, round(elapsed), b.left)
-        return [] if self._waiting is None else self._fork_now()
-
-    def _stop(self, t: TemplateProcess | None) -> None:
-        """Stop template *t* (if any), no longer a source of the loop; it leaves by itself
-        (see :meth:`expire`). Does not block."""
-        if t is not None and t.leave_by is None:
-            self._remove(t.wire.sock)
-            self._leaving.add(t)
+        return self._fork_now() if verdict.unusable is None else self._unwait(verdict.unusable)
 
     def _stop_all(self, reason: str | None) -> None:
         """Stop the templates; *reason* is why later generations start cold. (Called when no
         fork is awaited: before a spawn, after a generation became current, at the end.)"""
-        for t in self._templates():
-            self._stop(t)
-        self.template = self.building = self._fork = None
-        self._unusable = reason
+        self.templates.stop_all(reason, self._owing())
+        self._fork = None

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grace_plugins import warm, warm_seed
+from grace_plugins import warm, warm_seed, warm_templates
 from tests.unit.test_warm_spawner import ColdSpawner, Templates, read, request, warm_up
 
 pytestmark = pytest.mark.timeout(20)
@@ -84,7 +84,7 @@ def seeded(state, monkeypatch, caplog):
     """A spawner whose program has a seed (a previous spawner's template was usable)."""
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     templates = Templates()
-    monkeypatch.setattr(warm, "start_template", templates)
+    monkeypatch.setattr(warm_templates, "start_template", templates)
     caplog.set_level(logging.INFO, "test-warm")
     made = []
 
@@ -158,14 +158,14 @@ def test_a_slow_seed_template_is_not_waited_for_past_the_deadline(seeded, state,
     assert "not ready yet" in caplog.text
     answer_ready(templates.peers[-1])  # it becomes the template for the upgrades
     assert read(sources, spawner) == []
-    assert spawner.template is not None
+    assert spawner.templates.ready is not None
     assert spawner.spawn(request(2, state)) is None  # forked
     assert cold.started == [1]
 
 
 def test_no_seed_means_a_cold_first_generation_as_before(state, monkeypatch):
     templates = Templates()
-    monkeypatch.setattr(warm, "start_template", templates)
+    monkeypatch.setattr(warm_templates, "start_template", templates)
     cold = ColdSpawner()
     spawner = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
     try:
@@ -185,7 +185,7 @@ def test_a_generation_given_up_while_held_is_never_started(seeded, state):
     assert spawner.deadline() is None
     answer_ready(templates.peers[-1])
     assert read(sources, spawner) == []
-    assert cold.started == [] and spawner.template is not None
+    assert cold.started == [] and spawner.templates.ready is not None
     assert spawner.spawn(request(2, state)) is None  # forked: the fork request is for 2
     message, _ = templates.peers[-1].receive(5)
     assert message["argv"] == request(2, state).argv and cold.started == []

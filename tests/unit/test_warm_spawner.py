@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from grace_plugins import warm
+from grace_plugins import warm, warm_templates
 from grace_plugins.process import ChildProcess, Spawner, SpawnRequest, Started
 from grace_plugins.template import Wire
 from grace_plugins.template_process import TemplateProcess
@@ -75,7 +75,7 @@ class Templates:
 def setup(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     templates = Templates()
-    monkeypatch.setattr(warm, "start_template", templates)
+    monkeypatch.setattr(warm_templates, "start_template", templates)
     sources: dict[object, object] = {}
     cold = ColdSpawner()
     spawner = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
@@ -116,8 +116,8 @@ def warm_up(spawner, templates, sources, tmp_path, preloaded_file=None) -> Templ
     answer = {"ready": 1, "known": ["json"], "skipped": [], "ms": 5, "files": {}}
     templates.peers[-1].send({**answer, "stamps": stamps})
     assert read(sources, spawner) == []
-    assert spawner.template is not None
-    return spawner.template
+    assert spawner.templates.ready is not None
+    return spawner.templates.ready
 
 
 def test_a_fork_is_answered_later_on_the_templates_socket(setup, tmp_path, monkeypatch):
@@ -153,7 +153,7 @@ def test_a_refused_or_unanswered_fork_starts_cold(setup, tmp_path, monkeypatch, 
     (outcome,) = read(sources, spawner)
     assert outcome.number == 2 and not outcome.warm and cold.started == [1, 2]
     assert "the template refused to fork: the template has more than one thread" in caplog.text
-    assert spawner.template is None  # discarded: the next report builds another
+    assert spawner.templates.ready is None  # discarded: the next report builds another
     warm_up_again = warm_up(spawner, templates, sources, tmp_path)
     assert spawner.spawn(request(4, tmp_path)) is None
     assert spawner.expire(time.monotonic()) == []  # not due yet
@@ -212,11 +212,11 @@ def test_a_new_template_replaces_the_old_only_once_ready(setup, tmp_path, monkey
         modules = [["json", None], ["csv", None]]
         json.dump({"v": 1, "modules": modules, "path": [], "cwd": ""}, handle)
     spawner.refresh()
-    assert len(templates.peers) == 2 and spawner.template is old
+    assert len(templates.peers) == 2 and spawner.templates.ready is old
     assert spawner.spawn(request(2, tmp_path)) is None  # the old one forks meanwhile
     templates.peers[1].send({"known": ["json", "csv"], "stamps": {}, "files": {}})
     read(sources, spawner)
-    assert spawner.template is not old and old.wire.sock.fileno() != -1  # it owes an answer
+    assert spawner.templates.ready is not old and old.wire.sock.fileno() != -1  # it owes an answer
     templates.peers[0].receive(5)
     templates.peers[0].send({"pid": 4343})
     outcomes = read(sources, spawner)

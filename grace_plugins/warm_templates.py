@@ -1,0 +1,163 @@
+"""The warm spawner's templates (:mod:`.warm`): the one that forks, the one importing to
+replace it, and those on their way out.
+
+At most one template is *ready* (it forks generations) and one is *building* (it imports a
+newer module report and replaces the ready one once its verdict says it can fork). A template
+replaced while it owes the spawner a fork answer keeps its socket until it answered: the
+spawner names that one (*owing*) wherever it matters. Starting a template, reading its verdict
+and asking it to stop never block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from grace_plugins import warm_seed
+from grace_plugins.cmdline import Program, same_interpreter
+from grace_plugins.process import AddSource, Outcome
+from grace_plugins.template_process import Leaving, TemplateProcess, start_template
+
+#: What reads a template's socket once it is a source of the loop.
+Reader = Callable[[TemplateProcess], list[Outcome]]
+#: The command line, environment and working directory of the generations a template forks.
+ProgramRun = tuple[list[str], dict[str, str], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A building template's answer to its preload: ready to fork, or why it is unusable."""
+
+    unusable: str | None
+
+
+class Templates:
+    """The ready template, the building one, and those leaving (see the module doc)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.ready: TemplateProcess | None = None
+        self.building: TemplateProcess | None = None
+        #: why no template forks (a cold start's log line says it), or ``None``
+        self.unusable: str | None = None
+        #: module names the last template covered (ok or unusable): no rebuild for those
+        self.basis: frozenset[str] | None = None
+        self.leaving = Leaving()
+        #: what the generations of the last template built run (its seed's key)
+        self._run: ProgramRun | None = None
+        self._add: AddSource = lambda fileobj, reader: None
+        self._remove: Callable[[object], None] = lambda fileobj: None
+
+    def attach(self, add: AddSource, remove: Callable[[object], None]) -> None:
+        self._add, self._remove = add, remove
+
+    def current(self, owing: TemplateProcess | None) -> list[TemplateProcess]:
+        """The templates not asked to stop yet: ready, building, and *owing* if it was
+        replaced."""
+        found = [t for t in (self.ready, self.building) if t is not None]
+        if owing is not None and owing not in found:
+            found.append(owing)
+        return found
+
+    def pids(self, owing: TemplateProcess | None) -> set[int]:
+        return {t.pid for t in self.current(owing)} | self.leaving.pids()
+
+    def covers(self, names: frozenset[str]) -> bool:
+        """True when the last template build attempted accounts for every module in
+        *names* (preloaded, left out, or the project's): no new build for them."""
+        return self.basis is not None and names <= self.basis
+
+    def build(
+        self,
+        parsed: Program | None,
+        run: ProgramRun,
+        names: frozenset[str],
+        report: str,
+        on_verdict: Reader,
+    ) -> None:
+        """Start a template preloading *report* for generations that *run* a program
+        (*parsed*: its command line split by :func:`~.cmdline.parse_program`), replacing one
+        still building; the ready one forks until the new one is ready. *on_verdict* reads
+        its socket until then. Once ready, it keeps the seed of *run* (:mod:`.warm_seed`)."""
+        argv, env, cwd = run
+        self._run = run
+        self.stop(self.building)
+        self.building = None
+        self.basis = names
+        if parsed is None or not same_interpreter(argv[0]):
+            self.unusable = "the command line cannot be re-run in-process (python -c?)"
+            return
+        try:
+            b = self.building = start_template(parsed, argv, env, cwd, report)
+        except OSError as exc:
+            self.unusable = f"the template could not start ({exc})"
+            return
+        self._add(b.wire.sock, lambda: on_verdict(b))
+
+    def read_verdict(
+        self, b: TemplateProcess, owing: TemplateProcess | None, on_answer: Reader
+    ) -> Verdict | None:
+        """Read building template *b*'s verdict: ready, it replaces the ready one (stopped
+        now unless it is *owing*; then once it answered) and *on_answer* reads its socket
+        from now on. ``None`` while no whole verdict came, or when *b* was replaced."""
+        if b is not self.building:
+            return None
+        try:
+            unusable = b.verdict()
+        except TimeoutError:
+            return None  # not a whole line yet
+        self.building = None
+        if unusable is not None:
+            self.stop(b)
+            if self.ready is None:
+                self.unusable = f"the template is unusable: {unusable}"
+            return Verdict(self.unusable or unusable)
+        self.basis = (self.basis or frozenset()) | b.known
+        old, self.ready, self.unusable = self.ready, b, None
+        if old is not owing:
+            self.stop(old)
+        self._remove(b.wire.sock)
+        self._add(b.wire.sock, lambda: on_answer(b))
+        elapsed = (time.monotonic() - b.started) * 1000
+        self.log.info(
+            "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
+            b.pid,
+            elapsed,
+            len(b.names),
+        )
+        assert self._run is not None  # set by build, before any template was building
+        argv, env, cwd = self._run
+        warm_seed.keep(b.report, argv, cwd, env, round(elapsed), b.left)
+        return Verdict(None)
+
+    def discard(self, t: TemplateProcess, why: str) -> bool:
+        """Template *t* is gone or broken: stop it and forget it (a ready one is built again
+        from the next module report). Returns True when *t* was the one building."""
+        self.stop(t)
+        if t is self.ready:
+            self.log.info("warm start: %s; the next generation starts cold", why)
+            self.ready = None
+            self.unusable = why
+            self.basis = None
+        if t is not self.building:
+            return False
+        self.building = None
+        return True
+
+    def stop(self, t: TemplateProcess | None) -> None:
+        """Stop template *t* (if any), no longer a source of the loop; it leaves by itself
+        or is killed at its time (:class:`~.template_process.Leaving`). Does not block."""
+        if t is not None and t.leave_by is None:
+            self._remove(t.wire.sock)
+            self.leaving.add(t)
+
+    def stop_all(self, reason: str | None, owing: TemplateProcess | None) -> None:
+        """Stop every template, *owing* included; *reason* is why later generations start
+        cold (``None``: the next module report builds another)."""
+        for t in self.current(owing):
+            self.stop(t)
+        self.ready = None
+        self.building = None
+        self.unusable = reason
