@@ -21,7 +21,10 @@ class Wire:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = b""
-        self._fds: list[int] = []
+        #: fds received and not handed out yet, each with the stream offset of the message
+        #: they came with; ``_taken``: the stream offset of ``_buffer[0]``
+        self._fds: list[tuple[int, list[int]]] = []
+        self._taken = 0
 
     def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
@@ -39,15 +42,32 @@ class Wire:
             if not select.select([self.sock], [], [], left)[0]:
                 raise TimeoutError("no answer")
             data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 64)
-            self._fds.extend(fds)
+            if fds:
+                self._fds.append((self._taken + _last_start(self._buffer, data), fds))
             if not data:
                 return None
             self._buffer += data
             if len(self._buffer) > MAX_MESSAGE:
                 raise ValueError("message too long")
         line, _, self._buffer = self._buffer.partition(b"\n")
-        fds, self._fds = self._fds, []
+        end = self._taken + len(line) + 1
+        fds = [fd for at, some in self._fds if at < end for fd in some]
+        self._fds = [(at, some) for at, some in self._fds if at >= end]
+        self._taken = end
         return json.loads(line), fds
+
+
+def _last_start(buffer: bytes, data: bytes) -> int:
+    """Where, in *buffer* + *data*, the message that fds received with *data* belongs to
+    starts: the last message that begins within *data*. A sender passes fds with the first
+    bytes of their message, and a read ends right after the bytes that carried fds, so a
+    read can hold the end of earlier messages but never the start of a later one (a fork
+    request sent right after a message without fds is read with it)."""
+    whole = buffer + data
+    newline = whole.rfind(b"\n", max(0, len(buffer) - 1), len(whole) - 1)
+    if newline >= 0:
+        return newline + 1
+    return whole.rfind(b"\n", 0, len(buffer)) + 1  # within a message begun earlier
 
 
 def answer_fork(wire: Wire, read_end: int, middle: int, timeout: float, what: str) -> None:
