@@ -237,3 +237,15 @@ def write_report(supervisor_pid: int) -> None:
         write_atomic(path, json.dumps(report, separators=(",", ":")))
     except Exception:  # noqa: BLE001 - see the docstring
         return
+
+
+def warm_metadata() -> None:
+    """Fill ``importlib.metadata``'s own caches of what each ``sys.path`` directory holds (kept
+    per directory modification time: a package installed later is still found), so that a
+    generation that lists entry points, as flask's command line does at every start, does not
+    list every directory first."""
+    metadata = sys.modules.get("importlib.metadata")
+    if metadata is not None:
+        with contextlib.suppress(Exception):
+            for _ in metadata.distributions():
+                pass

@@ -58,6 +58,10 @@ class Template:
         self.generators: list[weakref.ref[Any]] = []
         #: modules found not to be the project's, by name: only new ones are looked at again
         self.cleared: dict[str, object] = {}
+        #: the top-level imports left to the generations (not tried again when it grows)
+        self.left: list[preload.LeftOut] = []
+        #: the working directory, base ``sys.path`` and exclusions of its preload
+        self.where: tuple[str, list[str], dict[str, str]] = ("", [], {})
 
     def run(self, resumed: dict[str, Any] | None = None) -> Callable[[], None]:
         """Preload, then serve spawn requests; returns (a job to run) only in a generation.
@@ -77,10 +81,8 @@ class Template:
         if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] == "":
             base = base[1:]
             sys.path[0] = program_path0(program, cwd)
-        try:
-            verdict = self.preload(setup["report"], cwd, base, program, resumed["excluded"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            verdict = {"unsafe": f"the generation's module report is unreadable ({exc})"}
+        self.where = (cwd, base, resumed["excluded"])
+        verdict = self._preloaded(setup["report"])
         if "tainted" in verdict:
             tainted = verdict.pop("tainted")
             if resumed["restarts"] < MAX_RESTARTS:
@@ -90,34 +92,69 @@ class Template:
             verdict = {"unsafe": f"{culprit} {reason} at import, every time (forking is unsafe)"}
         verdict["ms"] = ms = round((time.monotonic() - resumed["began"]) * 1000)
         verdict["restarts"] = resumed["restarts"]
-        self.dispositions = forked.dispositions()  # a library's handler, as a cold start has it
-        try:
-            self.wire.send(verdict)  # first: once the line below shows, the supervisor can read it
-        except OSError:  # the supervisor is gone, or replaced this template: nothing to say
-            _quit()
-        if "unsafe" in verdict:
-            _say(f"unusable, upgrades will start cold: {verdict['unsafe']}")
-            _quit()
+        self._tell(verdict, verdict, "unusable, upgrades will start cold")
         again = f" (started over {resumed['restarts']}x)" if resumed["restarts"] else ""
-        left = [preload.LeftOut(*one) for one in verdict["left"]]
-        _say(f"preloaded {verdict['ready']} modules in {ms} ms{again}; {preload.summarize(left)}")
+        self.left = [preload.LeftOut(*one) for one in verdict["left"]]
+        summary = preload.summarize(self.left)
+        _say(f"preloaded {verdict['ready']} modules in {ms} ms{again}; {summary}")
         while True:
             got = self.wire.receive(None)
             if got is None:
                 _quit()
+            if "grow" in got[0]:
+                self.grow(str(got[0]["grow"]))
+                continue
             job = self.fork(*got)
             if job is not None:
                 return job
 
-    def preload(
-        self,
-        report_file: str,
-        cwd: str,
-        base: list[str],
-        program: Program,
-        excluded: dict[str, str],
+    def grow(self, report_file: str) -> None:
+        """Import, in place, what a newer module report names beyond the preload: the pages
+        this template shares with the generations it forked stay shared, where a new
+        template would hold copies of its own. Answers ``{"grown": verdict}``; one that
+        cannot fork any more (a thread it could not refuse) says so and leaves."""
+        began = time.monotonic()
+        verdict = self._preloaded(report_file, self.left)
+        if "tainted" in verdict:
+            culprit, reason = next(iter(verdict.pop("tainted").items()))
+            verdict = {"unsafe": f"{culprit} {reason} at import (forking is unsafe)"}
+        verdict["ms"] = ms = round((time.monotonic() - began) * 1000)
+        self._tell({"grown": verdict}, verdict, "cannot grow, upgrades will start cold")
+        known = {one.name for one in self.left}
+        new = [preload.LeftOut(*one) for one in verdict["left"] if one[0] not in known]
+        self.left += new
+        if verdict["added"] or new:
+            more = f"; {preload.summarize(new)}" if new else ""
+            _say(f"preloaded {len(verdict['added'])} more modules in {ms} ms{more}")
+
+    def _preloaded(
+        self, report_file: str, left_out: list[preload.LeftOut] | None = None
     ) -> dict[str, Any]:
-        """Import the report's modules but the project's; the answer the supervisor reads."""
+        """:meth:`preload` the report, or why not."""
+        try:
+            return self.preload(report_file, left_out)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return {"unsafe": f"the generation's module report is unreadable ({exc})"}
+
+    def _tell(self, message: dict[str, Any], verdict: dict[str, Any], unusable: str) -> None:
+        """Send the supervisor *message* (a preload's *verdict*) first: once a line is printed
+        it can be read. A template that cannot fork says *unusable* and why, and leaves."""
+        self.dispositions = forked.dispositions()  # a library's handler, as a cold start has it
+        try:
+            self.wire.send(message)
+        except OSError:  # the supervisor is gone, or replaced this template: nothing to say
+            _quit()
+        if "unsafe" in verdict:
+            _say(f"{unusable}: {verdict['unsafe']}")
+            _quit()
+
+    def preload(
+        self, report_file: str, left_out: list[preload.LeftOut] | None = None
+    ) -> dict[str, Any]:
+        """Import the report's modules but the project's; the answer the supervisor reads.
+        *left_out*: the imports this template left out before (it grows: :meth:`grow`)."""
+        cwd, base, excluded = self.where
+        program = self.program
         with open(report_file) as handle:
             report = json.load(handle)
         if report.get("v") != preload.REPORT_VERSION:
@@ -132,6 +169,8 @@ class Template:
         settings = os.environ.get("DJANGO_SETTINGS_MODULE")
         # a seed (warm_seed) says which imports its template left out: not tried again
         left_before = {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
+        left_before.update((one.name, (one.culprit, one.reason)) for one in left_out or [])
+        loaded_before = set(sys.modules)
         with Preloader(self.roots, self.stdlib, excluded, settings) as preloader:
             for name in names:
                 origin = origins.get(name)
@@ -147,7 +186,7 @@ class Template:
         if preloader.tainted:
             return {"tainted": preloader.tainted}
         left = [[one.name, one.culprit, one.reason] for one in preloader.left]
-        if preloader.left and not preloader.kept:
+        if preloader.left and not preloader.kept and left_out is None:
             return {"unsafe": f"nothing could be preloaded; {preload.summarize(preloader.left)}"}
         pulled = self.project_modules()
         if pulled:
@@ -157,7 +196,7 @@ class Template:
             if origin and os.path.isabs(origin) and origin not in stamps:
                 stamps[origin] = preload.stamp(origin)
                 files[origin] = name
-        warm_metadata()
+        preload.warm_metadata()
         gc.collect()
         self.generators = forked.generators()
         gc.freeze()
@@ -166,6 +205,7 @@ class Template:
             "known": sorted({*names, *project, *sys.modules}),  # what forks will report
             "skipped": [name for name in names if name not in sys.modules],
             "left": left,  # [name, culprit, reason] of each top-level import not preloaded
+            "added": sorted(set(sys.modules) - loaded_before),
             "stamps": stamps,
             "files": files,
         }
@@ -263,18 +303,6 @@ class Template:
         while os.getppid() == middle and time.monotonic() < deadline:
             time.sleep(0.0005)  # until re-parented to the supervisor (handoff checks getppid)
         return lambda: forked.run_program(program)
-
-
-def warm_metadata() -> None:
-    """Fill ``importlib.metadata``'s own caches of what each ``sys.path`` directory holds (kept
-    per directory modification time: a package installed later is still found), so that a
-    generation that lists entry points, as flask's command line does at every start, does not
-    list every directory first."""
-    metadata = sys.modules.get("importlib.metadata")
-    if metadata is not None:
-        with contextlib.suppress(Exception):
-            for _ in metadata.distributions():
-                pass
 
 
 def _close(fds: list[int]) -> None:

@@ -44,6 +44,7 @@ class TemplateProcess:
     report: str = ""  # the module report it preloads
     #: [name, culprit, reason] of each top-level import it left to the generations
     left: list[list[str]] = dataclasses.field(default_factory=list)
+    ready_ms: int = 0  # from its start to ready, plus the time each growth took
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
 
     @property
@@ -64,14 +65,19 @@ class TemplateProcess:
             got = None
         if got is None:
             return "it exited"
-        answer = got[0]
+        return self.absorb(got[0])
+
+    def absorb(self, answer: dict) -> str | None:
+        """Take in a preload's answer (the first, or one after it grew): ``None`` when the
+        template can fork, else why not."""
         if "unsafe" in answer:
             return str(answer["unsafe"])
-        self.names = {str(k): str(v) for k, v in answer["files"].items()}
+        self.names.update((str(k), str(v)) for k, v in answer["files"].items())
         for path, value in answer["stamps"].items():
             self.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
-        self.known = frozenset(answer["known"])
-        self.left = [[str(part) for part in one] for one in answer.get("left", [])]
+        self.known |= frozenset(answer["known"])
+        left = {one[0] for one in self.left}
+        self.left += [[str(p) for p in one] for one in answer.get("left", []) if one[0] not in left]
         return None
 
     def changed_files(self) -> list[str]:

@@ -4,10 +4,11 @@
 not know whether a generation was forked warm or started cold. Nothing here blocks the loop:
 
 * when a generation becomes current (``refresh``), its module report is read and, if it names
-  a module the template does not cover, a new template (:mod:`grace_plugins.template`) starts
-  importing; its socket is a source of the loop, and its answer (ready, or unusable) is read
-  when it comes; the old template forks until the new one is ready (the templates' own
-  bookkeeping is :mod:`grace_plugins.warm_templates`);
+  a module the template does not cover, the ready template imports those too, in place (the
+  generations it forked keep sharing its pages), or, without one, a new template
+  (:mod:`grace_plugins.template`) starts importing; its socket is a source of the loop, and
+  its answer (ready, or unusable) is read when it comes; the old template forks until the new
+  one is ready (the templates' own bookkeeping is :mod:`grace_plugins.warm_templates`);
 * a spawn checks the template (there, same command line, every preloaded file unchanged on
   disk: a changed file discards it, names the module in the log, and that generation starts
   cold), sends the fork request and returns; the template's answer (the generation's pid)
@@ -161,7 +162,9 @@ class WarmSpawner(Spawner):
             self._report_stamp = current
             with open(self.report) as handle:
                 names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
-            if self._program is not None and not self.templates.covers(names):
+            if self._program is None or self.templates.covers(names):
+                return
+            if not self.templates.grow(names, self.report):
                 self._build(names)
 
     def cancel(self, number: int) -> None:
@@ -223,6 +226,14 @@ class WarmSpawner(Spawner):
                 return out + self._lost(t, f"the template's socket failed ({exc})")
             if got is None:
                 return out + self._lost(t, "the template exited")
+            if "grown" in got[0]:
+                why = self.templates.grown(t, got[0]["grown"])
+                if why is None:
+                    continue
+                out += self._lost(t, why)
+                self._report_stamp = None
+                self.refresh()  # a new template, of the modules it could not grow by
+                return out
             fork = self._fork
             if fork is None or fork.template is not t:
                 continue  # an answer to a request given up on

@@ -127,10 +127,52 @@ class Templates:
             elapsed,
             len(b.names),
         )
+        b.ready_ms = round(elapsed)
+        self._keep_seed(b)
+        return Verdict(None)
+
+    def grow(self, names: frozenset[str], report: str) -> bool:
+        """Ask the ready template to import, in place, what module *report* names beyond its
+        preload (:meth:`.template.Template.grow`): the generations it forked keep sharing its
+        pages, which a new template would not. Its answer comes among its fork answers
+        (:meth:`grown`). False when there is no ready template to ask."""
+        t = self.ready
+        if t is None:
+            return False
+        try:
+            t.wire.send({"grow": report})
+        except OSError:
+            return False
+        self.stop(self.building)
+        self.building = None
+        self.basis = (self.basis or frozenset()) | names
+        t.report = report
+        return True
+
+    def grown(self, t: TemplateProcess, answer: dict) -> str | None:
+        """Template *t* answered a :meth:`grow`: ``None`` when it forks on, now with more
+        modules, else why it cannot (it leaves by itself)."""
+        unusable = t.absorb(answer)
+        if unusable is not None:
+            return f"the template could not grow: {unusable}"
+        t.ready_ms += int(answer.get("ms", 0))
+        self.basis = (self.basis or frozenset()) | t.known
+        added = len(answer.get("added", []))
+        self.log.log(
+            logging.INFO if added else logging.DEBUG,
+            "warm start: template (pid %d) grew by %d modules in %d ms",
+            t.pid,
+            added,
+            int(answer.get("ms", 0)),
+        )
+        self._keep_seed(t)
+        return None
+
+    def _keep_seed(self, t: TemplateProcess) -> None:
+        """Keep the report *t* was built (or grown) from as its program's seed."""
         assert self._run is not None  # set by build, before any template was building
         argv, env, cwd = self._run
-        warm_seed.keep(b.report, argv, cwd, env, round(elapsed), b.left)
-        return Verdict(None)
+        warm_seed.keep(t.report, argv, cwd, env, t.ready_ms, t.left)
 
     def discard(self, t: TemplateProcess, why: str) -> bool:
         """Template *t* is gone or broken: stop it and forget it (a ready one is built again

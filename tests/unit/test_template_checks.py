@@ -10,7 +10,8 @@ import types
 
 import pytest
 
-from grace_plugins.template import Template, warm_metadata
+from grace_plugins.preload import warm_metadata
+from grace_plugins.template import Template
 
 
 @pytest.fixture

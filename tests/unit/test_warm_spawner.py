@@ -204,7 +204,9 @@ def test_a_cold_request_and_an_unusable_template_say_why(setup, tmp_path, monkey
     assert outcome is not None and cold.started[-1] == 4 and "cold" not in caplog.text
 
 
-def test_a_new_template_replaces_the_old_only_once_ready(setup, tmp_path, monkeypatch):
+def test_a_generation_that_imported_more_grows_the_template_in_place(setup, tmp_path, monkeypatch):
+    """The template imports what the generation's report adds, in place (the generations it
+    forked keep sharing its pages); its answer comes among its fork answers."""
     spawner, templates, cold, sources = setup
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     old = warm_up(spawner, templates, sources, tmp_path)
@@ -212,16 +214,37 @@ def test_a_new_template_replaces_the_old_only_once_ready(setup, tmp_path, monkey
         modules = [["json", None], ["csv", None]]
         json.dump({"v": 1, "modules": modules, "path": [], "cwd": ""}, handle)
     spawner.refresh()
-    assert len(templates.peers) == 2 and spawner.templates.ready is old
-    assert spawner.spawn(request(2, tmp_path)) is None  # the old one forks meanwhile
-    templates.peers[1].send({"known": ["json", "csv"], "stamps": {}, "files": {}})
-    read(sources, spawner)
-    assert spawner.templates.ready is not old and old.wire.sock.fileno() != -1  # it owes an answer
+    assert len(templates.peers) == 1, "no new template"
+    assert templates.peers[0].receive(5)[0] == {"grow": spawner.report}
+    assert spawner.spawn(request(2, tmp_path)) is None  # the fork request waits behind it
     templates.peers[0].receive(5)
+    grown = {"known": ["json", "csv"], "stamps": {}, "files": {}, "left": [], "added": ["csv"]}
+    templates.peers[0].send({"grown": {**grown, "ms": 7}})
     templates.peers[0].send({"pid": 4343})
     outcomes = read(sources, spawner)
     assert [o.process.pid for o in outcomes] == [4343]
-    assert old.wire.sock.fileno() == -1  # answered: stopped now
+    assert spawner.templates.ready is old and "csv" in old.known
+    assert spawner.templates.covers(frozenset({"json", "csv"}))
+    spawner.refresh()  # the same report again: nothing more to import
+    with pytest.raises(TimeoutError):
+        templates.peers[0].receive(0.1)
+
+
+def test_a_template_that_cannot_grow_is_dropped(setup, tmp_path, monkeypatch, caplog):
+    spawner, templates, cold, sources = setup
+    monkeypatch.setattr(warm.sys, "executable", "python-unused")
+    warm_up(spawner, templates, sources, tmp_path)
+    with open(spawner.report, "w") as handle:
+        json.dump({"v": 1, "modules": [["json", None], ["csv", None]], "path": []}, handle)
+    spawner.refresh()
+    templates.peers[0].receive(5)
+    templates.peers[0].send({"grown": {"unsafe": "csv started a thread at import"}})
+    assert read(sources, spawner) == []
+    assert spawner.templates.ready is None
+    assert "could not grow: csv started a thread" in caplog.text
+    assert len(templates.peers) == 2, "a new template, of the generation's modules, at once"
+    started = spawner.spawn(request(2, tmp_path))
+    assert started is not None and cold.started[-1] == 2  # cold, until it is ready
 
 
 def test_a_verdict_read_in_parts_is_not_taken_for_an_exit():
