@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from grace_plugins.atomic import write_atomic
 
@@ -228,15 +229,20 @@ def write_report(supervisor_pid: int) -> None:
         path = report_path(supervisor_pid)
         if not os.path.exists(path):
             return
-        report = {
-            "v": REPORT_VERSION,
-            "modules": [[name, module_origin(m)] for name, m in list(sys.modules.items())],
-            "path": list(sys.path),
-            "cwd": os.getcwd(),
-        }
-        write_atomic(path, json.dumps(report, separators=(",", ":")))
+        write_atomic(path, json.dumps(module_report(), separators=(",", ":")))
     except Exception:  # noqa: BLE001 - see the docstring
         return
+
+
+def module_report() -> dict[str, Any]:
+    """This process's modules (name and file), ``sys.path`` and working directory: what a
+    template preloads from (:mod:`grace_plugins.template`)."""
+    return {
+        "v": REPORT_VERSION,
+        "modules": [[name, module_origin(m)] for name, m in list(sys.modules.items())],
+        "path": list(sys.path),
+        "cwd": os.getcwd(),
+    }
 
 
 def warm_metadata() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from grace_plugins import listeners as lst
+from grace_plugins import warm_seed
 from grace_plugins.cmdline import program_argv
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
@@ -76,6 +77,7 @@ def run(
     *,
     on_listening: Callable[[list[str]], str | None] | None = None,
     watching: Watching | None = None,
+    app_imported: bool = False,
 ) -> int:
     """Run *serve* with hot upgrades; blocks until stopped and returns the exit status.
 
@@ -83,6 +85,9 @@ def run(
     start-up banner (printed once the first generation serves), then re-executes itself
     into the lean supervisor (:mod:`grace_plugins.lean`) and supervises generations, watching
     files with *watching* (the reloader on); in a generation it never returns.
+    *app_imported*: this process imported the app already (``run_simple`` is given it,
+    ``manage.py`` set Django up), so at a program's first start what it imported seeds the
+    warm-start template that forks the first generation (:func:`.warm_seed.plant`).
 
     :raises GraceError: for invalid addresses, inherited fds or platforms.
     """
@@ -106,6 +111,8 @@ def run(
             image.banner = on_listening([name for name, _ in image.listeners]) or ""
     image.program, image.argv_len = program_argv(), len(sys.argv)
     image.options, image.watching = options, watching
+    if options.warm and app_imported and not image.generation:
+        warm_seed.plant(image.program, os.getcwd(), os.environ)
     why = become_lean(image)  # returns only if the exec failed
     get_logger().info("%s: supervising in this process", why)
     return supervise(image, sockets)

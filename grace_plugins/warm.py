@@ -274,8 +274,8 @@ class WarmSpawner(Spawner):
             return False
         wait = min(found[1], self.max_wait)
         self.log.info(
-            "warm start: generation %d waits (up to %.1f s) for a template of the modules the"
-            " last run of this program imported",
+            "warm start: generation %d waits (up to %.1f s) for a template of the modules this"
+            " program imported (its last run, or the command before serving)",
             request.number,
             wait,
         )

@@ -1,15 +1,16 @@
-"""The module report a program's last template was built from, kept for its next start.
+"""The module report a program's template was built from, kept for its next start.
 
-A template is built from what a serving generation reports it imported, so at a first start
-there is none: the first generation starts cold and the template then imports the same
-libraries beside it, two copies of them for as long as that generation serves (about 1.26 x
-``runserver``'s memory for a Django site, 1.06 x once a generation is forked). The supervisor
-keeps the report behind each usable template as the *seed* of its program (the command line,
-working directory and interpreter), in the private state directory (a runtime directory:
-gone at reboot). The next start of the same program builds its template from the seed first
-and forks the first generation from it, so that it shares the template's pages from the start.
-No seed, an unreadable one, or a template slower than the wait: the first generation starts
-cold, as before.
+A template built from what a serving generation reports it imported comes after that
+generation, which then shares nothing with it: two copies of the libraries for as long as it
+serves (about 1.26 x ``runserver``'s memory for a Django site, 1.06 x once a generation is
+forked). So the supervisor keeps the report behind each usable template as the *seed* of its
+program (the command line, working directory, interpreter and the variables that choose what
+it imports), in the private state directory (a runtime directory: gone at reboot). A start
+builds its template from the seed first and forks the first generation from it, so that it
+shares the template's pages from the start. At a program's very first start, the seed is what
+the process the user started imported before it became the supervisor, where that includes
+the app (:func:`plant`). An unreadable seed, or a template slower than the wait: the first
+generation starts cold.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 
 from grace_plugins import preload
 from grace_plugins.atomic import write_atomic
+from grace_plugins.process import process_start_time
 from grace_plugins.state import state_dir
 
 #: How long the first generation may wait for a seeded template: this many times as long as
@@ -63,6 +66,26 @@ def keep(
             data = json.load(handle)
         data["template_ms"] = int(template_ms)
         data["left"] = left or []
+        write_atomic(seed_path(argv, cwd, env), json.dumps(data, separators=(",", ":")))
+        prune(state_dir())
+
+
+def plant(argv: list[str], cwd: str, env: Mapping[str, str]) -> None:
+    """At a program's first start (no seed yet), keep the modules this process imported
+    before serving (``manage.py`` set Django up; a program calling ``run_simple`` imported its
+    app) as its seed, with this process's age as the time a template takes to import them: the
+    first generation is then forked from a template of those, and shares its pages, instead
+    of starting cold beside a template built after it (which shares nothing with it). The
+    template grows, in place, by what the first generation imported beyond them. Never
+    raises."""
+    if not sys.platform.startswith("linux"):
+        return  # warm start is Linux's only
+    with contextlib.suppress(Exception):
+        if find(argv, cwd, env) is not None:
+            return
+        started = process_start_time()
+        age_ms = 0 if started is None else max(0, round((time.time() - started) * 1000))
+        data = {**preload.module_report(), "template_ms": age_ms, "left": []}
         write_atomic(seed_path(argv, cwd, env), json.dumps(data, separators=(",", ":")))
         prune(state_dir())
 

@@ -112,7 +112,7 @@ def run_simple(
         passthrough_errors=passthrough_errors,
         ssl_context=ssl_context,
     )
-    serve_with_upgrades(settings, lambda: application, grace)
+    serve_with_upgrades(settings, lambda: application, grace, app_imported=True)
 
 
 def serve_with_upgrades(
@@ -121,6 +121,7 @@ def serve_with_upgrades(
     grace: Options,
     *,
     intro: Callable[[], str] | None = None,
+    app_imported: bool = False,
 ) -> None:
     """Supervise (or, in a generation, serve) with *settings* and the grace settings *grace*
     (used by the supervisor; a generation gets them from its handoff); blocks until stopped.
@@ -128,7 +129,8 @@ def serve_with_upgrades(
     *load_app* runs in each generation only, after its signal handlers are in place: the
     supervisor never imports the app, so a broken app cannot break it. *intro* (e.g. Flask's
     "Serving Flask app" lines) opens the start-up banner, which is printed once the first
-    generation serves.
+    generation serves. *app_imported*: this process imported the app already (as
+    :func:`grace_plugins.runner.run` says).
 
     :raises SystemExit: as :func:`run_simple`.
     """
@@ -147,6 +149,7 @@ def serve_with_upgrades(
             grace,
             on_listening=lambda names: (intro() if intro else "") + banner(settings, names),
             watching=watching(settings),
+            app_imported=app_imported,
         )
     except GraceError as exc:
         _usage_error(exc)

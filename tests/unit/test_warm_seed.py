@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import pytest
@@ -76,6 +77,22 @@ def test_only_the_newest_seeds_are_kept(state):
         True,
         True,
     ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start is Linux's only")
+def test_a_first_start_plants_what_this_process_imported_and_never_replaces_a_seed(state):
+    warm_seed.plant(ARGV, "/srv/new", ENV)
+    path, wait = warm_seed.find(ARGV, "/srv/new", ENV)
+    with open(path) as handle:
+        planted = json.load(handle)
+    names = {name for name, _ in planted["modules"]}
+    assert {"json", "grace_plugins.warm_seed", "pytest"} <= names
+    assert planted["left"] == [] and planted["template_ms"] > 0  # this process's age
+    assert wait >= warm_seed.MIN_WAIT
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv/kept", ENV, template_ms=10)
+    warm_seed.plant(ARGV, "/srv/kept", ENV)  # a seed of a real template: kept as it is
+    with open(warm_seed.find(ARGV, "/srv/kept", ENV)[0]) as handle:
+        assert [name for name, _ in json.load(handle)["modules"]] == ["json"]
 
 
 # -- the first generation of a seeded program -------------------------------------------------

@@ -80,7 +80,9 @@ class Command(RunserverCommand):
         watching = Watching() if options["use_reloader"] else None
         if not is_generation() and not options["skip_checks"]:
             self.check_before_start()
-        run_or_exit(serve, [self.listen_address()], grace, watching=watching)
+        run_or_exit(  # manage.py set Django up: the project is imported
+            serve, [self.listen_address()], grace, watching=watching, app_imported=True
+        )
 
     def check_before_start(self) -> None:
         """Run the system checks before anything is bound, as ``runserver --noreload`` runs
