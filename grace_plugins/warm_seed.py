@@ -44,7 +44,10 @@ def seed_path(argv: list[str], cwd: str, env: Mapping[str, str]) -> str:
     """Where the seed of the program *argv* run in *cwd* with *env* (by this interpreter) is
     kept."""
     chosen = {name: env.get(name) for name in KEY_VARS}
-    key = json.dumps([sys.executable, cwd, argv, chosen]).encode()
+    # as spelled: "site/../.venv/bin/python" in the process the user started is
+    # ".venv/bin/python" once it re-executed itself (symlinks kept: one per environment)
+    interpreter = os.path.normpath(os.path.abspath(sys.executable))
+    key = json.dumps([interpreter, cwd, argv, chosen]).encode()
     return os.path.join(state_dir(), f"seed-{hashlib.sha256(key).hexdigest()[:24]}.json")
 
 

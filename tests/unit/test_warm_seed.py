@@ -79,6 +79,17 @@ def test_only_the_newest_seeds_are_kept(state):
     ]
 
 
+def test_the_interpreter_is_one_however_its_path_is_spelled(state, monkeypatch):
+    """``manage.py`` run as ``../.venv/bin/python manage.py``: the lean supervisor it becomes
+    sees ``sys.executable`` without the ``..`` (a seed planted before the exec was not found)."""
+    monkeypatch.setattr(warm_seed.sys, "executable", "/srv/site/../.venv/bin/python")
+    spelled = warm_seed.seed_path(ARGV, "/srv/site", ENV)
+    monkeypatch.setattr(warm_seed.sys, "executable", "/srv/.venv/bin/python")
+    assert warm_seed.seed_path(ARGV, "/srv/site", ENV) == spelled
+    monkeypatch.setattr(warm_seed.sys, "executable", "/srv/other-env/bin/python")
+    assert warm_seed.seed_path(ARGV, "/srv/site", ENV) != spelled
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start is Linux's only")
 def test_a_first_start_plants_what_this_process_imported_and_never_replaces_a_seed(state):
     warm_seed.plant(ARGV, "/srv/new", ENV)
