@@ -2,10 +2,13 @@
 replace it, and those on their way out.
 
 At most one template is *ready* (it forks generations) and one is *building* (it imports a
-newer module report and replaces the ready one once its verdict says it can fork). A template
-replaced while it owes the spawner a fork answer keeps its socket until it answered: the
-spawner names that one (*owing*) wherever it matters. Starting a template, reading its verdict
-and asking it to stop never block.
+module report and becomes the ready one once its verdict says it can fork). A ready template
+asked to cover more modules imports them itself (:meth:`Templates.grow`), so that the
+generations it forked keep sharing its pages; a template is built anew only when there is no
+ready one (at the start, or after one was dropped). A template replaced while it owes the
+spawner a fork answer keeps its socket until it answered: the spawner names that one (*owing*)
+wherever it matters. Starting a template, reading its verdict and asking it to stop never
+block.
 """
 
 from __future__ import annotations
