@@ -1,6 +1,7 @@
 """A generation forked from the warm-start template: what it must not keep of the template's
-process (fds, signal handlers as they were after the preload, random states), and how it then
-runs the user's command line in-process, as ``python script`` or ``python -m`` would."""
+process (fds, signal handlers as they were after the preload, random states), how it becomes
+the process a cold start would have been (:func:`become`), and how it then runs the user's
+command line in-process, as ``python script`` or ``python -m`` would."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import gc
 import os
 import runpy
 import signal
+import socket
 import sys
+import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from grace_plugins.cmdline import Program
+from grace_plugins.cmdline import Program, program_path0
 
 
 def place_fds(received: list[int], targets: list[int]) -> None:
@@ -72,3 +77,45 @@ def generators() -> list[weakref.ref[Any]]:
         for one in gc.get_objects()
         if issubclass(type(one), kinds) and not issubclass(type(one), module.SystemRandom)
     ]
+
+
+@dataclass
+class Inherited:
+    """What a generation forked from the template has to set right: the signal handlers a
+    cold start would have, the template's socket, the random generators to reseed, the
+    program to run."""
+
+    dispositions: dict[int, Any]
+    template_sock: socket.socket
+    generators: list[weakref.ref[Any]]
+    program: Program
+
+
+def become(
+    request: dict[str, Any], fds: list[int], middle: int, inherited: Inherited
+) -> Callable[[], None]:
+    """In the generation, just forked (*middle*: the process between it and the template):
+    reset what the fork copied, place the generation's fds, take its environment and working
+    directory, wait (at most 2 s) until it is re-parented to the supervisor, then hand back
+    the program to run."""
+    os.setsid()
+    for sig, handler in inherited.dispositions.items():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            signal.signal(sig, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})  # as a spawned generation
+    inherited.template_sock.close()
+    place_fds(fds, [int(t) for t in request["fds"]])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    for ref in inherited.generators:  # random's own; a library's: each generation its own
+        with contextlib.suppress(Exception):
+            ref().seed()  # type: ignore[union-attr]
+    sys.orig_argv = [str(a) for a in request["argv"]]
+    program = inherited.program
+    if not getattr(sys.flags, "safe_path", False) and sys.path:
+        sys.path[0] = program_path0(program, request["cwd"])
+    deadline = time.monotonic() + 2.0  # the middle process exits meanwhile: waits last
+    while os.getppid() == middle and time.monotonic() < deadline:
+        time.sleep(0.0005)  # until re-parented to the supervisor (handoff checks getppid)
+    return lambda: run_program(program)

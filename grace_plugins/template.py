@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import pkgutil  # noqa: F401 - runpy.run_path imports it: known to the template, not new
-import signal
 import socket
 import sys
 import time
@@ -265,7 +264,14 @@ class Template:
             if pid == 0:
                 os.close(write_end)
                 try:
-                    return self._become(request, fds, me)
+                    return forked.become(
+                        request,
+                        fds,
+                        me,
+                        forked.Inherited(
+                            self.dispositions, self.wire.sock, self.generators, self.program
+                        ),
+                    )
                 except BaseException:
                     import traceback
 
@@ -278,31 +284,6 @@ class Template:
         os.close(write_end)
         answer_fork(self.wire, read_end, middle, 5.0, "the generation")
         return None
-
-    def _become(self, request: dict[str, Any], fds: list[int], middle: int) -> Callable[[], None]:
-        """In the generation: reset what the fork copied, then hand back the program to run."""
-        os.setsid()
-        for sig, handler in self.dispositions.items():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                signal.signal(sig, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})  # as a spawned generation
-        self.wire.sock.close()
-        forked.place_fds(fds, [int(t) for t in request["fds"]])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        os.chdir(request["cwd"])
-        for ref in self.generators:  # random's own; a library's: each generation draws its own
-            with contextlib.suppress(Exception):
-                ref().seed()  # type: ignore[union-attr]
-        argv = [str(a) for a in request["argv"]]
-        sys.orig_argv = argv
-        program = self.program
-        if not getattr(sys.flags, "safe_path", False) and sys.path:
-            sys.path[0] = program_path0(program, request["cwd"])
-        deadline = time.monotonic() + 2.0  # the middle process exits meanwhile: waits last
-        while os.getppid() == middle and time.monotonic() < deadline:
-            time.sleep(0.0005)  # until re-parented to the supervisor (handoff checks getppid)
-        return lambda: forked.run_program(program)
 
 
 def _close(fds: list[int]) -> None:
