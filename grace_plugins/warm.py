@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from grace_plugins import actions as act
-from grace_plugins import preload, warm_seed
+from grace_plugins import first_wait, preload, warm_seed
 from grace_plugins.cmdline import parse_program
 from grace_plugins.log import get_logger
 from grace_plugins.process import (
@@ -96,7 +96,7 @@ class WarmSpawner(Spawner):
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
         #: the first generation, until the template built from its program's seed is ready
-        self._waiting: tuple[SpawnRequest, float] | None = None
+        self._waiting: first_wait.FirstWait | None = None
         #: at most this long (a third of the ready timeout): the cold fallback must still fit
         self.max_wait = max_wait
         self._seeded_first = False
@@ -141,13 +141,19 @@ class WarmSpawner(Spawner):
 
     def deadline(self) -> float | None:
         moments = [self.templates.leaving.deadline(), self._fork.deadline if self._fork else None]
-        moments.append(self._waiting[1] if self._waiting else None)
+        moments.append(self._waiting.deadline if self._waiting else None)
         return min((m for m in moments if m is not None), default=None)
 
     def expire(self, now: float) -> list[Outcome]:
         self.templates.leaving.expire(now)
-        if self._waiting is not None and now >= self._waiting[1]:
-            return self._unwait("the template built from the last run's modules is not ready yet")
+        held = self._waiting
+        if held is not None and now >= held.deadline:
+            building = self.templates.building
+            cpu = None if building is None else first_wait.cpu_seconds(building.pid)
+            if not held.goes_on(now, cpu):
+                return self._unwait("the template of the last run's modules is not ready yet")
+            number = held.request.number
+            self.log.debug("warm start: the template is importing; generation %d waits", number)
         fork = self._fork
         if fork is None or now < fork.deadline:
             return []
@@ -168,7 +174,7 @@ class WarmSpawner(Spawner):
                 self._build(names)
 
     def cancel(self, number: int) -> None:
-        if self._waiting is not None and self._waiting[0].number == number:
+        if self._waiting is not None and self._waiting.request.number == number:
             self._waiting = None  # its template keeps importing: it serves the next spawn
 
     def drop(self, why: str) -> None:
@@ -272,21 +278,25 @@ class WarmSpawner(Spawner):
             self._build(frozenset(), found[0])
         if found is None or self.templates.building is None:
             return False
+        now, building = time.monotonic(), self.templates.building
         wait = min(found[1], self.max_wait)
         self.log.info(
-            "warm start: generation %d waits (up to %.1f s) for a template of the modules this"
-            " program imported (its last run, or the command before serving)",
+            "warm start: generation %d waits (%.1f s, up to %.1f s while it is importing) for a"
+            " template of the modules this program imported (its last run, or the command before"
+            " serving)",
             request.number,
             wait,
+            self.max_wait,
         )
-        self._waiting = (request, time.monotonic() + wait)
+        cpu = first_wait.cpu_seconds(building.pid)
+        self._waiting = first_wait.FirstWait(request, now + wait, now + self.max_wait, cpu)
         self._seeded_first = True
         return True
 
     def _unwait(self, why: str) -> list[Outcome]:
         """The held first generation starts cold now, saying *why*."""
         assert self._waiting is not None
-        request, self._waiting = self._waiting[0], None
+        request, self._waiting = self._waiting.request, None
         self.log.info("warm start: %s; generation %d starts cold", why, request.number)
         return [self._cold(request, "")]
 
@@ -294,7 +304,7 @@ class WarmSpawner(Spawner):
         """Send the fork of the held first generation (its outcome comes later)."""
         assert self._waiting is not None
         try:
-            self._send_fork(self._waiting[0])
+            self._send_fork(self._waiting.request)
         except _Cold as why:
             return self._unwait(str(why))
         self._waiting = None

@@ -4,16 +4,18 @@ start), and falls back to the cold start, as before, whenever that cannot serve.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
-from tests.harness import PYTHON, http_get, wait_served_by, write_code
+from tests.harness import PYTHON, ROOT, http_get, wait_served_by, write_code
 from tests.harness.core import SERVER, start
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start: Linux")
 
 FORKED = r"warm start: pid (\d+) forked from the template"
+FAKELIBS = os.path.join(ROOT, "tests", "fakelibs")
 
 
 def run_once(start_server, app_dir) -> None:
@@ -52,3 +54,29 @@ def test_code_broken_since_the_last_run_fails_the_first_start_as_a_cold_start_do
     )
     assert "RuntimeError: broken since the last run" in second.output()
     assert second.proc.wait(10) == 1  # as the cold start of the same code exits
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("slow, forked", [("cpu", True), ("sleep", False)])
+def test_a_template_slower_than_last_time_is_waited_for_while_it_computes(
+    start_server, app_dir, slow, forked
+):
+    """A loaded machine (a CI runner) makes the template take longer than twice its last
+    time: while it computes, the first generation keeps waiting and is forked from it; a
+    template that only sleeps (blocked on a lock, the network) is given up on at the first
+    budget (2 s), and that generation starts cold."""
+    write_code(app_dir, "v1", "import corpus_slow")
+    env = {"PYTHONPATH": os.pathsep.join([ROOT, FAKELIBS])}
+    first = start(start_server, app_dir, ready=30, env=env)  # the same command line
+    first.wait_warm()
+    assert first.stop() == 0
+    second = start(start_server, app_dir, ready=30, env={**env, "CORPUS_SLOW": f"{slow}:3"})
+    first_generation = second.generation_pids()[1]
+    assert "waits (2.0 s, up to 10.0 s" in second.output()
+    if forked:
+        assert int(second.wait_for(FORKED, 1).group(1)) == first_generation
+    else:
+        second.wait_for(r"not ready yet; generation 1 starts cold", 1)
+        assert second.count(FORKED) == 0
+    assert http_get(second.port).pid == first_generation
+    assert second.stop() == 0

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from grace_plugins import warm, warm_seed, warm_templates
+from grace_plugins import first_wait, warm, warm_seed, warm_templates
 from tests.unit.test_warm_spawner import ColdSpawner, Templates, read, request, warm_up
 
 pytestmark = pytest.mark.timeout(20)
@@ -111,6 +111,8 @@ def test_a_first_start_plants_what_this_process_imported_and_never_replaces_a_se
 def seeded(state, monkeypatch, caplog):
     """A spawner whose program has a seed (a previous spawner's template was usable)."""
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
+    # the fake templates' pids are not theirs: their CPU time is unknown (no wait goes on)
+    monkeypatch.setattr(first_wait, "cpu_seconds", lambda pid: None)
     templates = Templates()
     monkeypatch.setattr(warm_templates, "start_template", templates)
     caplog.set_level(logging.INFO, "test-warm")
@@ -189,6 +191,53 @@ def test_a_slow_seed_template_is_not_waited_for_past_the_deadline(seeded, state,
     assert spawner.templates.ready is not None
     assert spawner.spawn(request(2, state)) is None  # forked
     assert cold.started == [1]
+
+
+def test_the_wait_goes_on_while_the_template_uses_the_cpu_up_to_the_cap(
+    seeded, state, monkeypatch, caplog
+):
+    """A loaded machine: the template takes longer than the first budget, but it is
+    importing (its CPU time grows), so the first generation keeps waiting, to the cap."""
+    *_, templates, make = seeded
+    used = iter(range(100))
+    monkeypatch.setattr(first_wait, "cpu_seconds", lambda pid: float(next(used)))
+    spawner, cold, sources = make(max_wait=4.0)
+    assert spawner.spawn(request(1, state)) is None
+    first = spawner.deadline()
+    assert spawner.expire(first) == [] and cold.started == []
+    assert spawner.deadline() == pytest.approx(first + first_wait.STEP)
+    assert spawner.expire(spawner.deadline()) == []
+    answer_ready(templates.peers[-1])  # ready at last: the held generation is forked
+    assert read(sources, spawner) == []
+    assert templates.peers[-1].receive(5)[0]["argv"] == request(1, state).argv
+    assert cold.started == [] and "not ready yet" not in caplog.text
+
+
+def test_the_wait_ends_at_the_cap_however_busy_the_template(seeded, state, monkeypatch):
+    *_, make = seeded
+    used = iter(range(100))
+    monkeypatch.setattr(first_wait, "cpu_seconds", lambda pid: float(next(used)))
+    spawner, cold, _ = make(max_wait=2.5)
+    assert spawner.spawn(request(1, state)) is None
+    cap = time.monotonic() + 2.5
+    looks = 0
+    while not cold.started:
+        assert looks < 10 and spawner.deadline() <= cap + 0.5
+        spawner.expire(spawner.deadline())
+        looks += 1
+    assert cold.started == [1]
+
+
+def test_a_template_using_no_cpu_is_not_waited_for_past_the_first_budget(
+    seeded, state, monkeypatch
+):
+    """Blocked on a lock or the network: the first budget is all it gets."""
+    *_, make = seeded
+    monkeypatch.setattr(first_wait, "cpu_seconds", lambda pid: 1.0)
+    spawner, cold, _ = make()
+    assert spawner.spawn(request(1, state)) is None
+    (outcome,) = spawner.expire(spawner.deadline())
+    assert (outcome.number, cold.started) == (1, [1])
 
 
 def test_no_seed_means_a_cold_first_generation_as_before(state, monkeypatch):
