@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
+from grace_plugins.gunicorn.lazy_imports import import_lazy_parts
 from grace_plugins.gunicorn.master import ready_timeout
 from grace_plugins.gunicorn.records import BOOT, FAILED, READY, RecordStore
 from grace_plugins.gunicorn.verdicts import Member
@@ -163,9 +164,11 @@ class Boot:
         the status. At the very first start gunicorn's own handling is kept."""
         if not self.something_serves():
             load_wsgi()
+            import_lazy_parts()
             return
         with exits_are_failures(self._exit_while_loading):
             load_wsgi()
+            import_lazy_parts()
 
     def _exit_while_loading(self, reason: str, where: str) -> NoReturn:
         """``os._exit`` while the app loads: record the failure, exit with our status."""

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.boot import exits_are_failures, log_not_loaded, ready_path
+from grace_plugins.gunicorn.lazy_imports import import_lazy_parts
 from grace_plugins.gunicorn.master import MASTER
 from grace_plugins.loaded import tried_spec
 from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
@@ -51,6 +52,7 @@ class Startup:
         try:
             with exits_are_failures(self._exit_while_loading):
                 self.app = self.arbiter.app.wsgi()
+                import_lazy_parts()  # the views too: a broken one fails here, shared if not
         except Exception as exc:  # AppExited (sys.exit) included
             reason = traceback.format_exception_only(type(exc), exc)[-1].strip()
             return self._failed(reason, exc)

@@ -240,9 +240,10 @@ def gunicorn_argv(
     graceful: int = 15,
     timeout: int = 10,
     apps: str = APPS,
+    app: str = "gunicorn_app:app",
 ) -> list[str]:
-    """The command line of a master serving ``gunicorn_app:app`` from *app_dir*; ``None``
-    leaves a setting at gunicorn's default."""
+    """The command line of a master serving *app* (by default ``gunicorn_app:app``) from
+    *app_dir*; ``None`` leaves a setting at gunicorn's default."""
     argv = [
         sys.executable, "-m", "gunicorn",
         "-k", worker,
@@ -258,7 +259,7 @@ def gunicorn_argv(
         argv += ["--threads", str(threads)]
     if keepalive is not None:
         argv += ["--keep-alive", str(keepalive)]
-    return [*argv, *extra, "gunicorn_app:app"]
+    return [*argv, *extra, app]
 
 
 def start_gunicorn(
