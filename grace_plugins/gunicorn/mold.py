@@ -1,9 +1,10 @@
 """A mold: the process that imports one generation's app (``--preload``), then forks its workers.
 
 The master forks it (it shares the master's pages: gunicorn and this package) and never imports
-the app itself. The mold imports it as gunicorn's ``--preload`` would (``app.wsgi()``), bounded
-by gunicorn's ``timeout`` (``SIGALRM``: no thread), runs the ready check (``GRACE_READY_PATH``:
-it also warms the mold, such as Django's URLconf, which the first request imports), closes
+the app itself. The mold imports it as gunicorn's ``--preload`` would (``app.wsgi()``), with
+what a first request would import (:mod:`.lazy_imports`: Django's URLconf), bounded by
+gunicorn's ``timeout`` (``SIGALRM``: no thread), runs the ready check (``GRACE_READY_PATH``: it
+also warms the mold), closes
 Django's database connections, freezes the collector (``gc.freeze()``: the workers keep
 sharing the pages) and checks that forking is safe (:func:`~.mold_rules.unsafe`). It answers
 the master once, on its private socket (:class:`grace_plugins.wire.Wire`):
