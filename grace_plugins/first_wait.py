@@ -12,7 +12,9 @@ lock or the network uses none: the generation starts cold at the end of the firs
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 
 from grace_plugins.process import SpawnRequest
@@ -42,6 +44,23 @@ class FirstWait:
             return False
         self.cpu, self.deadline = cpu, min(now + STEP, self.cap)
         return True
+
+
+def hold(
+    request: SpawnRequest, budget: float, cap: float, template: int, log: logging.Logger
+) -> FirstWait:
+    """Hold *request* for the template (pid *template*): *budget* seconds first (from the
+    seed), up to *cap* while it keeps importing; says so in one line."""
+    now, wait = time.monotonic(), min(budget, cap)
+    log.info(
+        "warm start: generation %d waits (%.1f s, up to %.1f s while it is importing) for a"
+        " template of the modules this program imported (its last run, or the command before"
+        " serving)",
+        request.number,
+        wait,
+        cap,
+    )
+    return FirstWait(request, now + wait, now + cap, cpu_seconds(template))
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -162,6 +162,21 @@ class LeftOut:
     reason: str  # one of the phrases above, "imports the project's X" or "fails to import (E)"
 
 
+#: A template leaving out at least this many top-level imports, and more than this share of those
+#: it tried, is a poor bet for a first generation held for it (:func:`poor_bet`).
+POOR_LEFT = 30
+POOR_SHARE = 0.10
+
+
+def poor_bet(left: int, tried: int) -> bool:
+    """Whether a template that left out *left* of the *tried* top-level imports so far is a
+    poor bet for the first generation held for it: on a site whose libraries mostly read its
+    settings (a CMS), the template tries and undoes hundreds of imports, then the generation
+    imports them again. Started cold at once, it runs beside the template instead (on another
+    core) and is ready in a cold start's time; the upgrades are forked from the template."""
+    return left >= POOR_LEFT and left > POOR_SHARE * tried
+
+
 def project_reason(name: str, settings_module: str | None) -> str:
     """Why importing project module *name* is refused: reading the settings (Django's lazy
     settings import the project's settings module, package first), or importing project code."""

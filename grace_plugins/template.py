@@ -170,6 +170,7 @@ class Template:
         left_before = {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
         left_before.update((one.name, (one.culprit, one.reason)) for one in left_out or [])
         loaded_before = set(sys.modules)
+        said_poor = left_out is not None  # said only while the first generation may wait
         with Preloader(self.roots, self.stdlib, excluded, settings) as preloader:
             for name in names:
                 origin = origins.get(name)
@@ -182,6 +183,11 @@ class Template:
                     preloader.left.append(preload.LeftOut(name, *left_before[name]))
                 else:
                     preloader.load(name)
+                count, tried = len(preloader.left), len(preloader.left) + preloader.kept
+                if not said_poor and preload.poor_bet(count, tried):
+                    said_poor = True
+                    with contextlib.suppress(OSError):  # the supervisor left: the verdict says
+                        self.wire.send({"poor": f"left out {count} of the {tried} imports tried"})
         if preloader.tainted:
             return {"tainted": preloader.tainted}
         left = [[one.name, one.culprit, one.reason] for one in preloader.left]

@@ -46,6 +46,8 @@ class TemplateProcess:
     left: list[list[str]] = dataclasses.field(default_factory=list)
     ready_ms: int = 0  # from its start to ready, plus the time each growth took
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
+    #: while it imports: why it is a poor bet for a held first generation (``poor_bet``)
+    poor: str | None = None
 
     @property
     def pid(self) -> int:
@@ -53,19 +55,23 @@ class TemplateProcess:
 
     def verdict(self) -> str | None:
         """Read the answer to the preload, once whole (never blocks): ``None`` when the
-        template is ready to fork, else why it is unusable.
+        template is ready to fork, else why it is unusable. A word said while it imports
+        (:attr:`poor`) is taken in on the way.
 
         :raises TimeoutError: no whole answer yet.
         """
-        try:
-            got = self.wire.receive(0.0)
-        except TimeoutError:  # an OSError too: a big answer is read in parts, never an exit
-            raise
-        except (OSError, ValueError):  # a broken template: as if it had exited
-            got = None
-        if got is None:
-            return "it exited"
-        return self.absorb(got[0])
+        while True:
+            try:
+                got = self.wire.receive(0.0)
+            except TimeoutError:  # an OSError too: a big answer is read in parts, never an exit
+                raise
+            except (OSError, ValueError):  # a broken template: as if it had exited
+                got = None
+            if got is None:
+                return "it exited"
+            if "poor" not in got[0]:
+                return self.absorb(got[0])
+            self.poor = str(got[0]["poor"])  # said while importing: the verdict comes later
 
     def absorb(self, answer: dict) -> str | None:
         """Take in a preload's answer (the first, or one after it grew): ``None`` when the
@@ -84,13 +90,13 @@ class TemplateProcess:
         """The preloaded files changed on disk since the template imported them."""
         return preload.changed_files(self.stamps, {p: preload.stamp(p) for p in self.stamps})
 
-    def leave(self) -> None:
+    def leave(self, within: float = LEAVE_SECONDS) -> None:
         """Ask it to stop, without waiting: at the end of file on its socket it exits (after
         the line it may still be printing); :meth:`kill` it if it is still there by
         :attr:`leave_by`."""
         if self.leave_by is None:
             self.wire.sock.close()
-            self.leave_by = time.monotonic() + LEAVE_SECONDS
+            self.leave_by = time.monotonic() + within
 
     def kill(self) -> None:
         """SIGKILL it (and what it forked that is still in its group) and reap it. Bounded."""
@@ -108,8 +114,8 @@ class Leaving:
     def __init__(self) -> None:
         self._templates: list[TemplateProcess] = []
 
-    def add(self, template: TemplateProcess) -> None:
-        template.leave()
+    def add(self, template: TemplateProcess, within: float = LEAVE_SECONDS) -> None:
+        template.leave(within)
         self._templates.append(template)
 
     def pids(self) -> set[int]:

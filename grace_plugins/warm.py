@@ -146,14 +146,10 @@ class WarmSpawner(Spawner):
 
     def expire(self, now: float) -> list[Outcome]:
         self.templates.leaving.expire(now)
-        held = self._waiting
-        if held is not None and now >= held.deadline:
-            building = self.templates.building
-            cpu = None if building is None else first_wait.cpu_seconds(building.pid)
-            if not held.goes_on(now, cpu):
-                return self._unwait("the template of the last run's modules is not ready yet")
-            number = held.request.number
-            self.log.debug("warm start: the template is importing; generation %d waits", number)
+        held, building = self._waiting, self.templates.building
+        cpu = first_wait.cpu_seconds(building.pid) if held and building else None
+        if held is not None and now >= held.deadline and not held.goes_on(now, cpu):
+            return self._unwait("the template of the last run's modules is not ready yet")
         fork = self._fork
         if fork is None or now < fork.deadline:
             return []
@@ -272,24 +268,20 @@ class WarmSpawner(Spawner):
 
     def _seeded(self, request: SpawnRequest) -> bool:
         """Build the template from the seed of *request*'s program (:mod:`.warm_seed`) and
-        hold *request* until it is ready; False (nothing held) without a seed."""
+        hold *request* until it is ready; False (nothing held) without a seed.
+
+        :raises _Cold: the seed's template would be a poor bet (:func:`.preload.poor_bet`)."""
         found = warm_seed.find(request.argv, request.cwd, request.env)
+        if found is not None and found.poor:
+            # built from generation 1's report once it serves: its imports would slow it down
+            self.log.info("warm start: %s; generation %d starts cold", found.poor, request.number)
+            raise _Cold("")  # said
         if found is not None:
-            self._build(frozenset(), found[0])
+            self._build(frozenset(), found.path)
         if found is None or self.templates.building is None:
             return False
-        now, building = time.monotonic(), self.templates.building
-        wait = min(found[1], self.max_wait)
-        self.log.info(
-            "warm start: generation %d waits (%.1f s, up to %.1f s while it is importing) for a"
-            " template of the modules this program imported (its last run, or the command before"
-            " serving)",
-            request.number,
-            wait,
-            self.max_wait,
-        )
-        cpu = first_wait.cpu_seconds(building.pid)
-        self._waiting = first_wait.FirstWait(request, now + wait, now + self.max_wait, cpu)
+        pid = self.templates.building.pid
+        self._waiting = first_wait.hold(request, found.wait, self.max_wait, pid, self.log)
         self._seeded_first = True
         return True
 
@@ -335,6 +327,11 @@ class WarmSpawner(Spawner):
         """The building template answered its preload (or died): once ready, it forks the
         held first generation, if any; unusable, that generation starts cold."""
         verdict = self.templates.read_verdict(b, self._owing(), self._answers)
+        if verdict is None and b.poor and b is self.templates.building and self._waiting:
+            # its imports would slow the cold start down: built again once that one serves
+            self.templates.discard(b, b.poor, at_once=True)
+            self.templates.basis = None
+            return self._unwait(f"the template is a poor bet for it ({b.poor})")
         if verdict is None or self._waiting is None:
             return []
         return self._fork_now() if verdict.unusable is None else self._unwait(verdict.unusable)

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from grace_plugins import preload
 from grace_plugins.atomic import write_atomic
@@ -103,12 +104,26 @@ def prune(directory: str, keep_newest: int = MAX_SEEDS) -> None:
                 os.unlink(old.path)
 
 
-def find(argv: list[str], cwd: str, env: Mapping[str, str]) -> tuple[str, float] | None:
-    """The seed of this program and how long to wait for a template built from it, or None."""
+class Seed(NamedTuple):
+    """A program's seed, as its next start reads it."""
+
+    path: str
+    #: how long the first generation may wait for a template built from it (a first budget)
+    wait: float
+    #: why its template is a poor bet for the first generation (:func:`.preload.poor_bet`)
+    poor: str | None
+
+
+def find(argv: list[str], cwd: str, env: Mapping[str, str]) -> Seed | None:
+    """The seed of this program, or None."""
     with contextlib.suppress(Exception):
         path = seed_path(argv, cwd, env)
         with open(path) as handle:
             data = json.load(handle)
-        if data.get("v") == preload.REPORT_VERSION and data.get("modules"):
-            return path, max(MIN_WAIT, WAIT_FACTOR * int(data.get("template_ms", 0)) / 1000)
+        modules, left = data.get("modules"), len(data.get("left") or [])
+        if data.get("v") == preload.REPORT_VERSION and modules:
+            wait = max(MIN_WAIT, WAIT_FACTOR * int(data.get("template_ms", 0)) / 1000)
+            poor = preload.poor_bet(left, len(modules))
+            why = f"its last template left out {left} of {len(modules)} imports" if poor else None
+            return Seed(path, wait, why)
     return None

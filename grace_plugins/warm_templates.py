@@ -21,7 +21,7 @@ from collections.abc import Callable
 from grace_plugins import warm_seed
 from grace_plugins.cmdline import Program, same_interpreter
 from grace_plugins.process import AddSource, Outcome
-from grace_plugins.template_process import Leaving, TemplateProcess, start_template
+from grace_plugins.template_process import LEAVE_SECONDS, Leaving, TemplateProcess, start_template
 
 #: What reads a template's socket once it is a source of the loop.
 Reader = Callable[[TemplateProcess], list[Outcome]]
@@ -177,10 +177,11 @@ class Templates:
         argv, env, cwd = self._run
         warm_seed.keep(t.report, argv, cwd, env, t.ready_ms, t.left)
 
-    def discard(self, t: TemplateProcess, why: str) -> bool:
-        """Template *t* is gone or broken: stop it and forget it (a ready one is built again
-        from the next module report). Returns True when *t* was the one building."""
-        self.stop(t)
+    def discard(self, t: TemplateProcess, why: str, at_once: bool = False) -> bool:
+        """Template *t* is gone or broken: stop it (*at_once*: killed now, not given time to
+        leave) and forget it (a ready one is built again from the next module report).
+        Returns True when *t* was the one building."""
+        self.stop(t, at_once)
         if t is self.ready:
             self.log.info("warm start: %s; the next generation starts cold", why)
             self.ready = None
@@ -191,12 +192,13 @@ class Templates:
         self.building = None
         return True
 
-    def stop(self, t: TemplateProcess | None) -> None:
+    def stop(self, t: TemplateProcess | None, at_once: bool = False) -> None:
         """Stop template *t* (if any), no longer a source of the loop; it leaves by itself
-        or is killed at its time (:class:`~.template_process.Leaving`). Does not block."""
+        or is killed at its time, now if *at_once* (:class:`~.template_process.Leaving`).
+        Does not block."""
         if t is not None and t.leave_by is None:
             self._remove(t.wire.sock)
-            self.leaving.add(t)
+            self.leaving.add(t, 0.0 if at_once else LEAVE_SECONDS)
 
     def stop_all(self, reason: str | None, owing: TemplateProcess | None) -> None:
         """Stop every template, *owing* included; *reason* is why later generations start

@@ -80,3 +80,36 @@ def test_a_template_slower_than_last_time_is_waited_for_while_it_computes(
         assert second.count(FORKED) == 0
     assert http_get(second.port).pid == first_generation
     assert second.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_generation(
+    start_server, app_dir, tmp_path_factory
+):
+    """A site whose libraries mostly read its settings (a CMS): its template leaves out most
+    of what it tries, and a first generation forked from it would import all that again
+    after the wait. Its seed says so: the first generation starts cold at once, alone (a
+    template importing beside it would slow it down), and the upgrades are forked from the
+    template built from what it reported."""
+    libs = tmp_path_factory.mktemp("cms")
+    package = libs / "corpus_cms"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for number in range(40):  # each imports the project at import, as reading settings does
+        (package / f"m{number}.py").write_text("import appcode\n")
+    body = "\n".join(f"import corpus_cms.m{number}" for number in range(40))
+    write_code(app_dir, "v1", body)
+    env = {"PYTHONPATH": str(libs)}
+    first = start(start_server, app_dir, env=env)
+    first.wait_warm()  # its template left the 40 out: the seed says so
+    assert first.stop() == 0
+    second = start(start_server, app_dir, env=env)
+    poor = r"its last template left out (\d+) of \d+ imports; generation 1 starts cold"
+    assert int(second.wait_for(poor, 1).group(1)) == 40
+    assert second.count(FORKED) == 0
+    assert second.count(r"template \(pid \d+\) ready") == 0, "none built beside generation 1"
+    second.wait_warm()  # built from what generation 1 reported
+    write_code(app_dir, "v2", body)
+    assert wait_served_by(second.port, second.upgrade()).version == "v2"
+    assert second.count(FORKED) == 1, "the upgrade is forked from the template"
+    assert second.stop() == 0

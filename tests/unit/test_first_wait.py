@@ -1,5 +1,5 @@
 """The first generation's wait for its seeded template: a first budget, then steps while the
-template uses the CPU, never past the cap."""
+template uses the CPU, never past the cap; none at all for a template that is a poor bet."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from grace_plugins.first_wait import MIN_CPU, STEP, FirstWait, cpu_seconds
+from grace_plugins.preload import poor_bet
 
 
 def held(cpu: float | None = 1.0) -> FirstWait:
@@ -43,3 +44,19 @@ def test_cpu_seconds_reads_a_live_process_and_none_for_a_gone_one():
     sum(range(3_000_000))  # some CPU
     assert cpu_seconds(os.getpid()) > spent  # type: ignore[operator]
     assert cpu_seconds(2**22 + 7) is None  # above pid_max's default
+
+
+@pytest.mark.parametrize(
+    "left, tried, poor",
+    [
+        (18, 676, False),  # the site with admin: Django's contrib models read the settings
+        (29, 30, False),  # too few to matter, however early
+        (30, 300, False),  # a tenth: still a good bet
+        (30, 299, True),
+        (535, 1951, True),  # a generated CMS site
+    ],
+)
+def test_a_template_leaving_out_many_imports_and_a_tenth_of_those_tried_is_a_poor_bet(
+    left, tried, poor
+):
+    assert poor_bet(left, tried) is poor

@@ -34,10 +34,10 @@ def write_report(path, modules=(("json", None),)) -> str:
 
 def test_a_kept_report_is_found_for_the_same_program_only(state):
     warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv/a", ENV, template_ms=1500)
-    path, wait = warm_seed.find(ARGV, "/srv/a", ENV)
+    path, wait, poor = warm_seed.find(ARGV, "/srv/a", ENV)
     with open(path) as handle:
         assert json.load(handle)["modules"] == [["json", None]]
-    assert wait == pytest.approx(2 * 1.5)
+    assert wait == pytest.approx(2 * 1.5) and poor is None
     assert warm_seed.find(ARGV, "/srv/b", ENV) is None  # another working directory
     assert warm_seed.find([*ARGV, "--port=1"], "/srv/a", ENV) is None  # another command line
     other_site = {**ENV, "DJANGO_SETTINGS_MODULE": "site.other"}
@@ -93,7 +93,7 @@ def test_the_interpreter_is_one_however_its_path_is_spelled(state, monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start is Linux's only")
 def test_a_first_start_plants_what_this_process_imported_and_never_replaces_a_seed(state):
     warm_seed.plant(ARGV, "/srv/new", ENV)
-    path, wait = warm_seed.find(ARGV, "/srv/new", ENV)
+    path, wait, _ = warm_seed.find(ARGV, "/srv/new", ENV)
     with open(path) as handle:
         planted = json.load(handle)
     names = {name for name, _ in planted["modules"]}
@@ -238,6 +238,69 @@ def test_a_template_using_no_cpu_is_not_waited_for_past_the_first_budget(
     assert spawner.spawn(request(1, state)) is None
     (outcome,) = spawner.expire(spawner.deadline())
     assert (outcome.number, cold.started) == (1, [1])
+
+
+def test_a_template_that_says_it_is_a_poor_bet_starts_the_first_generation_cold_at_once(
+    seeded, state, caplog
+):
+    """A CMS whose libraries read its settings: the template leaves out most of what it
+    tries, so the first generation starts cold beside it, and the upgrades fork from it."""
+    spawner, cold, sources, templates, _ = seeded
+    assert spawner.spawn(request(1, state)) is None
+    templates.peers[-1].send({"poor": "left out 30 of the 100 imports tried"})
+    (outcome,) = read(sources, spawner)
+    assert (outcome.number, outcome.warm, cold.started) == (1, False, [1])
+    assert "poor bet for it (left out 30 of the 100 imports tried)" in caplog.text
+    assert templates.peers[-1].receive(5) is None, "stopped: its imports would slow gen 1 down"
+    assert spawner.deadline() <= time.monotonic(), "and killed at once, not given time to leave"
+    spawner.expire(time.monotonic())
+    built = len(templates.peers)
+    with open(spawner.report, "w") as handle:  # generation 1 serves and reports its modules
+        report = [["json", None], ["decimal", None]]
+        json.dump({"v": 1, "modules": report, "path": [], "cwd": str(state)}, handle)
+    spawner.refresh()
+    assert len(templates.peers) == built + 1, "built again from what generation 1 imported"
+    answer_ready(templates.peers[-1])
+    assert read(sources, spawner) == []
+    assert spawner.spawn(request(2, state)) is None and cold.started == [1]
+
+
+def test_a_seed_whose_template_left_out_most_imports_is_not_waited_for(state, monkeypatch, caplog):
+    """Its template would be a poor bet again: the first generation starts cold at once, with
+    no template beside it; the template is built from what that generation reports."""
+    monkeypatch.setattr(warm.sys, "executable", "python-unused")
+    report = write_report(state / "r.json", [(f"lib{n}", None) for n in range(100)])
+    left = [[f"lib{n}", f"lib{n}", "reads the project's settings"] for n in range(40)]
+    warm_seed.keep(report, request(1, state).argv, str(state), request(1, state).env, 900, left)
+    assert (
+        "left out 40 of 100 imports"
+        in warm_seed.find(request(1, state).argv, str(state), request(1, state).env).poor
+    )
+    templates = Templates()
+    monkeypatch.setattr(warm_templates, "start_template", templates)
+    caplog.set_level(logging.INFO, "test-warm")
+    cold = ColdSpawner()
+    spawner = warm.WarmSpawner(logging.getLogger("test-warm"), argv_len=1, cold=cold)
+    try:
+        assert spawner.spawn(request(1, state)) is not None
+        assert (cold.started, templates.peers) == ([1], [])
+        assert "its last template left out 40 of 100 imports; generation 1 starts cold" in (
+            caplog.text
+        )
+        assert "this generation starts cold" not in caplog.text, "said once"
+    finally:
+        spawner.close()
+        templates.close()
+
+
+def test_a_poor_bet_said_with_nobody_held_changes_nothing(seeded, state):
+    spawner, cold, sources, templates, _ = seeded
+    assert spawner.spawn(request(1, state)) is None
+    answer_ready(templates.peers[-1])
+    assert read(sources, spawner) == []
+    templates.peers[-1].receive(5)  # the fork request of generation 1
+    spawner.refresh()
+    assert cold.started == []
 
 
 def test_no_seed_means_a_cold_first_generation_as_before(state, monkeypatch):

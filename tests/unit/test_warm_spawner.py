@@ -25,6 +25,11 @@ from grace_plugins.template_process import TemplateProcess
 pytestmark = pytest.mark.timeout(20)
 
 
+#: Above the largest pid Linux hands out (``pid_max`` is at most 2**22): a kill or killpg the
+#: code under test sends a fake process can never reach a real one.
+NO_PID = 1 << 22
+
+
 class FakeProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -44,7 +49,7 @@ class ColdSpawner(Spawner):
 
     def spawn(self, request):
         self.started.append(request.number)
-        return Started(request.number, FakeProcess(7000 + request.number))  # type: ignore[arg-type]
+        return Started(request.number, FakeProcess(NO_PID + 7000 + request.number))  # type: ignore[arg-type]
 
 
 class Templates:
@@ -60,7 +65,7 @@ class Templates:
         self.sockets += [ours, theirs]
         peer = Wire(theirs)
         self.peers.append(peer)
-        process = FakeProcess(6000 + len(self.peers))
+        process = FakeProcess(NO_PID + 6000 + len(self.peers))
         template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)  # type: ignore[arg-type]
         template.wire.send({"report": report})  # as start_template tells it what to preload
         assert peer.receive(5)[0]["report"] == report
@@ -253,7 +258,7 @@ def test_a_verdict_read_in_parts_is_not_taken_for_an_exit():
     usable template look dead, and the upgrade started cold)."""
     ours, theirs = socket.socketpair()
     try:
-        template = TemplateProcess(FakeProcess(6000), Wire(ours), [], time.monotonic())  # type: ignore[arg-type]
+        template = TemplateProcess(FakeProcess(NO_PID + 6000), Wire(ours), [], time.monotonic())  # type: ignore[arg-type]
         answer = {"files": {}, "stamps": {}, "known": [f"module{n}" for n in range(5000)]}
         line = json.dumps(answer).encode() + b"\n"
         theirs.sendall(line[:1000])
