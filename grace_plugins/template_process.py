@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -85,6 +86,12 @@ class TemplateProcess:
         left = {one[0] for one in self.left}
         self.left += [[str(p) for p in one] for one in answer.get("left", []) if one[0] not in left]
         return None
+
+    def ask_fork(self, argv: list[str], env: Mapping[str, str], cwd: str, fds: list[int]) -> None:
+        """Ask it to fork a generation running *argv* in *cwd* with *env* and *fds* (its
+        answer, the pid, comes on its socket). Raises ``OSError`` when it is gone."""
+        message = {"argv": argv, "env": dict(env), "cwd": cwd, "fds": fds}
+        self.wire.send(message, fds)
 
     def changed_files(self) -> list[str]:
         """The preloaded files changed on disk since the template imported them."""
@@ -184,3 +191,36 @@ def forget_dead_reports(directory: str) -> None:
             if ours and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(directory, name))
+
+
+class ReportFile:
+    """The file this supervisor's generations write their module report to (its existence
+    asks them to: :func:`.preload.write_report`), as the supervisor reads it."""
+
+    def __init__(self, supervisor_pid: int) -> None:
+        self.path = preload.report_path(supervisor_pid)
+        forget_dead_reports(os.path.dirname(self.path))
+        with open(self.path, "w"):
+            pass
+        self._read: preload.Stamp = None  # the stamp of the report last read
+
+    def new_names(self) -> frozenset[str] | None:
+        """The module names of a report written since the last call, or None.
+
+        :raises OSError, ValueError, KeyError: an unreadable report.
+        """
+        current = preload.stamp(self.path)
+        if current == self._read or current is None or current[1] == 0:
+            return None
+        self._read = current
+        with open(self.path) as handle:
+            return frozenset(str(item[0]) for item in json.load(handle)["modules"])
+
+    def read_again(self) -> None:
+        """The next :meth:`new_names` reads the report even if it did not change."""
+        self._read = None
+
+    def close(self) -> None:
+        """Withdraw the request: generations stop reporting."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from grace_plugins import actions as act
-from grace_plugins import first_wait, preload, warm_seed
+from grace_plugins import first_wait, warm_seed
 from grace_plugins.cmdline import parse_program
 from grace_plugins.log import get_logger
 from grace_plugins.process import (
@@ -44,7 +43,7 @@ from grace_plugins.process import (
     Started,
     become_subreaper,
 )
-from grace_plugins.template_process import TemplateProcess, forget_dead_reports
+from grace_plugins.template_process import ReportFile, TemplateProcess
 from grace_plugins.warm_templates import ProgramRun, Templates
 
 #: Seconds a fork request may wait for the template's answer before the generation starts cold.
@@ -89,10 +88,8 @@ class WarmSpawner(Spawner):
         self.log = log or get_logger()
         self.cold = cold or Spawner()  # what starts a generation when no fork will do
         self.argv_len = len(sys.argv) if argv_len is None else argv_len
-        self.report = preload.report_path(os.getpid())
-        forget_dead_reports(os.path.dirname(self.report))
-        with open(self.report, "w"):  # its existence asks generations to report
-            pass
+        self.reports = ReportFile(os.getpid())
+        self.report = self.reports.path
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
         #: the first generation, until the template built from its program's seed is ready
@@ -100,7 +97,6 @@ class WarmSpawner(Spawner):
         #: at most this long (a third of the ready timeout): the cold fallback must still fit
         self.max_wait = max_wait
         self._seeded_first = False
-        self._report_stamp: preload.Stamp = None
         self._program: ProgramRun | None = None
         self._spawns = 0
 
@@ -158,13 +154,8 @@ class WarmSpawner(Spawner):
     def refresh(self) -> None:
         """A generation became current: build a template if its report names new modules."""
         with contextlib.suppress(Exception):  # warm start must never break the loop
-            current = preload.stamp(self.report)
-            if current == self._report_stamp or current is None or current[1] == 0:
-                return
-            self._report_stamp = current
-            with open(self.report) as handle:
-                names = frozenset(str(item[0]) for item in json.load(handle)["modules"])
-            if self._program is None or self.templates.covers(names):
+            names = self.reports.new_names()
+            if names is None or self._program is None or self.templates.covers(names):
                 return
             if not self.templates.grow(names, self.report):
                 self._build(names)
@@ -181,18 +172,13 @@ class WarmSpawner(Spawner):
         """Stop the templates and withdraw the report request. Blocks up to a few seconds."""
         self._stop_all(None)
         self.templates.leaving.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.report)
+        self.reports.close()
 
     # -- one warm spawn ---------------------------------------------------------------------
     def _send_fork(self, request: SpawnRequest) -> None:
         t = self.templates.ready
         if t is None:
-            if self.templates.building is not None:
-                raise _Cold("the template is still importing")
-            raise _Cold(
-                self.templates.unusable or "no template yet (built once a generation reports)"
-            )
+            raise _Cold(self.templates.absent())
         if request.argv != t.argv:
             self._stop_all(None)
             raise _Cold("the command line changed")
@@ -201,10 +187,8 @@ class WarmSpawner(Spawner):
             self.drop("a preloaded file changed")
             module = t.names.get(changed[0], changed[0])
             raise _Cold(f"{module} changed on disk ({changed[0]}); the template will be rebuilt")
-        fds = request.pass_fds
-        message = {"argv": request.argv, "env": request.env, "cwd": request.cwd, "fds": fds}
         try:
-            t.wire.send(message, fds)
+            t.ask_fork(request.argv, request.env, request.cwd, request.pass_fds)
         except OSError as exc:
             self.drop("the template is gone")
             raise _Cold(f"the template is gone ({exc})") from None
@@ -233,7 +217,7 @@ class WarmSpawner(Spawner):
                 if why is None:
                     continue
                 out += self._lost(t, why)
-                self._report_stamp = None
+                self.reports.read_again()
                 self.refresh()  # a new template, of the modules it could not grow by
                 return out
             fork = self._fork

@@ -134,6 +134,12 @@ class Templates:
         self._keep_seed(b)
         return Verdict(None)
 
+    def absent(self) -> str:
+        """Why no template can fork now (none is ready)."""
+        if self.building is not None:
+            return "the template is still importing"
+        return self.unusable or "no template yet (built once a generation reports)"
+
     def grow(self, names: frozenset[str], report: str) -> bool:
         """Ask the ready template to import, in place, what module *report* names beyond its
         preload (:meth:`.template.Template.grow`): the generations it forked keep sharing its
