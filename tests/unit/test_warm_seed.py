@@ -244,7 +244,8 @@ def test_a_template_that_says_it_is_a_poor_bet_starts_the_first_generation_cold_
     seeded, state, caplog
 ):
     """A CMS whose libraries read its settings: the template leaves out most of what it
-    tries, so the first generation starts cold beside it, and the upgrades fork from it."""
+    tries, so it is stopped, the first generation starts cold alone, and a template is built
+    again from what that generation reports, for the upgrades."""
     spawner, cold, sources, templates, _ = seeded
     assert spawner.spawn(request(1, state)) is None
     templates.peers[-1].send({"poor": "left out 30 of the 100 imports tried"})
