@@ -89,7 +89,6 @@ class WarmSpawner(Spawner):
         self.cold = cold or Spawner()  # what starts a generation when no fork will do
         self.argv_len = len(sys.argv) if argv_len is None else argv_len
         self.reports = ReportFile(os.getpid())
-        self.report = self.reports.path
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
         #: the first generation, until the template built from its program's seed is ready
@@ -157,7 +156,7 @@ class WarmSpawner(Spawner):
             names = self.reports.new_names()
             if names is None or self._program is None or self.templates.covers(names):
                 return
-            if not self.templates.grow(names, self.report):
+            if not self.templates.grow(names, self.reports.path):
                 self._build(names)
 
     def cancel(self, number: int) -> None:
@@ -305,7 +304,8 @@ class WarmSpawner(Spawner):
         """Start a new template preloading *report* (by default the generations')."""
         assert self._program is not None
         program = parse_program(self._program[0], self.argv_len)
-        self.templates.build(program, self._program, names, report or self.report, self._verdict)
+        report = report or self.reports.path
+        self.templates.build(program, self._program, names, report, self._verdict)
 
     def _verdict(self, b: TemplateProcess) -> list[Outcome]:
         """The building template answered its preload (or died): once ready, it forks the

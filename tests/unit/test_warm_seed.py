@@ -256,7 +256,7 @@ def test_a_template_that_says_it_is_a_poor_bet_starts_the_first_generation_cold_
     assert spawner.deadline() <= time.monotonic(), "and killed at once, not given time to leave"
     spawner.expire(time.monotonic())
     built = len(templates.peers)
-    with open(spawner.report, "w") as handle:  # generation 1 serves and reports its modules
+    with open(spawner.reports.path, "w") as handle:  # generation 1 serves and reports its modules
         report = [["json", None], ["decimal", None]]
         json.dump({"v": 1, "modules": report, "path": [], "cwd": str(state)}, handle)
     spawner.refresh()

@@ -110,7 +110,7 @@ def warm_up(spawner, templates, sources, tmp_path, preloaded_file=None) -> Templ
     """First generation started cold, its report read, the template ready."""
     assert spawner.spawn(request(1, tmp_path)) is not None  # the first one starts cold
     built = len(templates.peers)
-    with open(spawner.report, "w") as handle:
+    with open(spawner.reports.path, "w") as handle:
         json.dump({"v": 1, "modules": [["json", None]], "path": [], "cwd": str(tmp_path)}, handle)
     spawner.refresh()
     assert len(templates.peers) == built + 1, "the report builds a template"
@@ -195,7 +195,7 @@ def test_a_cold_request_and_an_unusable_template_say_why(setup, tmp_path, monkey
     spawner, templates, cold, sources = setup
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     spawner.spawn(request(1, tmp_path))
-    with open(spawner.report, "w") as handle:
+    with open(spawner.reports.path, "w") as handle:
         json.dump({"v": 1, "modules": [["json", None]], "path": [], "cwd": ""}, handle)
     spawner.refresh()
     outcome = spawner.spawn(request(2, tmp_path))
@@ -215,12 +215,12 @@ def test_a_generation_that_imported_more_grows_the_template_in_place(setup, tmp_
     spawner, templates, cold, sources = setup
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     old = warm_up(spawner, templates, sources, tmp_path)
-    with open(spawner.report, "w") as handle:  # a generation imported something new
+    with open(spawner.reports.path, "w") as handle:  # a generation imported something new
         modules = [["json", None], ["csv", None]]
         json.dump({"v": 1, "modules": modules, "path": [], "cwd": ""}, handle)
     spawner.refresh()
     assert len(templates.peers) == 1, "no new template"
-    assert templates.peers[0].receive(5)[0] == {"grow": spawner.report}
+    assert templates.peers[0].receive(5)[0] == {"grow": spawner.reports.path}
     assert spawner.spawn(request(2, tmp_path)) is None  # the fork request waits behind it
     templates.peers[0].receive(5)
     grown = {"known": ["json", "csv"], "stamps": {}, "files": {}, "left": [], "added": ["csv"]}
@@ -239,7 +239,7 @@ def test_a_template_that_cannot_grow_is_dropped(setup, tmp_path, monkeypatch, ca
     spawner, templates, cold, sources = setup
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     warm_up(spawner, templates, sources, tmp_path)
-    with open(spawner.report, "w") as handle:
+    with open(spawner.reports.path, "w") as handle:
         json.dump({"v": 1, "modules": [["json", None], ["csv", None]], "path": []}, handle)
     spawner.refresh()
     templates.peers[0].receive(5)
