@@ -38,6 +38,8 @@ from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
 from grace_plugins.gunicorn.mold_worker import become_worker
 from grace_plugins.wire import Wire, answer_fork
 
+#: ``os._exit`` itself, taken before any load replaces it (:func:`_quit`).
+_real_exit = os._exit
 #: Longest the mold waits for its middle child to report the worker's pid.
 FORK_REPORT_TIMEOUT = 5.0
 #: Signals the mold leaves to the master (a terminal's Ctrl-C or hang-up reaches the whole
@@ -225,7 +227,9 @@ def _close(fds: list[int]) -> None:
 
 
 def _quit() -> NoReturn:
-    """Leave without the app's ``atexit`` hooks (they are its workers')."""
+    """Leave without the app's ``atexit`` hooks (they are its workers'). By the real
+    ``os._exit``: while the app loads it is replaced (an exit the app asks for is a failure),
+    and a failure that leaves from there (a hang cut by the timer) would come back here."""
     with contextlib.suppress(Exception):
         sys.stdout.flush(), sys.stderr.flush()
-    os._exit(0)
+    _real_exit(0)
