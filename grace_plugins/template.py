@@ -210,6 +210,7 @@ class Template:
             "known": sorted({*names, *project, *sys.modules}),  # what forks will report
             "skipped": [name for name in names if name not in sys.modules],
             "left": left,  # [name, culprit, reason] of each top-level import not preloaded
+            "tried": len(preloader.left) + preloader.kept,  # top-level imports (poor_bet's)
             "added": sorted(set(sys.modules) - loaded_before),
             "stamps": stamps,
             "files": files,

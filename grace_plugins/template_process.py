@@ -46,6 +46,7 @@ class TemplateProcess:
     #: [name, culprit, reason] of each top-level import it left to the generations
     left: list[list[str]] = dataclasses.field(default_factory=list)
     ready_ms: int = 0  # from its start to ready, plus the time each growth took
+    tried: int = 0  # top-level imports it tried or knew were left out (:func:`.preload.poor_bet`)
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
     #: while it imports: why it is a poor bet for a held first generation (``poor_bet``)
     poor: str | None = None
@@ -83,6 +84,7 @@ class TemplateProcess:
         for path, value in answer["stamps"].items():
             self.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
         self.known |= frozenset(answer["known"])
+        self.tried += int(answer.get("tried", 0))
         left = {one[0] for one in self.left}
         self.left += [[str(p) for p in one] for one in answer.get("left", []) if one[0] not in left]
         return None

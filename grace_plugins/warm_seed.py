@@ -59,17 +59,20 @@ def keep(
     env: Mapping[str, str],
     template_ms: int,
     left: list[list[str]] | None = None,
+    tried: int = 0,
 ) -> None:
     """Keep module report file *report*, from which a usable template was built in
-    *template_ms*, leaving out the top-level imports *left* ([name, culprit, reason]), as the
-    seed of its program: its template does not try those again (undoing a refused import and
-    importing again what it shared with others made the template of a CMS site take 2.1 s
-    where a cold start imports in 1.3). Never raises (warm start is an optimisation)."""
+    *template_ms*, leaving out the top-level imports *left* ([name, culprit, reason]) of the
+    *tried*, as the seed of its program: its template does not try those again (undoing a
+    refused import and importing again what it shared with others made the template of a CMS
+    site take 2.1 s where a cold start imports in 1.3). Never raises (warm start is an
+    optimisation)."""
     with contextlib.suppress(Exception):
         with open(report) as handle:
             data = json.load(handle)
         data["template_ms"] = int(template_ms)
         data["left"] = left or []
+        data["tried"] = int(tried)
         write_atomic(seed_path(argv, cwd, env), json.dumps(data, separators=(",", ":")))
         prune(state_dir())
 
@@ -123,7 +126,7 @@ def find(argv: list[str], cwd: str, env: Mapping[str, str]) -> Seed | None:
         modules, left = data.get("modules"), len(data.get("left") or [])
         if data.get("v") == preload.REPORT_VERSION and modules:
             wait = max(MIN_WAIT, WAIT_FACTOR * int(data.get("template_ms", 0)) / 1000)
-            poor = preload.poor_bet(left, len(modules))
-            why = f"its last template left out {left} of {len(modules)} imports" if poor else None
-            return Seed(path, wait, why)
+            tried = int(data.get("tried") or len(modules))  # the template's count, as it judged
+            why = f"its last template left out {left} of the {tried} imports it tried"
+            return Seed(path, wait, why if preload.poor_bet(left, tried) else None)
     return None

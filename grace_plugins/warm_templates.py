@@ -181,7 +181,7 @@ class Templates:
         """Keep the report *t* was built (or grown) from as its program's seed."""
         assert self._run is not None  # set by build, before any template was building
         argv, env, cwd = self._run
-        warm_seed.keep(t.report, argv, cwd, env, t.ready_ms, t.left)
+        warm_seed.keep(t.report, argv, cwd, env, t.ready_ms, t.left, t.tried)
 
     def discard(self, t: TemplateProcess, why: str, at_once: bool = False) -> bool:
         """Template *t* is gone or broken: stop it (*at_once*: killed now, not given time to

@@ -64,15 +64,17 @@ def test_a_template_slower_than_last_time_is_waited_for_while_it_computes(
     """A loaded machine (a CI runner) makes the template take longer than twice its last
     time: while it computes, the first generation keeps waiting and is forked from it; a
     template that only sleeps (blocked on a lock, the network) is given up on at the first
-    budget (2 s), and that generation starts cold."""
+    budget (twice the last template's time, at least 2 s), and that generation starts cold."""
     write_code(app_dir, "v1", "import corpus_slow")
     env = {"PYTHONPATH": os.pathsep.join([ROOT, FAKELIBS])}
-    first = start(start_server, app_dir, ready=30, env=env)  # the same command line
+    first = start(start_server, app_dir, ready=45, env=env)  # the same command line
     first.wait_warm()
     assert first.stop() == 0
-    second = start(start_server, app_dir, ready=30, env={**env, "CORPUS_SLOW": f"{slow}:3"})
+    # 6 s: past the first budget even on a loaded machine, within the cap (15 s)
+    second = start(start_server, app_dir, ready=45, env={**env, "CORPUS_SLOW": f"{slow}:6"})
     first_generation = second.generation_pids()[1]
-    assert "waits (2.0 s, up to 10.0 s" in second.output()
+    budget = second.wait_for(r"waits \((\d+\.\d) s, up to 15\.0 s while it is importing\)", 1)
+    assert float(budget.group(1)) < 6, "the last template was slower than this one: no test"
     if forked:
         assert int(second.wait_for(FORKED, 1).group(1)) == first_generation
     else:
@@ -104,7 +106,7 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     first.wait_warm()  # its template left the 40 out: the seed says so
     assert first.stop() == 0
     second = start(start_server, app_dir, env=env)
-    poor = r"its last template left out (\d+) of \d+ imports; generation 1 starts cold"
+    poor = r"its last template left out (\d+) of the \d+ imports it tried; generation 1 starts"
     assert int(second.wait_for(poor, 1).group(1)) == 40
     assert second.count(FORKED) == 0
     assert second.count(r"template \(pid \d+\) ready") == 0, "none built beside generation 1"
