@@ -299,9 +299,14 @@ def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, t
     def workers_listed(line: str) -> set[int]:
         return {int(pid) for pid in re.findall(r"\d+", line.split("forked from it:")[1])}
 
-    line = wait_until(mold_line, 10, "the mold in the status")
+    def mold_with_its_workers() -> str:
+        """The mold line once it lists the live workers (the master's lookout thread writes
+        the state file a moment after each fork)."""
+        line = mold_line()
+        return line if line and workers_listed(line) == set(server.workers()) else ""
+
+    line = wait_until(mold_with_its_workers, 10, "the mold and its workers in the status")
     assert f"generation 1 (pid {mold_of(server, 1)})" in line
-    assert workers_listed(line) == set(server.workers())
     write_code(tmp_path, counted("v2"))
     good = grace_cli("reload", "--pid", master, "--timeout", "40")
     assert good.returncode == 0 and good.stdout.startswith("upgraded: generation 2"), good
@@ -309,6 +314,6 @@ def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, t
     write_code(tmp_path, BROKEN["exception"])
     bad = grace_cli("reload", "--pid", master, "--timeout", "40")
     assert bad.returncode == 1 and bad.stderr.startswith("rolled back: generation 3"), bad
-    line = mold_line()
-    assert "generation 2" in line and workers_listed(line) == set(server.workers())
+    line = wait_until(mold_with_its_workers, 10, "generation 2's mold and workers")
+    assert "generation 2" in line
     assert server.stop() == 0

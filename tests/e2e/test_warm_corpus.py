@@ -138,7 +138,9 @@ def test_corpus_upgrades_warm_under_load(start_server, tmp_path, adapter):
 
     os.kill(pid, signal.SIGUSR1)  # the library's handler, inherited: not the default (death)
     wait_until(lambda: f"usr1 {pid}" in hooks_log(tmp_path), 10, "the SIGUSR1 handler")
-    assert http_get(port).pid == pid
+    # it serves on; polled: the previous generation may still take a connection until it
+    # has acted on its drain order (seconds after on a loaded machine)
+    assert wait_served_by(port, pid).pid == pid
     output = server.output()
     assert "Exception ignored" not in output and "Traceback" not in output, output[-3000:]
     template_lines = [line for line in output.splitlines() if "[template " in line]
