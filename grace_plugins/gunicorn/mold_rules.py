@@ -63,6 +63,17 @@ def unsafe(threads: Sequence[str], native_threads: int, sockets: Sequence[str]) 
     return ""
 
 
+def threshold_after_import(
+    before: tuple[int, int, int], during: tuple[int, int, int], now: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """The collector's thresholds once the app is imported: the mold imports with them at
+    *during* (from *before*); each one the app set at import (*now* differs from *during*)
+    stays the app's, the others are set back."""
+    pairs = zip(before, during, now, strict=True)
+    back = [old if current == ours else current for old, ours, current in pairs]
+    return (back[0], back[1], back[2])
+
+
 #: The variable that turns the molds off (``GRACE_MOLDS=off``: gunicorn's own ``--preload``).
 MOLDS_VAR = "GRACE_MOLDS"
 _ON, _OFF = ("on", "1", "yes", "true"), ("off", "0", "no", "false")

@@ -10,6 +10,7 @@ it: what tells an import from a fork.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -223,6 +224,40 @@ def test_gunicorn_preload_ready_check_failure_rolled_back(start_server, tmp_path
 
 
 #: Code that makes sharing unsafe, and the cause the fallback's line names.
+#: ``appcode.status``: each answer says the collector's state in the worker that answered.
+COLLECTOR_SEEN = (
+    "def status(environ):\n    import gc\n"
+    "    return f'299 collector {gc.isenabled()} {\"/\".join(map(str, gc.get_threshold()))}'\n"
+)
+_, LATER, OLDEST = DEFAULT = gc.get_threshold()
+DEFAULT_THRESHOLDS = "/".join(map(str, DEFAULT))
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "at_import, seen",
+    [
+        ("", f"True {DEFAULT_THRESHOLDS}"),
+        ("import gc\ngc.disable()\n", f"False {DEFAULT_THRESHOLDS}"),
+        ("import gc\ngc.set_threshold(5000)\n", f"True 5000/{LATER}/{OLDEST}"),
+    ],
+    ids=["untouched", "disabled", "own-threshold"],
+)
+def test_gunicorn_preload_workers_keep_the_collector_the_app_set(
+    start_server, tmp_path, at_import, seen
+):
+    """The mold imports with automatic collection paused; its workers get the collector back
+    as the app left it."""
+    server = start(start_server, tmp_path)
+    new = hup_to(server, tmp_path, 2, counted("v2", at_import + COLLECTOR_SEEN))
+    resp = http_get(server.port)
+    assert (resp.status, resp.pid in new, f"collector {seen}" in resp.body) == (299, True, True), (
+        resp
+    )
+    assert imports(tmp_path)[-1] == (mold_of(server, 2), "v2")  # forked from the mold
+    assert server.stop() == 0
+
+
 UNSAFE = {
     "thread": (
         "import threading, time\nthreading.Thread(target=time.sleep, args=(600,),"

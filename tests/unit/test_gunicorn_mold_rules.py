@@ -1,5 +1,6 @@
 """The molds' rules (pure, no process started): which mold forks a worker, which molds are
-retired, what makes forking unsafe, and the ``GRACE_MOLDS`` switch."""
+retired, what makes forking unsafe, the collector after the import, and the ``GRACE_MOLDS``
+switch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pytest
 
 pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
 
-from grace_plugins.gunicorn.mold_rules import molds_wanted, pick, to_retire, unsafe  # noqa: E402
+from grace_plugins.gunicorn.mold_rules import (  # noqa: E402
+    molds_wanted,
+    pick,
+    threshold_after_import,
+    to_retire,
+    unsafe,
+)
 from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK  # noqa: E402
 
 MEMBERS = range(11, 13)  # generation 3's workers: ages 11 and 12
@@ -83,3 +90,22 @@ def test_molds_off(value):
 def test_a_bad_value_is_one_line_naming_the_fix():
     with pytest.raises(ValueError, match=r"^GRACE_MOLDS='maybe' is neither on nor off\. .*unset"):
         molds_wanted("maybe")
+
+
+DURING = (700, 10**9, 10)
+
+
+def test_the_collector_gets_its_thresholds_back_after_the_import():
+    assert threshold_after_import((700, 10, 10), DURING, DURING) == (700, 10, 10)
+
+
+@pytest.mark.parametrize(
+    "now, after",
+    [
+        ((50_000, 10**9, 10), (50_000, 10, 10)),  # gc.set_threshold(50_000): its first only
+        ((50_000, 20, 20), (50_000, 20, 20)),
+        ((0, 10**9, 10), (0, 10, 10)),  # collection off by a threshold of 0: off it stays
+    ],
+)
+def test_a_threshold_the_app_set_at_import_stays_the_apps(now, after):
+    assert threshold_after_import((700, 10, 10), DURING, now) == after
