@@ -2,14 +2,18 @@
 
 On the startproject-shaped site with admin (``bench/apps/djsite``), ``-w 4 --threads 4``, each
 round starts, one after the other, ``-k gthread --preload`` (gunicorn's own: the app imported in
-the master, HUP keeps the old code), ``-k grace_plugins.Worker --preload`` (a mold per
-generation) and ``-k grace_plugins.Worker`` (each worker imports). Per server: warm up (every
-worker serves requests, so Django's lazily imported URLconf is loaded everywhere), PSS of the
-whole process tree (master, molds, workers: ``/proc/PID/smaps_rollup``), then 5 HUPs, each
+the master, HUP keeps the old code), the same with readthedocs' ``gc.freeze()`` before each
+fork, ``-k grace_plugins.Worker --preload`` (a mold per generation) and
+``-k grace_plugins.Worker`` (each worker imports). Per server: warm up (every worker serves
+requests, so Django's lazily imported URLconf is loaded everywhere), PSS of the whole process
+tree (master, molds, workers: ``/proc/PID/smaps_rollup``); a long run of admin pages until the
+tree stops growing (Django's templates compiled in each worker, the collector's full
+collections: what a server that has served for a while holds), PSS again; then 5 HUPs, each
 writing a new ``shop/version.py`` and timing HUP → first answer of the new version (polled on
 fresh connections every few ms), each waited for until the tree is back to its steady size;
-then warm up and PSS again. Ratios come from one round (the machine is shared: absolute times
-vary from round to round), and the table gives min / median / max over the rounds.
+then warm up, PSS, the long run and PSS again. Ratios come from one round (the machine is
+shared: absolute times vary from round to round), and the table gives min / median / max over
+the rounds.
 
 Usage (from the repository root): ``python bench/gunicorn_preload.py [--rounds N] [--hups N]
 [--json FILE]``. Every wait is bounded; every server is stopped by SIGTERM, then SIGKILL of what
@@ -41,6 +45,7 @@ from tests.harness.procfs import descendants, stat
 TUNED = ("-w", "4", "--threads", "4")
 ROWS = {
     "gthread --preload": ("-k", "gthread", *TUNED, "--preload"),
+    "gthread --preload, gc.freeze()": ("-k", "gthread", *TUNED, "--preload", "-c", "freeze.py"),
     "Worker --preload": ("-k", "grace_plugins.Worker", *TUNED, "--preload"),
     "Worker --preload, GRACE_READY_PATH=/hello": (
         "-k",
@@ -54,6 +59,11 @@ ROWS = {
 #: first request imports lazily (Django's URLconf, the admin) is imported once, and shared.
 READY_CHECKED = {"Worker --preload, GRACE_READY_PATH=/hello": "/hello"}
 WARM_REQUESTS = 400
+#: The long run: batches of admin pages (Django renders and caches its templates, and the
+#: collector's full collections come), until the tree grows by less than 1 % in a batch.
+LONG_PATH, LONG_BATCH, LONG_BATCHES, LONG_CLIENTS = "/admin/login/", 3000, 8, 4
+#: readthedocs' gunicorn config: the master freezes what it imported before each fork.
+FREEZE_CONFIG = "def pre_fork(server, worker):\n    import gc\n\n    gc.freeze()\n"
 HUP_TIMEOUT = 60.0
 POLL = 0.005
 
@@ -63,6 +73,8 @@ class Row:
     name: str
     pss_before_kb: int = 0
     pss_after_kb: int = 0
+    pss_long_before_kb: int = 0  # after the long run (:func:`long_run`)
+    pss_long_after_kb: int = 0
     processes: int = 0
     hup_ms: list[float] = field(default_factory=list)
     new_code: int = 0  # HUPs whose new version answered
@@ -75,6 +87,8 @@ class Site:
         self.dir = tempfile.mkdtemp(prefix="grace-bench-preload-")
         shutil.copytree(os.path.join(HERE, "apps", "djsite"), self.dir, dirs_exist_ok=True)
         self.env = bench_env()
+        with open(os.path.join(self.dir, "freeze.py"), "w") as handle:
+            handle.write(FREEZE_CONFIG)
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"],
             cwd=self.dir,
@@ -141,6 +155,32 @@ def warm_up(port: int, server_pid: int) -> None:
         thread.join(60)
 
 
+def long_run(port: int, server_pid: int) -> int:
+    """The tree's PSS (kB) once a long run of admin pages no longer makes it grow (what a
+    server that has served for a while holds); bounded by :data:`LONG_BATCHES`."""
+    pss = tree_pss(server_pid)[0]
+    for _ in range(LONG_BATCHES):
+
+        def client() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                for _ in range(LONG_BATCH // LONG_CLIENTS):
+                    conn.request("GET", LONG_PATH)
+                    conn.getresponse().read()
+            conn.close()
+
+        threads = [threading.Thread(target=client) for _ in range(LONG_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        time.sleep(0.5)
+        before, pss = pss, tree_pss(server_pid)[0]
+        if pss < before * 1.01:
+            break
+    return pss
+
+
 def worker_pids(server_pid: int) -> list[int]:
     """The live descendants of the master that serve (a mold never answers: harmless)."""
     root = stat(server_pid)
@@ -186,6 +226,7 @@ def measure(name: str, site: Site, hups: int, log_dir: str) -> Row:
         warm_up(port, server.pid)
         time.sleep(0.5)
         row.pss_before_kb, row.processes = tree_pss(server.pid)
+        row.pss_long_before_kb = long_run(port, server.pid)
         for number in range(2, hups + 2):
             version = f"v{number}"
             # an old worker that never served would import the new views lazily: only a new
@@ -208,6 +249,7 @@ def measure(name: str, site: Site, hups: int, log_dir: str) -> Row:
         warm_up(port, server.pid)
         time.sleep(0.5)
         row.pss_after_kb = tree_pss(server.pid)[0]
+        row.pss_long_after_kb = long_run(port, server.pid)
     finally:
         server.stop()
     return row
@@ -226,31 +268,36 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return " / ".join(fmt.format(v) for v in parts)
 
 
+PSS_FIELDS = ("pss_before_kb", "pss_long_before_kb", "pss_after_kb", "pss_long_after_kb")
+
+
 def table(rounds: list[dict[str, Row]], hups: int) -> str:
     """The markdown table: per server, then the ratios (min / median / max over rounds)."""
     lines = [
         f"`-w 4 --threads 4`, site with admin (`bench/apps/djsite`), {len(rounds)} rounds,"
-        f" {hups} HUPs per server per round; min / median / max over the rounds.",
+        f" {hups} HUPs per server per round; min / median / max over the rounds. PSS of the"
+        " tree in MB: *warm* once every worker served; *long run* once batches of"
+        f" {LONG_BATCH:,} requests to `{LONG_PATH}` no longer make it grow by 1 %.",
         "",
-        f"| server | PSS of the tree, warm (MB) | after {hups} HUPs (MB) | processes"
+        f"| server | PSS warm | long run | after {hups} HUPs, warm | long run | processes"
         " | HUP → new code (ms, median of the round) | HUPs that served new code |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ROWS:
         rows = [r[name] for r in rounds]
-        before = [r.pss_before_kb / 1024 for r in rows]
-        after = [r.pss_after_kb / 1024 for r in rows]
+        pss = [spread([getattr(r, field) / 1024 for r in rows], "{:.1f}") for field in PSS_FIELDS]
         medians = [statistics.median(r.hup_ms) for r in rows if r.hup_ms]
         served = f"{sum(r.new_code for r in rows)} of {hups * len(rows)}"
         lines.append(
-            f"| `{name}` | {spread(before, '{:.1f}')} | {spread(after, '{:.1f}')}"
-            f" | {rows[0].processes} | {spread(medians, '{:.0f}')} | {served} |"
+            f"| `{name}` | {' | '.join(pss)} | {rows[0].processes}"
+            f" | {spread(medians, '{:.0f}')} | {served} |"
         )
-    ours, theirs, checked = "Worker --preload", "gthread --preload", next(iter(READY_CHECKED))
-    pss_before = [r[ours].pss_before_kb / r[theirs].pss_before_kb for r in rounds]
-    pss_after = [r[ours].pss_after_kb / r[theirs].pss_after_kb for r in rounds]
-    checked_before = [r[checked].pss_before_kb / r[theirs].pss_before_kb for r in rounds]
-    checked_after = [r[checked].pss_after_kb / r[theirs].pss_after_kb for r in rounds]
+    ours, theirs, frozen = "Worker --preload", "gthread --preload", "gthread --preload, gc.freeze()"
+    checked = next(iter(READY_CHECKED))
+
+    def ratio(top: str, bottom: str, field: str) -> str:
+        return spread([getattr(r[top], field) / getattr(r[bottom], field) for r in rounds])
+
     hup = [
         statistics.median(r["Worker --preload"].hup_ms) / statistics.median(r["Worker"].hup_ms)
         for r in rounds
@@ -258,15 +305,21 @@ def table(rounds: list[dict[str, Row]], hups: int) -> str:
     ]
     lines += [
         "",
+        "| ratio (one round each) | target | warm | long run | after HUPs, warm | long run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, top, bottom in (
+        (f"PSS `{ours}` ÷ `{theirs}`", ours, theirs),
+        (f"PSS `{ours}` ÷ `{frozen}`", ours, frozen),
+        (f"PSS `{checked}` ÷ `{theirs}`", checked, theirs),
+    ):
+        cells = " | ".join(ratio(top, bottom, field) for field in PSS_FIELDS)
+        lines.append(f"| {label} | ≤ 1.0 | {cells} |")
+    lines += [
+        "",
         "| ratio (one round each) | target | min / median / max |",
         "|---|---|---|",
-        f"| PSS `Worker --preload` ÷ `gthread --preload`, warm | ≤ 1.0 | {spread(pss_before)} |",
-        f"| PSS `Worker --preload` ÷ `gthread --preload`, after {hups} HUPs | ≤ 1.0"
-        f" | {spread(pss_after)} |",
         f"| HUP → new code, `Worker --preload` ÷ `Worker` | ≤ 0.5 | {spread(hup)} |",
-        f"| PSS `Worker --preload` with `GRACE_READY_PATH=/hello` ÷ `gthread --preload`, warm"
-        f" | ≤ 1.0 | {spread(checked_before)} |",
-        f"| the same after {hups} HUPs | ≤ 1.0 | {spread(checked_after)} |",
         "",
         "`gthread --preload` serves a new `shop/version.py` on HUP only because Django imports"
         " the URLconf (and through it the views) lazily, in each worker: its settings, models"
@@ -289,7 +342,8 @@ def main() -> int:
             rows = {name: measure(name, site, args.hups, log_dir) for name in ROWS}
             rounds.append(rows)
             summary = ", ".join(
-                f"{n}: {r.pss_before_kb // 1024}/{r.pss_after_kb // 1024} MB,"
+                f"{n}: {r.pss_before_kb // 1024}/{r.pss_long_before_kb // 1024}"
+                f"/{r.pss_after_kb // 1024}/{r.pss_long_after_kb // 1024} MB,"
                 f" HUP {spread(r.hup_ms, '{:.0f}')} ms"
                 for n, r in rows.items()
             )
