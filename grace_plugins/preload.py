@@ -162,6 +162,20 @@ class LeftOut:
     reason: str  # one of the phrases above, "imports the project's X" or "fails to import (E)"
 
 
+def left_in(report: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """What a seed (a kept report) says its template left out: ``{name: (culprit, reason)}``."""
+    return {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
+
+
+def left_in_file(seed: str | None) -> dict[str, tuple[str, str]]:
+    """:func:`left_in` the seed file *seed*; nothing when it cannot be read (a first run)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        if seed:
+            with open(seed) as handle:
+                return left_in(json.load(handle))
+    return {}
+
+
 #: A template leaving out at least this many top-level imports, and more than this share of those
 #: it tried, is a poor bet for a first generation held for it (:func:`poor_bet`).
 POOR_LEFT = 30

@@ -59,6 +59,8 @@ class Template:
         self.cleared: dict[str, object] = {}
         #: the top-level imports left to the generations (not tried again when it grows)
         self.left: list[preload.LeftOut] = []
+        #: those the program's last template left out (its seed): not tried at the preload
+        self.left_last_time: dict[str, tuple[str, str]] = {}
         #: the working directory, base ``sys.path`` and exclusions of its preload
         self.where: tuple[str, list[str], dict[str, str]] = ("", [], {})
 
@@ -74,6 +76,7 @@ class Template:
             resumed = {"setup": got[0], "began": time.monotonic(), "excluded": {}, "restarts": 0}
         setup = resumed["setup"]
         program = Program(**setup["program"])
+        self.left_last_time = preload.left_in_file(setup.get("seed"))
         cwd = setup["cwd"]
         self.program = program
         base = list(sys.path)
@@ -167,7 +170,7 @@ class Template:
         files: dict[str, str] = {}
         settings = os.environ.get("DJANGO_SETTINGS_MODULE")
         # a seed (warm_seed) says which imports its template left out: not tried again
-        left_before = {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
+        left_before = {**self.left_last_time, **preload.left_in(report)}
         left_before.update((one.name, (one.culprit, one.reason)) for one in left_out or [])
         loaded_before = set(sys.modules)
         said_poor = left_out is not None  # said only while the first generation may wait

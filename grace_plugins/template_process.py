@@ -153,10 +153,16 @@ class Leaving:
 
 
 def start_template(
-    program: Program, argv: list[str], env: Mapping[str, str], cwd: str, report: str
+    program: Program,
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: str,
+    report: str,
+    seed: str | None = None,
 ) -> TemplateProcess:
     """Start a template that preloads what the module *report* lists, for generations that
-    run *argv* (parsed as *program*). Does not block on its import.
+    run *argv* (parsed as *program*); what the program's *seed* says its last template left
+    out is not tried again. Does not block on its import.
 
     :raises OSError: when it cannot be started.
     """
@@ -178,7 +184,8 @@ def start_template(
     finally:
         theirs.close()
     template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)
-    template.wire.send({"report": report, "program": dataclasses.asdict(program), "cwd": cwd})
+    setup = {"report": report, "program": dataclasses.asdict(program), "cwd": cwd, "seed": seed}
+    template.wire.send(setup)
     return template
 
 

@@ -13,6 +13,7 @@ block.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -92,8 +93,11 @@ class Templates:
         if parsed is None or not same_interpreter(argv[0]):
             self.unusable = "the command line cannot be re-run in-process (python -c?)"
             return
+        seed = None  # the program's seed: what its last template left out is not tried again
+        with contextlib.suppress(Exception):  # as warm_seed.find: no seed is no loss
+            seed = warm_seed.seed_path(argv, cwd, env)
         try:
-            b = self.building = start_template(parsed, argv, env, cwd, report)
+            b = self.building = start_template(parsed, argv, env, cwd, report, seed)
         except OSError as exc:
             self.unusable = f"the template could not start ({exc})"
             return

@@ -15,6 +15,7 @@ from tests.harness.core import SERVER, start
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start: Linux")
 
 FORKED = r"warm start: pid (\d+) forked from the template"
+TEMPLATE_READY = r"warm start: template \(pid (\d+)\) ready after"
 FAKELIBS = os.path.join(ROOT, "tests", "fakelibs")
 
 
@@ -92,18 +93,25 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     of what it tries, and a first generation forked from it would import all that again
     after the wait. Its seed says so: the first generation starts cold at once, alone (a
     template importing beside it would slow it down), and the upgrades are forked from the
-    template built from what it reported."""
+    template built from what it reported, which does not try again what the seed says its last
+    template left out."""
     libs = tmp_path_factory.mktemp("cms")
     package = libs / "corpus_cms"
     package.mkdir()
     (package / "__init__.py").write_text("")
+    tried = libs / "tried.log"  # the pid of each process that imports one of them
     for number in range(40):  # each imports the project at import, as reading settings does
-        (package / f"m{number}.py").write_text("import appcode\n")
+        (package / f"m{number}.py").write_text(
+            f"import os\nwith open({str(tried)!r}, 'a') as log:\n"
+            "    log.write(f'{os.getpid()}\\n')\nimport appcode\n"
+        )
     body = "\n".join(f"import corpus_cms.m{number}" for number in range(40))
     write_code(app_dir, "v1", body)
     env = {"PYTHONPATH": str(libs)}
     first = start(start_server, app_dir, env=env)
     first.wait_warm()  # its template left the 40 out: the seed says so
+    first_template = first.wait_for(TEMPLATE_READY).group(1)
+    assert first_template in tried.read_text().split(), "the first template tried them"
     assert first.stop() == 0
     second = start(start_server, app_dir, env=env)
     poor = r"its last template left out (\d+) of the \d+ imports it tried; generation 1 starts"
@@ -111,6 +119,8 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     assert second.count(FORKED) == 0
     assert second.count(r"template \(pid \d+\) ready") == 0, "none built beside generation 1"
     second.wait_warm()  # built from what generation 1 reported
+    second_template = second.wait_for(TEMPLATE_READY).group(1)
+    assert second_template not in tried.read_text().split(), "nor tried again by this one"
     write_code(app_dir, "v2", body)
     assert wait_served_by(second.port, second.upgrade()).version == "v2"
     assert second.count(FORKED) == 1, "the upgrade is forked from the template"

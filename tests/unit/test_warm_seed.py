@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from grace_plugins import first_wait, warm, warm_seed, warm_templates
+from grace_plugins import first_wait, preload, warm, warm_seed, warm_templates
 from tests.unit.test_warm_spawner import ColdSpawner, Templates, read, request, warm_up
 
 pytestmark = pytest.mark.timeout(20)
@@ -57,6 +57,24 @@ def test_an_unreadable_seed_is_no_seed(state, content):
     with open(warm_seed.seed_path(ARGV, "/srv", ENV), "w") as handle:
         handle.write(content)
     assert warm_seed.find(ARGV, "/srv", ENV) is None
+
+
+def test_what_a_seed_says_its_template_left_out_is_read_back_for_the_next_template(state):
+    left = [["cms.blocks", "cms.blocks", "reads the project's settings"]]
+    warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv", ENV, 10, left, tried=40)
+    seed = warm_seed.seed_path(ARGV, "/srv", ENV)
+    expected = {"cms.blocks": ("cms.blocks", "reads the project's settings")}
+    assert preload.left_in_file(seed) == expected
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '["a list"]', '{"left": [["too short"]]}'])
+def test_a_missing_or_unreadable_seed_leaves_nothing_out(state, content):
+    seed = warm_seed.seed_path(ARGV, "/srv", ENV)
+    if content is not None:
+        with open(seed, "w") as handle:
+            handle.write(content)
+    assert preload.left_in_file(seed) == {}
+    assert preload.left_in_file(None) == {}
 
 
 def test_a_missing_report_keeps_nothing_and_raises_nothing(state):
@@ -268,7 +286,8 @@ def test_a_template_that_says_it_is_a_poor_bet_starts_the_first_generation_cold_
 
 def test_a_seed_whose_template_left_out_most_imports_is_not_waited_for(state, monkeypatch, caplog):
     """Its template would be a poor bet again: the first generation starts cold at once, with
-    no template beside it; the template is built from what that generation reports."""
+    no template beside it; the template is built from what that generation reports, told
+    what the seed says the last one left out."""
     monkeypatch.setattr(warm.sys, "executable", "python-unused")
     report = write_report(state / "r.json", [(f"lib{n}", None) for n in range(100)])
     left = [[f"lib{n}", f"lib{n}", "reads the project's settings"] for n in range(40)]
@@ -287,6 +306,12 @@ def test_a_seed_whose_template_left_out_most_imports_is_not_waited_for(state, mo
         assert (cold.started, templates.peers) == ([1], [])
         assert "left out 40 of the 300 imports it tried; generation 1 starts cold" in caplog.text
         assert "this generation starts cold" not in caplog.text, "said once"
+        write_report(spawner.reports.path)  # generation 1 reports: the template is built
+        spawner.refresh()
+        assert len(templates.peers) == 1
+        seed = warm_seed.seed_path(argv, str(state), env)
+        assert templates.seeds == [seed], "told of the seed: the 40 are not tried again"
+        assert len(preload.left_in_file(seed)) == 40
     finally:
         spawner.close()
         templates.close()

@@ -59,8 +59,10 @@ class Templates:
     def __init__(self) -> None:
         self.peers: list[Wire] = []
         self.sockets: list[socket.socket] = []
+        self.seeds: list[str | None] = []  # the seed each template was told of
 
-    def __call__(self, program, argv, env, cwd, report) -> TemplateProcess:
+    def __call__(self, program, argv, env, cwd, report, seed=None) -> TemplateProcess:
+        self.seeds.append(seed)
         ours, theirs = socket.socketpair()
         self.sockets += [ours, theirs]
         peer = Wire(theirs)
