@@ -39,8 +39,10 @@ from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
 from grace_plugins.gunicorn.mold_worker import become_worker
 from grace_plugins.wire import Wire, answer_fork
 
-#: The collector's second threshold while the app imports: older generations never collected.
-YOUNG_ONLY = 1_000_000_000
+#: The collector's second threshold while the app imports: older generations never collected
+#: (100,000 young collections: about 70 million allocations). Small enough that an app
+#: multiplying the thresholds it finds stays within a C int.
+YOUNG_ONLY = 100_000
 #: ``os._exit`` itself, taken before any load replaces it (:func:`_quit`).
 _real_exit = os._exit
 #: Longest the mold waits for its middle child to report the worker's pid.
@@ -128,18 +130,25 @@ class Mold:
         """Import the app, check it, freeze it: the answer to the master."""
         startup = Startup(self.arbiter, self.gen, self.since, self._fail_now)
         deadline = time.monotonic() + ready_timeout(self.arbiter.cfg)
-        with _young_collections_only():
+        with _young_collections_only():  # until the app's objects are frozen
             failure = startup.load(deadline) or startup.check(os.environ, deadline)
-        if failure is not None:
-            return {"failed": failure}
-        _close_database_connections()
-        # no gc.collect() first: what it freed would leave holes in the pages the workers
-        # share, their first allocations would copy them (measured: more memory, 20 ms more)
-        gc.freeze()  # the collector must not touch (and so copy) the shared pages
-        why = _why_unsafe(startup.sockets_before, {self.wire.sock.fileno(), *_listener_fds(self)})
+            if failure is not None:
+                return {"failed": failure}
+            _close_database_connections()
+            why = self._why_unsafe(startup)
+            if why:  # a socket the import dropped in a reference cycle: collected, it is closed
+                gc.collect()
+                why = self._why_unsafe(startup)
+            # no gc.collect() otherwise: what it freed would leave holes in the pages the
+            # workers share, their first allocations would copy them (measured: more memory,
+            # and 20 ms more)
+            gc.freeze()  # the collector must not touch (and so copy) the shared pages
         if why:
             return {"unsafe": why}
         return {"ready": round((time.monotonic() - startup.began) * 1000)}
+
+    def _why_unsafe(self, startup: Startup) -> str:
+        return _why_unsafe(startup.sockets_before, {self.wire.sock.fileno(), *_listener_fds(self)})
 
     def _fail_now(self, reason: str) -> NoReturn:
         """The import cannot go on (it hangs, or asked to exit): answer, leave."""

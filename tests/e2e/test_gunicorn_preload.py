@@ -290,6 +290,32 @@ def test_gunicorn_preload_unsafe_import_falls_back(start_server, tmp_path, kind)
     assert server.stop() == 0
 
 
+#: A socket the import leaves to garbage in a reference cycle, old enough that only a full
+#: collection frees it (as a library's client object, dropped, would be).
+SOCKET_IN_GARBAGE = (
+    "import gc, socket\n"
+    "class _Holder:\n"
+    "    def __init__(self):\n"
+    "        self.sock = socket.socket()\n"
+    "        self.me = self\n"
+    "_held = _Holder()\n"
+    "gc.collect(0)  # it survives a young collection: older now\n"
+    "del _held\n"
+)
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_a_socket_only_garbage_holds_does_not_stop_sharing(start_server, tmp_path):
+    server = start(start_server, tmp_path)
+    mark = server.mark()
+    new = hup_to(server, tmp_path, 2, counted("v2", SOCKET_IN_GARBAGE))
+    assert "cannot share the app" not in server.output(mark), server.output(mark)
+    assert imports(tmp_path)[-1] == (mold_of(server, 2), "v2")  # imported once, in the mold
+    resp = http_get(server.port)
+    assert (resp.version, resp.pid in new) == ("v2", True), resp
+    assert server.stop() == 0
+
+
 @pytest.mark.timeout(90)
 def test_gunicorn_preload_timeout_kills_a_stuck_worker(start_server, tmp_path):
     server = start(start_server, tmp_path, timeout=3)
