@@ -162,18 +162,50 @@ class LeftOut:
     reason: str  # one of the phrases above, "imports the project's X" or "fails to import (E)"
 
 
-def left_in(report: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """What a seed (a kept report) says its template left out: ``{name: (culprit, reason)}``."""
-    return {str(n): (str(c), str(r)) for n, c, r in report.get("left", [])}
+#: What a seed says its template left out: ``{name: (culprit, reason, when the seed was
+#: written, ns)}`` (:func:`still_left` decides which are not tried again).
+SeedLeft = dict[str, tuple[str, str, int]]
 
 
-def left_in_file(seed: str | None) -> dict[str, tuple[str, str]]:
+def left_in(report: Mapping[str, Any], path: str) -> SeedLeft:
+    """What a seed (a kept report, read from *path*) says its template left out."""
+    written = (stamp(path) or (0, 0))[0]
+    return {str(n): (str(c), str(r), written) for n, c, r in report.get("left", [])}
+
+
+def left_in_file(seed: str | None) -> SeedLeft:
     """:func:`left_in` the seed file *seed*; nothing when it cannot be read (a first run)."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         if seed:
             with open(seed) as handle:
-                return left_in(json.load(handle))
+                return left_in(json.load(handle), seed)
     return {}
+
+
+def still_left(left: SeedLeft, origins: Mapping[str, str | None]) -> dict[str, tuple[str, str]]:
+    """Of what a seed says its template left out, what is not worth trying again: not an
+    import that failed (what was missing may be installed now), and neither the module's file
+    nor its culprit's (*origins*: by module name) changed since the seed was written (an
+    upgraded library may no longer read the settings at import)."""
+
+    def changed(name: str, written: int) -> bool:
+        origin = origins.get(name)
+        if not origin or not os.path.isabs(origin):
+            return False
+        try:
+            info = os.stat(origin)
+        except OSError:
+            return True
+        # the change time too: an installer that links or clones a cached file keeps its mtime
+        return max(info.st_mtime_ns, info.st_ctime_ns) > written
+
+    return {
+        name: (culprit, reason)
+        for name, (culprit, reason, written) in left.items()
+        if not reason.startswith(FAILED)
+        and not changed(name, written)
+        and not changed(culprit, written)
+    }
 
 
 #: A template leaving out at least this many top-level imports, and more than this share of those
@@ -199,8 +231,12 @@ def project_reason(name: str, settings_module: str | None) -> str:
     return f"imports the project's {name}"
 
 
+#: How :func:`failure_reason` begins.
+FAILED = "fails to import"
+
+
 def failure_reason(error: BaseException) -> str:
-    return f"fails to import ({type(error).__name__})"
+    return f"{FAILED} ({type(error).__name__})"
 
 
 def summarize(left: Sequence[LeftOut], shown: int = 3) -> str:

@@ -60,7 +60,7 @@ class Template:
         #: the top-level imports left to the generations (not tried again when it grows)
         self.left: list[preload.LeftOut] = []
         #: those the program's last template left out (its seed): not tried at the preload
-        self.left_last_time: dict[str, tuple[str, str]] = {}
+        self.left_last_time: preload.SeedLeft = {}
         #: the working directory, base ``sys.path`` and exclusions of its preload
         self.where: tuple[str, list[str], dict[str, str]] = ("", [], {})
 
@@ -169,8 +169,10 @@ class Template:
         stamps: dict[str, preload.Stamp] = {}
         files: dict[str, str] = {}
         settings = os.environ.get("DJANGO_SETTINGS_MODULE")
-        # a seed (warm_seed) says which imports its template left out: not tried again
-        left_before = {**self.left_last_time, **preload.left_in(report)}
+        # what a seed (warm_seed) says its template left out is not tried again, if unchanged
+        left_before = preload.still_left(
+            {**self.left_last_time, **preload.left_in(report, report_file)}, origins
+        )
         left_before.update((one.name, (one.culprit, one.reason)) for one in left_out or [])
         loaded_before = set(sys.modules)
         said_poor = left_out is not None  # said only while the first generation may wait

@@ -85,7 +85,7 @@ def test_a_template_slower_than_last_time_is_waited_for_while_it_computes(
     assert second.stop() == 0
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_generation(
     start_server, app_dir, tmp_path_factory
 ):
@@ -94,7 +94,7 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     after the wait. Its seed says so: the first generation starts cold at once, alone (a
     template importing beside it would slow it down), and the upgrades are forked from the
     template built from what it reported, which does not try again what the seed says its last
-    template left out."""
+    template left out, until those libraries change."""
     libs = tmp_path_factory.mktemp("cms")
     package = libs / "corpus_cms"
     package.mkdir()
@@ -125,3 +125,13 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     assert wait_served_by(second.port, second.upgrade()).version == "v2"
     assert second.count(FORKED) == 1, "the upgrade is forked from the template"
     assert second.stop() == 0
+    # the libraries are upgraded and no longer read the settings: the next template tries them
+    for number in range(40):
+        lib = package / f"m{number}.py"
+        lib.write_text(lib.read_text().replace("import appcode\n", ""))
+    third = start(start_server, app_dir, env=env)
+    third.wait_for(poor, 1)  # the seed still says so: generation 1 starts cold
+    third.wait_warm()
+    third_template = third.wait_for(TEMPLATE_READY).group(1)
+    assert tried.read_text().split().count(third_template) == 40, "each tried, and preloaded"
+    assert third.stop() == 0

@@ -63,8 +63,37 @@ def test_what_a_seed_says_its_template_left_out_is_read_back_for_the_next_templa
     left = [["cms.blocks", "cms.blocks", "reads the project's settings"]]
     warm_seed.keep(write_report(state / "r.json"), ARGV, "/srv", ENV, 10, left, tried=40)
     seed = warm_seed.seed_path(ARGV, "/srv", ENV)
-    expected = {"cms.blocks": ("cms.blocks", "reads the project's settings")}
+    written = os.stat(seed).st_mtime_ns
+    expected = {"cms.blocks": ("cms.blocks", "reads the project's settings", written)}
     assert preload.left_in_file(seed) == expected
+
+
+def library(tmp_path, name: str) -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text("")
+    return str(path)
+
+
+def test_a_left_out_import_is_tried_again_once_its_file_or_its_culprits_changed(tmp_path):
+    settings, failed = "reads the project's settings", "fails to import (ImportError)"
+    origins = {name: library(tmp_path, name) for name in ("cms", "cms.blocks", "shop")}
+    # the seed was written once every file had changed
+    seen = max(max(os.stat(o).st_mtime_ns, os.stat(o).st_ctime_ns) for o in origins.values())
+    left = {
+        "cms": ("cms", settings, seen),
+        "cms.pages": ("cms.blocks", settings, seen),
+        "builtin_one": ("builtin_one", settings, seen),  # no file: nothing to look at
+        "shop": ("shop", failed, seen),  # a failure: what was missing may be there now
+    }
+    assert preload.still_left(left, origins) == {
+        "cms": ("cms", settings),
+        "cms.pages": ("cms.blocks", settings),
+        "builtin_one": ("builtin_one", settings),
+    }
+    before = {"cms": ("cms", settings, seen - 1), "cms.pages": ("cms.blocks", settings, seen - 1)}
+    assert preload.still_left(before, origins) == {}, "changed since the seed: tried again"
+    os.unlink(origins["cms"])
+    assert preload.still_left({"cms": ("cms", settings, seen)}, origins) == {}, "gone: tried"
 
 
 @pytest.mark.parametrize("content", [None, "{not json", '["a list"]', '{"left": [["too short"]]}'])
