@@ -77,8 +77,8 @@ def library(tmp_path, name: str) -> str:
 def test_a_left_out_import_is_tried_again_once_its_file_or_its_culprits_changed(tmp_path):
     settings, failed = "reads the project's settings", "fails to import (ImportError)"
     origins = {name: library(tmp_path, name) for name in ("cms", "cms.blocks", "shop")}
-    # the seed was written once every file had changed
-    seen = max(max(os.stat(o).st_mtime_ns, os.stat(o).st_ctime_ns) for o in origins.values())
+    changes = [max(os.stat(o).st_mtime_ns, os.stat(o).st_ctime_ns) for o in origins.values()]
+    seen = max(changes)  # the seed was written once every file had changed
     left = {
         "cms": ("cms", settings, seen),
         "cms.pages": ("cms.blocks", settings, seen),
@@ -90,7 +90,8 @@ def test_a_left_out_import_is_tried_again_once_its_file_or_its_culprits_changed(
         "cms.pages": ("cms.blocks", settings),
         "builtin_one": ("builtin_one", settings),
     }
-    before = {"cms": ("cms", settings, seen - 1), "cms.pages": ("cms.blocks", settings, seen - 1)}
+    earlier = min(changes) - 1  # a seed written before any of them changed
+    before = {"cms": ("cms", settings, earlier), "cms.pages": ("cms.blocks", settings, earlier)}
     assert preload.still_left(before, origins) == {}, "changed since the seed: tried again"
     os.unlink(origins["cms"])
     assert preload.still_left({"cms": ("cms", settings, seen)}, origins) == {}, "gone: tried"
