@@ -229,6 +229,9 @@ class RecordStore:
         """The verdict recorded for *gen*, as written (see :meth:`Verdict.as_recorded`)."""
         return self._read(f"verdict-{gen}")
 
+    def has_verdict(self, gen: int) -> bool:
+        return self._exists(f"verdict-{gen}")
+
     def verdict_time(self, gen: int) -> float | None:
         """When the verdict on *gen* was recorded (wall clock, like ``time.time()``)."""
         return self._mtime(f"verdict-{gen}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from grace_plugins.gunicorn.held_term import on_held_term
+from grace_plugins.gunicorn.held_term import WAIT, on_held_term
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.verdicts import (
     PENDING,
@@ -31,6 +31,8 @@ class Watch:
         self.member = member
         self.log = log
         self.own_decided = False
+        #: the generation a held SIGTERM waits for (:meth:`held_term` said WAIT), if any
+        self.awaited: int | None = None
 
     def verdict_on(self, gen: int) -> Verdict:
         """The verdict on *gen*. A new one is recorded, and logged by the one worker that
@@ -83,13 +85,20 @@ class Watch:
         rolled_back_at = (
             self.store.verdict_time(newest) if later.get(newest) == ROLLED_BACK else None
         )
-        return on_held_term(
+        action, why = on_held_term(
             own,
             later,
             master_stopping=self.store.master_stopping(),
             last_term=last_term,
             rolled_back_at=rolled_back_at,
         )
+        self.awaited = newest if action == WAIT else None
+        return action, why
+
+    def awaited_decided(self) -> bool:
+        """Whether the generation a held SIGTERM waits for has a verdict now: one ``stat``,
+        cheap enough to ask between full looks."""
+        return self.awaited is not None and self.store.has_verdict(self.awaited)
 
     def _log(self, gen: int, found: Verdict) -> None:
         if found.kind == PROMOTED:

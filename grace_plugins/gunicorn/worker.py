@@ -21,7 +21,7 @@ from typing import Any
 
 from grace_plugins.channel import parse_watch
 from grace_plugins.gunicorn.boot import Boot, ready_path
-from grace_plugins.gunicorn.held_term import DRAIN, FORGET
+from grace_plugins.gunicorn.held_term import DRAIN, FORGET, look_interval
 from grace_plugins.gunicorn.master import MASTER
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
 from grace_plugins.gunicorn.molds import take_over_preload
@@ -50,6 +50,7 @@ class Worker(DrainingWorker):
         self.generation, self.store = MASTER.generation_for(self.cfg, self.log, self._age)
         self._term_pending = False
         self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
+        self._term_at = 0.0  # the same, monotonic: how long the SIGTERM has been held
         self._next_look = 0.0
         #: when this worker's code began loading (``time.time()``): saves since then count
         self.loading_since = time.time()
@@ -167,6 +168,8 @@ class Worker(DrainingWorker):
             return  # already stopping (the master re-sends SIGTERM to surplus workers)
         self._term_pending = True
         self._last_term = time.time()
+        self._term_at = time.monotonic()
+        self._next_look = 0.0  # at once: which generation it waits for, then one stat a loop
         self.method_queue.defer(_noop)
 
     # -- serving ----------------------------------------------------------------------------------
@@ -187,16 +190,20 @@ class Worker(DrainingWorker):
             if can_accept != self._accepting:
                 self.set_accept_enabled(can_accept)
             watching = self._term_pending or not self.watch.own_decided
-            self.wait_for_and_dispatch_events(timeout=POLL if watching else 1.0)
+            self.wait_for_and_dispatch_events(timeout=self._wait() if watching else 1.0)
             if not self.is_parent_alive():
                 self.stop_serving("the master is gone")
                 break
             self._murder_idle()
-            if time.monotonic() >= self._next_look:
+            if time.monotonic() >= self._next_look or self.watch.awaited_decided():
                 self._look_at_verdicts()
         if self.reporter is not None:
             self.reporter.stop()  # what this worker loads is no longer what is served
         self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
+
+    def _wait(self) -> float:
+        held_for = time.monotonic() - self._term_at if self._term_pending else None
+        return look_interval(held_for, POLL)
 
     def _look_at_verdicts(self) -> None:
         """Act on this worker's own generation's verdict, and on a held SIGTERM."""

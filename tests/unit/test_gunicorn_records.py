@@ -154,3 +154,27 @@ def test_a_member_forked_after_its_generation_failed_does_not_load_it(tmp_path):
     ]  # recorded and logged once, by whoever saw it first
     assert Watch(store, Member(2, 5, 50), log).stillborn() == ""  # a respawn: not a member
     assert Watch(store, Member(1, 1, 10), log).stillborn() == ""  # the first generation
+
+
+def test_a_held_sigterm_knows_which_verdict_to_wait_for(tmp_path):
+    """An old worker holding the reload's SIGTERM learns of the new generation's verdict from
+    one file's existence between full looks (so it stops accepting soon after a promotion)."""
+    from grace_plugins.gunicorn.held_term import DRAIN, WAIT
+    from grace_plugins.gunicorn.watch import Watch
+
+    store = RecordStore(str(tmp_path))
+    now = time.monotonic()
+    store.announce(1, Announcement(expected=1, first_age=1, started=now, ready_timeout=30.0))
+    store.announce(2, Announcement(expected=1, first_age=2, started=now, ready_timeout=30.0))
+    old = Watch(store, Member(1, 1, os.getpid()), QuietLog())
+    assert not old.awaited_decided()  # no SIGTERM held yet: nothing awaited
+    new = Member(2, 2, os.getpid())
+    store.record(new, "boot")
+    assert old.held_term(time.time()) == (WAIT, "")
+    assert old.awaited == 2 and not old.awaited_decided()
+    store.record(new, "ready")
+    assert not old.awaited_decided()  # ready, but no worker has recorded the verdict yet
+    Watch(store, new, QuietLog()).own_generation()  # the new worker's look after its ready
+    assert old.awaited_decided()
+    assert old.held_term(time.time()) == (DRAIN, "generation 2 is ready")
+    assert old.awaited is None and not old.awaited_decided()

@@ -10,8 +10,11 @@ pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the 
 from grace_plugins.gunicorn.held_term import (  # noqa: E402
     DRAIN,
     FORGET,
+    HELD_LOOK,
+    HELD_LOOK_FOR,
     TERM_SLACK,
     WAIT,
+    look_interval,
     on_held_term,
 )
 from grace_plugins.gunicorn.verdicts import (  # noqa: E402
@@ -150,3 +153,18 @@ def test_a_held_sigterm(own, later, stopping, last_term, rolled_back_at, expecte
         rolled_back_at=rolled_back_at,
     )
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("held_for", "expected"),
+    [
+        (None, 0.1),  # no SIGTERM held: the worker's usual pace
+        (0.0, HELD_LOOK),  # the reload's SIGTERM just came: the new generation is near
+        (HELD_LOOK_FOR - 0.001, HELD_LOOK),
+        (HELD_LOOK_FOR, 0.1),  # a slow reload: back to the usual pace
+        (600.0, 0.1),
+    ],
+)
+def test_a_worker_holding_a_sigterm_looks_at_the_verdicts_often_for_a_while(held_for, expected):
+    assert look_interval(held_for, 0.1) == expected
+    assert HELD_LOOK < 0.1
