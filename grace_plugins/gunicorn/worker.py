@@ -166,9 +166,10 @@ class Worker(DrainingWorker):
         """SIGTERM: only record it; the loop decides (drain now, or after the new generation)."""
         if not self.alive:
             return  # already stopping (the master re-sends SIGTERM to surplus workers)
+        if not self._term_pending:  # gunicorn re-sends it to surplus workers: the first counts
+            self._term_at = time.monotonic()
         self._term_pending = True
         self._last_term = time.time()
-        self._term_at = time.monotonic()
         self._next_look = 0.0  # at once: which generation it waits for, then one stat a loop
         self.method_queue.defer(_noop)
 
@@ -195,11 +196,16 @@ class Worker(DrainingWorker):
                 self.stop_serving("the master is gone")
                 break
             self._murder_idle()
-            if time.monotonic() >= self._next_look or self.watch.awaited_decided():
+            if self._look_due():
                 self._look_at_verdicts()
         if self.reporter is not None:
             self.reporter.stop()  # what this worker loads is no longer what is served
         self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
+
+    def _look_due(self) -> bool:
+        """Time for a full look, or the generation a held SIGTERM waits for has a verdict."""
+        assert self.watch is not None
+        return time.monotonic() >= self._next_look or self.watch.awaited_decided()
 
     def _wait(self) -> float:
         held_for = time.monotonic() - self._term_at if self._term_pending else None
@@ -214,11 +220,13 @@ class Worker(DrainingWorker):
             self.stop_serving(why)
         if not (self._term_pending and self.alive):
             return
-        action, why = self.watch.held_term(self._last_term)
+        last_term = self._last_term
+        action, why = self.watch.held_term(last_term)
         if action == DRAIN:
             self.stop_serving(why)
         elif action == FORGET:
-            self._term_pending = False
+            # a SIGTERM that came during the look is judged at the next one
+            self._term_pending = self._last_term != last_term
             self.log.info(
                 "grace_plugins: worker %s (generation %s) keeps serving: generation %s was"
                 " rolled back",

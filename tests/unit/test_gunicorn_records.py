@@ -178,3 +178,74 @@ def test_a_held_sigterm_knows_which_verdict_to_wait_for(tmp_path):
     assert old.awaited_decided()
     assert old.held_term(time.time()) == (DRAIN, "generation 2 is ready")
     assert old.awaited is None and not old.awaited_decided()
+
+
+class _Queue:
+    """gthread's method queue, as far as a SIGTERM handler uses it (it wakes the loop)."""
+
+    def __init__(self) -> None:
+        self.wakeups = 0
+
+    def defer(self, callback, *args) -> None:
+        self.wakeups += 1
+
+
+def _reloading(tmp_path):
+    """Generation 2 starting, and an old worker of generation 1 as its loop sees it (without
+    gunicorn's process around it)."""
+    from grace_plugins.gunicorn.watch import Watch
+    from grace_plugins.gunicorn.worker import Worker
+
+    store = RecordStore(str(tmp_path))
+    now = time.monotonic()
+    store.announce(1, Announcement(expected=1, first_age=1, started=now, ready_timeout=30.0))
+    store.announce(2, Announcement(expected=1, first_age=2, started=now, ready_timeout=30.0))
+    worker = Worker.__new__(Worker)  # __init__ belongs to the master's side of the fork
+    worker.alive, worker.log, worker.store, worker.generation = True, QuietLog(), store, 1
+    worker._term_pending, worker._last_term, worker._term_at = False, 0.0, 0.0
+    worker._next_look = time.monotonic() + 60.0  # a full look is far off
+    worker.method_queue = _Queue()
+    worker.watch = Watch(store, Member(1, 1, os.getpid()), worker.log)
+    return store, worker
+
+
+def test_an_old_worker_looks_at_once_on_sigterm_then_as_soon_as_the_verdict_is_there(tmp_path):
+    import signal
+
+    from grace_plugins.gunicorn.watch import Watch
+
+    store, worker = _reloading(tmp_path)
+    assert not worker._look_due()
+    worker.handle_exit(signal.SIGTERM, None)
+    assert worker._look_due() and worker.method_queue.wakeups == 1  # the look comes at once
+    held_since = worker._term_at
+    worker._look_at_verdicts()  # waits for generation 2
+    worker._next_look = time.monotonic() + 60.0  # the next full look is far off, whatever the pace
+    assert worker._term_pending and worker.alive and not worker._look_due()
+    worker.handle_exit(signal.SIGTERM, None)  # gunicorn re-sends it to surplus workers
+    assert worker._term_at == held_since  # the first one counts for the 10 ms window
+    worker._look_at_verdicts()
+    worker._next_look = time.monotonic() + 60.0
+    new = Member(2, 2, os.getpid())
+    store.record(new, "ready")
+    Watch(store, new, QuietLog()).own_generation()  # generation 2 is promoted
+    assert worker._look_due()  # before the full look is due: one stat saw the verdict
+
+
+def test_a_sigterm_that_comes_during_a_look_that_forgets_the_last_one_is_not_lost(tmp_path):
+    import signal
+
+    store, worker = _reloading(tmp_path)
+    worker.handle_exit(signal.SIGTERM, None)
+    store.record(Member(2, 2, 20), "failed", "RuntimeError: boom")  # generation 2 rolled back
+    look = worker.watch.held_term
+
+    def look_while_a_sigterm_comes(last_term):
+        found = look(last_term)
+        worker.handle_exit(signal.SIGTERM, None)  # a stop sent to this worker, mid-look
+        return found
+
+    worker.watch.held_term = look_while_a_sigterm_comes
+    worker._look_at_verdicts()
+    assert any("keeps serving: generation 2 was rolled back" in line for line in worker.log.lines)
+    assert worker._term_pending  # judged at the next look, not dropped
