@@ -50,7 +50,7 @@ class Worker(DrainingWorker):
         self.generation, self.store = MASTER.generation_for(self.cfg, self.log, self._age)
         self._term_pending = False
         self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
-        self._term_at = 0.0  # the same, monotonic: how long the SIGTERM has been held
+        self._term_at = 0.0  # monotonic, the first held SIGTERM: the 10 ms checks count from it
         self._next_look = 0.0
         #: when this worker's code began loading (``time.time()``): saves since then count
         self.loading_since = time.time()
