@@ -13,6 +13,7 @@ import pytest
 
 from grace_plugins.preload import POOR_LEFT
 from tests.harness import django_site, flask_site, http_get, wait_served_by
+from tests.harness.code import write_cms_libraries
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start: Linux"),
@@ -20,8 +21,6 @@ pytestmark = [
 ]
 
 READY = r"warm start: template \(pid (\d+)\) ready"
-#: A CMS's libraries that read its settings at import: enough for a poor bet (preload.poor_bet)
-CMS_LIBRARIES = 80
 FORKED = r"warm start: pid (\d+) forked from the template"
 
 
@@ -72,15 +71,9 @@ def test_runhot_first_start_does_not_wait_for_a_template_that_leaves_out_most_im
     The template is built again from what that generation reported; upgrades fork from it."""
     pytest.importorskip("django")
     libs = tmp_path_factory.mktemp("cms")
-    package = libs / "corpus_cms"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for number in range(CMS_LIBRARIES):
-        (package / f"m{number}.py").write_text(
-            "from django.conf import settings\n\nDEBUG_AT_IMPORT = settings.DEBUG\n"
-        )
+    reads_settings = "from django.conf import settings\n\nDEBUG_AT_IMPORT = settings.DEBUG\n"
+    body = write_cms_libraries(libs, reads_settings)
     site = django_site.copy_site(tmp_path_factory.mktemp("site"))
-    body = "\n".join(f"import corpus_cms.m{number}" for number in range(CMS_LIBRARIES))
     django_site.set_version(site, "v1", body)  # imported by the URLconf: by the checks
     env = {"PYTHONPATH": str(libs)}
     server = django_site.runhot(start_server, site, "--noreload", env=env)

@@ -10,14 +10,13 @@ import sys
 import pytest
 
 from tests.harness import PYTHON, ROOT, http_get, wait_served_by, write_code
+from tests.harness.code import CMS_LIBRARIES, write_cms_libraries
 from tests.harness.core import SERVER, start
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm start: Linux")
 
 FORKED = r"warm start: pid (\d+) forked from the template"
 TEMPLATE_READY = r"warm start: template \(pid (\d+)\) ready after"
-#: A CMS's libraries that read its settings at import: enough for a poor bet (preload.poor_bet)
-CMS_LIBRARIES = 80
 FAKELIBS = os.path.join(ROOT, "tests", "fakelibs")
 
 
@@ -98,16 +97,12 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     template built from what it reported, which does not try again what the seed says its last
     template left out, until those libraries change."""
     libs = tmp_path_factory.mktemp("cms")
-    package = libs / "corpus_cms"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
     tried = libs / "tried.log"  # the pid of each process that imports one of them
-    for number in range(CMS_LIBRARIES):  # each imports the project at import, as settings do
-        (package / f"m{number}.py").write_text(
-            f"import os\nwith open({str(tried)!r}, 'a') as log:\n"
-            "    log.write(f'{os.getpid()}\\n')\nimport appcode\n"
-        )
-    body = "\n".join(f"import corpus_cms.m{number}" for number in range(CMS_LIBRARIES))
+    logs_and_imports_the_project = (  # as a library reading the settings at import does
+        f"import os\nwith open({str(tried)!r}, 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\nimport appcode\n"
+    )
+    body = write_cms_libraries(libs, logs_and_imports_the_project)
     write_code(app_dir, "v1", body)
     env = {"PYTHONPATH": str(libs)}
     first = start(start_server, app_dir, env=env)
@@ -128,9 +123,7 @@ def test_a_template_that_leaves_out_most_of_its_imports_does_not_hold_the_first_
     assert second.count(FORKED) == 1, "the upgrade is forked from the template"
     assert second.stop() == 0
     # the libraries are upgraded and no longer read the settings: the next template tries them
-    for number in range(CMS_LIBRARIES):
-        lib = package / f"m{number}.py"
-        lib.write_text(lib.read_text().replace("import appcode\n", ""))
+    write_cms_libraries(libs, logs_and_imports_the_project.replace("import appcode\n", ""))
     third = start(start_server, app_dir, env=env)
     third.wait_for(poor, 1)  # the seed still says so: generation 1 starts cold
     third.wait_warm()

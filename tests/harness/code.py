@@ -49,6 +49,22 @@ def write_bench_code(directory: str, version: str, import_seconds: float) -> Non
     write_module(os.path.join(directory, "benchcode.py"), text)
 
 
+#: A CMS's libraries that read its settings at import: enough for a poor bet (preload.poor_bet)
+CMS_LIBRARIES = 80
+
+
+def write_cms_libraries(libs, module_text: str) -> str:
+    """Write the package ``corpus_cms`` under *libs*: :data:`CMS_LIBRARIES` modules of
+    *module_text* each (what a CMS's libraries do at import). Returns the code that imports
+    them all (an app's body)."""
+    package = os.path.join(os.fspath(libs), "corpus_cms")
+    os.makedirs(package, exist_ok=True)
+    write_module(os.path.join(package, "__init__.py"), "")
+    for number in range(CMS_LIBRARIES):
+        write_module(os.path.join(package, f"m{number}.py"), module_text)
+    return "\n".join(f"import corpus_cms.m{number}" for number in range(CMS_LIBRARIES))
+
+
 def broken_at_import(ready_timeout: int, import_error: int = 1) -> dict[str, tuple[str, str]]:
     """Every way new code can fail at import, and the rollback line each must give: {kind:
     (code, regex)}. A generation that fails before it is ready exits with the status the
