@@ -78,7 +78,7 @@ def _has_ipv6_loopback():
 def test_ipv6_addrport(start_server, django_project):
     server = runhot(start_server, django_project, "--noreload", address="[::1]:0")
     assert "serving tcp:[::1]:" in server.output()
-    server.wait_for(r"Starting development server at http://\[::1\]:", 10)
+    server.wait_for(r"Starting (WSGI )?development server at http://\[::1\]:", 10)
     old = first_pid(server)
     assert http_get(server.port, host="::1").pid == old
     new = server.upgrade(60)

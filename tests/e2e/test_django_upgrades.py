@@ -30,7 +30,7 @@ def test_seed_scenario(start_server, django_project, tmp_path):
     server = runhot(start_server, django_project, "--noreload", "--pidfile", str(pidfile))
     port, old = server.port, first_pid(server)
     assert int(pidfile.read_text().strip()) == server.pid
-    server.wait_for(r"Starting development server at http://127\.0\.0\.1:", 10)
+    server.wait_for(r"Starting (WSGI )?development server at http://127\.0\.0\.1:", 10)  # 6.1: WSGI
     server.wait_for(rf"Hot upgrade: kill -HUP {server.pid} \(generation 1, pid {old}\)", 10)
     assert "Watching for file changes" not in server.output()  # --noreload
     # Django's pages, template and static files (DEBUG is on).
