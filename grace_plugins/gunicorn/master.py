@@ -38,9 +38,12 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class Retiring(Protocol):
-    """Molds that the verdicts retire (called from the master's lookout thread)."""
+    """Molds that the verdicts retire (``retire``: from the master's lookout thread), and that
+    leave when the master is told to stop (``stop``: from its signal handler)."""
 
     def retire(self, store: RecordStore) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def ready_timeout(cfg: Any) -> float:
@@ -120,6 +123,8 @@ class MasterBook:
         def handler(sig: int, frame: Any) -> None:
             if self.store is not None and os.getpid() == self.pid:
                 self.store.mark_master_stopping()
+                if self.molds is not None:
+                    self.molds.stop()
             self.systemd.stopping()
             previous(sig, frame)
 

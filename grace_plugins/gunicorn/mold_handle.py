@@ -74,8 +74,8 @@ def first_answer(
             continue
         except (OSError, ValueError):
             got = None
-        if got is None:
-            return {}, "it exited before it was ready"
+        if got is None:  # a stop signal to the whole group can end the mold first
+            return {}, "stopping" if store.master_stopping() else "it exited before it was ready"
         return got[0], ""
     return {}, f"it was not ready within {timeout:g} s"
 

@@ -12,38 +12,37 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK
+from grace_plugins.gunicorn.verdicts import ROLLED_BACK
 
 
 def pick(
     age: int,
     members: range,
     newest: int,
+    serving: int,
     molds: Collection[int],
     verdicts: Mapping[int, str | None],
 ) -> int | None:
     """The generation whose mold forks the worker of gunicorn's *age*, or ``None`` (no mold
     can: gunicorn forks it from the master, and it imports the app itself).
 
-    *members*: the ages of the newest generation's members; *molds*: the generations whose
-    mold is ready; *verdicts*: each generation's verdict (``None`` while it starts).
+    *members*: the ages of the newest generation's members; *serving*: the newest generation
+    promoted (0 before any), with or without a mold; *molds*: the generations whose mold is
+    ready; *verdicts*: each generation's verdict (``None`` while it starts).
     """
     if age in members:
         return newest if newest in molds else None
-    promoted = [gen for gen in molds if verdicts.get(gen) == PROMOTED]
-    if promoted:
-        return max(promoted)
+    if serving:  # its mold, or none: never an older generation's code, nor one still starting
+        return serving if serving in molds else None
     starting = [gen for gen in molds if verdicts.get(gen) is None]
     return max(starting, default=None)
 
 
-def to_retire(molds: Iterable[int], verdicts: Mapping[int, str | None]) -> list[int]:
+def to_retire(molds: Iterable[int], verdicts: Mapping[int, str | None], serving: int) -> list[int]:
     """The molds no worker will come from any more: those of generations rolled back, and
-    those older than the newest promoted generation (its mold serves the respawns)."""
-    molds = sorted(molds)
-    promoted = [gen for gen in molds if verdicts.get(gen) == PROMOTED]
-    serving = max(promoted, default=0)
-    return [gen for gen in molds if gen < serving or verdicts.get(gen) == ROLLED_BACK]
+    those older than *serving*, the newest promoted generation (whether or not it has a mold:
+    one whose workers each imported the app, or built without ``--preload``, counts)."""
+    return [gen for gen in sorted(molds) if gen < serving or verdicts.get(gen) == ROLLED_BACK]
 
 
 def unsafe(threads: Sequence[str], native_threads: int, sockets: Sequence[str]) -> str:

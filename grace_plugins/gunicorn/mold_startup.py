@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.boot import exits_are_failures, log_not_loaded, ready_path
+from grace_plugins.gunicorn.handover import workers_owner
 from grace_plugins.gunicorn.lazy_imports import import_lazy_parts
 from grace_plugins.gunicorn.master import MASTER
 from grace_plugins.loaded import tried_spec
@@ -63,12 +64,22 @@ class Startup:
 
     def check(self, environ: Mapping[str, str], deadline: float) -> str | None:
         """With ``GRACE_READY_PATH``: GET it from the app in-process (as each worker does
-        too; here it also warms the mold); the reason it failed, or None."""
+        too; here it also warms the mold), unless the workers run as another user; the reason
+        it failed, or None."""
         try:
             path = ready_path(environ)
         except RuntimeError as exc:
             return self._failed(str(exc))
         if path is None:
+            return None
+        if workers_owner(self.arbiter.cfg) is not None:
+            # --user/--group: the mold has the master's privileges, and a request must never
+            # run with them (a file it writes would be the master's); each worker checks
+            self.log.info(
+                "grace_plugins: generation %s: the ready check runs in each worker only (the"
+                " workers run as another user than the mold)",
+                self.gen,
+            )
             return None
         listener = self.arbiter.LISTENERS[0]
         host, port = host_and_port(getattr(listener, "sock", listener))

@@ -11,6 +11,7 @@ which runs the app's ``atexit`` hooks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -20,6 +21,19 @@ from typing import Any, NoReturn
 
 #: Longest a new worker waits to be re-parented to the master (its middle parent exits at once).
 REPARENT_TIMEOUT = 2.0
+
+
+def disown(tmp_fd: int) -> None:
+    """Mark the heartbeat file of a worker the master gave up on (its mold did not answer the
+    fork: it died, or took too long): the master does not know that worker, so it would never
+    stop it. Mode 0, which nothing else sets: the heartbeat is the file's times."""
+    with contextlib.suppress(OSError):
+        os.fchmod(tmp_fd, 0)
+
+
+def disowned(tmp: Any) -> bool:
+    """Whether *tmp*, a worker's heartbeat file, says that the master gave up on it."""
+    return isinstance(tmp, PassedTmp) and tmp.disowned()
 
 
 class PassedTmp:
@@ -38,6 +52,12 @@ class PassedTmp:
 
     def fileno(self) -> int:
         return self._file.fileno()
+
+    def disowned(self) -> bool:
+        try:
+            return os.fstat(self._file.fileno()).st_mode & 0o7777 == 0
+        except (OSError, ValueError):
+            return False
 
     def close(self) -> None:
         self._file.close()

@@ -20,6 +20,7 @@ generation replaced or rolled back) are sent SIGTERM by the master's lookout thr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -35,6 +36,7 @@ from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold import run_mold
 from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap, verdict_kind
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick, to_retire
+from grace_plugins.gunicorn.mold_worker import disown
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.verdicts import ROLLED_BACK, Verdict
 from grace_plugins.process import become_subreaper
@@ -86,12 +88,15 @@ class Molds:
         self.plan: Plan | None = None
         self.handles: dict[int, MoldHandle] = {}
         self.subreaper: bool | None = None
+        self.master = os.getpid()
+        atexit.register(self._reap_at_exit)
         # shared with the lookout thread (which retires molds)
         self._lock = threading.Lock()
         self._pids: dict[int, int] = {}
         self._retired: set[int] = set()
         self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
         self._dirty = False
+        self._serving = 0  # the newest generation promoted (remembered: old records are pruned)
 
     def configure(self, cfg: Any) -> None:
         """A config was loaded: with ``--preload``, the master does not import the app (the
@@ -118,11 +123,15 @@ class Molds:
         if plan is None or plan.cfg is not cfg:
             plan = self.plan = self._new_plan(cfg, age)
         if age in plan.members and plan.how == FAILED:
-            return None  # rolled back: the reload forks no worker
+            # rolled back: the reload forks no worker, but its ages are used up, so that a
+            # later spawn is a respawn (from the serving generation), not another member
+            self.arbiter.worker_age = age
+            return None
         store = MASTER.store
         while True:
             verdicts = {gen: verdict_kind(store, gen) for gen in self.handles}
-            gen = pick(age, plan.members, plan.gen, set(self.handles), verdicts)
+            serving = self.serving(store)
+            gen = pick(age, plan.members, plan.gen, serving, set(self.handles), verdicts)
             if gen is None:
                 return self._gunicorn_spawn()
             handle = self.handles[gen]
@@ -218,6 +227,7 @@ class Molds:
         arbiter.cfg.pre_fork(arbiter, worker)
         pid = handle.fork(age, worker.tmp.fileno())
         if pid is None:
+            disown(worker.tmp.fileno())  # a worker the mold forked anyway must not serve
             worker.tmp.close()
             self.log.error(
                 "grace_plugins: mold %s (generation %s) did not fork a worker",
@@ -256,14 +266,22 @@ class Molds:
             os.kill(handle.pid, signal.SIGTERM)
         self._note_state()
 
+    def serving(self, store: RecordStore | None) -> int:
+        """The newest generation promoted (0 before any): the code respawns must run."""
+        found = store.newest_promoted() if store is not None else 0
+        with self._lock:
+            self._serving = max(self._serving, found)
+            return self._serving
+
     # -- retiring (the master's lookout thread) ----------------------------------------------------
     def retire(self, store: RecordStore) -> None:
         """SIGTERM the molds no worker will come from any more (see ``to_retire``)."""
+        serving = self.serving(store)
         with self._lock:
             pids = dict(self._pids)
             done = set(self._retired)
         verdicts = {gen: verdict_kind(store, gen) for gen in pids}
-        for gen in to_retire(pids, verdicts):
+        for gen in to_retire(pids, verdicts, serving):
             if gen in done:
                 continue
             with self._lock:
@@ -275,7 +293,7 @@ class Molds:
                 pids[gen],
                 gen,
             )
-        self._write_state(bool(to_retire(pids, verdicts)))
+        self._write_state(bool(to_retire(pids, verdicts, serving)))
 
     def _note_state(self) -> None:
         """The molds changed (main thread): the lookout thread writes them to the state file
@@ -292,6 +310,34 @@ class Molds:
             self._dirty = False
             molds = [m for m in self._snapshot if m["generation"] not in self._retired]
         merge_state(MASTER.pid, molds=molds)
+
+    # -- the master stops --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """The master received a stop signal (called from its handler: no lock taken): every
+        mold leaves now. A mold holds the listening sockets; left alone until the master exits,
+        it would keep them listening, and connections would wait in the backlog instead of
+        being refused."""
+        for pid in self._alive():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _reap_at_exit(self) -> None:
+        """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
+        if os.getpid() != self.master:
+            return  # a worker leaving (it inherited this hook)
+        for pid in self._alive():
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # reaped by gunicorn's loop
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+                reap(pid, kill=False)
+
+    def _alive(self) -> list[int]:
+        """The molds not retired (a retired one may be reaped already: its pid is not ours)."""
+        return [pid for gen, pid in list(self._pids.items()) if gen not in self._retired]
 
 
 def _wanted(cfg: Any, log: Any) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import asdict
 
 from grace_plugins.atomic import write_atomic
 from grace_plugins.gunicorn.verdicts import (
+    PROMOTED,
     Announcement,
     GenerationRecords,
     Member,
@@ -228,6 +229,15 @@ class RecordStore:
     def recorded_verdict(self, gen: int) -> str | None:
         """The verdict recorded for *gen*, as written (see :meth:`Verdict.as_recorded`)."""
         return self._read(f"verdict-{gen}")
+
+    def newest_promoted(self) -> int:
+        """The newest generation promoted among those whose records are kept (0 if none): the
+        code being served."""
+        newest = self.newest_generation()
+        for gen in range(newest, max(0, newest - KEEP_GENERATIONS - 1), -1):
+            if self.recorded_verdict(gen) == PROMOTED:
+                return gen
+        return 0
 
     def has_verdict(self, gen: int) -> bool:
         return self._exists(f"verdict-{gen}")

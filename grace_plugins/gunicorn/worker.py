@@ -24,6 +24,7 @@ from grace_plugins.gunicorn.boot import Boot, ready_path
 from grace_plugins.gunicorn.held_term import DRAIN, FORGET, look_interval
 from grace_plugins.gunicorn.master import MASTER
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
+from grace_plugins.gunicorn.mold_worker import disowned
 from grace_plugins.gunicorn.molds import take_over_preload
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
@@ -216,6 +217,8 @@ class Worker(DrainingWorker):
         assert self.watch is not None
         self._next_look = time.monotonic() + POLL
         why = self.watch.own_generation()
+        if disowned(self.tmp):
+            why = "the master never took this worker in (its mold did not answer the fork)"
         if why and self.alive:
             self.stop_serving(why)
         if not (self._term_pending and self.alive):

@@ -53,8 +53,8 @@ def imports(tmp_path) -> list[tuple[int, str]]:
     return [(int(pid), v) for pid, v in (line.split() for line in text.splitlines())]
 
 
-def start(start_server, tmp_path, *extra: str, **settings) -> Gunicorn:
-    code = counted("v1")
+def start(start_server, tmp_path, *extra: str, code: str | None = None, **settings) -> Gunicorn:
+    code = code if code is not None else counted("v1")
     return start_gunicorn(start_server, tmp_path, "--preload", *extra, code=code, **settings)
 
 

@@ -129,3 +129,41 @@ def test_a_temporary_directory_the_workers_cannot_reach(start_server, nobody_pyt
         report = load.stop()
     assert_clean(report)
     assert server.stop() == 0
+
+
+#: ``appcode`` whose ready path (``/healthz``) writes which user answered it.
+CHECKS_WHO = (
+    "import os\n"
+    "def status(environ):\n"
+    "    if environ.get('PATH_INFO') == '/healthz':\n"
+    "        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'checks')\n"
+    "        with open(os.path.join(here, str(os.getpid())), 'w') as f:\n"
+    "            f.write(str(os.geteuid()))\n"
+    "    return '200 OK'\n"
+)
+
+
+@pytest.mark.timeout(120)
+def test_preload_never_runs_a_request_with_the_masters_privileges(start_server, nobody_python):
+    """With ``--preload`` the mold imports the app as the master does (gunicorn's own
+    ``--preload`` imports it in the master), but it runs no request: under ``--user`` the
+    ready check is each worker's, as that user."""
+    assert NOBODY is not None
+    app_dir = nobody_python.app_dir("preload-ready-check")
+    checks = os.path.join(app_dir, "checks")
+    os.mkdir(checks)
+    os.chmod(checks, 0o777)
+    write_code(app_dir, version("v1") + CHECKS_WHO)
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "GRACE_READY_PATH": "/healthz", **nobody_python.env()}
+    by_name = ["--user", NOBODY[2], "--group", NOBODY[3], "--preload"]
+    argv = [nobody_python.executable, *gunicorn_argv(app_dir, *by_name, apps=app_dir)[1:]]
+    server = start_server(argv, cwd=app_dir, env=env, cls=Gunicorn)
+    server.wait_ready()
+    assert "the app is imported once, in mold" in server.output()
+    answered = {}
+    for name in os.listdir(checks):
+        with open(os.path.join(checks, name)) as handle:
+            answered[int(name)] = int(handle.read())
+    assert set(server.workers()) <= set(answered), (answered, server.workers())
+    assert set(answered.values()) == {NOBODY[0]}, answered
+    assert server.stop() == 0

@@ -19,52 +19,62 @@ from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK  # noqa: E402
 
 MEMBERS = range(11, 13)  # generation 3's workers: ages 11 and 12
 
-# (case, age, newest, molds, verdicts) -> the generation whose mold forks it
+# (case, age, newest, serving, molds, verdicts) -> the generation whose mold forks it
 PICKS = [
     ("a member of the newest generation: its mold",
-     11, 3, {2, 3}, {2: PROMOTED, 3: None}, 3),
+     11, 3, 2, {2, 3}, {2: PROMOTED, 3: None}, 3),
     ("a member whose mold is not there (gone, unsafe): it imports for itself",
-     12, 3, {2}, {2: PROMOTED, 3: None}, None),
+     12, 3, 2, {2}, {2: PROMOTED, 3: None}, None),
     ("a respawn while the newest starts: the serving generation's mold",
-     13, 3, {2, 3}, {2: PROMOTED, 3: None}, 2),
+     13, 3, 2, {2, 3}, {2: PROMOTED, 3: None}, 2),
     ("a respawn once the newest is promoted: the newest's mold",
-     13, 3, {2, 3}, {2: PROMOTED, 3: PROMOTED}, 3),
+     13, 3, 3, {2, 3}, {2: PROMOTED, 3: PROMOTED}, 3),
     ("a respawn after a rollback: the promoted generation's, never the rolled-back one's",
-     13, 3, {2, 3}, {2: PROMOTED, 3: ROLLED_BACK}, 2),
+     13, 3, 2, {2, 3}, {2: PROMOTED, 3: ROLLED_BACK}, 2),
     ("the first generation, before its verdict: its mold",
-     5, 1, {1}, {1: None}, 1),
+     5, 1, 0, {1}, {1: None}, 1),
     ("no mold at all: it imports for itself",
-     13, 3, set(), {}, None),
+     13, 3, 2, set(), {}, None),
+    ("the serving generation has no mold (each worker imported): it imports for itself,"
+     " never from an older generation's mold",
+     13, 3, 3, {2}, {2: PROMOTED}, None),
+    ("the serving generation has no mold and a newer one starts: never the new code",
+     13, 3, 2, {3}, {3: None}, None),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("age", "newest", "molds", "verdicts", "expected"),
+    ("age", "newest", "serving", "molds", "verdicts", "expected"),
     [case[1:] for case in PICKS],
     ids=[case[0] for case in PICKS],
 )
-def test_pick(age, newest, molds, verdicts, expected):
-    assert pick(age, MEMBERS, newest, molds, verdicts) == expected
+def test_pick(age, newest, serving, molds, verdicts, expected):
+    assert pick(age, MEMBERS, newest, serving, molds, verdicts) == expected
 
 
+# (case, molds, verdicts, serving) -> the generations whose molds are retired
 RETIRES = [
-    ("one generation serving: kept", {1: 10}, {1: PROMOTED}, []),
+    ("one generation serving: kept", {1: 10}, {1: PROMOTED}, 1, []),
     ("a new one starting: both kept (the old one serves the respawns)",
-     {1: 10, 2: 20}, {1: PROMOTED, 2: None}, []),
-    ("the new one promoted: the old one retired", {1: 10, 2: 20}, {1: PROMOTED, 2: PROMOTED}, [1]),
-    ("the new one rolled back: it is retired", {1: 10, 2: 20}, {1: PROMOTED, 2: ROLLED_BACK}, [2]),
+     {1: 10, 2: 20}, {1: PROMOTED, 2: None}, 1, []),
+    ("the new one promoted: the old one retired",
+     {1: 10, 2: 20}, {1: PROMOTED, 2: PROMOTED}, 2, [1]),
+    ("the new one rolled back: it is retired",
+     {1: 10, 2: 20}, {1: PROMOTED, 2: ROLLED_BACK}, 1, [2]),
     ("two behind the promoted one: both retired",
-     {1: 10, 2: 20, 3: 30}, {1: PROMOTED, 2: ROLLED_BACK, 3: PROMOTED}, [1, 2]),
+     {1: 10, 2: 20, 3: 30}, {1: PROMOTED, 2: ROLLED_BACK, 3: PROMOTED}, 3, [1, 2]),
+    ("a newer generation promoted without a mold (each worker imported, or no --preload):"
+     " the old mold retired", {1: 10}, {1: PROMOTED}, 2, [1]),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("molds", "verdicts", "expected"),
+    ("molds", "verdicts", "serving", "expected"),
     [case[1:] for case in RETIRES],
     ids=[case[0] for case in RETIRES],
 )
-def test_to_retire(molds, verdicts, expected):
-    assert to_retire(molds, verdicts) == expected
+def test_to_retire(molds, verdicts, serving, expected):
+    assert to_retire(molds, verdicts, serving) == expected
 
 
 def test_unsafe_names_the_cause():

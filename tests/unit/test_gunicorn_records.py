@@ -88,6 +88,17 @@ def test_old_generations_are_pruned(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ever-ready", "gen-7.json"]
 
 
+def test_the_newest_promoted_generation_is_what_is_served(tmp_path):
+    store = RecordStore(str(tmp_path))
+    assert store.newest_promoted() == 0, "before any verdict"
+    for gen, verdict in [(1, PROMOTED), (2, PROMOTED), (3, "x"), (4, None)]:
+        store.announce(gen, INFO)
+        if verdict is not None:
+            kind = PROMOTED if verdict == PROMOTED else ROLLED_BACK
+            store.record_verdict(gen, Verdict(kind, reason=verdict, new=True))
+    assert store.newest_promoted() == 2, "not the rolled-back one, nor the one starting"
+
+
 def test_the_master_stopping_is_seen_by_every_generation(tmp_path):
     store = RecordStore(str(tmp_path))
     assert not store.master_stopping()
@@ -206,6 +217,7 @@ def _reloading(tmp_path):
     worker._next_look = time.monotonic() + 60.0  # a full look is far off
     worker.method_queue = _Queue()
     worker.watch = Watch(store, Member(1, 1, os.getpid()), worker.log)
+    worker.tmp = None  # gunicorn's heartbeat file (a worker forked by the master)
     return store, worker
 
 
@@ -249,3 +261,22 @@ def test_a_sigterm_that_comes_during_a_look_that_forgets_the_last_one_is_not_los
     worker._look_at_verdicts()
     assert any("keeps serving: generation 2 was rolled back" in line for line in worker.log.lines)
     assert worker._term_pending  # judged at the next look, not dropped
+
+
+def test_a_worker_the_master_gave_up_on_stops_serving_at_its_next_look(tmp_path):
+    """The mold died (or was too slow) while forking it: the master never recorded it, so it
+    marks its heartbeat file, and the worker, which it would never stop, drains by itself."""
+    from grace_plugins.gunicorn.mold_worker import PassedTmp, disown
+
+    _, worker = _reloading(tmp_path)
+    fd = os.open(tmp_path / "heartbeat", os.O_RDWR | os.O_CREAT, 0o600)
+    worker.tmp = PassedTmp(os.dup(fd))
+    worker._look_at_verdicts()
+    assert worker.alive, "a worker the master knows serves on"
+    disown(fd)
+    os.close(fd)
+    worker.tmp.notify()  # the heartbeat goes on: only the mode says it
+    worker._look_at_verdicts()
+    worker.tmp.close()
+    assert not worker.alive
+    assert "never took this worker in" in worker._stop_reason

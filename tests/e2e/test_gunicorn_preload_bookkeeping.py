@@ -1,0 +1,143 @@
+"""``--preload`` molds and gunicorn's bookkeeping at its edges: a worker replaced after a
+rolled-back HUP, respawns after a generation without a mold (its workers each imported, or
+``preload_app`` turned off in the config), a master that stops while a mold holds the
+listening sockets, and a worker whose mold died while forking it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from tests.e2e.test_gunicorn_preload import (
+    UNSAFE,
+    counted,
+    hup_to,
+    mold_of,
+    start,
+    wait_respawned,
+)
+from tests.harness import http_get, wait_until
+from tests.harness.code import write_module
+from tests.harness.gunicorn import InFlight, start_gunicorn, write_code
+from tests.harness.procfs import child_pids, gone_or_zombie
+
+pytest.importorskip("gunicorn")
+pytestmark = pytest.mark.timeout(120)
+
+
+def versions_served(port: int, count: int = 8) -> set[str]:
+    return {http_get(port).version for _ in range(count)}
+
+
+def a_killed_worker_is_replaced(server, serving: str) -> None:
+    """SIGKILL a worker: another takes its place, and every answer is version *serving*."""
+    victim = server.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_respawned(server, victim)
+    assert versions_served(server.port) == {serving}
+
+
+def test_after_a_rolled_back_hup_a_worker_that_exits_is_replaced(start_server, tmp_path):
+    """The rolled-back reload forked no worker, and used up its ages: the next spawn is a
+    respawn, from the serving generation's mold (it was skipped as a member of the failed
+    generation, again and again, until the next HUP)."""
+    server = start(start_server, tmp_path)
+    mark = server.mark()
+    write_code(tmp_path, counted("v2", "raise RuntimeError('broken on purpose')\n"))
+    server.signal(signal.SIGHUP)
+    server.wait_rollback(2, mark)
+    a_killed_worker_is_replaced(server, serving="v1")
+    assert server.stop() == 0
+
+
+def test_a_generation_whose_workers_each_import_retires_the_previous_mold(start_server, tmp_path):
+    """Generation 2 cannot share the app (a thread at import): each of its workers imports it.
+    Once it serves, generation 1's mold is retired, and a respawn imports the new code, never
+    the old mold's."""
+    server = start(start_server, tmp_path)
+    old_mold = mold_of(server, 1)
+    hup_to(server, tmp_path, 2, counted("v2", UNSAFE["thread"][0]))
+    wait_until(lambda: gone_or_zombie(old_mold), 10, "generation 1's mold to be retired")
+    a_killed_worker_is_replaced(server, serving="v2")
+    assert server.stop() == 0
+
+
+def test_preload_turned_off_in_the_config_retires_the_mold(start_server, tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    write_module(conf, "preload_app = True\n")
+    server = start_gunicorn(start_server, tmp_path, "-c", str(conf), code=counted("v1"))
+    mold = mold_of(server, 1)
+    write_module(conf, "preload_app = False\n")  # gunicorn reads its config again on HUP
+    hup_to(server, tmp_path, 2)
+    wait_until(lambda: gone_or_zombie(mold), 10, "the mold to be retired")
+    assert versions_served(server.port) == {"v2"}
+    assert server.stop() == 0
+
+
+def test_a_stopping_master_refuses_new_connections_while_its_workers_drain(start_server, tmp_path):
+    """The mold holds the listening sockets too: left alone it would keep them listening
+    until the master exits, and new connections would wait in the backlog, unanswered."""
+    server = start(start_server, tmp_path)
+    mold = mold_of(server, 1)
+    slow = InFlight(server.port, "/?sleep=4")
+    slow.wait_held(server)
+    server.signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_until(refused, 3, "new connections to be refused")
+    assert slow.finished is None, "refused while the slow request was still in flight"
+    assert gone_or_zombie(mold)
+    assert slow.join().status == 200
+    assert server.stop() == 0
+
+
+#: Code whose import (in the mold) makes the mold's forks slow while ``SLOWFORK`` exists: the
+#: process between the mold and a new worker waits 1.5 s after forking it (a library's at-fork
+#: hook that takes its time), long enough to kill the mold while it waits for the worker's pid.
+SLOW_FORKS = (
+    "import time\n"
+    "_MOLD = os.getpid()\n"
+    "_SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'SLOWFORK')\n"
+    "def _slow_middle():\n"
+    "    if os.getpid() != _MOLD and os.path.exists(_SLOW):\n"
+    "        time.sleep(1.5)\n"
+    "os.register_at_fork(after_in_parent=_slow_middle)\n"
+)
+
+
+def test_a_worker_forked_as_its_mold_died_does_not_serve_on(start_server, tmp_path):
+    """The mold dies between forking a worker and telling the master its pid: the master gives
+    up on that worker (it is not in gunicorn's books: no heartbeat kill, no SIGTERM on HUP),
+    so the worker, re-parented to the master, leaves by itself instead of serving old code for
+    good."""
+    server = start(start_server, tmp_path, code=counted("v1", SLOW_FORKS))
+    mold = mold_of(server, 1)
+    (tmp_path / "SLOWFORK").touch()
+    mark = server.mark()
+    os.kill(server.workers()[0], signal.SIGKILL)  # the respawn comes from the mold
+
+    def forked_worker() -> int | None:
+        for middle in child_pids(mold) or []:
+            for worker in child_pids(middle) or []:
+                return worker
+        return None
+
+    orphan = wait_until(forked_worker, 10, "the mold's new worker")
+    os.kill(mold, signal.SIGKILL)  # while the middle process sleeps, before the pid reaches it
+    server.wait_for(rf"mold {mold} \(generation 1\) did not fork a worker", 20, after=mark)
+    server.wait_for(rf"worker {orphan} .*never took this worker in", 20, after=mark)
+    wait_until(lambda: gone_or_zombie(orphan), 20, f"the orphan worker {orphan} to leave")
+    (tmp_path / "SLOWFORK").unlink()
+    server.wait_until_workers(2, 20)
+    hup_to(server, tmp_path, 2)
+    assert versions_served(server.port) == {"v2"}
+    assert server.stop() == 0
