@@ -282,6 +282,7 @@ def run_generation(handoff: Handoff, serve: Callable[[GenerationContext], None])
     _install_signals(events)
     logger = configure(f"gen {handoff.generation}")
     try:
+        lst.check_channel(handoff.channel_fd, HANDOFF_VAR)
         channel = Channel.from_fd(handoff.channel_fd)
         sockets = [lst.adopt(fd, name, HANDOFF_VAR) for name, fd in handoff.listeners]
     except (GraceError, OSError) as exc:

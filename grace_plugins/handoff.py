@@ -16,11 +16,12 @@ starts never see them) and validated before use: a malformed or half-missing val
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from grace_plugins import envcodec
+from grace_plugins import listeners as lst
 from grace_plugins.errors import GraceError
 from grace_plugins.options import (
     DEFAULTS,
@@ -125,6 +126,21 @@ def take_handoff(environ: MutableMapping[str, str] | None = None) -> Handoff | N
     return Handoff(supervisor, generation, pairs, channel, _options(data))
 
 
+#: What to do about malformed socket-activation variables.
+_SYSTEMD_FIX = "unset LISTEN_FDS/LISTEN_PID or start the server directly from its socket unit"
+
+
+def _fd_count(text: str) -> int:
+    """``LISTEN_FDS``'s count. :raises GraceError: one line, if it is not one."""
+    try:
+        count = int(text)
+        if count < 0:
+            raise ValueError
+    except ValueError:
+        raise GraceError(f"LISTEN_FDS={text!r} is not a count of fds: {_SYSTEMD_FIX}.") from None
+    return count
+
+
 def take_systemd_fds(environ: MutableMapping[str, str] | None = None) -> list[tuple[str, int]]:
     """Remove systemd's socket-activation variables and return the (name, fd) pairs they pass.
 
@@ -138,13 +154,8 @@ def take_systemd_fds(environ: MutableMapping[str, str] | None = None) -> list[tu
     count_text, pid_text, names_text = (values[name] for name in SYSTEMD_VARS)
     if count_text is None:
         return []
-    fix = "unset LISTEN_FDS/LISTEN_PID or start the server directly from its socket unit"
-    try:
-        count = int(count_text)
-        if count < 0:
-            raise ValueError
-    except ValueError:
-        raise GraceError(f"LISTEN_FDS={count_text!r} is not a count of fds: {fix}.") from None
+    count = _fd_count(count_text)
+    fix = _SYSTEMD_FIX
     if pid_text is None:
         raise GraceError(f"LISTEN_FDS is set but LISTEN_PID is missing: {fix}.")
     try:
@@ -163,3 +174,23 @@ def take_systemd_fds(environ: MutableMapping[str, str] | None = None) -> list[tu
         )
     names = names or ["unknown"] * count
     return [(names[i], SD_LISTEN_FDS_START + i) for i in range(count)]
+
+
+def check_systemd_fds(environ: Mapping[str, str]) -> None:
+    """Check systemd's socket-activation variables without taking them, for a server that
+    adopts them itself (gunicorn) and, on a malformed value or an fd that is not a listener,
+    fails with a traceback from deep inside. Read as ``sd_listen_fds`` and gunicorn read them:
+    sockets meant for another process (``LISTEN_PID`` missing or not this one) are ignored.
+
+    :raises GraceError: one line, naming the variable or the fd and the fix.
+    """
+    count_text = environ.get("LISTEN_FDS")
+    if count_text is None:
+        return
+    _fd_count(count_text)  # read first, whoever the sockets are for
+    pid_text = environ.get("LISTEN_PID")
+    if pid_text is None or (pid_text.strip().isdigit() and int(pid_text) != os.getpid()):
+        return
+    gunicorns = {name: value for name, value in environ.items() if name != "LISTEN_FDNAMES"}
+    for _, fd in take_systemd_fds(gunicorns):  # gunicorn does not read the names
+        lst.check_listener(fd, "LISTEN_FDS")

@@ -165,33 +165,81 @@ def adopt(fd: int, expected_name: str | None, origin: str) -> socket.socket:
     :param origin: where the fd came from, for the error message (a variable's name).
     :raises GraceError: naming the fd, what is wrong with it and what to do.
     """
-    fix = f"start the server without {origin} (it binds its own socket) or pass a listening socket"
-    if fd < 3:
-        raise GraceError(f"{origin}: fd {fd} is standard input/output, not a listener: {fix}.")
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        raise GraceError(f"{origin}: fd {fd} is not open: {fix}.") from None
-    if not stat.S_ISSOCK(mode):
-        what = (
-            "a regular file"
-            if stat.S_ISREG(mode)
-            else "a pipe"
-            if stat.S_ISFIFO(mode)
-            else ("not a socket")
-        )
-        raise GraceError(f"{origin}: fd {fd} is {what}, not a socket: {fix}.")
+    check_listener(fd, origin, expected_name)
     sock = socket.socket(fileno=fd)
-    try:
-        problem = _listener_problem(sock, expected_name)
-    except OSError as exc:
-        problem = f"cannot be inspected ({exc.strerror})"
-    if problem:
-        sock.detach()  # leave the fd as we found it; it is not ours
-        raise GraceError(f"{origin}: fd {fd} {problem}: {fix}.")
     sock.set_inheritable(False)
     sock.setblocking(False)
     return sock
+
+
+def check_listener(fd: int, origin: str, expected_name: str | None = None) -> None:
+    """Check that inherited *fd* is a listening stream socket (on *expected_name*, if given),
+    leaving it as it is: for a server that adopts it itself.
+
+    :raises GraceError: naming the fd, what is wrong with it and what to do.
+    """
+    problem = _not_a_socket(fd, "a listener")
+    if not problem:
+        sock = socket.socket(fileno=fd)
+        try:
+            problem = _listener_problem(sock, expected_name)
+        except OSError as exc:
+            problem = f"cannot be inspected ({exc.strerror})"
+        finally:
+            sock.detach()  # leave the fd as we found it
+    if problem:
+        raise GraceError(
+            f"{origin}: fd {fd} {problem}: start the server without {origin} (it binds its own"
+            " socket) or pass a listening socket."
+        )
+
+
+def check_channel(fd: int, origin: str) -> None:
+    """Check that inherited *fd* can be the supervisor's channel: a connected Unix stream
+    socket (one end of a socketpair). The fd is left as it was.
+
+    :raises GraceError: naming the fd, what it is instead, and what to do.
+    """
+    problem = _not_a_socket(fd, "the supervisor's channel")
+    if not problem:
+        sock = socket.socket(fileno=fd)
+        try:
+            problem = _channel_problem(sock)
+        except OSError as exc:
+            problem = f"cannot be inspected ({exc.strerror})"
+        finally:
+            sock.detach()
+    if problem:
+        raise GraceError(
+            f"{origin}: channel fd {fd} {problem}: start the server without {origin} (only the"
+            " supervisor sets it, for the generations it starts)."
+        )
+
+
+def _not_a_socket(fd: int, role: str) -> str:
+    """What is wrong with inherited *fd* if it is not a socket at all ("" if it is one)."""
+    if fd < 3:
+        return f"is standard input/output, not {role}"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "is not open"
+    if stat.S_ISSOCK(mode):
+        return ""
+    what = "a regular file" if stat.S_ISREG(mode) else "a pipe" if stat.S_ISFIFO(mode) else ""
+    return f"is {what}, not a socket" if what else "is not a socket"
+
+
+def _channel_problem(sock: socket.socket) -> str:
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return "is a listening socket, not the supervisor's channel"
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        return "is not a Unix stream socket, as the supervisor's channel is"
+    try:
+        sock.getpeername()
+    except OSError:
+        return "is a Unix socket connected to nothing, not the supervisor's channel"
+    return ""
 
 
 def _listener_problem(sock: socket.socket, expected_name: str | None) -> str:

@@ -101,7 +101,7 @@ class Molds:
     def configure(self, cfg: Any) -> None:
         """A config was loaded: with ``--preload``, the master does not import the app (the
         molds do) and forks workers here."""
-        if not cfg.preload_app or not _wanted(cfg, self.log):
+        if not cfg.preload_app or not _wanted(cfg, self.log if self.plan is not None else None):
             self.preload_cfg = None
             return
         cfg.set("preload_app", False)  # in the master only: gunicorn must not import the app
@@ -342,9 +342,11 @@ class Molds:
 
 def _wanted(cfg: Any, log: Any) -> bool:
     """``GRACE_MOLDS`` (gunicorn's ``raw_env`` first: it is not in the environment yet when
-    the config loads). A bad value was refused at start; on a HUP it is said, and molds stay."""
+    the config loads). A bad value stops the start (the worker's ``check_config`` says it);
+    on a HUP (*log* given) it is said, and molds stay."""
     try:
         return molds_wanted(cfg.env.get(MOLDS_VAR, os.environ.get(MOLDS_VAR)))
     except ValueError as exc:
-        log.error("grace_plugins: %s", exc)
+        if log is not None:
+            log.error("grace_plugins: %s", exc)
         return True

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from grace_plugins.channel import parse_watch
+from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.boot import Boot, ready_path
 from grace_plugins.gunicorn.held_term import DRAIN, FORGET, look_interval
 from grace_plugins.gunicorn.master import MASTER
@@ -31,6 +32,7 @@ from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.gunicorn.watchlist import serving_spec
+from grace_plugins.handoff import check_systemd_fds
 from grace_plugins.watch_report import WatchReporter
 from grace_plugins.watchspec import is_glob
 
@@ -77,7 +79,12 @@ class Worker(DrainingWorker):
     def setup(cls) -> None:
         """Runs in the master each time gunicorn loads a config (the start, every HUP), just
         before gunicorn would import the app for ``--preload``: the molds take that over (the
-        master never imports the app; see molds.py)."""
+        master never imports the app; see molds.py). Before the master's start, it also checks
+        systemd's sockets: gunicorn adopts them next, and would fail from deep inside."""
+        try:
+            check_systemd_fds(os.environ)
+        except GraceError as exc:
+            raise RuntimeError(str(exc)) from None  # gunicorn says "Error: ..." and exits 1
         take_over_preload(sys._getframe(1))
 
     @classmethod

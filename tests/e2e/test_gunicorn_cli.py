@@ -4,6 +4,7 @@ the hooks of gunicorn.conf.py, and the settings it refuses or warns about."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -12,7 +13,8 @@ import time
 import pytest
 
 from tests.harness import ROOT, http_get, wait_until
-from tests.harness.gunicorn import start_gunicorn, version, write_code
+from tests.harness.gunicorn import gunicorn_argv, start_gunicorn, version, write_code
+from tests.harness.inherit import MALFORMED_INPUTS, run_with_inherited
 
 pytest.importorskip("gunicorn")
 
@@ -105,4 +107,26 @@ def test_bad_grace_molds_is_refused(start_server, tmp_path):
     env = {"GRACE_MOLDS": "sometimes"}
     server = start_gunicorn(start_server, tmp_path, "--preload", env=env, ready=False)
     assert server.proc.wait(30) != 0
-    server.wait_for(r"GRACE_MOLDS='sometimes' is neither on nor off\. Set it to off", 10)
+    server.wait_for(r"Error: GRACE_MOLDS='sometimes' is neither on nor off\. Set it to off", 10)
+    assert server.count("is neither on nor off") == 1, server.output()  # said once
+
+
+#: The malformed inputs gunicorn itself reads (it adopts systemd's sockets; sockets meant for
+#: another process, or a missing LISTEN_PID, it ignores, and it does not read LISTEN_FDNAMES).
+GUNICORN_READS = [
+    case for case in MALFORMED_INPUTS if case.startswith(("fd-", "listen-fds", "listen-pid-not"))
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", GUNICORN_READS)
+def test_malformed_systemd_sockets_give_one_line(tmp_path, case):
+    """Checked before gunicorn adopts them (it would fail from deep inside, with a traceback):
+    one line, and gunicorn's exit status for a configuration error."""
+    write_code(tmp_path, version("v1"))
+    env, kind, message = MALFORMED_INPUTS[case]
+    status, stderr = run_with_inherited(gunicorn_argv(tmp_path), env, kind, tmp_path)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    assert re.search(message, lines[-1]) and lines[-1].startswith("Error: "), stderr

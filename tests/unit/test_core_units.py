@@ -224,6 +224,31 @@ def test_systemd_malformed(env, problem):
 
 
 # -- channel, tracker, pidfile, notify -------------------------------------------------------------
+def test_systemd_fds_checked_as_gunicorn_reads_them():
+    """For a server that adopts them itself: what it would fail on deep inside is one line;
+    sockets meant for another process (or no LISTEN_PID) it ignores, and so does the check."""
+    handoff.check_systemd_fds({})
+    handoff.check_systemd_fds({"LISTEN_FDS": "1", "LISTEN_PID": "1"})
+    handoff.check_systemd_fds({"LISTEN_FDS": "1"})
+    with pytest.raises(GraceError, match="LISTEN_FDS='x' is not a count"):
+        handoff.check_systemd_fds({"LISTEN_FDS": "x", "LISTEN_PID": "1"})
+    with pytest.raises(GraceError, match="LISTEN_PID='abc' is not a pid"):
+        handoff.check_systemd_fds({"LISTEN_FDS": "1", "LISTEN_PID": "abc"})
+
+
+def test_a_channel_is_a_connected_unix_stream_socket():
+    ours, theirs = socket.socketpair()
+    with ours, theirs, socket.socket() as listening, socket.socket(socket.AF_UNIX) as alone:
+        listeners.check_channel(ours.fileno(), "V")  # as the supervisor passes it
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        with pytest.raises(GraceError, match="V: channel fd .* is a listening socket"):
+            listeners.check_channel(listening.fileno(), "V")
+        with pytest.raises(GraceError, match="connected to nothing"):
+            listeners.check_channel(alone.fileno(), "V")
+        assert listening.fileno() >= 0 and alone.fileno() >= 0  # left open, as found
+
+
 def test_channel_lines_and_eof():
     ours, theirs_sock = Channel.pair()
     ours.sock.settimeout(5)  # a lost message fails the test instead of hanging it
