@@ -1,7 +1,8 @@
 """``--preload`` molds and gunicorn's bookkeeping at its edges: a worker replaced after a
 rolled-back HUP, respawns after a generation without a mold (its workers each imported, or
 ``preload_app`` turned off in the config), a master that stops while a mold holds the
-listening sockets, and a worker whose mold died while forking it."""
+listening sockets, a stop sent to the whole group while a mold imports, and a worker whose mold
+died while forking it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.e2e.test_gunicorn_preload import (
     UNSAFE,
     counted,
     hup_to,
+    imports,
     mold_of,
     start,
     wait_respawned,
@@ -141,3 +143,18 @@ def test_a_worker_forked_as_its_mold_died_does_not_serve_on(start_server, tmp_pa
     hup_to(server, tmp_path, 2)
     assert versions_served(server.port) == {"v2"}
     assert server.stop() == 0
+
+
+def test_a_stop_sent_to_the_whole_group_while_the_mold_imports_is_a_clean_stop(
+    start_server, tmp_path
+):
+    """As a service manager stops a unit (SIGTERM to every process): the mold, importing,
+    leaves at once, before the master has read its own signal. That is the stop, not a
+    failed import: no rollback, and at the first start no "App failed to load" (status 4)."""
+    slow_import = "import time\ntime.sleep(5)\n"  # after the import is logged
+    server = start(start_server, tmp_path, code=counted("v1", slow_import), ready=False)
+    wait_until(lambda: imports(tmp_path), 20, "the mold to start importing")
+    os.killpg(server.pid, signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.output()
+    assert "App failed to load" not in server.output()
+    assert "rolled back" not in server.output()
