@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -26,9 +27,10 @@ REPARENT_TIMEOUT = 2.0
 def disown(tmp_fd: int) -> None:
     """Mark the heartbeat file of a worker the master gave up on (its mold did not answer the
     fork: it died, or took too long): the master does not know that worker, so it would never
-    stop it. Mode 0, which nothing else sets: the heartbeat is the file's times."""
+    stop it. The sticky bit: a file is never created with it (whatever ``--umask``), and the
+    heartbeat is the file's times, not its mode."""
     with contextlib.suppress(OSError):
-        os.fchmod(tmp_fd, 0)
+        os.fchmod(tmp_fd, stat.S_IMODE(os.fstat(tmp_fd).st_mode) | stat.S_ISVTX)
 
 
 def disowned(tmp: Any) -> bool:
@@ -55,7 +57,7 @@ class PassedTmp:
 
     def disowned(self) -> bool:
         try:
-            return os.fstat(self._file.fileno()).st_mode & 0o7777 == 0
+            return bool(os.fstat(self._file.fileno()).st_mode & stat.S_ISVTX)
         except (OSError, ValueError):
             return False
 

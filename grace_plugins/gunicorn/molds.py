@@ -97,6 +97,7 @@ class Molds:
         self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
         self._dirty = False
         self._serving = 0  # the newest generation promoted (remembered: old records are pruned)
+        self._stopped: set[int] = set()  # the molds a stop signal made leave
 
     def configure(self, cfg: Any) -> None:
         """A config was loaded: with ``--preload``, the master does not import the app (the
@@ -117,6 +118,10 @@ class Molds:
         cfg = self.arbiter.cfg
         if cfg is not self.preload_cfg:
             return self._gunicorn_spawn()
+        store = MASTER.store
+        if store is not None and store.master_stopping():
+            self.stop()  # any the handler did not reach (it came in the middle of a fork)
+            return None  # the loop that spawns is ending: no new worker
         self._prune()
         age = self.arbiter.worker_age + 1
         plan = self.plan
@@ -127,7 +132,6 @@ class Molds:
             # later spawn is a respawn (from the serving generation), not another member
             self.arbiter.worker_age = age
             return None
-        store = MASTER.store
         while True:
             verdicts = {gen: verdict_kind(store, gen) for gen in self.handles}
             serving = self.serving(store)
@@ -235,9 +239,12 @@ class Molds:
                 handle.gen,
             )
             self._drop(handle)
-            if age in plan.members and handle.gen == plan.gen and MASTER.store is not None:
-                reason = f"the mold (pid {handle.pid}) exited while forking its workers"
-                self._roll_back(plan.gen, MASTER.store, reason)
+            store = MASTER.store
+            if age in plan.members and handle.gen == plan.gen and store is not None:
+                if not store.master_stopping():  # else the stop ended it, not the new code
+                    reason = f"the mold (pid {handle.pid}) exited while forking its workers"
+                    self._roll_back(plan.gen, store, reason)
+                plan.how = FAILED  # the reload's other members are not forked either
             return None
         worker.pid = pid
         arbiter.WORKERS[pid] = worker
@@ -316,10 +323,12 @@ class Molds:
         """The master received a stop signal (called from its handler: no lock taken): every
         mold leaves now. A mold holds the listening sockets; left alone until the master exits,
         it would keep them listening, and connections would wait in the backlog instead of
-        being refused."""
+        being refused. Once each: a second stop signal (a quick stop) finds them gone."""
         for pid in self._alive():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
+            if pid not in self._stopped:
+                self._stopped.add(pid)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _reap_at_exit(self) -> None:
         """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
@@ -336,8 +345,13 @@ class Molds:
                 reap(pid, kill=False)
 
     def _alive(self) -> list[int]:
-        """The molds not retired (a retired one may be reaped already: its pid is not ours)."""
-        return [pid for gen, pid in list(self._pids.items()) if gen not in self._retired]
+        """The molds still running (main thread): not retired, their socket still open. One
+        that exited may be reaped already, and its pid another process's."""
+        return [
+            handle.pid
+            for gen, handle in list(self.handles.items())
+            if gen not in self._retired and not handle.gone()
+        ]
 
 
 def _wanted(cfg: Any, log: Any) -> bool:
