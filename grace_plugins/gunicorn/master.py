@@ -121,12 +121,14 @@ class MasterBook:
         workers): a worker holding a reload's SIGTERM then knows that the master stops."""
 
         def handler(sig: int, frame: Any) -> None:
+            previous(sig, frame)  # queued: gunicorn acts on it once this handler returns
+            if not _queued(previous, sig):
+                return  # gunicorn 24 drops a signal when five are already queued
             if self.store is not None and os.getpid() == self.pid:
                 self.store.mark_master_stopping()
                 if self.molds is not None:
                     self.molds.stop()
             self.systemd.stopping()
-            previous(sig, frame)
 
         return handler
 
@@ -151,14 +153,15 @@ class MasterBook:
         than the failed generation (the master stops waiting at once, never picks them). After
         a promotion the old workers drain: they count as just younger than the reload, still
         older than the new workers, so the master stops waiting once the new generation is
-        ready (not when the drains end) and handles signals while they drain.
+        ready (not when the drains end) and handles signals while they drain. Once the master
+        stops, a reload it was making makes no more workers: it must not wait either.
         """
         if store is None:
             return age
         newest = store.newest_generation()
         if newest <= generation:
             return age
-        if store.recorded_verdict(newest) not in (None, PROMOTED):
+        if store.master_stopping() or store.recorded_verdict(newest) not in (None, PROMOTED):
             return age + ROLLED_BACK_AGE_BONUS
         for gen in range(newest, generation, -1):
             if store.recorded_verdict(gen) == PROMOTED:
@@ -190,6 +193,13 @@ class MasterBook:
             note_in_state_file(self.pid, store, gen, found)
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
+
+
+def _queued(handler: Callable[..., Any], sig: int) -> bool:
+    """Whether gunicorn's *handler* queued *sig* (gunicorn 24's queue is a list of at most
+    five; later ones have no limit)."""
+    queue = getattr(getattr(handler, "__self__", None), "SIG_QUEUE", None)
+    return sig in queue if isinstance(queue, list) else True
 
 
 def _remove_store(store: RecordStore, owner: int) -> None:

@@ -4,10 +4,10 @@ See :mod:`grace_plugins.gunicorn.molds`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +33,19 @@ class MoldHandle:
     workers: list[int] = field(default_factory=list)
 
     def gone(self) -> bool:
-        """Whether it exited (an idle mold sends nothing: anything readable is its end)."""
-        with contextlib.suppress(OSError, ValueError):
-            return bool(select.select([self.wire.sock], [], [], 0)[0])
-        return True
+        """Whether it exited: its end of the socket closed. An answer the master has not read
+        yet (a signal handler can ask in the middle of a fork request) is not an end."""
+        sock = self.wire.sock
+        try:
+            poller = select.poll()  # not select(): any fd number
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
+                return False
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
 
     def fork(self, age: int, tmp_fd: int) -> int | None:
         """Ask the mold to fork the worker of gunicorn's *age* (with its heartbeat file); the

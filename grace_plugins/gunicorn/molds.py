@@ -230,18 +230,23 @@ class Molds:
         )  # fmt: skip
         arbiter.cfg.pre_fork(arbiter, worker)
         pid = handle.fork(age, worker.tmp.fileno())
+        store = MASTER.store
+        stopping = store is not None and store.master_stopping()
+        if stopping:
+            self.stop()  # the stop signal came during the fork: this mold may not have heard
         if pid is None:
             disown(worker.tmp.fileno())  # a worker the mold forked anyway must not serve
             worker.tmp.close()
-            self.log.error(
-                "grace_plugins: mold %s (generation %s) did not fork a worker",
+            log = self.log.info if stopping else self.log.error
+            log(
+                "grace_plugins: mold %s (generation %s) did not fork a worker%s",
                 handle.pid,
                 handle.gen,
+                " (the master stops)" if stopping else "",
             )
             self._drop(handle)
-            store = MASTER.store
             if age in plan.members and handle.gen == plan.gen and store is not None:
-                if not store.master_stopping():  # else the stop ended it, not the new code
+                if not stopping:  # else the stop ended it, not the new code
                     reason = f"the mold (pid {handle.pid}) exited while forking its workers"
                     self._roll_back(plan.gen, store, reason)
                 plan.how = FAILED  # the reload's other members are not forked either

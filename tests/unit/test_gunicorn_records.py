@@ -280,3 +280,67 @@ def test_a_worker_the_master_gave_up_on_stops_serving_at_its_next_look(tmp_path)
     worker.tmp.close()
     assert not worker.alive
     assert "never took this worker in" in worker._stop_reason
+
+
+def test_the_age_the_master_sees(tmp_path):
+    """Old workers count as younger than a rolled-back reload (kept), as just younger than a
+    promoted one (drained, and the reload waits for nothing), and, once the master stops, as
+    younger than a reload still starting (it will fork nothing more: nothing to wait for)."""
+    from grace_plugins.gunicorn.master import ROLLED_BACK_AGE_BONUS, MasterBook
+
+    store = RecordStore(str(tmp_path))
+    store.announce(1, Announcement(expected=2, first_age=1, started=1.0, ready_timeout=5.0))
+    assert MasterBook.age_of(2, 1, store) == 2, "the newest generation: its own age"
+    store.announce(2, Announcement(expected=2, first_age=3, started=2.0, ready_timeout=5.0))
+    assert MasterBook.age_of(2, 1, store) == 2, "while the reload starts"
+    store.mark_master_stopping()
+    assert MasterBook.age_of(2, 1, store) == 2 + ROLLED_BACK_AGE_BONUS
+    (tmp_path / "promoted").mkdir()
+    promoted = RecordStore(str(tmp_path / "promoted"))
+    for gen, first in ((1, 1), (2, 3)):
+        info = Announcement(expected=2, first_age=first, started=1.0, ready_timeout=5.0)
+        promoted.announce(gen, info)
+    promoted.record_verdict(2, Verdict(PROMOTED, new=True))
+    assert MasterBook.age_of(2, 1, promoted) == 2.5
+    promoted.announce(3, Announcement(expected=2, first_age=5, started=3.0, ready_timeout=5.0))
+    promoted.record_verdict(3, Verdict(ROLLED_BACK, reason="boom", new=True))
+    assert MasterBook.age_of(4, 2, promoted) == 4 + ROLLED_BACK_AGE_BONUS
+
+
+def test_a_mold_is_gone_only_once_its_end_is_closed():
+    """Not while an answer waits unread (a stop signal's handler can ask in the middle of a
+    fork request)."""
+    import socket
+
+    from grace_plugins.gunicorn.mold_handle import MoldHandle
+    from grace_plugins.wire import Wire
+
+    ours, theirs = socket.socketpair()
+    handle = MoldHandle(1, os.getpid(), Wire(ours), 0.0)
+    assert not handle.gone()
+    Wire(theirs).send({"pid": 7})
+    assert not handle.gone(), "an answer waits"
+    assert handle.wire.receive(1)[0] == {"pid": 7}
+    theirs.close()
+    assert handle.gone()
+    ours.close()
+    assert handle.gone(), "a closed socket too"
+
+
+def test_a_stop_signal_gunicorn_24_dropped_does_not_count():
+    from grace_plugins.gunicorn.master import _queued
+
+    class Arbiter:  # gunicorn 24: a list, five signals at most
+        SIG_QUEUE: list[int] = [1, 2, 3, 4, 5]
+
+        def signal(self, sig, frame):
+            if len(self.SIG_QUEUE) < 5:
+                self.SIG_QUEUE.append(sig)
+
+    arbiter = Arbiter()
+    arbiter.signal(15, None)
+    assert not _queued(arbiter.signal, 15)
+    arbiter.SIG_QUEUE.clear()
+    arbiter.signal(15, None)
+    assert _queued(arbiter.signal, 15)
+    assert _queued(lambda sig, frame: None, 15), "gunicorn 25 and later: no limit"
