@@ -14,19 +14,17 @@ forks which worker, and which molds are retired, are :mod:`~.mold_rules`' (pure)
 
 The master waits for a new mold's answer inside ``spawn_worker`` (as gunicorn's ``reload()``
 waits for its new workers), bounded by ``timeout``; it reaps a mold that failed itself, so
-gunicorn never sees a mold's exit status (3 or 4 would halt it). Retired molds (their
-generation replaced or rolled back) are sent SIGTERM by the master's lookout thread.
+gunicorn never sees a mold's exit status (3 or 4 would halt it). The molds it holds are a
+:class:`~.mold_set.MoldSet`: retired (their generation replaced or rolled back) by the master's
+lookout thread, made to leave by a stop signal, reaped at the master's exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -35,12 +33,12 @@ from typing import Any
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold import run_mold
 from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap, verdict_kind
-from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick, to_retire
+from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick
+from grace_plugins.gunicorn.mold_set import MoldSet
 from grace_plugins.gunicorn.mold_worker import disown
 from grace_plugins.gunicorn.records import RecordStore
 from grace_plugins.gunicorn.verdicts import ROLLED_BACK, Verdict
 from grace_plugins.process import become_subreaper
-from grace_plugins.state import merge_state
 from grace_plugins.wire import Wire
 
 #: How long past gunicorn's ``timeout`` the master waits for a mold's answer before killing it
@@ -86,18 +84,8 @@ class Molds:
         self.log = arbiter.log
         self.preload_cfg: Any = None
         self.plan: Plan | None = None
-        self.handles: dict[int, MoldHandle] = {}
         self.subreaper: bool | None = None
-        self.master = os.getpid()
-        atexit.register(self._reap_at_exit)
-        # shared with the lookout thread (which retires molds)
-        self._lock = threading.Lock()
-        self._pids: dict[int, int] = {}
-        self._retired: set[int] = set()
-        self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
-        self._dirty = False
-        self._serving = 0  # the newest generation promoted (remembered: old records are pruned)
-        self._stopped: set[int] = set()  # the molds a stop signal made leave
+        self.registry = MoldSet(arbiter.log)
 
     def configure(self, cfg: Any) -> None:
         """A config was loaded: with ``--preload``, the master does not import the app (the
@@ -120,9 +108,9 @@ class Molds:
             return self._gunicorn_spawn()
         store = MASTER.store
         if store is not None and store.master_stopping():
-            self.stop()  # any the handler did not reach (it came in the middle of a fork)
+            self.registry.stop()  # any the handler did not reach (it came during a fork)
             return None  # the loop that spawns is ending: no new worker
-        self._prune()
+        self.registry.prune()
         age = self.arbiter.worker_age + 1
         plan = self.plan
         if plan is None or plan.cfg is not cfg:
@@ -133,12 +121,13 @@ class Molds:
             self.arbiter.worker_age = age
             return None
         while True:
-            verdicts = {gen: verdict_kind(store, gen) for gen in self.handles}
-            serving = self.serving(store)
-            gen = pick(age, plan.members, plan.gen, serving, set(self.handles), verdicts)
+            handles = self.registry.handles
+            verdicts = {gen: verdict_kind(store, gen) for gen in handles}
+            serving = self.registry.serving(store)
+            gen = pick(age, plan.members, plan.gen, serving, set(handles), verdicts)
             if gen is None:
                 return self._gunicorn_spawn()
-            handle = self.handles[gen]
+            handle = handles[gen]
             if not handle.gone():
                 return self._fork_from(handle, plan)
             self.log.warning(
@@ -147,7 +136,7 @@ class Molds:
                 handle.pid,
                 gen,
             )
-            self._drop(handle)
+            self.registry.drop(handle)
 
     def _gunicorn_spawn(self) -> int | None:
         """gunicorn's own ``spawn_worker``: forked from the master, the worker imports."""
@@ -170,7 +159,7 @@ class Molds:
     def _start_mold(self, plan: Plan, store: RecordStore) -> str:
         """Fork the mold of *plan*'s generation and wait for its answer (bounded)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        others = [handle.wire.sock.fileno() for handle in self.handles.values()]
+        others = [handle.wire.sock.fileno() for handle in self.registry.handles.values()]
         since = time.time()
         with contextlib.suppress(Exception):
             sys.stdout.flush(), sys.stderr.flush()
@@ -185,11 +174,7 @@ class Molds:
         deadline = time.monotonic() + timeout + MOLD_SLACK
         answer, why = first_answer(wire, store, deadline, timeout)
         if "ready" in answer:
-            handle = MoldHandle(plan.gen, pid, wire, time.time())
-            self.handles[plan.gen] = handle
-            with self._lock:
-                self._pids[plan.gen] = pid
-            self._note_state()
+            self.registry.add(MoldHandle(plan.gen, pid, wire, time.time()))
             return MOLD
         parent.close()
         status = reap(pid, kill=not answer)
@@ -233,7 +218,7 @@ class Molds:
         store = MASTER.store
         stopping = store is not None and store.master_stopping()
         if stopping:
-            self.stop()  # the stop signal came during the fork: this mold may not have heard
+            self.registry.stop()  # the stop came during the fork: this mold may not have heard
         if pid is None:
             disown(worker.tmp.fileno())  # a worker the mold forked anyway must not serve
             worker.tmp.close()
@@ -244,7 +229,7 @@ class Molds:
                 handle.gen,
                 " (the master stops)" if stopping else "",
             )
-            self._drop(handle)
+            self.registry.drop(handle)
             if age in plan.members and handle.gen == plan.gen and store is not None:
                 if not stopping:  # else the stop ended it, not the new code
                     reason = f"the mold (pid {handle.pid}) exited while forking its workers"
@@ -257,106 +242,17 @@ class Molds:
         if isinstance(stats, dict) and "workers_spawned" in stats:
             stats["workers_spawned"] += 1
         handle.workers = [p for p in handle.workers if p in arbiter.WORKERS] + [pid]
-        self._note_state()
+        self.registry.note_state()
         return pid
 
-    def _prune(self) -> None:
-        """Forget the molds the lookout retired (their sockets close here, on this thread)."""
-        with self._lock:
-            retired = set(self._retired)
-        for gen in retired & set(self.handles):
-            self._drop(self.handles[gen])
-
-    def _drop(self, handle: MoldHandle) -> None:
-        with contextlib.suppress(OSError):
-            handle.wire.sock.close()
-        self.handles.pop(handle.gen, None)
-        with self._lock:
-            self._pids.pop(handle.gen, None)
-            self._retired.discard(handle.gen)
-        with contextlib.suppress(OSError):
-            os.kill(handle.pid, signal.SIGTERM)
-        self._note_state()
-
-    def serving(self, store: RecordStore | None) -> int:
-        """The newest generation promoted (0 before any): the code respawns must run."""
-        found = store.newest_promoted() if store is not None else 0
-        with self._lock:
-            self._serving = max(self._serving, found)
-            return self._serving
-
-    # -- retiring (the master's lookout thread) ----------------------------------------------------
+    # -- what the master's other parts call -------------------------------------------------------
     def retire(self, store: RecordStore) -> None:
-        """SIGTERM the molds no worker will come from any more (see ``to_retire``)."""
-        serving = self.serving(store)
-        with self._lock:
-            pids = dict(self._pids)
-            done = set(self._retired)
-        verdicts = {gen: verdict_kind(store, gen) for gen in pids}
-        for gen in to_retire(pids, verdicts, serving):
-            if gen in done:
-                continue
-            with self._lock:
-                self._retired.add(gen)
-            with contextlib.suppress(OSError):
-                os.kill(pids[gen], signal.SIGTERM)
-            self.log.info(
-                "grace_plugins: mold %s (generation %s) retired: no worker comes from it any more",
-                pids[gen],
-                gen,
-            )
-        self._write_state(bool(to_retire(pids, verdicts, serving)))
+        """The lookout thread's step (see :meth:`MoldSet.retire`)."""
+        self.registry.retire(store)
 
-    def _note_state(self) -> None:
-        """The molds changed (main thread): the lookout thread writes them to the state file
-        (its only writer in the master: merges from two threads could lose a field)."""
-        with self._lock:
-            self._snapshot = [handle.as_state() for handle in list(self.handles.values())]
-            self._dirty = True
-
-    def _write_state(self, changed: bool) -> None:
-        """The molds alive, for ``grace-plugins status`` (the master's state file)."""
-        with self._lock:
-            if not (changed or self._dirty) or MASTER.pid is None:
-                return
-            self._dirty = False
-            molds = [m for m in self._snapshot if m["generation"] not in self._retired]
-        merge_state(MASTER.pid, molds=molds)
-
-    # -- the master stops --------------------------------------------------------------------------
     def stop(self) -> None:
-        """The master received a stop signal (called from its handler: no lock taken): every
-        mold leaves now. A mold holds the listening sockets; left alone until the master exits,
-        it would keep them listening, and connections would wait in the backlog instead of
-        being refused. Once each: a second stop signal (a quick stop) finds them gone."""
-        for pid in self._alive():
-            if pid not in self._stopped:
-                self._stopped.add(pid)
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-
-    def _reap_at_exit(self) -> None:
-        """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
-        if os.getpid() != self.master:
-            return  # a worker leaving (it inherited this hook)
-        for pid in self._alive():
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                continue  # reaped by gunicorn's loop
-            if not done:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-                reap(pid, kill=False)
-
-    def _alive(self) -> list[int]:
-        """The molds still running (main thread): not retired, their socket still open. One
-        that exited may be reaped already, and its pid another process's."""
-        return [
-            handle.pid
-            for gen, handle in list(self.handles.items())
-            if gen not in self._retired and not handle.gone()
-        ]
+        """The stop signal's handler (see :meth:`MoldSet.stop`)."""
+        self.registry.stop()
 
 
 def _wanted(cfg: Any, log: Any) -> bool:

@@ -1,0 +1,142 @@
+"""The molds a master holds, as its two threads share them (see :mod:`~.molds`): the main
+thread adds and drops them as it forks; the lookout thread retires those no worker will come
+from any more and writes them to the state file; a stop signal makes them all leave, and the
+master reaps them at its exit."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import threading
+from typing import Any
+
+from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.mold_handle import MoldHandle, reap, verdict_kind
+from grace_plugins.gunicorn.mold_rules import to_retire
+from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.state import merge_state
+
+
+class MoldSet:
+    """The molds that answered ready, by generation."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.handles: dict[int, MoldHandle] = {}  # the main thread's
+        self.master = os.getpid()
+        atexit.register(self.reap_at_exit)
+        # shared with the lookout thread (which retires molds)
+        self._lock = threading.Lock()
+        self._pids: dict[int, int] = {}
+        self._retired: set[int] = set()
+        self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
+        self._dirty = False
+        self._serving = 0  # the newest generation promoted (remembered: old records are pruned)
+        self._stopped: set[int] = set()  # the molds a stop signal made leave
+
+    def add(self, handle: MoldHandle) -> None:
+        """A new mold answered ready (main thread)."""
+        self.handles[handle.gen] = handle
+        with self._lock:
+            self._pids[handle.gen] = handle.pid
+        self.note_state()
+
+    def prune(self) -> None:
+        """Forget the molds the lookout retired (their sockets close here, on this thread)."""
+        with self._lock:
+            retired = set(self._retired)
+        for gen in retired & set(self.handles):
+            self.drop(self.handles[gen])
+
+    def drop(self, handle: MoldHandle) -> None:
+        """Forget *handle* and make its mold leave (main thread)."""
+        with contextlib.suppress(OSError):
+            handle.wire.sock.close()
+        self.handles.pop(handle.gen, None)
+        with self._lock:
+            self._pids.pop(handle.gen, None)
+            self._retired.discard(handle.gen)
+        with contextlib.suppress(OSError):
+            os.kill(handle.pid, signal.SIGTERM)
+        self.note_state()
+
+    def serving(self, store: RecordStore | None) -> int:
+        """The newest generation promoted (0 before any): the code respawns must run."""
+        found = store.newest_promoted() if store is not None else 0
+        with self._lock:
+            self._serving = max(self._serving, found)
+            return self._serving
+
+    def retire(self, store: RecordStore) -> None:
+        """SIGTERM the molds no worker will come from any more (see ``to_retire``)."""
+        serving = self.serving(store)
+        with self._lock:
+            pids = dict(self._pids)
+            done = set(self._retired)
+        verdicts = {gen: verdict_kind(store, gen) for gen in pids}
+        for gen in to_retire(pids, verdicts, serving):
+            if gen in done:
+                continue
+            with self._lock:
+                self._retired.add(gen)
+            with contextlib.suppress(OSError):
+                os.kill(pids[gen], signal.SIGTERM)
+            self.log.info(
+                "grace_plugins: mold %s (generation %s) retired: no worker comes from it any more",
+                pids[gen],
+                gen,
+            )
+        self._write_state(bool(to_retire(pids, verdicts, serving)))
+
+    def note_state(self) -> None:
+        """The molds changed (main thread): the lookout thread writes them to the state file
+        (its only writer in the master: merges from two threads could lose a field)."""
+        with self._lock:
+            self._snapshot = [handle.as_state() for handle in list(self.handles.values())]
+            self._dirty = True
+
+    def _write_state(self, changed: bool) -> None:
+        """The molds alive, for ``grace-plugins status`` (the master's state file)."""
+        with self._lock:
+            if not (changed or self._dirty) or MASTER.pid is None:
+                return
+            self._dirty = False
+            molds = [m for m in self._snapshot if m["generation"] not in self._retired]
+        merge_state(MASTER.pid, molds=molds)
+
+    # -- the master stops --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """The master received a stop signal (called from its handler: no lock taken): every
+        mold leaves now. A mold holds the listening sockets; left alone until the master exits,
+        it would keep them listening, and connections would wait in the backlog instead of
+        being refused. Once each: a second stop signal (a quick stop) finds them gone."""
+        for pid in self._alive():
+            if pid not in self._stopped:
+                self._stopped.add(pid)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def reap_at_exit(self) -> None:
+        """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
+        if os.getpid() != self.master:
+            return  # a worker leaving (it inherited this hook)
+        for pid in self._alive():
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # reaped by gunicorn's loop
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+                reap(pid, kill=False)
+
+    def _alive(self) -> list[int]:
+        """The molds still running (main thread): not retired, their socket still open. One
+        that exited may be reaped already, and its pid another process's."""
+        return [
+            handle.pid
+            for gen, handle in list(self.handles.items())
+            if gen not in self._retired and not handle.gone()
+        ]
