@@ -122,8 +122,6 @@ class MasterBook:
 
         def handler(sig: int, frame: Any) -> None:
             previous(sig, frame)  # queued: gunicorn acts on it once this handler returns
-            if not _queued(previous, sig):
-                return  # gunicorn 24 drops a signal when five are already queued
             if self.store is not None and os.getpid() == self.pid:
                 self.store.mark_master_stopping()
                 if self.molds is not None:
@@ -193,13 +191,6 @@ class MasterBook:
             note_in_state_file(self.pid, store, gen, found)
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
-
-
-def _queued(handler: Callable[..., Any], sig: int) -> bool:
-    """Whether gunicorn's *handler* queued *sig* (gunicorn 24's queue is a list of at most
-    five; later ones have no limit)."""
-    queue = getattr(getattr(handler, "__self__", None), "SIG_QUEUE", None)
-    return sig in queue if isinstance(queue, list) else True
 
 
 def _remove_store(store: RecordStore, owner: int) -> None:

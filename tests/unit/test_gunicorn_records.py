@@ -325,22 +325,3 @@ def test_a_mold_is_gone_only_once_its_end_is_closed():
     assert handle.gone()
     ours.close()
     assert handle.gone(), "a closed socket too"
-
-
-def test_a_stop_signal_gunicorn_24_dropped_does_not_count():
-    from grace_plugins.gunicorn.master import _queued
-
-    class Arbiter:  # gunicorn 24: a list, five signals at most
-        SIG_QUEUE: list[int] = [1, 2, 3, 4, 5]
-
-        def signal(self, sig, frame):
-            if len(self.SIG_QUEUE) < 5:
-                self.SIG_QUEUE.append(sig)
-
-    arbiter = Arbiter()
-    arbiter.signal(15, None)
-    assert not _queued(arbiter.signal, 15)
-    arbiter.SIG_QUEUE.clear()
-    arbiter.signal(15, None)
-    assert _queued(arbiter.signal, 15)
-    assert _queued(lambda sig, frame: None, 15), "gunicorn 25 and later: no limit"
