@@ -126,11 +126,13 @@ def test_a_hup_storm_is_one_or_two_reloads(start_server, tmp_path, preload):
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=1.0) as load:
         write_code(tmp_path, version("v2"))
         mark = server.mark()
-        began = time.monotonic()
-        for _ in range(20):  # 20 HUPs within a second (each delivered: 40 ms apart)
+        began = last = time.monotonic()
+        for _ in range(20):  # 20 HUPs within a second (each delivered: 30 ms apart)
             os.kill(server.pid, signal.SIGHUP)
-            time.sleep(0.04)
-        assert time.monotonic() - began < 1.5
+            last = time.monotonic()
+            time.sleep(0.03)
+        storm = last - began
+        assert storm < 1.5
         server.wait_for(r"generation 2 ready", 60, after=mark)
         reloads = 1 + bool(re.search(r"held while a generation started", server.output(mark)))
         server.wait_promoted(reloads + 1, mark, 60)
@@ -139,6 +141,9 @@ def test_a_hup_storm_is_one_or_two_reloads(start_server, tmp_path, preload):
         report = load.stop()
     assert_clean(report)
     out = server.output(mark)
-    assert 1 <= out.count("reload: starting generation") <= 2, out
-    assert len(re.findall(r"Booting worker", out)) <= 2 * 2
+    # one reload, and one follow-up for the HUPs that came while it started; a third only if
+    # the storm outlasted the upgrade interval (1 s) after the first (a busy machine's sleeps)
+    most = 2 if storm < 1.0 else 3
+    assert 1 <= out.count("reload: starting generation") <= most, (storm, out)
+    assert len(re.findall(r"Booting worker", out)) <= 2 * most
     assert server.stop() == 0
