@@ -155,22 +155,21 @@ def take_systemd_fds(environ: MutableMapping[str, str] | None = None) -> list[tu
     if count_text is None:
         return []
     count = _fd_count(count_text)
-    fix = _SYSTEMD_FIX
     if pid_text is None:
-        raise GraceError(f"LISTEN_FDS is set but LISTEN_PID is missing: {fix}.")
+        raise GraceError(f"LISTEN_FDS is set but LISTEN_PID is missing: {_SYSTEMD_FIX}.")
     try:
         pid = int(pid_text)
     except ValueError:
-        raise GraceError(f"LISTEN_PID={pid_text!r} is not a pid: {fix}.") from None
+        raise GraceError(f"LISTEN_PID={pid_text!r} is not a pid: {_SYSTEMD_FIX}.") from None
     if pid != os.getpid():
         raise GraceError(
             f"LISTEN_PID={pid} is not this process ({os.getpid()}), so the sockets were meant"
-            f" for another process (pid mismatch): {fix}."
+            f" for another process (pid mismatch): {_SYSTEMD_FIX}."
         )
     names = names_text.split(":") if names_text else []
     if names and len(names) != count:
         raise GraceError(
-            f"LISTEN_FDNAMES names {len(names)} fds but LISTEN_FDS says {count}: {fix}."
+            f"LISTEN_FDNAMES names {len(names)} fds but LISTEN_FDS says {count}: {_SYSTEMD_FIX}."
         )
     names = names or ["unknown"] * count
     return [(names[i], SD_LISTEN_FDS_START + i) for i in range(count)]

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from grace_plugins.errors import GraceError
@@ -178,15 +179,7 @@ def check_listener(fd: int, origin: str, expected_name: str | None = None) -> No
 
     :raises GraceError: naming the fd, what is wrong with it and what to do.
     """
-    problem = _not_a_socket(fd, "a listener")
-    if not problem:
-        sock = socket.socket(fileno=fd)
-        try:
-            problem = _listener_problem(sock, expected_name)
-        except OSError as exc:
-            problem = f"cannot be inspected ({exc.strerror})"
-        finally:
-            sock.detach()  # leave the fd as we found it
+    problem = _fd_problem(fd, "a listener", lambda sock: _listener_problem(sock, expected_name))
     if problem:
         raise GraceError(
             f"{origin}: fd {fd} {problem}: start the server without {origin} (it binds its own"
@@ -200,20 +193,27 @@ def check_channel(fd: int, origin: str) -> None:
 
     :raises GraceError: naming the fd, what it is instead, and what to do.
     """
-    problem = _not_a_socket(fd, "the supervisor's channel")
-    if not problem:
-        sock = socket.socket(fileno=fd)
-        try:
-            problem = _channel_problem(sock)
-        except OSError as exc:
-            problem = f"cannot be inspected ({exc.strerror})"
-        finally:
-            sock.detach()
+    problem = _fd_problem(fd, "the supervisor's channel", _channel_problem)
     if problem:
         raise GraceError(
             f"{origin}: channel fd {fd} {problem}: start the server without {origin} (only the"
             " supervisor sets it, for the generations it starts)."
         )
+
+
+def _fd_problem(fd: int, role: str, inspect: Callable[[socket.socket], str]) -> str:
+    """What is wrong with inherited *fd* for its *role* ("" if nothing): not a socket, or
+    what *inspect* finds in the socket. The fd is left as it was."""
+    problem = _not_a_socket(fd, role)
+    if problem:
+        return problem
+    sock = socket.socket(fileno=fd)
+    try:
+        return inspect(sock)
+    except OSError as exc:
+        return f"cannot be inspected ({exc.strerror})"
+    finally:
+        sock.detach()  # not ours: leave it as we found it
 
 
 def _not_a_socket(fd: int, role: str) -> str:
