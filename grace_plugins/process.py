@@ -29,6 +29,11 @@ from grace_plugins import actions as act
 
 _subreaper = False
 _PR_SET_CHILD_SUBREAPER = 36
+#: Exit statuses of the orphans :func:`reap_orphans` reaped lately, by pid (the latest
+#: few). A generation the template forks can exit before the template's answer names it to
+#: us: reaped then as an orphan, its handle finds its status here instead of losing it.
+_orphan_statuses: dict[int, int] = {}
+_ORPHAN_STATUSES_KEPT = 64
 
 
 class ChildProcess(subprocess.Popen[bytes]):
@@ -51,8 +56,8 @@ class ChildProcess(subprocess.Popen[bytes]):
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: the status is lost, as in Popen
-                self.returncode = 0
+            except ChildProcessError:  # reaped as an orphan (before we knew it), or lost
+                self.returncode = _orphan_statuses.pop(self.pid, 0)
                 return self.returncode
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -194,7 +199,8 @@ def reap_orphans(own_pids: Iterable[int]) -> int:
     Peeks with ``waitid(WNOWAIT)`` so that the status of a process of ours (*own_pids*:
     generations, templates, the preflight run) is never stolen from its handle (which reaps it
     by its pid); stops at the first such process found. Returns how many orphans were reaped.
-    Does nothing otherwise.
+    Does nothing otherwise. Each orphan's status is kept a while: it may be a generation
+    whose pid was still on its way to us (:class:`ChildProcess` claims it).
     """
     if not (_subreaper or os.getpid() == 1):
         return 0
@@ -210,8 +216,16 @@ def reap_orphans(own_pids: Iterable[int]) -> int:
         if info is None or info.si_pid in own_pids:
             return reaped
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.si_pid, 0)
+            _, status = os.waitpid(info.si_pid, 0)
+            _remember_orphan(info.si_pid, os.waitstatus_to_exitcode(status))
         reaped += 1
+
+
+def _remember_orphan(pid: int, returncode: int) -> None:
+    _orphan_statuses.pop(pid, None)  # a reused pid: the latest status, kept the longest
+    _orphan_statuses[pid] = returncode
+    while len(_orphan_statuses) > _ORPHAN_STATUSES_KEPT:
+        del _orphan_statuses[next(iter(_orphan_statuses))]
 
 
 def pid_alive(pid: int) -> bool:

@@ -174,8 +174,11 @@ class Supervisor:
         spawner_deadline = self.spawner.deadline()
         if spawner_deadline is not None:
             timeout = min(timeout, max(0.0, spawner_deadline - time.monotonic()))
-        for key, _ in self._selector.select(timeout):
+        ready = self._selector.select(timeout)
+        for key, _ in ready:
             self._queue.extend(key.data())
+        if not ready:  # a quiet second: look for exits a lost SIGCHLD would have announced
+            self._queue.extend(self._reap())
         self._queue.extend(self._outcomes(self.spawner.expire(time.monotonic())))
         self._queue.append(act.Tick(self.now()))
 
@@ -272,6 +275,10 @@ class Supervisor:
             self._watch_channel(outcome.number, child)
             pid = outcome.process.pid
             events.append(act.Spawned(self.now(), outcome.number, pid, outcome.warm))
+            if child.process.poll() is not None:  # gone before its pid reached us: its
+                # SIGCHLD came while it was an orphan to us, and was spent on reaping it
+                events += self._read_rest(outcome.number, child)
+                events.append(act.Exited(self.now(), outcome.number, child.process.returncode))
         return events
 
     def _watch_channel(self, number: int, child: Child) -> None:

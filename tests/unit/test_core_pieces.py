@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -251,6 +252,35 @@ def test_pid_alive_and_reaping_outside_pid1():
     assert process.pid_alive(os.getpid())
     assert not process.pid_alive(2**22 + 12345)
     assert process.reap_orphans(set()) == 0  # not PID 1: nothing to do
+
+
+_ORPHAN_THEN_HANDLE = """
+import os
+from grace_plugins import process
+assert process.become_subreaper()
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:  # as the template does: a double fork, the generation re-parented to us
+    generation = os.fork()
+    if generation == 0:
+        os._exit(3)
+    os.write(w, str(generation).encode())
+    os._exit(0)
+os.waitpid(middle, 0)
+generation = int(os.read(r, 32))
+os.waitid(os.P_PID, generation, os.WEXITED | os.WNOWAIT)  # gone, its pid not yet ours
+assert process.reap_orphans({middle}) == 1
+print(process.ChildProcess(generation).poll())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper: Linux")
+def test_a_generation_reaped_as_an_orphan_keeps_its_exit_status():
+    done = subprocess.run(
+        [sys.executable, "-c", _ORPHAN_THEN_HANDLE], capture_output=True, text=True, timeout=20
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"  # not 0: a failed generation must not pass for a clean exit
 
 
 def test_signal_group_leaves_finished_processes_alone():

@@ -224,6 +224,49 @@ def test_a_held_spawn_given_up_at_its_ready_deadline_is_cancelled(listener):
     assert sup.rules.finished and spawner.cancelled == [2]
 
 
+class LateSpawner(FakeSpawner):
+    """Answers generation 2's spawn later, from a source, with a process that exited
+    meanwhile: a warm fork the supervisor reaped as an orphan before the template's answer
+    named it (its SIGCHLD is spent)."""
+
+    def attach(self, add, remove) -> None:
+        self.answer_r, self.answer_w = socket.socketpair()
+        add(self.answer_r, self._answer)
+
+    def spawn(self, request):
+        if request.number != 2:
+            return super().spawn(request)
+        self.held = request
+        return None
+
+    def _answer(self):
+        self.answer_r.recv(1)
+        theirs = socket.socket(fileno=os.dup(self.held.pass_fds[-1]))
+        process = FakeProcess(5001, theirs, None)
+        process.exit(3)
+        return [Started(2, process)]  # type: ignore[arg-type]
+
+
+def test_a_generation_gone_before_its_pid_came_fails_at_once(listener):
+    spawner = LateSpawner()
+    sup, events = make(listener, spawner)  # the ready timeout: 30 s
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    assert sup.rules.gens.pending is not None
+    spawner.answer_w.send(b"!")
+    sup.wait()  # no SIGCHLD: the answer is all that comes
+    sup.dispatch()
+    assert "outcome rolled_back" in events and sup.rules.gens.pending is None
+    assert sup.rules.gens.current.number == 1
+    spawner.spawned[0][3].exit(0)
+    run_until(sup, lambda: sup.rules.gens.current is None, "generation 1 exit")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
+    assert sup.rules.finished
+    spawner.answer_r.close()
+    spawner.answer_w.close()
+
+
 def test_spawn_failure_is_logged_and_retried(listener, caplog):
     spawner = FakeSpawner(fail=True)
     sup, _ = make(listener, spawner)
