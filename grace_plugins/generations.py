@@ -36,6 +36,8 @@ class Gen:
     saved_at: float | None = None  # started for a file saved then (the watcher's first event)
 
     def __str__(self) -> str:
+        if not self.pid:  # not started (yet): its spawn failed
+            return f"generation {self.number}"
         return f"generation {self.number} (pid {self.pid})"
 
 

@@ -150,7 +150,11 @@ class Rules:
         self._emit(*news.started(gen, self._reason, upgrading))
 
     def _spawn_failed(self, now: float, number: int, why: str) -> None:
-        if self.gens.pending is None or self.gens.pending.number != number:
+        gen = self.gens.pending
+        if gen is None or gen.number != number:
+            return
+        if self.gens.current is not None:  # an upgrade: it has an outcome, as any rollback
+            self._rollback(now, gen, f"could not be started ({why})", None)
             return
         self.gens.pending = None
         self._emit(act.error("cannot start generation %d: %s", number, why))

@@ -9,7 +9,15 @@ import signal
 
 import pytest
 
-from tests.harness import PYTHON, Load, broken_at_import, http_get, wait_served_by, write_code
+from tests.harness import (
+    PYTHON,
+    Load,
+    broken_at_import,
+    grace_cli,
+    http_get,
+    wait_served_by,
+    write_code,
+)
 from tests.harness.core import SERVER, start
 
 #: Every way new code can fail at import (tests/harness/code.py), with its rollback line.
@@ -49,3 +57,31 @@ def test_first_generation_broken_exits_with_clear_error(start_server, app_dir):
     server.wait_for(r"the app failed to start: generation 1 .* exited \(exit status 1\)", 15)
     assert "RuntimeError: broken from the start" in server.output()
     assert server.proc.wait(10) == 1  # as Python exits on an exception the program raised
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+@pytest.mark.timeout(60)
+def test_an_upgrade_that_cannot_start_has_its_outcome_at_once(start_server, tmp_path, warm):
+    """A deploy moved the working directory away: the new generation cannot be started. That
+    is the upgrade's outcome, at once (``reload`` hears it: it waited out its timeout), the old
+    code serves on, and the next upgrade reports its own outcome."""
+    app = tmp_path / "app"
+    app.mkdir()
+    write_code(app, "v1")
+    server = start(start_server, app, ready=20, extra=() if warm else ("--no-warm",))
+    if warm:
+        server.wait_warm()
+    old = http_get(server.port)
+    app.rename(tmp_path / "moved")
+    reload = grace_cli("reload", "--pid", str(server.pid), "--timeout", "20", timeout=30)
+    assert reload.returncode == 1, reload  # rolled back
+    server.wait_for(r"upgrade rolled back: generation 2 could not be started", 1)
+    after = http_get(server.port)
+    assert (after.pid, after.version) == (old.pid, "v1")
+    (tmp_path / "moved").rename(app)
+    write_code(app, "v3")
+    reload = grace_cli("reload", "--pid", str(server.pid), "--timeout", "20", timeout=30)
+    assert reload.returncode == 0, reload
+    assert http_get(server.port).version == "v3"
+    assert "next start attempt" not in server.output()  # a generation served all along
+    assert server.stop() == 0

@@ -523,3 +523,34 @@ def test_draining_generations_are_recorded_as_they_come_and_go():
     (record,) = kinds(out, act.RecordDraining)
     assert [g.number for g in record.generations] == [2]
     assert record.generations[0].deadline == pytest.approx(d.now + 30.0)
+
+
+def test_an_upgrade_that_cannot_spawn_is_rolled_back_and_its_followup_runs():
+    d = Driver().serving()
+    d.warm = True
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    d.signal(signal.SIGHUP)  # queued while the first one is under way
+    d.fail_spawn = True  # its cold retry cannot start (the directory moved away)
+    out = d.exit(2, 4)
+    (news,) = kinds(out, act.Serving)
+    assert news.outcome == "rolled_back"  # `grace-plugins reload` hears it; in_progress ends
+    assert lines(out)[-1] == (
+        "upgrade rolled back: generation 2 could not be started (no such file); generation 1"
+        " (pid 1001) keeps serving (its traceback, if any, is above)"
+    )
+    assert not any("next start attempt" in line for line in lines(out))  # one is serving
+    d.fail_spawn = False
+    assert "upgrade started (queued follow-up): generation 3 (pid 1003)" in lines(d.advance(1))
+    d.ready(3)
+    assert d.rules.gens.current is not None and d.rules.gens.current.number == 3
+
+
+def test_an_upgrade_that_cannot_spawn_at_all_is_rolled_back():
+    d = Driver().serving()
+    d.advance(2)
+    d.fail_spawn = True
+    out = d.signal(signal.SIGHUP)
+    assert kinds(out, act.Serving)[-1].outcome == "rolled_back"
+    assert lines(out)[-1].startswith("upgrade rolled back: generation 2 could not be started")
+    assert d.rules.gens.pending is None and d.rules.gens.current.number == 1
