@@ -149,6 +149,8 @@ class GenerationContext:
         a blocking timeout). The flag is shared by every process holding the listener: left
         blocking, a generation that loses an ``accept()`` race sits in ``accept()`` where no
         stop request reaches it."""
+        if self._stop_requested.is_set():
+            return  # stopped before ready: the listener fds are a pipe's now (stop_accepting)
         for sock in [*self.listeners, *self._copies]:
             fd = sock.fileno()
             if fd >= 0 and os.get_blocking(fd):

@@ -83,6 +83,12 @@ def test_stop_accepting_plugs_the_fd_without_shutting_the_socket(setup):
             conn.close()
 
 
+def test_a_stop_before_ready_leaves_ready_harmless(setup):
+    context, _, _ = setup
+    context._stop("the supervisor is gone")  # its channel closed while the app imported
+    context.ready()  # the listener fds are a pipe's now: nothing to make non-blocking
+
+
 def test_stop_runs_callbacks_on_their_own_threads_and_late_ones_at_once(setup):
     context, _, _ = setup
     ran: queue.SimpleQueue[str] = queue.SimpleQueue()
