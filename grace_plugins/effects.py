@@ -127,6 +127,14 @@ class Effects:
         self.children[outcome.number] = Child(outcome.process, channel)
         return self.children[outcome.number]
 
+    def start_again_cold(self, number: int, now: float) -> list[Outcome]:
+        """The warm attempt at *number* was given up: a cold start, through a new channel
+        (the given-up one is closed: a late fork of it leaves)."""
+        if number not in self._starting:
+            return []  # given up altogether meanwhile
+        self.spawn_failed(number)
+        return self.spawn(act.Spawn(number, cold=True), now)
+
     def spawn_failed(self, number: int) -> None:
         for end in self._starting.pop(number, ()):
             end.close()

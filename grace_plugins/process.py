@@ -120,8 +120,17 @@ class Started:
     warm: bool = False
 
 
+@dataclass(frozen=True)
+class StartAgainCold:
+    """A spawn's outcome: start generation *number* again, cold, with a new channel. The
+    fork request sent for it was given up, and a late template may still fork it: that
+    process must find its channel closed (and leave), not share the cold one's."""
+
+    number: int
+
+
 #: What a spawner reports when a spawn it answered later completes.
-Outcome = Started | act.SpawnFailed
+Outcome = Started | act.SpawnFailed | StartAgainCold
 #: A selector source: a file object and the reader that turns its readiness into outcomes.
 AddSource = Callable[[object, Callable[[], list[Outcome]]], None]
 

@@ -39,7 +39,7 @@ from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.options import Options
 from grace_plugins.pidfile import remove_pidfile, write_pidfile
-from grace_plugins.process import ChildProcess, Outcome, Spawner, reap_orphans
+from grace_plugins.process import ChildProcess, Outcome, Spawner, StartAgainCold, reap_orphans
 from grace_plugins.reexec import SupervisorHandoff, release_held_signals
 from grace_plugins.reporting import Reporter
 from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules
@@ -265,6 +265,9 @@ class Supervisor:
         """A spawn's outcomes as events: a started generation's channel becomes a source."""
         events: list[act.Event] = []
         for outcome in outcomes:
+            if isinstance(outcome, StartAgainCold):
+                events += self._outcomes(self.effects.start_again_cold(outcome.number, self.now()))
+                continue
             if isinstance(outcome, act.SpawnFailed):
                 self.effects.spawn_failed(outcome.number)
                 events.append(outcome)

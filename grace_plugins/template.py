@@ -294,7 +294,10 @@ class Template:
             finally:
                 os._exit(0)
         os.close(write_end)
-        answer_fork(self.wire, read_end, middle, 5.0, "the generation")
+        try:
+            answer_fork(self.wire, read_end, middle, 5.0, "the generation")
+        except OSError:  # the supervisor gave up on this template (a late fork: it leaves,
+            _quit()  # its channel closed); so does the template, quietly
         return None
 
 

@@ -40,6 +40,7 @@ from grace_plugins.process import (
     Outcome,
     Spawner,
     SpawnRequest,
+    StartAgainCold,
     Started,
     become_subreaper,
 )
@@ -91,6 +92,8 @@ class WarmSpawner(Spawner):
         self.reports = ReportFile(os.getpid())
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
+        #: one entry per answer a template owes to a fork request given up on
+        self._stale: list[TemplateProcess] = []
         #: the first generation, until the template built from its program's seed is ready
         self._waiting: first_wait.FirstWait | None = None
         #: at most this long (a third of the ready timeout): the cold fallback must still fit
@@ -162,6 +165,9 @@ class WarmSpawner(Spawner):
     def cancel(self, number: int) -> None:
         if self._waiting is not None and self._waiting.request.number == number:
             self._waiting = None  # its template keeps importing: it serves the next spawn
+        if self._fork is not None and self._fork.request.number == number:
+            self._stale.append(self._fork.template)  # its answer is not the next request's
+            self._fork = None
 
     def drop(self, why: str) -> None:
         self._stop_all(why)
@@ -219,9 +225,13 @@ class WarmSpawner(Spawner):
                 self.reports.read_again()
                 self.refresh()  # a new template, of the modules it could not grow by
                 return out
+            stale = next((i for i, s in enumerate(self._stale) if s is t), None)
+            if stale is not None:  # answers come in the order of the requests: this one's
+                del self._stale[stale]  # request was given up on; its fork's channel is
+                continue  # closed, so that process leaves by itself
             fork = self._fork
             if fork is None or fork.template is not t:
-                continue  # an answer to a request given up on
+                continue
             self._fork = None
             out.append(self._forked(fork, got[0]))
         if t is not self.templates.ready and self._owing() is not t:
@@ -240,14 +250,16 @@ class WarmSpawner(Spawner):
     def _lost(self, t: TemplateProcess, why: str) -> list[Outcome]:
         """Template *t* is gone or broken: discard it (the next report builds another); a
         held first generation or a fork awaited from it starts cold."""
-        was_building = self.templates.discard(t, why)
+        fork = self._fork if self._fork is not None and self._fork.template is t else None
+        was_building = self.templates.discard(t, why, said=fork is not None)
         if was_building and self._waiting is not None:
             return self._unwait(f"{why} before it was ready")
-        fork = self._fork
-        if fork is None or fork.template is not t:
+        self._stale = [s for s in self._stale if s is not t]
+        if fork is None:
             return []
         self._fork = None
-        return [self._cold(fork.request, why)]
+        self._say_cold(why)  # it may still fork that request: a new channel for the cold one
+        return [StartAgainCold(fork.request.number)]
 
     def _seeded(self, request: SpawnRequest) -> bool:
         """Build the template from the seed of *request*'s program (:mod:`.warm_seed`) and

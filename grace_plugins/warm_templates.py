@@ -187,13 +187,17 @@ class Templates:
         argv, env, cwd = self._run
         warm_seed.keep(t.report, argv, cwd, env, t.ready_ms, t.left, t.tried)
 
-    def discard(self, t: TemplateProcess, why: str, at_once: bool = False) -> bool:
+    def discard(
+        self, t: TemplateProcess, why: str, at_once: bool = False, said: bool = False
+    ) -> bool:
         """Template *t* is gone or broken: stop it (*at_once*: killed now, not given time to
         leave) and forget it (a ready one is built again from the next module report).
-        Returns True when *t* was the one building."""
+        *said*: the caller tells why (a generation starting cold now). Returns True when *t*
+        was the one building."""
         self.stop(t, at_once)
         if t is self.ready:
-            self.log.info("warm start: %s; the next generation starts cold", why)
+            if not said:
+                self.log.info("warm start: %s; the next generation starts cold", why)
             self.ready = None
             self.unusable = why
             self.basis = None

@@ -183,7 +183,10 @@ class Mold:
             os._exit(0)
         os.close(write_end)
         os.close(tmp_fd)
-        answer_fork(self.wire, read_end, middle, FORK_REPORT_TIMEOUT, "the worker")
+        try:
+            answer_fork(self.wire, read_end, middle, FORK_REPORT_TIMEOUT, "the worker")
+        except OSError:  # the master closed this mold's socket (retired it, or is gone):
+            _quit()  # no one awaits the answer; leave quietly
 
 
 @contextlib.contextmanager

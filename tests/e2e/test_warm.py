@@ -24,6 +24,7 @@ from tests.harness import (
     Load,
     fd_count,
     http_get,
+    procfs,
     wait_served_by,
     wait_until,
     write_code,
@@ -184,6 +185,42 @@ def test_killed_template_next_upgrade_starts_cold_then_warm_again(start_server, 
     assert wait_served_by(server.port, upgrade_warm(server)).version == "v3"
     wait_until(lambda: not zombies(server.pid), 10, "the killed template to be reaped")
     assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_the_template_makes_too_late_does_not_serve_on(start_server, app_dir):
+    """A template not scheduled for longer than the fork timeout (a stalled machine): the
+    generation starts cold; if the template then forks the request after all, that process
+    must leave, not serve beside the cold one unknown to the supervisor."""
+    server = warm_server(start_server, app_dir)
+    template = int(re.findall(TEMPLATE_READY, server.output())[-1][0])
+    os.kill(template, signal.SIGSTOP)
+    write_code(app_dir, "v2")
+    mark = server.mark()
+    try:
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for(r"the template did not fork within 5 s", 15, after=mark)
+    finally:
+        os.kill(template, signal.SIGCONT)  # it reads the request now: a late fork
+    cold = int(server.wait_for(r"generation 2 \(pid (\d+)\) ready after", 20, after=mark)[1])
+    first = int(re.findall(r"generation 1 \(pid (\d+)\)", server.output())[0])
+
+    def strangers() -> set[int]:
+        templates = {int(pid) for pid, _ in re.findall(TEMPLATE_READY, server.output())}
+        return set(procfs.child_pids(server.pid) or ()) - {cold, first} - templates
+
+    server.wait_for(rf"generation 1 \(pid {first}\) exited after draining", 15, after=mark)
+    wait_until(lambda: not strangers(), 15, "no process the supervisor does not know of")
+    for _ in range(20):
+        answer = http_get(server.port)
+        assert (answer.pid, answer.version) == (cold, "v2")
+    write_code(app_dir, "v3")
+    assert wait_served_by(server.port, server.upgrade()).version == "v3"
+    server.wait_for(rf"generation 2 \(pid {cold}\) exited after draining", 15)
+    assert server.stop() == 0
+    output = server.output()
+    assert "Traceback" not in output  # the late fork and its template left quietly
+    assert output.count("did not fork within 5 s") == 1, output
 
 
 @pytest.mark.timeout(60)

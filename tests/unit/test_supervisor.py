@@ -19,7 +19,7 @@ from grace_plugins import actions as act
 from grace_plugins import effects as effects_module
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.options import Options
-from grace_plugins.process import Spawner, Started
+from grace_plugins.process import Spawner, StartAgainCold, Started
 from grace_plugins.reporting import Reporter
 from grace_plugins.supervisor import Supervisor
 
@@ -265,6 +265,48 @@ def test_a_generation_gone_before_its_pid_came_fails_at_once(listener):
     assert sup.rules.finished
     spawner.answer_r.close()
     spawner.answer_w.close()
+
+
+class GiveUpSpawner(FakeSpawner):
+    """Sends generation 2's fork (keeps the channel end the template would get), then gives it
+    up from a source: start it again cold."""
+
+    def attach(self, add, remove) -> None:
+        self.answer_r, self.answer_w = socket.socketpair()
+        add(self.answer_r, self._give_up)
+        self.colds: list[int] = []
+
+    def spawn(self, request):
+        if request.number == 2 and not request.cold:
+            self.late_fork_end = socket.socket(fileno=os.dup(request.pass_fds[-1]))
+            return None
+        if request.cold:
+            self.colds.append(request.number)
+        return super().spawn(request)
+
+    def _give_up(self):
+        self.answer_r.recv(1)
+        return [StartAgainCold(2)]
+
+
+def test_a_given_up_fork_starts_cold_on_a_new_channel(listener):
+    spawner = GiveUpSpawner()
+    sup, _ = make(listener, spawner)
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    spawner.answer_w.send(b"!")
+    run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
+    assert spawner.colds == [2]
+    spawner.late_fork_end.settimeout(5)
+    assert spawner.late_fork_end.recv(1) == b""  # a late fork of it would leave at once
+    for _, _, _, process in spawner.spawned:
+        process.exit(0)
+    run_until(sup, lambda: not sup.rules.gens.all(), "the generations' exits")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGTERM))
+    assert sup.rules.finished
+    for sock in (spawner.answer_r, spawner.answer_w, spawner.late_fork_end):
+        sock.close()
 
 
 def test_spawn_failure_is_logged_and_retried(listener, caplog):
