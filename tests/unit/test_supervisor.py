@@ -147,6 +147,13 @@ def run_until(sup: Supervisor, predicate, what: str, timeout: float = 5.0) -> No
         sup.dispatch()
 
 
+def serve_then_hup(sup: Supervisor) -> None:
+    """Start generation 1, turn the loop until it is ready, then ask for an upgrade."""
+    feed(sup, act.Begin(sup.now()))
+    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
+    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+
+
 def test_spawn_passes_only_the_listeners_and_the_channel(listener, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/notify")
     spawner = FakeSpawner()
@@ -167,9 +174,7 @@ def test_spawn_passes_only_the_listeners_and_the_channel(listener, monkeypatch):
 def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
     spawner = FakeSpawner()
     sup, events = make(listener, spawner)
-    feed(sup, act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
-    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    serve_then_hup(sup)
     run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
     assert events.index("outcome ok") > events.index("READY=1 serving with generation 2 (pid 5001)")
     assert events.index("RELOADING=1 upgrading to generation 2") < events.index("outcome ok")
@@ -184,9 +189,7 @@ def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
 def test_rollback_kills_and_reaps_the_new_generation(listener):
     spawner = FakeSpawner(answers=["ready", None])
     sup, events = make(listener, spawner, ready_timeout=0.2)
-    feed(sup, act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
-    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    serve_then_hup(sup)
     run_until(sup, lambda: sup.rules.gens.pending is None, "the ready deadline")
     assert (5001, signal.SIGKILL) in spawner.signalled
     assert "outcome rolled_back" in events and 2 not in sup.children
@@ -213,9 +216,7 @@ class HoldingSpawner(FakeSpawner):
 def test_a_held_spawn_given_up_at_its_ready_deadline_is_cancelled(listener):
     spawner = HoldingSpawner()
     sup, events = make(listener, spawner, ready_timeout=0.2)
-    feed(sup, act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
-    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    serve_then_hup(sup)
     run_until(sup, lambda: "outcome rolled_back" in events, "the ready deadline")
     assert spawner.cancelled == [2]  # its channel end is closed: it must never start now
     spawner.spawned[0][3].exit(0)
@@ -250,9 +251,7 @@ class LateSpawner(FakeSpawner):
 def test_a_generation_gone_before_its_pid_came_fails_at_once(listener):
     spawner = LateSpawner()
     sup, events = make(listener, spawner)  # the ready timeout: 30 s
-    feed(sup, act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
-    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    serve_then_hup(sup)
     assert sup.rules.gens.pending is not None
     spawner.answer_w.send(b"!")
     sup.wait()  # no SIGCHLD: the answer is all that comes
@@ -292,9 +291,7 @@ class GiveUpSpawner(FakeSpawner):
 def test_a_given_up_fork_starts_cold_on_a_new_channel(listener):
     spawner = GiveUpSpawner()
     sup, _ = make(listener, spawner)
-    feed(sup, act.Begin(sup.now()))
-    run_until(sup, lambda: sup.rules.gens.current is not None, "generation 1 ready")
-    feed(sup, act.SignalEvent(sup.now(), signal.SIGHUP))
+    serve_then_hup(sup)
     spawner.answer_w.send(b"!")
     run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
     assert spawner.colds == [2]
