@@ -135,10 +135,10 @@ class Mold:
             if failure is not None:
                 return {"failed": failure}
             _close_database_connections()
-            why = self._why_unsafe(startup)
+            why = self._why_unsafe(startup, settle=0.5)
             if why:  # a socket the import dropped in a reference cycle: collected, it is closed
-                gc.collect()
-                why = self._why_unsafe(startup)
+                gc.collect()  # (a thread it cannot end: no second wait for threads)
+                why = self._why_unsafe(startup, settle=0.0)
             # no gc.collect() otherwise: what it freed would leave holes in the pages the
             # workers share, their first allocations would copy them (measured: more memory,
             # and 20 ms more)
@@ -147,8 +147,9 @@ class Mold:
             return {"unsafe": why}
         return {"ready": round((time.monotonic() - startup.began) * 1000)}
 
-    def _why_unsafe(self, startup: Startup) -> str:
-        return _why_unsafe(startup.sockets_before, {self.wire.sock.fileno(), *_listener_fds(self)})
+    def _why_unsafe(self, startup: Startup, settle: float) -> str:
+        ours = {self.wire.sock.fileno(), *_listener_fds(self)}
+        return _why_unsafe(startup.sockets_before, ours, settle)
 
     def _fail_now(self, reason: str) -> NoReturn:
         """The import cannot go on (it hangs, or asked to exit): answer, leave."""
@@ -208,14 +209,23 @@ def _listener_fds(mold: Mold) -> list[int]:
     return [listener.fileno() for listener in mold.arbiter.LISTENERS]
 
 
-def _why_unsafe(sockets_before: set[str], ours: set[int]) -> str:
-    """Why forking from this process is not safe now ("" if it is)."""
+#: How long a Python thread alive after the import may take to end before it counts (one
+#: still running by then is a library's worker: waiting longer would only delay the fallback).
+PYTHON_THREAD_SETTLE = 0.1
+
+
+def _why_unsafe(sockets_before: set[str], ours: set[int], settle: float) -> str:
+    """Why forking from this process is not safe now ("" if it is), once the threads had up
+    to *settle* seconds to end (Python's: :data:`PYTHON_THREAD_SETTLE` at most)."""
     native = 0
-    deadline = time.monotonic() + 0.5
+    began = time.monotonic()
     while True:  # a thread that just ended (the ready check's) may linger a moment in /proc
         others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
         native = _task_count() - 1 - len(others)
-        if (not others and native <= 0) or time.monotonic() >= deadline:
+        waited = time.monotonic() - began
+        if not others and native <= 0:
+            break
+        if waited >= settle or (others and waited >= min(settle, PYTHON_THREAD_SETTLE)):
             break
         time.sleep(0.01)
     sockets = [
