@@ -145,6 +145,9 @@ class Preloader:
         self.settings_module = settings_module
         self.left: list[LeftOut] = []
         self.kept = 0
+        #: imports that failed in a circular import: entered from the other end (after the
+        #: rest), as the program entered it, they may work (:meth:`retry_circular`)
+        self.circular: list[str] = []
         #: top-level imports after which the process is unsafe to fork (a live thread, an fd
         #: nothing would close): culprit -> why; the preload must start again without them.
         self.tainted: dict[str, str] = {}
@@ -259,6 +262,8 @@ class Preloader:
             self.notes.append(f"{name} cannot be imported by name (an extension made it)")
             return False
         why = self._judge(name, before, fds, error)
+        if isinstance(error, ImportError) and "partially initialized module" in str(error):
+            self.circular.append(name)
         if why is not None:
             self.notes.append(f"left {name} to the generations: {why[0]} {why[1]}")
             if error is not None and not isinstance(error, Refused):
@@ -274,6 +279,16 @@ class Preloader:
             self.notes.append(f"importing {name} started a thread: the preload starts again")
         self.kept += why is None
         return why is None
+
+    def retry_circular(self) -> None:
+        """Import once more what failed in a circular import, now that the rest is imported
+        (the report lists a package's modules in an order the program never imported them
+        in: ``sqlite3.features`` alone imports ``sqlite3.base``, which needs it whole)."""
+        names, self.circular = self.circular, []
+        for name in names:
+            self.left = [one for one in self.left if one.name != name]
+            if name not in sys.modules:
+                self.load(name)  # left out again, if it fails again
 
     def _judge(
         self,

@@ -193,6 +193,7 @@ class Template:
                     said_poor = True
                     with contextlib.suppress(OSError):  # the supervisor left: the verdict says
                         self.wire.send({"poor": f"left out {count} of the {tried} imports tried"})
+            preloader.retry_circular()
         if preloader.tainted:
             return {"tainted": preloader.tainted}
         left = [[one.name, one.culprit, one.reason] for one in preloader.left]

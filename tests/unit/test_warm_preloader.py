@@ -233,3 +233,32 @@ def test_a_lazy_module_is_kept_and_its_getattr_never_runs(tree, preloader):
     tree("lib/lazyproj_user.py", "import lazyproj\n")
     assert preload(preloader, "lazyproj_user") == [True]
     assert "projectsettings" not in sys.modules and preloader.left == []
+
+
+def test_a_circular_import_entered_from_its_other_end_is_tried_again(tree, preloader):
+    """Django's sqlite3 backend: ``base`` imports ``features``, which imports ``base``. Listed
+    ``features`` first, it fails alone (``base`` needs it whole); after the rest, it works."""
+    tree("lib/backend/__init__.py", "")
+    tree(
+        "lib/backend/base.py",
+        "Database = 'sqlite'\nfrom .features import Features\n"
+        "class Wrapper:\n    features = Features\n",
+    )
+    tree(
+        "lib/backend/features.py",
+        "from .base import Database\nclass Features:\n    db = Database\n",
+    )
+    with preloader:
+        assert [preloader.load(n) for n in ("backend.features", "backend.base")] == [False, True]
+        preloader.retry_circular()
+    assert preloader.left == []
+    assert sys.modules["backend.base"].Wrapper.features.db == "sqlite"
+    assert preloader.circular == []
+
+
+def test_an_import_that_fails_otherwise_is_not_tried_again(tree, preloader):
+    tree("lib/broken.py", "raise ImportError('no native library')\n")
+    with preloader:
+        assert preloader.load("broken") is False
+        preloader.retry_circular()
+    assert [one.name for one in preloader.left] == ["broken"]
