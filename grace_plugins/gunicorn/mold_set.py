@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from grace_plugins.gunicorn.master import MASTER
@@ -22,9 +23,11 @@ from grace_plugins.state import merge_state
 class MoldSet:
     """The molds that answered ready, by generation."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, on_exit: Callable[[int, int], None]) -> None:
         self.log = log
         self.handles: dict[int, MoldHandle] = {}  # the main thread's
+        self.on_exit = on_exit  # (pid, generation) of a mold that exited: the child_exit hook
+        self._exits: dict[int, int] = {}  # pid -> generation: molds whose exit is not told yet
         self.master = os.getpid()
         atexit.register(self.reap_at_exit)
         # shared with the lookout thread (which retires molds)
@@ -39,6 +42,7 @@ class MoldSet:
     def add(self, handle: MoldHandle) -> None:
         """A new mold answered ready (main thread)."""
         self.handles[handle.gen] = handle
+        self._exits[handle.pid] = handle.gen
         with self._lock:
             self._pids[handle.gen] = handle.pid
         self.note_state()
@@ -61,6 +65,13 @@ class MoldSet:
         with contextlib.suppress(OSError):
             os.kill(handle.pid, signal.SIGTERM)
         self.note_state()
+
+    def report_exits(self) -> None:
+        """Tell :attr:`on_exit` of each mold that exited since (main thread)."""
+        for pid, gen in list(self._exits.items()):
+            if _exited(pid):
+                del self._exits[pid]
+                self.on_exit(pid, gen)
 
     def serving(self, store: RecordStore | None) -> int:
         """The newest generation promoted (0 before any): the code respawns must run."""
@@ -131,6 +142,7 @@ class MoldSet:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
                 reap(pid, kill=False)
+        self.report_exits()
 
     def _alive(self) -> list[int]:
         """The molds still running (main thread): not retired, their socket still open. One
@@ -140,3 +152,11 @@ class MoldSet:
             for gen, handle in list(self.handles.items())
             if gen not in self._retired and not handle.gone()
         ]
+
+
+def _exited(pid: int) -> bool:
+    """Whether child *pid* exited (reaped already, by gunicorn's loop, or not yet)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True

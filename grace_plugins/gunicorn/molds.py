@@ -57,6 +57,16 @@ class Plan:
     how: str  # MOLD, FALLBACK or FAILED
 
 
+@dataclass(frozen=True)
+class ExitedMold:
+    """What gunicorn's ``child_exit(server, worker)`` hook gets for a mold that exited: its
+    ``pid`` (as a worker's), ``ppid`` (the master) and ``generation``."""
+
+    pid: int
+    ppid: int
+    generation: int
+
+
 def take_over_preload(frame: FrameType | None) -> None:
     """Called by the worker class's ``setup()`` (gunicorn loads the class, in the master, each
     time it loads a config: the start, every HUP), before gunicorn would import the app for
@@ -85,7 +95,7 @@ class Molds:
         self.preload_cfg: Any = None
         self.plan: Plan | None = None
         self.subreaper: bool | None = None
-        self.registry = MoldSet(arbiter.log)
+        self.registry = MoldSet(arbiter.log, self._child_exit)
 
     def configure(self, cfg: Any) -> None:
         """A config was loaded: with ``--preload``, the master does not import the app (the
@@ -98,6 +108,7 @@ class Molds:
         if self.subreaper is None:
             self.subreaper = become_subreaper()
         self.arbiter.spawn_worker = self.spawn_worker
+        self.arbiter.manage_workers = self.manage_workers
         MASTER.molds = self
 
     # -- spawning (the master's main thread) -------------------------------------------------------
@@ -137,6 +148,20 @@ class Molds:
                 gen,
             )
             self.registry.drop(handle)
+
+    def manage_workers(self) -> None:
+        """``Arbiter.manage_workers`` (each turn of gunicorn's loop): first, the molds that
+        exited since are told to the ``child_exit`` hook."""
+        self.registry.report_exits()
+        type(self.arbiter).manage_workers(self.arbiter)
+
+    def _child_exit(self, pid: int, gen: int) -> None:
+        """gunicorn's ``child_exit`` hook, for a mold: it imported the app, so it may have left
+        per-process state behind, as a worker does (prometheus_client's multiprocess files)."""
+        try:
+            self.arbiter.cfg.child_exit(self.arbiter, ExitedMold(pid, self.arbiter.pid, gen))
+        except Exception:  # noqa: BLE001 - as gunicorn's reap_workers treats the hook
+            self.log.exception("Exception during child_exit")
 
     def _gunicorn_spawn(self) -> int | None:
         """gunicorn's own ``spawn_worker``: forked from the master, the worker imports."""
@@ -178,6 +203,7 @@ class Molds:
             return MOLD
         parent.close()
         status = reap(pid, kill=not answer)
+        self._child_exit(pid, plan.gen)
         if "unsafe" in answer:
             self.log.warning(
                 "grace_plugins: generation %s: --preload cannot share the app between the"

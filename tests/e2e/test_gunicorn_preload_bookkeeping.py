@@ -209,3 +209,31 @@ def test_a_stop_during_a_hup_does_not_wait_for_the_new_workers(start_server, tmp
     server.signal(signal.SIGTERM)
     assert server.proc.wait(10) == 0, server.output()  # not after graceful_timeout (30 s)
     assert "rolled back" not in server.output()
+
+
+def test_the_child_exit_hook_hears_of_every_mold_that_exits(start_server, tmp_path):
+    """A mold imported the app: what a library keeps per process (prometheus_client's
+    multiprocess files, cleaned in ``child_exit`` as its docs say) must be cleaned after it
+    too, whether it was retired, failed, or made to leave by the stop."""
+    exits = tmp_path / "exits.log"
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "def child_exit(server, worker):\n"
+        f"    with open({str(exits)!r}, 'a') as log:\n"
+        "        print(type(worker).__name__, worker.pid, file=log)\n"
+    )
+    server = start(start_server, tmp_path, "-c", str(tmp_path / "gunicorn.conf.py"))
+
+    def told() -> list[int]:
+        lines = exits.read_text().splitlines() if exits.exists() else []
+        return [int(pid) for kind, pid in (line.split() for line in lines) if kind == "ExitedMold"]
+
+    hup_to(server, tmp_path, 2)
+    wait_until(lambda: told() == [mold_of(server, 1)], 10, "generation 1's retired mold told")
+    mark = server.mark()
+    write_code(tmp_path, counted("v3", "raise RuntimeError('broken on purpose')\n"))
+    server.signal(signal.SIGHUP)
+    server.wait_rollback(3, mark)
+    failed = [pid for pid, version in imports(tmp_path) if version == "v3"]
+    assert len(failed) == 1 and told() == [mold_of(server, 1), failed[0]]
+    assert server.stop() == 0
+    assert told() == [mold_of(server, 1), failed[0], mold_of(server, 2)]
