@@ -27,6 +27,7 @@ import pkgutil  # noqa: F401 - runpy.run_path imports it: known to the template,
 import socket
 import sys
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -202,11 +203,7 @@ class Template:
         pulled = self.project_modules()
         if pulled:
             return {"unsafe": f"preloading pulled in the project's {', '.join(pulled[:3])}"}
-        for name, module in list(sys.modules.items()):
-            origin = preload.module_origin(module)
-            if origin and os.path.isabs(origin) and origin not in stamps:
-                stamps[origin] = preload.stamp(origin)
-                files[origin] = name
+        _stamp_the_rest(stamps, files)
         preload.warm_metadata()
         gc.collect()
         self.generators = forked.generators()
@@ -286,8 +283,6 @@ class Template:
                         ),
                     )
                 except BaseException:
-                    import traceback
-
                     traceback.print_exc()
                     os._exit(1)
             try:
@@ -300,6 +295,15 @@ class Template:
         except OSError:  # the supervisor gave up on this template (a late fork: it leaves,
             _quit()  # its channel closed); so does the template, quietly
         return None
+
+
+def _stamp_the_rest(stamps: dict[str, preload.Stamp], files: dict[str, str]) -> None:
+    """Add every loaded module's file not stamped yet (what the preload pulled in)."""
+    for name, module in list(sys.modules.items()):
+        origin = preload.module_origin(module)
+        if origin and os.path.isabs(origin) and origin not in stamps:
+            stamps[origin] = preload.stamp(origin)
+            files[origin] = name
 
 
 def _close(fds: list[int]) -> None:
