@@ -110,8 +110,8 @@ class Lookout:
         readable = select.select(sources, [], [], self._wait)[0]
         hups = self._read_hups() if self._wake_r in readable else 0
         saved = watcher.take() if watcher is not None and watcher.fileno() in readable else None
-        self.step()
         now, newest = time.monotonic(), self._newest()
+        self.step()  # after: a verdict that frees a held HUP is reported (READY=1) before it
         self._wait = STEP
         if self.store.master_stopping():
             self.gate.drop()

@@ -1,13 +1,20 @@
 """When a HUP reaches gunicorn's reload: the gunicorn master's coalescing rule as a table (pure,
-no process started), and a storm replayed through it."""
+no process started), a storm replayed through it, and the lookout thread's order (a verdict
+reported before the HUP it frees)."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 import pytest
 
 pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
 
 from grace_plugins.gunicorn.hup_gate import HupGate, Newest  # noqa: E402
+from grace_plugins.gunicorn.lookout import Lookout  # noqa: E402
+from grace_plugins.gunicorn.records import RecordStore  # noqa: E402
+from grace_plugins.gunicorn.verdicts import PROMOTED, Announcement, Verdict  # noqa: E402
 from grace_plugins.pacing import Pacing  # noqa: E402
 
 INTERVAL, LIMIT = 1.0, 10.0
@@ -122,3 +129,27 @@ BUSY = [
 )
 def test_busy(rules, now, newest, busy):
     assert rules.busy(now, newest) is busy
+
+
+def test_a_verdict_that_frees_a_held_hup_is_reported_before_the_hup(tmp_path):
+    """A HUP held while generation 1 starts; its verdict is recorded by a worker while the
+    lookout thread reports (the step): the HUP must go to gunicorn only after a step that saw
+    the verdict (systemd hears READY=1 for generation 1 before the reload's RELOADING=1)."""
+    store = RecordStore(str(tmp_path))
+    store.announce(1, Announcement(expected=1, first_age=1, started=time.time(), ready_timeout=30))
+    seen: list[bool] = []
+    handed: list[bool] = []
+
+    def step() -> None:
+        seen.append(store.recorded_verdict(1) is not None)
+        if len(seen) == 2:  # a worker records the verdict right after this step looked
+            store.record_verdict(1, Verdict(PROMOTED, ""))
+
+    lookout = Lookout(store, logging.getLogger("test"), step, lambda: handed.append(seen[-1]))
+    lookout.heard_hup()
+    for _ in range(6):
+        lookout._turn()
+        lookout._wait = 0.0
+        if handed:
+            break
+    assert handed == [True], (seen, handed)  # the step before the hand-over saw the verdict
