@@ -48,6 +48,7 @@ class TemplateProcess:
     ready_ms: int = 0  # from its start to ready, plus the time each growth took
     tried: int = 0  # top-level imports it tried or knew were left out (:func:`.preload.poor_bet`)
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
+    stale_answers: int = 0  # owed to fork requests given up on (it answers in their order)
     #: while it imports: why it is a poor bet for a held first generation (``poor_bet``)
     poor: str | None = None
 

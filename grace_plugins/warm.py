@@ -92,8 +92,6 @@ class WarmSpawner(Spawner):
         self.reports = ReportFile(os.getpid())
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
-        #: one entry per answer a template owes to a fork request given up on
-        self._stale: list[TemplateProcess] = []
         #: the first generation, until the template built from its program's seed is ready
         self._waiting: first_wait.FirstWait | None = None
         #: at most this long (a third of the ready timeout): the cold fallback must still fit
@@ -166,7 +164,7 @@ class WarmSpawner(Spawner):
         if self._waiting is not None and self._waiting.request.number == number:
             self._waiting = None  # its template keeps importing: it serves the next spawn
         if self._fork is not None and self._fork.request.number == number:
-            self._stale.append(self._fork.template)  # its answer is not the next request's
+            self._fork.template.stale_answers += 1  # its answer is not the next request's
             self._fork = None
 
     def drop(self, why: str) -> None:
@@ -225,10 +223,9 @@ class WarmSpawner(Spawner):
                 self.reports.read_again()
                 self.refresh()  # a new template, of the modules it could not grow by
                 return out
-            stale = next((i for i, s in enumerate(self._stale) if s is t), None)
-            if stale is not None:  # answers come in the order of the requests: this one's
-                del self._stale[stale]  # request was given up on; its fork's channel is
-                continue  # closed, so that process leaves by itself
+            if t.stale_answers:  # that fork's channel is closed: the process leaves by itself
+                t.stale_answers -= 1
+                continue
             fork = self._fork
             if fork is None or fork.template is not t:
                 continue
@@ -254,7 +251,6 @@ class WarmSpawner(Spawner):
         was_building = self.templates.discard(t, why, said=fork is not None)
         if was_building and self._waiting is not None:
             return self._unwait(f"{why} before it was ready")
-        self._stale = [s for s in self._stale if s is not t]
         if fork is None:
             return []
         self._fork = None
