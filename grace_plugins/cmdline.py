@@ -4,16 +4,16 @@
 where the program starts (the script, the module's file for ``-m``, ``-c`` for code), and what
 comes before it are the interpreter's own options. From that split come the command line that
 re-runs the program in a generation (:func:`program_argv`: console scripts, ``python -m``,
-``python -c`` and interpreter flags, a script path made absolute), the flags the lean
-supervisor and the warm-start template start with (:func:`interpreter_flags`), and what a
-template re-runs in-process (:func:`parse_program`).
+``python -c`` and interpreter flags, a script path made absolute from :func:`working_dir`),
+the flags the lean supervisor and the warm-start template start with
+(:func:`interpreter_flags`), and what a template re-runs in-process (:func:`parse_program`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -75,8 +75,25 @@ def program_argv() -> list[str]:
     args, program = _this()
     if program is None or program.kind != "script" or not os.path.exists(program.target):
         return [sys.executable, *args]
-    target = os.path.abspath(program.target)
+    target = os.path.normpath(os.path.join(working_dir(), program.target))
     return [sys.executable, *program.flags, target, *program.args]
+
+
+def working_dir(environ: Mapping[str, str] = os.environ) -> str:
+    """The working directory as the user named it: ``$PWD`` (the shell's, symlinks kept) when
+    it is this directory, else the physical one. A deploy that points a ``current`` symlink at
+    a new release, then asks for an upgrade, gets the new release: a generation started in
+    ``$PWD`` resolves the symlink again, one started in ``os.getcwd()`` would run the old
+    release (gunicorn's ``util.getcwd`` does the same for its workers and re-exec)."""
+    physical = os.getcwd()
+    named = environ.get("PWD", "")
+    if not os.path.isabs(named) or named == physical:
+        return physical
+    try:
+        here, there = os.stat(physical), os.stat(named)
+    except OSError:
+        return physical
+    return named if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) else physical
 
 
 def interpreter_flags() -> list[str]:

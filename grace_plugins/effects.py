@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from grace_plugins import actions as act
 from grace_plugins import channel as msg
 from grace_plugins.channel import Channel
+from grace_plugins.cmdline import working_dir
 from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.listeners import name_of
 from grace_plugins.options import Options
@@ -66,7 +67,7 @@ class Effects:
         self.listeners = listeners
         self.options = options
         self.argv = argv
-        self.cwd = os.getcwd()
+        self.cwd = working_dir()  # symlinks kept: a switched release is the one started
         self.spawner = spawner
         self.report = report
         self.log = log
@@ -97,7 +98,7 @@ class Effects:
             channel_fd=child_end.fileno(),
             options=self.options,
         )
-        env = dict(os.environ)
+        env = {**os.environ, "PWD": self.cwd}
         env.pop(NOTIFY_VAR, None)  # systemd hears the supervisor (the main pid) only
         env[HANDOFF_VAR] = handoff.encode()
         pass_fds = [s.fileno() for s in self.listeners] + [child_end.fileno()]
@@ -242,7 +243,7 @@ class Effects:
             action.number,
             action.pid,
         )
-        return exec_supervisor(self.argv, handoff, self.wake_fd)
+        return exec_supervisor(self.argv, handoff, self.cwd, self.wake_fd)
 
     def own_pids(self) -> Iterable[int]:
         """Every process of ours that is not an orphan to reap blindly."""

@@ -49,7 +49,11 @@ def _under(path: str, root: str) -> bool:
 
 
 def project_roots(
-    cwd: str, script_dir: str | None, generation_path: Sequence[str], base_path: Sequence[str]
+    cwd: str,
+    script_dir: str | None,
+    generation_path: Sequence[str],
+    base_path: Sequence[str],
+    generation_cwd: str = "",
 ) -> list[str]:
     """The directories whose modules are the project's own.
 
@@ -57,10 +61,13 @@ def project_roots(
     (the standard library, ``PYTHONPATH``, site-packages and what ``.pth`` files add); entries
     of the generation's *generation_path* beyond it were added by the program itself (the
     script's directory, the app's directory) and are the project's. Relative entries are
-    relative to *cwd*.
+    relative to *cwd*. *generation_cwd* is the directory the generation found itself in: the
+    physical one, where *cwd* may name it through a symlink (its modules' files say it so).
     """
     base = {_norm(os.path.join(cwd, p)) for p in base_path if p}
     roots = [_norm(cwd)]
+    if generation_cwd and _norm(generation_cwd) not in roots:
+        roots.append(_norm(generation_cwd))
     if script_dir:
         roots.append(_norm(os.path.join(cwd, script_dir)))
     for entry in generation_path:

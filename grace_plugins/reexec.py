@@ -120,7 +120,7 @@ def start_preflight(argv: list[str], cwd: str) -> subprocess.Popen[bytes]:
 
     :raises OSError: when it cannot be started.
     """
-    env = {**os.environ, PREFLIGHT_VAR: "1"}
+    env = {**os.environ, "PWD": cwd, PREFLIGHT_VAR: "1"}
     for name in (SUPERVISOR_VAR, HANDOFF_VAR):
         env.pop(name, None)
     return subprocess.Popen(
@@ -137,16 +137,20 @@ def preflight_failure(returncode: int) -> str | None:
     return f"it exited with status {returncode}"
 
 
-def exec_supervisor(argv: list[str], handoff: SupervisorHandoff, wake_fd: int = -1) -> str:
-    """Replace this process's program with *argv*, handing it *handoff* (its fds inherited);
-    returns only on failure (why).
+def exec_supervisor(
+    argv: list[str], handoff: SupervisorHandoff, cwd: str, wake_fd: int = -1
+) -> str:
+    """Replace this process's program with *argv* run in *cwd*, handing it *handoff* (its
+    fds inherited); returns only on failure (why).
+
+    An exec keeps the working directory the process entered, so *cwd* is entered again first
+    (a ``current`` symlink switched to a new release since is followed, as gunicorn's USR2).
 
     Stop and upgrade signals are blocked across the exec (the mask survives it); those that
     already reached the loop's wakeup pipe (*wake_fd*) but were not read yet are raised again,
     so they are pending in the new image instead of lost with the pipe.
     """
-    env = dict(os.environ)
-    env[SUPERVISOR_VAR] = handoff.encode()
+    env = {**os.environ, "PWD": cwd, SUPERVISOR_VAR: handoff.encode()}
     keep_fds = handoff.fds()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     with contextlib.suppress(BlockingIOError, OSError):
@@ -156,14 +160,20 @@ def exec_supervisor(argv: list[str], handoff: SupervisorHandoff, wake_fd: int = 
             os.kill(os.getpid(), signum)
     for fd in keep_fds:
         os.set_inheritable(fd, True)
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        os.chdir(cwd)
         os.execve(argv[0], argv, env)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.fchdir(here)
         for fd in keep_fds:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return f"exec failed ({exc.strerror})"
+    finally:
+        os.close(here)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

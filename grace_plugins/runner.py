@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from grace_plugins import listeners as lst
 from grace_plugins import warm_seed
-from grace_plugins.cmdline import program_argv
+from grace_plugins.cmdline import program_argv, working_dir
 from grace_plugins.errors import ExitCode, GraceError, require_posix
 from grace_plugins.generation import GenerationContext, run_generation
 from grace_plugins.handoff import HANDOFF_VAR, take_handoff, take_systemd_fds
@@ -112,7 +112,7 @@ def run(
     image.program, image.argv_len = program_argv(), len(sys.argv)
     image.options, image.watching = options, watching
     if options.warm and app_imported and not image.generation:
-        warm_seed.plant(image.program, os.getcwd(), os.environ)
+        warm_seed.plant(image.program, working_dir(), os.environ)
     why = become_lean(image)  # returns only if the exec failed
     get_logger().info("%s: supervising in this process", why)
     return supervise(image, sockets)

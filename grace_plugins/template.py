@@ -164,7 +164,9 @@ class Template:
             return {"unsafe": "the generation's module report has another format"}
         modules = [(str(n), o if isinstance(o, str) else None) for n, o in report["modules"]]
         script_dir = program_path0(program, cwd) if program.kind == "script" else None
-        self.roots = preload.project_roots(cwd, script_dir, report["path"], base)
+        self.roots = preload.project_roots(
+            cwd, script_dir, report["path"], base, str(report.get("cwd") or "")
+        )
         names, project = preload.split_modules(modules, self.roots, self.stdlib)
         origins = dict(modules)
         stamps: dict[str, preload.Stamp] = {}

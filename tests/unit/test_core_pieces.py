@@ -248,6 +248,42 @@ def test_program_argv(tmp_path, monkeypatch, orig, argv, expected):
     assert cmdline.interpreter_flags() == (["-X", "utf8"] if orig[1] == "-X" else [])
 
 
+def release_behind_a_symlink(tmp_path, monkeypatch):
+    """``current`` -> ``releases/r1`` (holding ``manage.py``), entered through the link."""
+    release = tmp_path / "releases" / "r1"
+    release.mkdir(parents=True)
+    (release / "manage.py").write_text("")
+    current = tmp_path / "current"
+    current.symlink_to(release)
+    monkeypatch.chdir(current)
+    return current
+
+
+def test_the_working_dir_and_a_script_keep_the_symlink_the_user_went_through(tmp_path, monkeypatch):
+    current = release_behind_a_symlink(tmp_path, monkeypatch)
+    monkeypatch.setenv("PWD", str(current))
+    monkeypatch.setattr(sys, "orig_argv", ["py", "manage.py", "runhot"], raising=False)
+    monkeypatch.setattr(sys, "argv", ["manage.py", "runhot"])
+    assert cmdline.working_dir() == str(current)
+    assert cmdline.program_argv() == [sys.executable, str(current / "manage.py"), "runhot"]
+
+
+@pytest.mark.parametrize("pwd", ["another directory", "relative", "missing", "unset"])
+def test_the_working_dir_is_the_physical_one_unless_pwd_names_it(tmp_path, monkeypatch, pwd):
+    release_behind_a_symlink(tmp_path, monkeypatch)
+    (tmp_path / "other").mkdir()
+    named = {
+        "another directory": str(tmp_path / "other"),
+        "relative": "current",
+        "missing": str(tmp_path / "gone"),
+    }
+    if pwd == "unset":
+        monkeypatch.delenv("PWD", raising=False)
+    else:
+        monkeypatch.setenv("PWD", named[pwd])
+    assert cmdline.working_dir() == os.getcwd() == os.path.realpath(tmp_path / "releases" / "r1")
+
+
 def test_pid_alive_and_reaping_outside_pid1():
     assert process.pid_alive(os.getpid())
     assert not process.pid_alive(2**22 + 12345)

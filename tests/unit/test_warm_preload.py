@@ -99,6 +99,14 @@ def test_relative_paths_are_relative_to_the_working_directory():
     assert project_roots("/srv/app", None, ["", "lib"], []) == ["/srv/app", "/srv/app/lib"]
 
 
+def test_the_generations_own_directory_is_a_root_when_a_symlink_names_it_for_us():
+    # started in /srv/app/current (-> releases/r2), its modules' files say releases/r2
+    roots = project_roots("/srv/app/current", None, [""], [], "/srv/app/releases/r2")
+    assert roots == ["/srv/app/current", "/srv/app/releases/r2"]
+    modules = [("views", "/srv/app/releases/r2/views.py"), ("flask", "/venv/site-packages/f.py")]
+    assert split_modules(modules, roots, STDLIB) == (["flask"], ["views"])
+
+
 def test_changed_files_notices_mtime_size_and_removal():
     recorded = {"/a.py": (1, 10), "/b.py": (2, 20), "/c.py": (3, 30), "/d.py": (4, 40)}
     current = {"/a.py": (1, 10), "/b.py": (5, 20), "/c.py": (3, 31), "/d.py": None}

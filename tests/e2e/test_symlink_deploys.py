@@ -1,0 +1,142 @@
+"""Release-directory deploys (Capistrano's layout): each release in a directory of its own, a
+``current`` symlink pointing at the one that serves, the server started in ``current``. A deploy
+points ``current`` at the new release, then asks for an upgrade: the new generation must run the
+new release, as gunicorn's workers and re-exec do (they start in ``$PWD``, not in the physical
+directory the old release's process entered)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+
+import pytest
+
+from tests.harness import http_get, wait_served_by
+from tests.harness.code import write_code
+from tests.harness.core import start
+from tests.harness.django_site import copy_site
+from tests.harness.django_site import runhot as start_runhot
+from tests.harness.django_site import set_version as set_django_version
+from tests.harness.flask_site import FLASK, seed_app
+from tests.harness.gunicorn import start_gunicorn, version
+from tests.harness.gunicorn import write_code as write_gunicorn_code
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def releases(base: pathlib.Path, make) -> pathlib.Path:
+    """``releases/r1`` and ``releases/r2`` (``make(directory, version)`` fills each) and
+    ``current`` pointing at r1; return ``current``."""
+    for number in (1, 2):
+        make(base / "releases" / f"r{number}", f"v{number}")
+    current = base / "current"
+    current.symlink_to(base / "releases" / "r1")
+    return current
+
+
+def switch(current: pathlib.Path, release: str) -> None:
+    """Point ``current`` at *release* at once, as a deploy does (a new link renamed over it)."""
+    new = current.with_name("current.new")
+    new.symlink_to(current.parent / "releases" / release)
+    os.replace(new, current)
+
+
+def where(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/cwd")
+
+
+def core_release(directory: pathlib.Path, version: str) -> None:
+    directory.mkdir(parents=True)
+    write_code(directory, version)
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_a_hup_after_the_symlink_switch_serves_the_new_release(start_server, tmp_path, warm):
+    current = releases(tmp_path, core_release)
+    extra = () if warm else ("--no-warm",)
+    server = start(start_server, current, extra=extra, env={"PWD": str(current)})
+    first = http_get(server.port)
+    assert first.version == "v1"
+    switch(current, "r2")
+    new = server.upgrade()
+    assert wait_served_by(server.port, new).version == "v2"
+    if os.path.isdir("/proc"):
+        assert where(new) == str(tmp_path / "releases" / "r2")
+    switch(current, "r1")  # a rollback of the deploy is a switch back
+    back = server.upgrade()
+    assert wait_served_by(server.port, back).version == "v1"
+    switch(current, "r2")
+    shutil.rmtree(tmp_path / "releases" / "r1")  # the deploy tool prunes old releases
+    again = server.upgrade()  # the supervisor's own directory is gone: nothing needs it
+    assert wait_served_by(server.port, again).version == "v2"
+    assert server.stop() == 0
+
+
+def test_usr2_after_the_symlink_switch_runs_the_new_release(start_server, tmp_path):
+    current = releases(tmp_path, core_release)
+    server = start(start_server, current, env={"PWD": str(current)})
+    assert http_get(server.port).version == "v1"
+    switch(current, "r2")
+    mark = server.mark()
+    os.kill(server.pid, signal.SIGUSR2)
+    server.wait_for(r"supervisor re-executed \(pid unchanged\); adopted generation", 20, mark)
+    found = server.wait_for(r"generation \d+ \(pid (\d+)\) ready after", 20, mark)
+    assert wait_served_by(server.port, int(found.group(1))).version == "v2"
+    if os.path.isdir("/proc"):  # the supervisor itself moved: its next upgrades start there
+        assert where(server.pid) == str(tmp_path / "releases" / "r2")
+    shutil.rmtree(tmp_path / "releases" / "r1")
+    again = server.upgrade()
+    assert wait_served_by(server.port, again).version == "v2"
+    assert server.stop() == 0
+
+
+def flask_release(directory: pathlib.Path, version: str) -> None:
+    seed_app(directory, version)
+
+
+@pytest.mark.skipif(not os.path.exists(FLASK), reason="flask is not installed")
+def test_flask_hotrun_follows_the_symlink(start_server, tmp_path):
+    current = releases(tmp_path, flask_release)
+    server = start_server(
+        [FLASK, "--app", "app.py", "hotrun", "-p", "0"], cwd=str(current), env={"PWD": str(current)}
+    )
+    port = server.wait_ready(30)
+    assert http_get(port).version == "v1"
+    switch(current, "r2")
+    new = server.upgrade()
+    assert wait_served_by(port, new).version == "v2"
+    assert server.stop() == 0
+
+
+def test_django_runhot_follows_the_symlink(start_server, tmp_path):
+    def django_release(directory: pathlib.Path, version: str) -> None:
+        site = copy_site(tmp_path / f"copy-{version}")
+        shutil.move(site, directory)
+        set_django_version(directory, version)
+
+    current = releases(tmp_path, django_release)
+    server = start_runhot(start_server, current, env={"PWD": str(current)})
+    assert http_get(server.port).version == "v1"
+    switch(current, "r2")
+    new = server.upgrade(60)
+    assert wait_served_by(server.port, new).version == "v2"
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["imported-by-workers", "preload"])
+def test_gunicorn_with_our_worker_follows_the_symlink(start_server, tmp_path, preload):
+    # gunicorn's own way (its --chdir, in sys.path), kept by our worker and by the molds
+    def gunicorn_release(directory: pathlib.Path, release: str) -> None:
+        directory.mkdir(parents=True)
+        write_gunicorn_code(directory, version(release))
+
+    current = releases(tmp_path, gunicorn_release)
+    extra = ("--preload",) if preload else ()
+    server = start_gunicorn(start_server, current, *extra, code=version("v1"), workers=1)
+    assert http_get(server.port).version == "v1"
+    switch(current, "r2")
+    (pid,) = server.hup(2)
+    assert wait_served_by(server.port, pid).version == "v2"
+    assert server.stop() == 0
