@@ -47,6 +47,7 @@ class TemplateProcess:
     left: list[list[str]] = dataclasses.field(default_factory=list)
     ready_ms: int = 0  # from its start to ready, plus the time each growth took
     tried: int = 0  # top-level imports it tried or knew were left out (:func:`.preload.poor_bet`)
+    preloaded: int = 0  # the modules of the report it holds (as its own log line says)
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
     stale_answers: int = 0  # owed to fork requests given up on (it answers in their order)
     #: while it imports: why it is a poor bet for a held first generation (``poor_bet``)
@@ -86,6 +87,7 @@ class TemplateProcess:
             self.stamps[path] = None if value is None else (int(value[0]), int(value[1]))
         self.known |= frozenset(answer["known"])
         self.tried += int(answer.get("tried", 0))
+        self.preloaded = int(answer.get("ready", self.preloaded))
         left = {one[0] for one in self.left}
         self.left += [[str(p) for p in one] for one in answer.get("left", []) if one[0] not in left]
         return None

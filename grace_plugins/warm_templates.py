@@ -132,7 +132,7 @@ class Templates:
             "warm start: template (pid %d) ready after %d ms with %d modules preloaded",
             b.pid,
             elapsed,
-            len(b.names),
+            b.preloaded,
         )
         b.ready_ms = round(elapsed)
         self._keep_seed(b)

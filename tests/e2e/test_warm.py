@@ -43,9 +43,12 @@ RANDOM_PROBE = "import random\nSEED = random.random()\n"
 
 
 def warm_server(start_server, app_dir, env=None, **kwargs):
-    """The core test server, once its template has preloaded."""
+    """The core test server, once its template has preloaded (the template and the
+    supervisor give the same count)."""
     server = start(start_server, app_dir, interval=0.1, env=env, **kwargs)
-    server.wait_for(TEMPLATE_READY, 30)
+    said = server.wait_for(TEMPLATE_READY, 30)
+    heard = server.wait_for(rf"template \(pid {said.group(1)}\) ready after \d+ ms with (\d+)", 10)
+    assert heard.group(1) == said.group(2), server.output()
     return server
 
 
