@@ -62,7 +62,25 @@ def same_interpreter(path: str) -> bool:
     """Whether *path* names this interpreter, however it was spelt: a program started as
     ``../.venv/bin/python app.py`` keeps the ``..`` in its ``sys.executable``, a process
     that re-executed itself from there has it normalised."""
-    return os.path.normpath(path) == os.path.normpath(sys.executable)
+    return os.path.normpath(path) == os.path.normpath(interpreter())
+
+
+def interpreter() -> str:
+    """This interpreter as the generations, the templates and a re-executed supervisor start
+    it: ``sys.executable``, spelt from :func:`working_dir` when it lies inside it. A console
+    script names the interpreter of the directory its environment was made in
+    (``releases/r1/.venv/bin/python``): a virtual environment inside each release is then
+    the new release's too once ``current`` points at it."""
+    return rebased(sys.executable, os.getcwd(), working_dir())
+
+
+def rebased(path: str, physical: str, named: str) -> str:
+    """*path* spelt from *named* when it lies inside *physical*, the directory *named* names
+    (the working directory, through a symlink)."""
+    inside = physical.rstrip(os.sep) + os.sep
+    if named == physical or not path.startswith(inside):
+        return path
+    return os.path.join(named, path[len(inside) :])
 
 
 def _this() -> tuple[list[str], Program | None]:
@@ -74,9 +92,15 @@ def program_argv() -> list[str]:
     """The command line that re-runs this program (interpreter flags included)."""
     args, program = _this()
     if program is None or program.kind != "script" or not os.path.exists(program.target):
-        return [sys.executable, *args]
-    target = os.path.normpath(os.path.join(working_dir(), program.target))
-    return [sys.executable, *program.flags, target, *program.args]
+        return [interpreter(), *args]
+    return [interpreter(), *program.flags, absolute(program.target), *program.args]
+
+
+def absolute(path: str) -> str:
+    """*path* made absolute from :func:`working_dir`. ``..`` is left for the kernel to
+    follow: after a symlink, it leads to the parent of the link's target, not of the link."""
+    joined = os.path.join(working_dir(), path)
+    return joined if os.pardir in joined.split(os.sep) else os.path.normpath(joined)
 
 
 def working_dir(environ: Mapping[str, str] = os.environ) -> str:
@@ -87,6 +111,7 @@ def working_dir(environ: Mapping[str, str] = os.environ) -> str:
     release (gunicorn's ``util.getcwd`` does the same for its workers and re-exec)."""
     physical = os.getcwd()
     named = environ.get("PWD", "")
+    named = named.rstrip(os.sep) or named
     if not os.path.isabs(named) or named == physical:
         return physical
     try:

@@ -237,6 +237,7 @@ class Effects:
             generation_pid=action.pid,
             channel_fd=child.channel.fileno(),
             counter=action.counter,
+            options=self.options,  # the next image keeps its pidfile
         )
         self.log.info(
             "re-executing the supervisor in place; generation %d (pid %d) keeps serving",

@@ -17,7 +17,7 @@ import os
 import sys
 
 import grace_plugins
-from grace_plugins.cmdline import interpreter_flags, working_dir
+from grace_plugins.cmdline import interpreter, interpreter_flags, working_dir
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.reexec import SupervisorHandoff, exec_supervisor
 
@@ -29,7 +29,7 @@ def become_lean(image: SupervisorHandoff) -> str:
     if getattr(sys, "frozen", False):
         return "a frozen program cannot run the interpreter"
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
-    argv = [sys.executable, *interpreter_flags(), "-c", BOOT, package_parent]
+    argv = [interpreter(), *interpreter_flags(), "-c", BOOT, package_parent]
     return exec_supervisor(argv, image, working_dir())
 
 

@@ -160,7 +160,7 @@ def exec_supervisor(
             os.kill(os.getpid(), signum)
     for fd in keep_fds:
         os.set_inheritable(fd, True)
-    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = _where_we_are()
     try:
         os.chdir(cwd)
         os.execve(argv[0], argv, env)
@@ -173,8 +173,19 @@ def exec_supervisor(
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return f"exec failed ({exc.strerror})"
     finally:
-        os.close(here)
+        if here >= 0:
+            os.close(here)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _where_we_are() -> int:
+    """An fd of the working directory, to come back to if the exec fails (-1 when it cannot
+    be opened: a directory we may enter but not read, without Linux's ``O_PATH``)."""
+    flags = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+    try:
+        return os.open(".", flags)
+    except OSError:
+        return -1
 
 
 def release_held_signals() -> None:

@@ -8,6 +8,7 @@ they turn their framework's options into a ``serve(context)`` function and call 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -99,9 +100,10 @@ def run(
         run_generation(handoff, serve)
     configure("supervisor")
     options = options or Options()
+    image = take_supervisor_handoff()  # after a USR2: the listeners and the generation
+    options = _pidfile_kept(options, image)
     if options.pidfile:
         check_pidfile(options.pidfile)  # before anything is bound or started
-    image = take_supervisor_handoff()  # after a USR2: the listeners and the generation
     if image is not None:
         sockets = adopt_listeners(image)
     else:
@@ -116,6 +118,16 @@ def run(
     why = become_lean(image)  # returns only if the exec failed
     get_logger().info("%s: supervising in this process", why)
     return supervise(image, sockets)
+
+
+def _pidfile_kept(options: Options, image: SupervisorHandoff | None) -> Options:
+    """*options* with the pidfile an absolute path: the one the image before this one wrote,
+    after a USR2 (a relative one would name another file, after a symlink switch, once the
+    exec entered the new release), else the one named here."""
+    kept = image.options.pidfile if image is not None else None
+    if options.pidfile:
+        return dataclasses.replace(options, pidfile=kept or os.path.abspath(options.pidfile))
+    return options
 
 
 def adopt_listeners(image: SupervisorHandoff) -> list[socket.socket]:

@@ -35,6 +35,7 @@ from grace_plugins import actions as act
 from grace_plugins import channel as msg
 from grace_plugins.cmdline import program_argv
 from grace_plugins.effects import Child, Effects
+from grace_plugins.errors import GraceError
 from grace_plugins.listeners import name_of, unlink_unix
 from grace_plugins.log import configure
 from grace_plugins.options import Options
@@ -121,13 +122,22 @@ class Supervisor:
         self.rules.adopt(handoff.generation, handoff.generation_pid, handoff.counter, self.now())
 
     # -- the loop ---------------------------------------------------------------------------------
+    def _write_pidfile(self, path: str) -> None:
+        """Write it; a USR2 image that cannot serves on (its directory went with a release)."""
+        try:
+            write_pidfile(path)
+        except GraceError as exc:
+            if not self.rules.adopted:
+                raise
+            self.log.error("%s Serving on without it.", exc)
+
     def run(self) -> int:
         """Serve until stopped by SIGTERM/SIGINT; return the exit status. Blocks."""
         previous_wakeup = signal.set_wakeup_fd(self.wake_w)
         previous = {sig: signal.signal(sig, _wake) for sig in _HANDLED}
         try:
             if self.options.pidfile:
-                write_pidfile(self.options.pidfile)
+                self._write_pidfile(self.options.pidfile)
             self.effects.report.open_state(self.rules.adopted, self.rules.listeners)
             release_held_signals()  # held across the exec that made this image, if one did
             self._queue.append(act.Begin(self.now()))

@@ -15,13 +15,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 
 import grace_plugins
 from grace_plugins import preload
-from grace_plugins.cmdline import Program
+from grace_plugins.cmdline import Program, interpreter
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.sdnotify import NOTIFY_VAR
 from grace_plugins.template import BOOT, Wire
@@ -48,6 +47,7 @@ class TemplateProcess:
     ready_ms: int = 0  # from its start to ready, plus the time each growth took
     tried: int = 0  # top-level imports it tried or knew were left out (:func:`.preload.poor_bet`)
     preloaded: int = 0  # the modules of the report it holds (as its own log line says)
+    physical: str = ""  # where its working directory led when it started
     leave_by: float | None = None  # once asked to stop: SIGKILL if still there then
     stale_answers: int = 0  # owed to fork requests given up on (it answers in their order)
     #: while it imports: why it is a poor bet for a held first generation (``poor_bet``)
@@ -98,9 +98,17 @@ class TemplateProcess:
         message = {"argv": argv, "env": dict(env), "cwd": cwd, "fds": fds}
         self.wire.send(message, fds)
 
-    def changed_files(self) -> list[str]:
-        """The preloaded files changed on disk since the template imported them."""
-        return preload.changed_files(self.stamps, {p: preload.stamp(p) for p in self.stamps})
+    def why_stale(self, cwd: str) -> str | None:
+        """Why a generation run in *cwd* must not be forked from it, or ``None``: a preloaded
+        file changed on disk since it imported it, or *cwd* (a symlink switched to another
+        release) leads elsewhere than when it started, so that its ``sys.path`` (a relative
+        ``PYTHONPATH``, the ``.pth`` files it read) names the old release."""
+        changed = preload.changed_files(self.stamps, {p: preload.stamp(p) for p in self.stamps})
+        if changed:
+            return f"{self.names.get(changed[0], changed[0])} changed on disk ({changed[0]})"
+        if self.physical and os.path.realpath(cwd) != self.physical:
+            return f"{cwd} leads to {os.path.realpath(cwd)} now, not to {self.physical}"
+        return None
 
     def leave(self, within: float = LEAVE_SECONDS) -> None:
         """Ask it to stop, without waiting: at the end of file on its socket it exits (after
@@ -169,9 +177,10 @@ def start_template(
 
     :raises OSError: when it cannot be started.
     """
+    physical = os.path.realpath(cwd)  # before it starts: a switch meanwhile is a mismatch
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
-    boot = [sys.executable, *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
+    boot = [interpreter(), *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
     try:
         process = subprocess.Popen(
             boot,
@@ -187,6 +196,7 @@ def start_template(
     finally:
         theirs.close()
     template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)
+    template.physical = physical
     setup = {"report": report, "program": dataclasses.asdict(program), "cwd": cwd, "seed": seed}
     template.wire.send(setup)
     return template

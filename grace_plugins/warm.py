@@ -185,11 +185,10 @@ class WarmSpawner(Spawner):
         if request.argv != t.argv:
             self._stop_all(None)
             raise _Cold("the command line changed")
-        changed = t.changed_files()
-        if changed:
-            self.drop("a preloaded file changed")
-            module = t.names.get(changed[0], changed[0])
-            raise _Cold(f"{module} changed on disk ({changed[0]}); the template will be rebuilt")
+        stale = t.why_stale(request.cwd)
+        if stale:
+            self.drop("the template was stale")
+            raise _Cold(f"{stale}; the template will be rebuilt")
         try:
             t.ask_fork(request.argv, request.env, request.cwd, request.pass_fds)
         except OSError as exc:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from grace_plugins import preload
+from grace_plugins import cmdline, preload
 from grace_plugins.atomic import write_atomic
 from grace_plugins.process import process_start_time
 from grace_plugins.state import state_dir
@@ -47,7 +47,7 @@ def seed_path(argv: list[str], cwd: str, env: Mapping[str, str]) -> str:
     chosen = {name: env.get(name) for name in KEY_VARS}
     # as spelled: "site/../.venv/bin/python" in the process the user started is
     # ".venv/bin/python" once it re-executed itself (symlinks kept: one per environment)
-    interpreter = os.path.normpath(os.path.abspath(sys.executable))
+    interpreter = os.path.normpath(os.path.abspath(cmdline.interpreter()))
     key = json.dumps([interpreter, cwd, argv, chosen]).encode()
     return os.path.join(state_dir(), f"seed-{hashlib.sha256(key).hexdigest()[:24]}.json")
 

@@ -10,6 +10,9 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
+import sys
+import sysconfig
 
 import pytest
 
@@ -22,6 +25,9 @@ from tests.harness.django_site import set_version as set_django_version
 from tests.harness.flask_site import FLASK, seed_app
 from tests.harness.gunicorn import start_gunicorn, version
 from tests.harness.gunicorn import write_code as write_gunicorn_code
+from tests.harness.server import PYTHON, ROOT
+
+WARM = sys.platform.startswith("linux")
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,6 +96,105 @@ def test_usr2_after_the_symlink_switch_runs_the_new_release(start_server, tmp_pa
     again = server.upgrade()
     assert wait_served_by(server.port, again).version == "v2"
     assert server.stop() == 0
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs Linux")
+def test_a_template_made_before_the_switch_never_forks_the_old_release(start_server, tmp_path):
+    # the project on a relative PYTHONPATH: the template's sys.path names releases/r1/src
+    def src_release(directory: pathlib.Path, version: str) -> None:
+        (directory / "src").mkdir(parents=True)
+        write_code(directory / "src", version)
+
+    current = releases(tmp_path, src_release)
+    env = {"PWD": str(current), "PYTHONPATH": os.pathsep.join(["src", ROOT])}
+    server = start(start_server, current, env=env)
+    server.wait_warm()  # made in r1
+    assert http_get(server.port).version == "v1"
+    switch(current, "r2")
+    mark = server.mark()
+    new = server.upgrade()
+    assert wait_served_by(server.port, new).version == "v2"
+    server.wait_for(
+        r"leads to .*releases/r2 now, not to .*releases/r1; the template will be", 5, mark
+    )
+    mark = server.mark()
+    server.wait_for(r"warm start: template \(pid \d+\) ready after", 30, mark)  # made in r2
+    again = server.upgrade()
+    server.wait_for(rf"warm start: pid {again} forked from the template", 5, mark)
+    assert wait_served_by(server.port, again).version == "v2"
+    assert server.stop() == 0
+
+
+def venv_release(directory: pathlib.Path, version: str) -> None:
+    """A release with a virtual environment of its own (``venv``), as a deploy makes it in the
+    release's directory: its library ``mylib`` says which release it is; the code serves its
+    version and its library's."""
+    directory.mkdir(parents=True)
+    subprocess.run(
+        [PYTHON, "-m", "venv", "--without-pip", str(directory / "venv")], check=True, timeout=60
+    )
+    site = subprocess.run(
+        [str(directory / "venv" / "bin" / "python"), "-c", "import sysconfig;"
+         "print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    ours = sysconfig.get_paths()["purelib"]  # grace_plugins and the rest, from this environment
+    pathlib.Path(site, "zz_tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    pathlib.Path(site, "mylib.py").write_text(f"LIB = 'lib-{version}'\n")
+    write_code(directory, version, body="import mylib\nVERSION = f'{VERSION}+{mylib.LIB}'")
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_each_release_runs_its_own_virtual_environment(start_server, tmp_path, warm):
+    # started by the interpreter's path in releases/r1 (as a console script's first line
+    # names it): the next release runs its own, and the first one may be deleted
+    current = releases(tmp_path, venv_release)
+    python = str(tmp_path / "releases" / "r1" / "venv" / "bin" / "python")
+    argv = [python, os.path.join(ROOT, "tests", "apps", "core_server.py"), "127.0.0.1:0"]
+    argv += ["--interval=0.1"] + ([] if warm and WARM else ["--no-warm"])
+    server = start_server(argv, cwd=current, env={"PWD": str(current)})
+    server.wait_ready()
+    assert http_get(server.port).version == "v1+lib-v1"
+    switch(current, "r2")
+    new = server.upgrade()
+    assert wait_served_by(server.port, new).version == "v2+lib-v2"
+    shutil.rmtree(tmp_path / "releases" / "r1")
+    again = server.upgrade()
+    assert wait_served_by(server.port, again).version == "v2+lib-v2"
+    assert server.stop() == 0
+
+
+def test_a_script_path_through_dotdot_after_a_symlink(start_server, tmp_path):
+    # proj/app -> src/app, the server started there as ../tools/server.py (src/tools)
+    (tmp_path / "src" / "tools").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "tests", "apps", "core_server.py"), tmp_path / "src" / "tools")
+    (tmp_path / "src" / "app").mkdir()
+    write_code(tmp_path / "src" / "app", "v1")
+    (tmp_path / "proj").mkdir()
+    app = tmp_path / "proj" / "app"
+    app.symlink_to(tmp_path / "src" / "app")
+    argv = [PYTHON, "../tools/core_server.py", "127.0.0.1:0", "--interval=0.1"]
+    server = start_server(argv, cwd=app, env={"PWD": str(app)})
+    server.wait_ready()
+    new = server.upgrade()
+    assert wait_served_by(server.port, new).version == "v1"
+    assert server.stop() == 0
+
+
+def test_a_relative_pidfile_stays_the_one_first_written_across_usr2(start_server, tmp_path):
+    current = releases(tmp_path, core_release)
+    server = start(start_server, current, extra=("--pidfile", "app.pid"), env={"PWD": str(current)})
+    first = tmp_path / "releases" / "r1" / "app.pid"
+    assert first.read_text().strip() == str(server.pid)
+    switch(current, "r2")
+    mark = server.mark()
+    os.kill(server.pid, signal.SIGUSR2)
+    found = server.wait_for(r"generation \d+ \(pid (\d+)\) ready after", 20, mark)
+    assert wait_served_by(server.port, int(found.group(1))).version == "v2"
+    assert first.read_text().strip() == str(server.pid)
+    assert not (tmp_path / "releases" / "r2" / "app.pid").exists()
+    assert server.stop() == 0
+    assert not first.exists()
 
 
 def flask_release(directory: pathlib.Path, version: str) -> None:

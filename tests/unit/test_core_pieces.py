@@ -284,6 +284,51 @@ def test_the_working_dir_is_the_physical_one_unless_pwd_names_it(tmp_path, monke
     assert cmdline.working_dir() == os.getcwd() == os.path.realpath(tmp_path / "releases" / "r1")
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/srv/releases/r1/.venv/bin/python", "/srv/current/.venv/bin/python"),
+        ("/usr/bin/python3", "/usr/bin/python3"),  # not inside: as it is
+        ("/srv/releases/r10/.venv/bin/python", "/srv/releases/r10/.venv/bin/python"),
+    ],
+    ids=["inside", "outside", "a sibling with the same prefix"],
+)
+def test_an_interpreter_inside_the_release_is_spelt_through_current(path, expected):
+    assert cmdline.rebased(path, "/srv/releases/r1", "/srv/current") == expected
+    assert cmdline.rebased(path, "/srv/releases/r1", "/srv/releases/r1") == path
+
+
+def test_a_script_path_with_dotdot_is_left_for_the_kernel(tmp_path, monkeypatch):
+    # proj/app -> src/app: from proj/app, ../tools/serve.py is src/tools/serve.py
+    (tmp_path / "src" / "app").mkdir(parents=True)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "app").symlink_to(tmp_path / "src" / "app")
+    monkeypatch.chdir(tmp_path / "proj" / "app")
+    monkeypatch.setenv("PWD", str(tmp_path / "proj" / "app"))
+    assert cmdline.absolute("../tools/serve.py") == f"{tmp_path}/proj/app/../tools/serve.py"
+    assert cmdline.absolute("./serve.py") == f"{tmp_path}/proj/app/serve.py"
+    monkeypatch.setenv("PWD", f"{tmp_path}/proj/app/")  # a trailing slash names it too
+    assert cmdline.working_dir() == str(tmp_path / "proj" / "app")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "O_PATH"), reason="needs root, Linux")
+def test_a_directory_we_may_enter_but_not_read_does_not_stop_a_re_exec(tmp_path):
+    # a service user started in a 0711 directory: the lean re-exec opens where it is
+    shut = tmp_path / "shut"
+    shut.mkdir(mode=0o711)
+    code = (
+        f"import os; from grace_plugins.reexec import _where_we_are; os.chdir({str(shut)!r});"
+        "os.setgid(65534); os.setuid(65534); fd = _where_we_are();"
+        "os.chdir('/'); os.fchdir(fd); print(os.getcwd())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(cmdline.__file__))}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(shut)
+
+
 def test_pid_alive_and_reaping_outside_pid1():
     assert process.pid_alive(os.getpid())
     assert not process.pid_alive(2**22 + 12345)
