@@ -11,6 +11,7 @@ the flags the lean supervisor and the warm-start template start with
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -66,21 +67,38 @@ def same_interpreter(path: str) -> bool:
 
 
 def interpreter() -> str:
-    """This interpreter as the generations, the templates and a re-executed supervisor start
-    it: ``sys.executable``, spelt from :func:`working_dir` when it lies inside it. A console
+    """This interpreter as the program's command line names it for later processes:
+    ``sys.executable``, spelt from :func:`working_dir` when it lies inside it. A console
     script names the interpreter of the directory its environment was made in
-    (``releases/r1/.venv/bin/python``): a virtual environment inside each release is then
-    the new release's too once ``current`` points at it."""
-    return rebased(sys.executable, os.getcwd(), working_dir())
+    (``releases/r1/.venv/bin/python``), and through ``current`` a virtual environment inside
+    each release is the new release's once ``current`` points there (see :func:`pinned`).
+    Read once: the old release may be deleted later, with the supervisor's directory."""
+    return _interpreter(sys.executable)
 
 
-def rebased(path: str, physical: str, named: str) -> str:
-    """*path* spelt from *named* when it lies inside *physical*, the directory *named* names
-    (the working directory, through a symlink)."""
-    inside = physical.rstrip(os.sep) + os.sep
-    if named == physical or not path.startswith(inside):
+@functools.lru_cache(maxsize=8)
+def _interpreter(executable: str) -> str:
+    return respelt(executable, os.getcwd(), working_dir())
+
+
+def pinned(argv: list[str], cwd: str) -> tuple[list[str], str]:
+    """*argv* and *cwd* (spelt through a symlink) as they lead now: a process started so
+    stays in the release it started in (its ``sys.prefix``, so its later imports, name that
+    release's directory, not ``current``, which a deploy may switch while it serves)."""
+    here = os.path.realpath(cwd)
+    if not argv:
+        return argv, here
+    return [respelt(argv[0], cwd, here), *argv[1:]], here
+
+
+def respelt(path: str, old: str, new: str) -> str:
+    """*path* with its leading directory *old* spelt *new* (the same directory, through a
+    symlink or not); as it is when it does not lie inside *old*, or climbs out of it."""
+    inside = old.rstrip(os.sep) + os.sep
+    rest = path[len(inside) :]
+    if old == new or not path.startswith(inside) or os.pardir in rest.split(os.sep):
         return path
-    return os.path.join(named, path[len(inside) :])
+    return os.path.join(new, rest)
 
 
 def _this() -> tuple[list[str], Program | None]:
@@ -129,7 +147,8 @@ def interpreter_flags() -> list[str]:
 
 
 def program_path0(program: Program, cwd: str) -> str:
-    """The ``sys.path[0]`` the interpreter gives this program."""
+    """The ``sys.path[0]`` the interpreter gives this program (physical, as its own: a
+    ``current`` symlink a deploy switches must not change what a running process imports)."""
     if program.kind == "script":
         return os.path.dirname(os.path.realpath(program.target))
-    return cwd
+    return os.path.realpath(cwd)

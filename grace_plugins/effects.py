@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from grace_plugins import actions as act
 from grace_plugins import channel as msg
 from grace_plugins.channel import Channel
-from grace_plugins.cmdline import working_dir
+from grace_plugins.cmdline import interpreter, working_dir
 from grace_plugins.handoff import HANDOFF_VAR, Handoff
 from grace_plugins.listeners import name_of
 from grace_plugins.options import Options
@@ -68,6 +68,7 @@ class Effects:
         self.options = options
         self.argv = argv
         self.cwd = working_dir()  # symlinks kept: a switched release is the one started
+        interpreter()  # read while this directory exists (a deploy may delete it later)
         self.spawner = spawner
         self.report = report
         self.log = log

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from grace_plugins import actions as act
+from grace_plugins.cmdline import pinned
 
 _subreaper = False
 _PR_SET_CHILD_SUBREAPER = 36
@@ -147,14 +148,15 @@ class Spawner:
         """Start *request* by exec, SIGHUP blocked until the generation is ready for it.
         Does not block on the child. Returns the outcome (``None``: it comes later, from one
         of the spawner's sources). Raises ``OSError`` if it cannot start."""
+        argv, cwd = pinned(request.argv, request.cwd)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             process = subprocess.Popen(
-                request.argv,
+                argv,
                 env=request.env,
                 pass_fds=tuple(request.pass_fds),
                 close_fds=True,
-                cwd=request.cwd,
+                cwd=cwd,
                 start_new_session=True,
             )
         finally:

@@ -26,6 +26,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from grace_plugins import envcodec
+from grace_plugins.cmdline import pinned
 from grace_plugins.errors import GraceError
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.options import DEFAULTS, Options, options_from_fields, options_to_fields
@@ -123,8 +124,9 @@ def start_preflight(argv: list[str], cwd: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PWD": cwd, PREFLIGHT_VAR: "1"}
     for name in (SUPERVISOR_VAR, HANDOFF_VAR):
         env.pop(name, None)
+    argv, here = pinned(argv, cwd)  # the program the exec will run
     return subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+        argv, cwd=here, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
     )
 
 
@@ -161,8 +163,9 @@ def exec_supervisor(
     for fd in keep_fds:
         os.set_inheritable(fd, True)
     here = _where_we_are()
+    argv, release = pinned(argv, cwd)  # the new image stays in the release it starts in
     try:
-        os.chdir(cwd)
+        os.chdir(release)
         os.execve(argv[0], argv, env)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import grace_plugins
 from grace_plugins import preload
-from grace_plugins.cmdline import Program, interpreter
+from grace_plugins.cmdline import Program, interpreter, pinned
 from grace_plugins.handoff import HANDOFF_VAR
 from grace_plugins.sdnotify import NOTIFY_VAR
 from grace_plugins.template import BOOT, Wire
@@ -177,17 +177,17 @@ def start_template(
 
     :raises OSError: when it cannot be started.
     """
-    physical = os.path.realpath(cwd)  # before it starts: a switch meanwhile is a mismatch
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(grace_plugins.__file__)))
     boot = [interpreter(), *program.flags, "-c", BOOT, package_parent, str(theirs.fileno())]
+    boot, physical = pinned(boot, cwd)  # its forks, and what they import later, stay there
     try:
         process = subprocess.Popen(
             boot,
             env={k: v for k, v in env.items() if k not in (NOTIFY_VAR, HANDOFF_VAR)},
             pass_fds=(theirs.fileno(),),
             close_fds=True,
-            cwd=cwd,
+            cwd=physical,
             start_new_session=True,
         )
     except OSError:

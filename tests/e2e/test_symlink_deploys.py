@@ -53,6 +53,22 @@ def where(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/cwd")
 
 
+def core_server_in(start_server, current: pathlib.Path, python: str, *extra: str):
+    """The core test server run by interpreter *python* in *current* (``$PWD`` spelt through
+    the symlink, as a shell's ``cd`` leaves it), once its first generation is ready."""
+    argv = [python, os.path.join(ROOT, "tests", "apps", "core_server.py"), "127.0.0.1:0"]
+    server = start_server([*argv, "--interval=0.1", *extra], cwd=current, env={"PWD": str(current)})
+    server.wait_ready()
+    return server
+
+
+def serves_after_switch(server, current: pathlib.Path, release: str, version: str) -> None:
+    """Point *current* at *release*, HUP: the new generation serves *version*."""
+    switch(current, release)
+    new = server.upgrade()
+    assert wait_served_by(server.port, new).version == version
+
+
 def core_release(directory: pathlib.Path, version: str) -> None:
     directory.mkdir(parents=True)
     write_code(directory, version)
@@ -141,7 +157,21 @@ def venv_release(directory: pathlib.Path, version: str) -> None:
     ours = sysconfig.get_paths()["purelib"]  # grace_plugins and the rest, from this environment
     pathlib.Path(site, "zz_tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
     pathlib.Path(site, "mylib.py").write_text(f"LIB = 'lib-{version}'\n")
+    pathlib.Path(site, "mylib_lazy.py").write_text(f"LIB = 'lazy-{version}'\n")
     write_code(directory, version, body="import mylib\nVERSION = f'{VERSION}+{mylib.LIB}'")
+
+
+def lazy_code(directory: pathlib.Path, version: str) -> None:
+    """``appcode`` whose ``VERSION`` imports ``mylib_lazy`` at the first request."""
+    body = (
+        "del VERSION\n"
+        "def __getattr__(name):\n"
+        "    if name != 'VERSION':\n"
+        "        raise AttributeError(name)\n"
+        "    import mylib_lazy\n"
+        f"    return '{version}+' + mylib_lazy.LIB\n"
+    )
+    write_code(directory, version, body=body)
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
@@ -150,17 +180,65 @@ def test_each_release_runs_its_own_virtual_environment(start_server, tmp_path, w
     # names it): the next release runs its own, and the first one may be deleted
     current = releases(tmp_path, venv_release)
     python = str(tmp_path / "releases" / "r1" / "venv" / "bin" / "python")
-    argv = [python, os.path.join(ROOT, "tests", "apps", "core_server.py"), "127.0.0.1:0"]
-    argv += ["--interval=0.1"] + ([] if warm and WARM else ["--no-warm"])
-    server = start_server(argv, cwd=current, env={"PWD": str(current)})
-    server.wait_ready()
+    server = core_server_in(start_server, current, python, *([] if warm else ["--no-warm"]))
     assert http_get(server.port).version == "v1+lib-v1"
-    switch(current, "r2")
-    new = server.upgrade()
-    assert wait_served_by(server.port, new).version == "v2+lib-v2"
+    serves_after_switch(server, current, "r2", "v2+lib-v2")
     shutil.rmtree(tmp_path / "releases" / "r1")
     again = server.upgrade()
     assert wait_served_by(server.port, again).version == "v2+lib-v2"
+    assert server.stop() == 0
+
+
+def test_a_running_generation_keeps_importing_from_its_own_release(start_server, tmp_path):
+    # a switch without an upgrade yet: what the old generation imports later is still its own
+    current = releases(tmp_path, venv_release)
+    for number in (1, 2):
+        lazy_code(tmp_path / "releases" / f"r{number}", f"v{number}")
+    python = str(current / "venv" / "bin" / "python")  # spelt through current, from the start
+    server = core_server_in(start_server, current, python, "--no-warm")
+    switch(current, "r2")
+    assert http_get(server.port).version == "v1+lazy-v1"  # its first import of mylib_lazy
+    serves_after_switch(server, current, "r2", "v2+lazy-v2")
+    assert server.stop() == 0
+
+
+def test_an_interpreter_reached_through_dotdot_from_the_release(start_server, tmp_path):
+    # Capistrano's shared directory: ../../shared/venv/bin/python, run in current; the code
+    # imports a library only that environment has
+    venv_release(tmp_path / "app" / "shared", "shared")  # releases/r1/../.. is app
+
+    def release(directory: pathlib.Path, version: str) -> None:
+        directory.mkdir(parents=True)
+        write_code(directory, version, body="import mylib\nVERSION = f'{VERSION}+{mylib.LIB}'")
+
+    current = releases(tmp_path / "app", release)
+    server = core_server_in(start_server, current, "../../shared/venv/bin/python")
+    assert http_get(server.port).version == "v1+lib-shared"
+    serves_after_switch(server, current, "r2", "v2+lib-shared")
+    assert server.stop() == 0
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs Linux")
+def test_warm_start_comes_back_once_the_first_release_is_deleted(start_server, tmp_path):
+    def three(base: pathlib.Path, version: str) -> None:
+        core_release(base, version)
+        if version == "v2":
+            core_release(base.with_name("r3"), "v3")
+
+    current = releases(tmp_path, three)
+    server = start(start_server, current, env={"PWD": str(current)})
+    server.wait_warm()
+    for release in ("r2", "r3"):
+        switch(current, release)
+        mark = server.mark()
+        server.upgrade()  # cold: the template was made in the release before
+        server.wait_for(r"warm start: template \(pid \d+\) ready after", 30, mark)
+        if release == "r2":
+            shutil.rmtree(tmp_path / "releases" / "r1")  # the supervisor's own directory
+    mark = server.mark()
+    new = server.upgrade()
+    server.wait_for(rf"warm start: pid {new} forked from the template", 5, mark)
+    assert wait_served_by(server.port, new).version == "v3"
     assert server.stop() == 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -290,12 +291,32 @@ def test_the_working_dir_is_the_physical_one_unless_pwd_names_it(tmp_path, monke
         ("/srv/releases/r1/.venv/bin/python", "/srv/current/.venv/bin/python"),
         ("/usr/bin/python3", "/usr/bin/python3"),  # not inside: as it is
         ("/srv/releases/r10/.venv/bin/python", "/srv/releases/r10/.venv/bin/python"),
+        # ../../shared/venv/bin/python run in releases/r1: through current, it would climb
+        # from /srv/current to /
+        ("/srv/releases/r1/../../shared/bin/python", "/srv/releases/r1/../../shared/bin/python"),
     ],
-    ids=["inside", "outside", "a sibling with the same prefix"],
+    ids=["inside", "outside", "a sibling with the same prefix", "climbing out"],
 )
 def test_an_interpreter_inside_the_release_is_spelt_through_current(path, expected):
-    assert cmdline.rebased(path, "/srv/releases/r1", "/srv/current") == expected
-    assert cmdline.rebased(path, "/srv/releases/r1", "/srv/releases/r1") == path
+    assert cmdline.respelt(path, "/srv/releases/r1", "/srv/current") == expected
+    assert cmdline.respelt(path, "/srv/releases/r1", "/srv/releases/r1") == path
+
+
+def test_a_process_is_pinned_to_the_release_current_leads_to(tmp_path):
+    tmp_path = pathlib.Path(os.path.realpath(tmp_path))  # where the kernel says it is
+    for release in ("r1", "r2"):
+        (tmp_path / "releases" / release).mkdir(parents=True)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "releases" / "r1")
+    argv = [f"{current}/.venv/bin/python", "manage.py"]
+    assert cmdline.pinned(argv, str(current)) == (
+        [f"{tmp_path}/releases/r1/.venv/bin/python", "manage.py"],
+        str(tmp_path / "releases" / "r1"),
+    )
+    current.unlink()
+    current.symlink_to(tmp_path / "releases" / "r2")
+    assert cmdline.pinned(argv, str(current))[0][0] == f"{tmp_path}/releases/r2/.venv/bin/python"
+    assert cmdline.pinned(["/usr/bin/python3"], str(current))[0] == ["/usr/bin/python3"]
 
 
 def test_a_script_path_with_dotdot_is_left_for_the_kernel(tmp_path, monkeypatch):
