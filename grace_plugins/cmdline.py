@@ -96,6 +96,8 @@ def respelt(path: str, old: str, new: str) -> str:
     symlink or not); as it is when it does not lie inside *old*, or climbs out of it."""
     inside = old.rstrip(os.sep) + os.sep
     rest = path[len(inside) :]
+    if path.rstrip(os.sep) == old.rstrip(os.sep):
+        return new
     if old == new or not path.startswith(inside) or os.pardir in rest.split(os.sep):
         return path
     return os.path.join(new, rest)

@@ -23,6 +23,7 @@ from grace_plugins.gunicorn.boot import exits_are_failures, log_not_loaded, read
 from grace_plugins.gunicorn.handover import workers_owner
 from grace_plugins.gunicorn.lazy_imports import import_lazy_parts
 from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.release import stay_in_this_release
 from grace_plugins.loaded import tried_spec
 from grace_plugins.readycheck import NotReady, check_ready, host_and_port, time_for_check
 from grace_plugins.watchspec import is_glob
@@ -51,6 +52,7 @@ class Startup:
         signal.signal(signal.SIGALRM, self._too_late)
         signal.setitimer(signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.01))
         try:
+            stay_in_this_release(self.arbiter.cfg.chdir)
             with exits_are_failures(self._exit_while_loading):
                 self.app = self.arbiter.app.wsgi()
                 import_lazy_parts()  # the views too: a broken one fails here, shared if not

@@ -28,6 +28,7 @@ from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
 from grace_plugins.gunicorn.mold_worker import disowned
 from grace_plugins.gunicorn.molds import take_over_preload
 from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.release import stay_in_this_release
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
@@ -159,6 +160,7 @@ class Worker(DrainingWorker):
 
     def load_wsgi(self) -> None:
         assert self.boot is not None
+        stay_in_this_release(self.cfg.chdir)
         self.boot.load(super().load_wsgi)
 
     # -- signals ----------------------------------------------------------------------------------

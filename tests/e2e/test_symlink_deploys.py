@@ -310,16 +310,27 @@ def test_django_runhot_follows_the_symlink(start_server, tmp_path):
 
 @pytest.mark.parametrize("preload", [False, True], ids=["imported-by-workers", "preload"])
 def test_gunicorn_with_our_worker_follows_the_symlink(start_server, tmp_path, preload):
-    # gunicorn's own way (its --chdir, in sys.path), kept by our worker and by the molds
+    # gunicorn's own way (its --chdir, in sys.path), kept by our worker and by the molds; and
+    # a worker that imports after the switch (lazymod, at its first request) keeps to its own
+    # release, where gunicorn's would import the new one's
+    lazy = (
+        "def __getattr__(name):\n"
+        "    if name != 'VERSION':\n"
+        "        raise AttributeError(name)\n"
+        "    import lazymod\n"
+        "    return lazymod.VERSION\n"
+    )
+
     def gunicorn_release(directory: pathlib.Path, release: str) -> None:
         directory.mkdir(parents=True)
-        write_gunicorn_code(directory, version(release))
+        write_gunicorn_code(directory, lazy)
+        (directory / "lazymod.py").write_text(version(release))
 
     current = releases(tmp_path, gunicorn_release)
     extra = ("--preload",) if preload else ()
-    server = start_gunicorn(start_server, current, *extra, code=version("v1"), workers=1)
-    assert http_get(server.port).version == "v1"
+    server = start_gunicorn(start_server, current, *extra, code=lazy, workers=1)
     switch(current, "r2")
+    assert http_get(server.port).version == "v1"  # its first request: lazymod imported now
     (pid,) = server.hup(2)
     assert wait_served_by(server.port, pid).version == "v2"
     assert server.stop() == 0

@@ -294,8 +294,9 @@ def test_the_working_dir_is_the_physical_one_unless_pwd_names_it(tmp_path, monke
         # ../../shared/venv/bin/python run in releases/r1: through current, it would climb
         # from /srv/current to /
         ("/srv/releases/r1/../../shared/bin/python", "/srv/releases/r1/../../shared/bin/python"),
+        ("/srv/releases/r1", "/srv/current"),  # the directory itself (a sys.path entry)
     ],
-    ids=["inside", "outside", "a sibling with the same prefix", "climbing out"],
+    ids=["inside", "outside", "a sibling with the same prefix", "climbing out", "itself"],
 )
 def test_an_interpreter_inside_the_release_is_spelt_through_current(path, expected):
     assert cmdline.respelt(path, "/srv/releases/r1", "/srv/current") == expected
