@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 from grace_plugins import forked, preload
 from grace_plugins.cmdline import Program, program_path0
 from grace_plugins.preloader import Preloader, threads
-from grace_plugins.wire import Wire, answer_fork
+from grace_plugins.wire import Wire, answer_fork, close_fds
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.template import main;main()"
 #: Modules with effects at import (printing, opening a browser): never preloaded.
@@ -112,10 +112,10 @@ class Template:
                 return job
 
     def grow(self, report_file: str) -> None:
-        """Import, in place, what a newer module report names beyond the preload: the pages
-        this template shares with the generations it forked stay shared, where a new
-        template would hold copies of its own. Answers ``{"grown": verdict}``; one that
-        cannot fork any more (a thread it could not refuse) says so and leaves."""
+        """Import, in place, what a newer module report names beyond the preload: the pages this
+        template shares with the generations it forked stay shared, where a new template would
+        hold copies of its own. Answers ``{"grown": verdict}``; one that cannot fork any more (a
+        thread it could not refuse) says so and leaves."""
         began = time.monotonic()
         verdict = self._preloaded(report_file, self.left)
         if "tainted" in verdict:
@@ -164,9 +164,8 @@ class Template:
             return {"unsafe": "the generation's module report has another format"}
         modules = [(str(n), o if isinstance(o, str) else None) for n, o in report["modules"]]
         script_dir = program_path0(program, cwd) if program.kind == "script" else None
-        self.roots = preload.project_roots(
-            cwd, script_dir, report["path"], base, str(report.get("cwd") or "")
-        )
+        where = str(report.get("cwd") or "")  # the generation's own: physical
+        self.roots = preload.project_roots(cwd, script_dir, report["path"], base, where)
         names, project = preload.split_modules(modules, self.roots, self.stdlib)
         origins = dict(modules)
         stamps: dict[str, preload.Stamp] = {}
@@ -244,14 +243,14 @@ class Template:
                 problem = "the fds did not arrive"
             if problem:
                 self.wire.send({"error": problem})
-                _close(fds)
+                close_fds(fds)
                 return None
             job = self._double_fork(request, fds)
         except BaseException:
-            _close(fds)
+            close_fds(fds)
             raise
         if job is None:  # in the template: its copies go; in the generation they were moved
-            _close(fds)
+            close_fds(fds)
         return job
 
     def _double_fork(self, request: dict[str, Any], fds: list[int]) -> Callable[[], None] | None:
@@ -306,12 +305,6 @@ def _stamp_the_rest(stamps: dict[str, preload.Stamp], files: dict[str, str]) -> 
         if origin and os.path.isabs(origin) and origin not in stamps:
             stamps[origin] = preload.stamp(origin)
             files[origin] = name
-
-
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _say(message: str) -> None:

@@ -4,6 +4,7 @@ request (``SCM_RIGHTS``), and the answer to a fork: the pid of the grandchild.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -68,6 +69,13 @@ def _last_start(buffer: bytes, data: bytes) -> int:
     if newline >= 0:
         return newline + 1
     return whole.rfind(b"\n", 0, len(buffer)) + 1  # within a message begun earlier
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close *fds* (received with a request that is refused, or not this process's)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def answer_fork(wire: Wire, read_end: int, middle: int, timeout: float, what: str) -> None:

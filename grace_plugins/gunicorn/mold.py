@@ -37,7 +37,7 @@ from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold_rules import threshold_after_import, unsafe
 from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
 from grace_plugins.gunicorn.mold_worker import become_worker
-from grace_plugins.wire import Wire, answer_fork
+from grace_plugins.wire import Wire, answer_fork, close_fds
 
 #: The collector's second threshold while the app imports: older generations never collected
 #: (100,000 young collections: about 70 million allocations). Small enough that an app
@@ -105,7 +105,7 @@ class Mold:
             request, fds = got
             if "fork" not in request or len(fds) != 1:
                 self.wire.send({"error": "a fork request without its heartbeat file"})
-                _close(fds)
+                close_fds(fds)
                 continue
             self._fork(int(request["fork"]), fds[0])
 
@@ -120,7 +120,7 @@ class Mold:
         for sibling in self.arbiter.WORKERS.values():  # as gunicorn's own children do
             with contextlib.suppress(OSError):
                 sibling.tmp.close()
-        _close(others)
+        close_fds(others)
         with contextlib.suppress(Exception):
             from gunicorn import util
 
@@ -260,12 +260,6 @@ def _ignore(sig: int, frame: Any) -> None:
 
 def _retired(sig: int, frame: Any) -> None:
     _quit()
-
-
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _quit() -> NoReturn:
