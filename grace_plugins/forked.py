@@ -91,6 +91,21 @@ class Inherited:
     program: Program
 
 
+#: Why a generation forked from the template leaves at once.
+SWITCHED = (
+    "[grace_plugins] the working directory leads to {} now, not to {} where the warm-start"
+    " template imported from: this generation leaves, to start again cold"
+)
+
+
+def _where(path: str) -> str:
+    """Where *path* leads ("": nowhere, a directory deleted since)."""
+    try:
+        return os.path.realpath(path, strict=True)
+    except OSError:
+        return ""
+
+
 def become(
     request: dict[str, Any], fds: list[int], middle: int, inherited: Inherited
 ) -> Callable[[], None]:
@@ -107,7 +122,12 @@ def become(
     place_fds(fds, [int(t) for t in request["fds"]])
     os.environ.clear()
     os.environ.update(request["env"])
+    release = _where(".")  # the template's, where it imported from
     os.chdir(request["cwd"])
+    if _where(".") != release:  # a deploy switched the symlink since the fork was asked for
+        with contextlib.suppress(OSError):
+            os.write(2, SWITCHED.format(_where("."), release).encode() + b"\n")
+        os._exit(1)  # a warm start that fails: the supervisor starts it again cold
     for ref in inherited.generators:  # random's own; a library's: each generation its own
         with contextlib.suppress(Exception):
             ref().seed()  # type: ignore[union-attr]

@@ -4,8 +4,12 @@ command line is re-run in-process, and how the template says what it left to the
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
+import pytest
+
+from grace_plugins import forked
 from grace_plugins.cmdline import Program, parse_program, program_path0, same_interpreter
 from grace_plugins.preload import (
     SETTINGS,
@@ -186,3 +190,31 @@ def test_the_same_interpreter_however_its_path_is_spelt(monkeypatch):
     assert same_interpreter("/srv/site/app/../.venv/bin/python")  # ../.venv/bin/python app.py
     assert same_interpreter("/srv/site/./.venv/bin/python")
     assert not same_interpreter("/srv/other/.venv/bin/python")  # another environment
+
+
+@pytest.mark.parametrize("switched", [False, True], ids=["same release", "switched"])
+def test_a_fork_that_lands_in_another_release_than_the_templates_leaves(tmp_path, switched):
+    # the template imported in r1; a deploy may switch current between the fork's request
+    # (checked then) and the fork itself: the forked generation looks again, and leaves
+    for release in ("r1", "r2"):
+        (tmp_path / release).mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / ("r2" if switched else "r1"))
+    read_end, write_end = os.pipe()
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the forked generation
+        try:
+            os.dup2(write_end, 2)
+            os.chdir(tmp_path / "r1")  # where the template imported from
+            request = {"env": {}, "cwd": str(tmp_path / "current"), "fds": [], "argv": ["py"]}
+            inherited = forked.Inherited({}, theirs, [], Program([], "module", "app", []))
+            forked.become(request, [], -1, inherited)
+        finally:
+            os._exit(0)  # it went on to run the program
+    os.close(write_end)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    said = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    ours.close(), theirs.close()
+    assert status == (1 if switched else 0), said
+    assert ("leads to" in said) is switched
