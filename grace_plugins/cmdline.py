@@ -86,8 +86,6 @@ def pinned(argv: list[str], cwd: str) -> tuple[list[str], str]:
     stays in the release it started in (its ``sys.prefix``, so its later imports, name that
     release's directory, not ``current``, which a deploy may switch while it serves)."""
     here = os.path.realpath(cwd)
-    if not argv:
-        return argv, here
     return [respelt(argv[0], cwd, here), *argv[1:]], here
 
 

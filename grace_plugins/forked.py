@@ -124,9 +124,10 @@ def become(
     os.environ.update(request["env"])
     release = _where(".")  # the template's, where it imported from
     os.chdir(request["cwd"])
-    if _where(".") != release:  # a deploy switched the symlink since the fork was asked for
+    landed = _where(".")
+    if landed != release:  # a deploy switched the symlink since the fork was asked for
         with contextlib.suppress(OSError):
-            os.write(2, SWITCHED.format(_where("."), release).encode() + b"\n")
+            os.write(2, SWITCHED.format(landed, release).encode() + b"\n")
         os._exit(1)  # a warm start that fails: the supervisor starts it again cold
     for ref in inherited.generators:  # random's own; a library's: each generation its own
         with contextlib.suppress(Exception):

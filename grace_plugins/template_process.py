@@ -106,8 +106,9 @@ class TemplateProcess:
         changed = preload.changed_files(self.stamps, {p: preload.stamp(p) for p in self.stamps})
         if changed:
             return f"{self.names.get(changed[0], changed[0])} changed on disk ({changed[0]})"
-        if self.physical and os.path.realpath(cwd) != self.physical:
-            return f"{cwd} leads to {os.path.realpath(cwd)} now, not to {self.physical}"
+        leads = os.path.realpath(cwd)
+        if self.physical and leads != self.physical:
+            return f"{cwd} leads to {leads} now, not to {self.physical}"
         return None
 
     def leave(self, within: float = LEAVE_SECONDS) -> None:
@@ -195,8 +196,9 @@ def start_template(
         raise
     finally:
         theirs.close()
-    template = TemplateProcess(process, Wire(ours), argv, time.monotonic(), report=report)
-    template.physical = physical
+    template = TemplateProcess(
+        process, Wire(ours), argv, time.monotonic(), report=report, physical=physical
+    )
     setup = {"report": report, "program": dataclasses.asdict(program), "cwd": cwd, "seed": seed}
     template.wire.send(setup)
     return template
