@@ -84,7 +84,8 @@ def status(args: argparse.Namespace) -> int:
     pid = _target_pid(args)
     state = _state_of(pid)
     now = time.time()
-    print(f"supervisor pid {pid}, up {now - state.get('started', now):.0f} s")
+    role = state.get("role", "supervisor")  # or "gunicorn master"
+    print(f"{role} pid {pid}, up {now - state.get('started', now):.0f} s")
     if state.get("listeners"):
         print(f"listening: {', '.join(state['listeners'])}")
     if "generation" in state:

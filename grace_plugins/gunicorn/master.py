@@ -71,10 +71,12 @@ class MasterBook:
         self.molds: Retiring | None = None
         self._gunicorn_hup: Callable[[int, Any], None] | None = None
 
-    def generation_for(self, cfg: Any, log: Any, age: int) -> tuple[int, RecordStore]:
-        """The generation of a worker built (in the master, before fork) with *cfg*: a new
-        ``Config`` opens a new generation (announced in the records, the log, the state file
-        and to systemd)."""
+    def generation_for(
+        self, cfg: Any, log: Any, age: int, listeners: list[Any]
+    ) -> tuple[int, RecordStore]:
+        """The generation of a worker built (in the master, before fork) with *cfg* and
+        gunicorn's *listeners*: a new ``Config`` opens a new generation (announced in the
+        records, the log, the state file and to systemd)."""
         if self.mold_generation is not None and self.store is not None:
             return self.mold_generation, self.store
         if self.pid != os.getpid() or self.store is None:
@@ -85,6 +87,8 @@ class MasterBook:
             if self.lookout is not None:
                 self.lookout.watch_files(cfg)
             self.generation += 1
+            # ``grace-plugins status`` prints them as gunicorn's "Listening at:" does
+            merge_state(self.pid or 0, listeners=[str(one) for one in listeners])
             info = Announcement(cfg.workers, age, time.monotonic(), ready_timeout(cfg))
             self.store.announce(self.generation, info)
             if self.generation > 1:
@@ -101,7 +105,9 @@ class MasterBook:
         self.store = create_store(cfg, log)
         atexit.register(_remove_store, self.store, self.pid)
         # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
-        merge_state(self.pid, started=time.time(), upgrades=0, in_progress=False)
+        merge_state(
+            self.pid, role="gunicorn master", started=time.time(), upgrades=0, in_progress=False
+        )
         self.systemd.master_started()
         self.lookout = Lookout(self.store, log, self.step, self._hand_over_hup)
         self.lookout.start()

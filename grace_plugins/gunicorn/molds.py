@@ -169,7 +169,7 @@ class Molds:
         return pid
 
     def _new_plan(self, cfg: Any, age: int) -> Plan:
-        gen, store = MASTER.generation_for(cfg, self.log, age)
+        gen, store = MASTER.generation_for(cfg, self.log, age, self.arbiter.LISTENERS)
         plan = Plan(cfg, gen, range(age, age + cfg.workers), FALLBACK)
         if not self.subreaper:
             self.log.warning(

@@ -51,7 +51,9 @@ class Worker(DrainingWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # runs in the master, before the fork
-        self.generation, self.store = MASTER.generation_for(self.cfg, self.log, self._age)
+        self.generation, self.store = MASTER.generation_for(
+            self.cfg, self.log, self._age, self.sockets
+        )
         self._term_pending = False
         self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
         self._term_at = 0.0  # monotonic, the first held SIGTERM: the 10 ms checks count from it

@@ -368,6 +368,9 @@ def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, t
 
     line = wait_until(mold_with_its_workers, 10, "the mold and its workers in the status")
     assert f"generation 1 (pid {mold_of(server, 1)})" in line
+    shown = grace_cli("status", "--pid", master).stdout
+    assert shown.startswith(f"gunicorn master pid {master}, up"), shown
+    assert f"listening: http://127.0.0.1:{server.port}\n" in shown, shown
     write_code(tmp_path, counted("v2"))
     good = grace_cli("reload", "--pid", master, "--timeout", "40")
     assert good.returncode == 0 and good.stdout.startswith("upgraded: generation 2"), good

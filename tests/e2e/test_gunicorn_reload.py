@@ -197,5 +197,7 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
 
     shown = grace_cli("status", "--pid", str(server.pid))
     assert shown.returncode == 0
+    assert shown.stdout.startswith(f"gunicorn master pid {server.pid}, up")
+    assert f"listening: http://127.0.0.1:{server.port}\n" in shown.stdout
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout

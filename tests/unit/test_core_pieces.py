@@ -126,6 +126,15 @@ def test_status_prints_what_the_supervisor_recorded(runtime, capsys):
     assert "last upgrade: ok" in out
 
 
+def test_status_names_a_gunicorn_master_as_such(runtime, capsys):
+    me = os.getpid()
+    _write_state(me, role="gunicorn master", listeners=["http://127.0.0.1:8000"])
+    assert cli.main(["status", "--pid", str(me)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"gunicorn master pid {me}, up") and "supervisor" not in out
+    assert "listening: http://127.0.0.1:8000" in out
+
+
 def test_status_of_a_pidfile_target(runtime, tmp_path, capsys):
     pidfile = tmp_path / "app.pid"
     pidfile.write_text(f"{os.getpid()}\n")
