@@ -52,11 +52,15 @@ class AppExited(Exception):
 
 
 @contextlib.contextmanager
-def exits_are_failures(on_os_exit: Callable[[str, str], NoReturn]) -> Iterator[None]:
+def exits_are_failures(
+    on_os_exit: Callable[[str, str], NoReturn], quitting: Callable[[], bool] = lambda: False
+) -> Iterator[None]:
     """While the app loads in this process, an exit it asks for is a load failure:
     ``sys.exit(N)`` raises :class:`AppExited`, and ``os._exit(N)`` called from Python calls
     *on_os_exit* (the reason, and the stack it was called from) instead. A process the app
-    forks meanwhile keeps the real ``os._exit``."""
+    forks meanwhile keeps the real ``os._exit``. The ``SystemExit`` of a quit signal
+    (*quitting* says so: gunicorn's ``handle_quit`` raises it wherever the import is) is an
+    exit, not the app's failure."""
     me = os.getpid()
 
     def exit_while_loading(status: int) -> NoReturn:
@@ -71,6 +75,8 @@ def exits_are_failures(on_os_exit: Callable[[str, str], NoReturn]) -> Iterator[N
     try:
         yield
     except SystemExit as exc:
+        if quitting():
+            raise
         failure = AppExited(f"the app called sys.exit({exc.code!r}) while loading")
         raise failure.with_traceback(exc.__traceback__) from None
     finally:
@@ -158,15 +164,16 @@ class Boot:
         return self.member.gen >= 2 or self.store.ever_ready()
 
     # -- the import -------------------------------------------------------------------------------
-    def load(self, load_wsgi: Callable[[], None]) -> None:
+    def load(self, load_wsgi: Callable[[], None], quitting: Callable[[], bool]) -> None:
         """Run gunicorn's *load_wsgi*. Once something serves, an exit the import asks for
         becomes a load failure: gunicorn halts its master on a worker's 3 or 4, whoever chose
-        the status. At the very first start gunicorn's own handling is kept."""
+        the status. At the very first start gunicorn's own handling is kept. *quitting*: a
+        quit signal (the master's quick stop) ended the import, not the app."""
         if not self.something_serves():
             load_wsgi()
             import_lazy_parts()
             return
-        with exits_are_failures(self._exit_while_loading):
+        with exits_are_failures(self._exit_while_loading, quitting):
             load_wsgi()
             import_lazy_parts()
 

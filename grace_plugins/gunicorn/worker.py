@@ -163,7 +163,8 @@ class Worker(DrainingWorker):
     def load_wsgi(self) -> None:
         assert self.boot is not None
         stay_in_this_release(self.cfg.chdir)
-        self.boot.load(super().load_wsgi)
+        # gunicorn's handle_quit (SIGINT, SIGQUIT: the master's quick stop) clears ``alive``
+        self.boot.load(super().load_wsgi, quitting=lambda: not self.alive)
 
     # -- signals ----------------------------------------------------------------------------------
     def init_signals(self) -> None:

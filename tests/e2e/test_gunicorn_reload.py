@@ -201,3 +201,21 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     assert f"listening: http://127.0.0.1:{server.port}\n" in shown.stdout
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_a_quick_stop_during_a_hup_is_not_broken_code(start_server, tmp_path, sig):
+    """INT or QUIT (gunicorn's quick stop) while the new workers import: gunicorn's quit
+    handler ends the import with ``sys.exit(0)``, which is the stop, not the app's failure."""
+    server = start_gunicorn(start_server, tmp_path)
+    importing = tmp_path / "importing"
+    write_code(tmp_path, f"import time\nopen({str(importing)!r}, 'w').close()\ntime.sleep(8)\n")
+    mark = server.mark()
+    server.signal(signal.SIGHUP)
+    wait_until(importing.exists, 20, "a new worker importing the app")
+    server.signal(sig)
+    server.proc.wait(30)
+    out = server.output(mark)
+    assert "does not load" not in out and "AppExited" not in out, out
+    assert "rolled back" not in out, out

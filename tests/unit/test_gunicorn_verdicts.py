@@ -3,6 +3,9 @@ generation in, its verdict out; and what a worker holding a SIGTERM does."""
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 import pytest
 
 pytest.importorskip("gunicorn")  # the package grace_plugins.gunicorn loads the worker class
@@ -168,3 +171,17 @@ def test_a_held_sigterm(own, later, stopping, last_term, rolled_back_at, expecte
 def test_a_worker_holding_a_sigterm_looks_at_the_verdicts_often_for_a_while(held_for, expected):
     assert look_interval(held_for, 0.1) == expected
     assert HELD_LOOK < 0.1
+
+
+def test_an_exit_while_the_app_loads_is_a_failure_unless_a_quit_signal_asked_for_it():
+    from grace_plugins.gunicorn.boot import AppExited, exits_are_failures
+
+    def no_os_exit(reason: str, where: str) -> NoReturn:
+        raise AssertionError(reason)
+
+    with pytest.raises(AppExited, match=r"sys.exit\(3\)"), exits_are_failures(no_os_exit):
+        sys.exit(3)
+    quitting = True
+    with pytest.raises(SystemExit) as exited, exits_are_failures(no_os_exit, lambda: quitting):
+        sys.exit(0)
+    assert exited.type is SystemExit and exited.value.code == 0
