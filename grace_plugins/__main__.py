@@ -96,8 +96,9 @@ def status(args: argparse.Namespace) -> int:
         )
     for mold in state.get("molds") or []:  # gunicorn --preload: who imports each generation
         workers = ", ".join(str(pid) for pid in mold.get("workers") or []) or "none yet"
+        spare = f", spare {mold['spare']}" if mold.get("spare") else ""
         print(
-            f"mold: generation {mold.get('generation')} (pid {mold.get('pid')}),"
+            f"mold: generation {mold.get('generation')} (pid {mold.get('pid')}{spare}),"
             f" up {now - mold.get('since', now):.0f} s, workers forked from it: {workers}"
         )
     for gen in state.get("draining") or []:

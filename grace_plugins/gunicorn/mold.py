@@ -11,7 +11,9 @@ the master once, on its private socket (:class:`grace_plugins.wire.Wire`):
 
 * ``{"ready": ms}``: then it forks a worker per request (``{"fork": age}`` with the worker's
   heartbeat file, ``SCM_RIGHTS``), twice, so that the worker is re-parented to the master (a
-  child subreaper) and gunicorn reaps it as its own; it answers ``{"pid": N}``;
+  child subreaper) and gunicorn reaps it as its own; it answers ``{"pid": N}``. Asked for a
+  spare (``{"spare": 1}`` with the spare's own socket), it forks a copy of itself the same way:
+  idle, it takes this mold's place if this one dies;
 * ``{"unsafe": why}``: each worker of this generation imports the app itself;
 * ``{"failed": why}``: the new code does not load (logged here with its traceback).
 
@@ -103,11 +105,13 @@ class Mold:
             if got is None:
                 _quit()  # the master closed our socket, or is gone
             request, fds = got
-            if "fork" not in request or len(fds) != 1:
-                self.wire.send({"error": "a fork request without its heartbeat file"})
+            if "spare" in request and len(fds) == 1:
+                self._fork_spare(fds[0])  # in the spare, back to this loop on its own socket
+            elif "fork" in request and len(fds) == 1:
+                self._fork(int(request["fork"]), fds[0])
+            else:
+                self.wire.send({"error": "a fork request without its file"})
                 close_fds(fds)
-                continue
-            self._fork(int(request["fork"]), fds[0])
 
     # -- becoming a mold ---------------------------------------------------------------------------
     def _leave_the_master(self, others: list[int]) -> None:
@@ -159,8 +163,38 @@ class Mold:
 
     # -- forking a worker --------------------------------------------------------------------------
     def _fork(self, age: int, tmp_fd: int) -> None:
-        """Fork the worker of gunicorn's *age* twice (it becomes the master's child); answer
-        its pid. In the worker this does not return (see :func:`run_mold`)."""
+        """Fork the worker of gunicorn's *age* (with its heartbeat file); answer its pid. In
+        the worker this does not return (see :func:`run_mold`)."""
+        middle = self._fork_twice(tmp_fd, "the worker")
+        if middle is None:
+            return
+        self.wire.sock.close()
+        try:
+            become_worker(self.arbiter, age, tmp_fd, self.since, middle)
+        except SystemExit:
+            raise  # the worker's exit, as gunicorn's own workers leave
+        except BaseException:  # noqa: BLE001 - never back into the master's frames
+            traceback.print_exc()
+            os._exit(1)
+
+    def _fork_spare(self, sock_fd: int) -> None:
+        """Fork this mold's spare: a copy that waits, on its own socket (*sock_fd*), until the
+        master needs it (this mold died: killed, or chosen by the OOM killer), so that the
+        generation's respawns still run the code it serves, whatever is on disk. In the
+        spare this returns, as a mold with nothing forked yet."""
+        if self._fork_twice(sock_fd, "the spare") is None:
+            return
+        self.wire.sock.close()
+        self.wire = Wire(socket.socket(fileno=sock_fd))
+        with contextlib.suppress(Exception):
+            from gunicorn import util
+
+            util._setproctitle(f"mold spare [{self.arbiter.proc_name}]")
+
+    def _fork_twice(self, passed_fd: int, what: str) -> int | None:
+        """Fork *what* twice, so that it becomes the master's child (a subreaper), and answer
+        its pid; *passed_fd* is its own, closed here. In *what*: the pid of the middle child
+        (gone at once); here: ``None``."""
         with contextlib.suppress(Exception):
             sys.stdout.flush(), sys.stderr.flush()
         read_end, write_end = os.pipe()
@@ -171,23 +205,17 @@ class Mold:
             pid = os.fork()
             if pid == 0:
                 os.close(write_end)
-                self.wire.sock.close()
-                try:
-                    become_worker(self.arbiter, age, tmp_fd, self.since, me)
-                except SystemExit:
-                    raise  # the worker's exit, as gunicorn's own workers leave
-                except BaseException:  # noqa: BLE001 - never back into the master's frames
-                    traceback.print_exc()
-                    os._exit(1)
+                return me
             with contextlib.suppress(OSError):
                 os.write(write_end, str(pid).encode())
             os._exit(0)
         os.close(write_end)
-        os.close(tmp_fd)
+        os.close(passed_fd)
         try:
-            answer_fork(self.wire, read_end, middle, FORK_REPORT_TIMEOUT, "the worker")
+            answer_fork(self.wire, read_end, middle, FORK_REPORT_TIMEOUT, what)
         except OSError:  # the master closed this mold's socket (retired it, or is gone):
             _quit()  # no one awaits the answer; leave quietly
+        return None
 
 
 @contextlib.contextmanager

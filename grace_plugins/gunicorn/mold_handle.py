@@ -31,6 +31,8 @@ class MoldHandle:
     wire: Wire
     since: float  # time.time() when it became ready
     workers: list[int] = field(default_factory=list)
+    #: its copy, forked from it idle, which takes its place if it dies (:meth:`make_spare`)
+    spare: MoldHandle | None = None
 
     def gone(self) -> bool:
         """Whether it exited: its end of the socket closed. An answer the master has not read
@@ -59,10 +61,31 @@ class MoldHandle:
             return None
         return int(got[0]["pid"])
 
+    def make_spare(self) -> MoldHandle | None:
+        """Ask the mold to fork its spare, which talks to the master on a socket of its own;
+        the spare's handle, or None."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.wire.send({"spare": 1}, [theirs.fileno()])
+            got = self.wire.receive(FORK_TIMEOUT)
+        except (OSError, TimeoutError, ValueError):
+            got = None
+        finally:
+            theirs.close()
+        if got is None or not isinstance(got[0].get("pid"), int):
+            ours.close()
+            return None
+        return MoldHandle(self.gen, int(got[0]["pid"]), Wire(ours), self.since)
+
+    def pids(self) -> list[int]:
+        """Its pid, and its spare's."""
+        return [self.pid] + ([self.spare.pid] if self.spare is not None else [])
+
     def as_state(self) -> dict[str, Any]:
         """What ``grace-plugins status`` shows of it."""
         return {
             "pid": self.pid,
+            "spare": self.spare.pid if self.spare is not None else None,
             "generation": self.gen,
             "since": self.since,
             "workers": self.workers,

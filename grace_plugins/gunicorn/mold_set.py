@@ -32,7 +32,7 @@ class MoldSet:
         atexit.register(self.reap_at_exit)
         # shared with the lookout thread (which retires molds)
         self._lock = threading.Lock()
-        self._pids: dict[int, int] = {}
+        self._pids: dict[int, list[int]] = {}  # generation -> its mold's pid and its spare's
         self._retired: set[int] = set()
         self._snapshot: list[dict[str, Any]] = []  # the molds, for the state file
         self._dirty = False
@@ -40,12 +40,24 @@ class MoldSet:
         self._stopped: set[int] = set()  # the molds a stop signal made leave
 
     def add(self, handle: MoldHandle) -> None:
-        """A new mold answered ready (main thread)."""
+        """A new mold answered ready, or a mold has a new spare (main thread)."""
         self.handles[handle.gen] = handle
-        self._exits[handle.pid] = handle.gen
+        for pid in handle.pids():
+            self._exits[pid] = handle.gen
         with self._lock:
-            self._pids[handle.gen] = handle.pid
+            self._pids[handle.gen] = handle.pids()
         self.note_state()
+
+    def promote(self, handle: MoldHandle) -> MoldHandle | None:
+        """*handle*'s mold is gone: its spare, if it is alive, takes its place (main thread)."""
+        spare = handle.spare
+        with contextlib.suppress(OSError):
+            handle.wire.sock.close()
+        if spare is None or spare.gone():
+            return None
+        spare.workers = handle.workers
+        self.add(spare)
+        return spare
 
     def prune(self) -> None:
         """Forget the molds the lookout retired (their sockets close here, on this thread)."""
@@ -55,15 +67,17 @@ class MoldSet:
             self.drop(self.handles[gen])
 
     def drop(self, handle: MoldHandle) -> None:
-        """Forget *handle* and make its mold leave (main thread)."""
-        with contextlib.suppress(OSError):
-            handle.wire.sock.close()
+        """Forget *handle* and make its mold and its spare leave (main thread)."""
+        for one in (handle, handle.spare):
+            if one is not None:
+                with contextlib.suppress(OSError):
+                    one.wire.sock.close()
+                with contextlib.suppress(OSError):
+                    os.kill(one.pid, signal.SIGTERM)
         self.handles.pop(handle.gen, None)
         with self._lock:
             self._pids.pop(handle.gen, None)
             self._retired.discard(handle.gen)
-        with contextlib.suppress(OSError):
-            os.kill(handle.pid, signal.SIGTERM)
         self.note_state()
 
     def report_exits(self) -> None:
@@ -92,11 +106,12 @@ class MoldSet:
                 continue
             with self._lock:
                 self._retired.add(gen)
-            with contextlib.suppress(OSError):
-                os.kill(pids[gen], signal.SIGTERM)
+            for pid in pids[gen]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
             self.log.info(
                 "grace_plugins: mold %s (generation %s) retired: no worker comes from it any more",
-                pids[gen],
+                " and its spare ".join(map(str, pids[gen])),
                 gen,
             )
         self._write_state(bool(to_retire(pids, verdicts, serving)))
@@ -148,9 +163,10 @@ class MoldSet:
         """The molds still running (main thread): not retired, their socket still open. One
         that exited may be reaped already, and its pid another process's."""
         return [
-            handle.pid
+            one.pid
             for gen, handle in list(self.handles.items())
-            if gen not in self._retired and not handle.gone()
+            for one in (handle, handle.spare)
+            if one is not None and gen not in self._retired and not one.gone()
         ]
 
 

@@ -140,7 +140,20 @@ class Molds:
                 return self._gunicorn_spawn()
             handle = handles[gen]
             if not handle.gone():
-                return self._fork_from(handle, plan)
+                pid = self._fork_from(handle, plan)
+                if pid is not None and (age not in plan.members or age == plan.members[-1]):
+                    self._keep_a_spare(handle)  # once the reload's workers are forked
+                return pid
+            spare = self.registry.promote(handle)
+            if spare is not None:
+                self.log.warning(
+                    "grace_plugins: mold %s (generation %s) is gone; its spare, mold %s, forks"
+                    " the generation's workers from now on",
+                    handle.pid,
+                    gen,
+                    spare.pid,
+                )
+                continue
             self.log.warning(
                 "grace_plugins: mold %s (generation %s) is gone; the next worker comes from"
                 " another mold, or imports the app itself",
@@ -148,6 +161,33 @@ class Molds:
                 gen,
             )
             self.registry.drop(handle)
+
+    def _keep_a_spare(self, handle: MoldHandle) -> None:
+        """Make sure *handle*'s mold has a live spare: forked idle from it, it takes the
+        mold's place if the mold dies, so that respawns never import the code on disk (which
+        may be newer, or broken, and was never HUPed)."""
+        old = handle.spare
+        if old is not None and not old.gone():
+            return
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.wire.sock.close()
+        handle.spare = handle.make_spare()
+        self.registry.add(handle)
+        if handle.spare is None:
+            self.log.warning(
+                "grace_plugins: mold %s (generation %s) did not fork its spare",
+                handle.pid,
+                handle.gen,
+            )
+            return
+        self.log.info(
+            "grace_plugins: mold %s (generation %s) forked its spare, mold %s, which takes its"
+            " place if it dies",
+            handle.pid,
+            handle.gen,
+            handle.spare.pid,
+        )
 
     def manage_workers(self) -> None:
         """``Arbiter.manage_workers`` (each turn of gunicorn's loop): first, the molds that
@@ -184,7 +224,12 @@ class Molds:
     def _start_mold(self, plan: Plan, store: RecordStore) -> str:
         """Fork the mold of *plan*'s generation and wait for its answer (bounded)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        others = [handle.wire.sock.fileno() for handle in self.registry.handles.values()]
+        others = [
+            one.wire.sock.fileno()
+            for handle in self.registry.handles.values()
+            for one in (handle, handle.spare)
+            if one is not None
+        ]
         since = time.time()
         with contextlib.suppress(Exception):
             sys.stdout.flush(), sys.stderr.flush()

@@ -71,6 +71,12 @@ def mold_of(server: Gunicorn, gen: int, after: int = 0) -> int:
     raise AssertionError(f"no mold for generation {gen}:\n{server.output(after)}")
 
 
+def spare_of(server: Gunicorn, mold: int, timeout: float = 10.0) -> int:
+    """The spare *mold* forked (it takes the mold's place if the mold dies)."""
+    line = rf"mold {mold} \(generation \d+\) forked its spare, mold (\d+)"
+    return int(server.wait_for(line, timeout).group(1))
+
+
 def wait_respawned(server: Gunicorn, victim: int) -> None:
     def respawned() -> bool:
         workers = server.workers()
@@ -169,13 +175,33 @@ def test_gunicorn_preload_max_requests(start_server, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_gunicorn_preload_mold_killed(start_server, tmp_path):
+    """A mold that dies (``kill -9``, the OOM killer) leaves its spare: respawns still run the
+    code the generation serves, never the code on disk (newer, or broken, and never HUPed).
+    With both gone, a respawn imports for itself; the next HUP makes a new mold."""
     server = start(start_server, tmp_path)
     mold = mold_of(server, 1)
+    spare = spare_of(server, mold)
     os.kill(mold, signal.SIGKILL)
     wait_until(lambda: gone_or_zombie(mold), 10, "the mold to die")
+    write_code(tmp_path, BROKEN["syntax error"])  # on disk, never HUPed
+    victim, mark = server.workers()[0], server.mark()
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for(rf"mold {mold} \(generation 1\) is gone; its spare, mold {spare}", 20, mark)
+    wait_respawned(server, victim)
+    assert [v for _, v in imports(tmp_path)] == ["v1"]  # forked, not imported
+    for _ in range(4):  # both workers answer the served code
+        assert http_get(server.port).version == "v1"
+    assert "does not load" not in server.output(mark), server.output(mark)
+    assert_children_of_master(server, server.workers())
+    # the spare took the mold's place and forked a spare of its own: kill both
+    second = spare_of(server, spare)
+    write_code(tmp_path, counted("v1"))
+    for pid in (spare, second):
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda p=pid: gone_or_zombie(p), 10, f"mold {pid} to die")
     victim, mark = server.workers()[0], server.mark()
     os.kill(victim, signal.SIGKILL)  # no mold to fork from: the respawn imports for itself
-    server.wait_for(rf"mold {mold} \(generation 1\) is gone", 20, after=mark)
+    server.wait_for(rf"mold {spare} \(generation 1\) is gone; the next worker", 20, after=mark)
     wait_respawned(server, victim)
     wait_until(lambda: len(imports(tmp_path)) == 2, 20, "the respawn to import")
     assert [v for _, v in imports(tmp_path)] == ["v1", "v1"]
@@ -367,14 +393,15 @@ def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, t
         return line if line and workers_listed(line) == set(server.workers()) else ""
 
     line = wait_until(mold_with_its_workers, 10, "the mold and its workers in the status")
-    assert f"generation 1 (pid {mold_of(server, 1)})" in line
+    mold = mold_of(server, 1)
+    assert f"generation 1 (pid {mold}, spare {spare_of(server, mold)})" in line
     shown = grace_cli("status", "--pid", master).stdout
     assert shown.startswith(f"gunicorn master pid {master}, up"), shown
     assert f"listening: http://127.0.0.1:{server.port}\n" in shown, shown
     write_code(tmp_path, counted("v2"))
     good = grace_cli("reload", "--pid", master, "--timeout", "40")
     assert good.returncode == 0 and good.stdout.startswith("upgraded: generation 2"), good
-    wait_until(lambda: f"generation 2 (pid {mold_of(server, 2)})" in mold_line(), 10, "mold 2")
+    wait_until(lambda: f"generation 2 (pid {mold_of(server, 2)}," in mold_line(), 10, "mold 2")
     write_code(tmp_path, BROKEN["exception"])
     bad = grace_cli("reload", "--pid", master, "--timeout", "40")
     assert bad.returncode == 1 and bad.stderr.startswith("rolled back: generation 3"), bad
