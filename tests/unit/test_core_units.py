@@ -62,6 +62,23 @@ def test_bind_ipv6():
         assert listeners.name_of(sock).startswith("tcp:[::1]:")
 
 
+def test_bind_to_every_ipv6_address_takes_ipv4_too_where_the_system_does():
+    """``-h ::`` as ``flask run`` and ``runserver -6`` serve it: the system's default
+    (``net.ipv6.bindv6only``, 0 on Linux and macOS), so IPv4 clients reach it too."""
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as handle:
+            v6only = int(handle.read())
+        sock = listeners.bind(listeners.parse_address("[::]:0"))
+    except (OSError, GraceError) as exc:
+        pytest.skip(f"no IPv6 here: {exc}")
+    with sock:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == v6only
+        if not v6only:
+            port = sock.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
+
+
 def test_port_in_use_says_what_to_do():
     with listeners.bind(listeners.parse_address("127.0.0.1:0")) as first:
         port = first.getsockname()[1]
