@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from grace_plugins import actions as act
@@ -63,6 +63,7 @@ class Effects:
         wake_fd: int = -1,
         banner: str = "",
         watcher: Watcher | None = None,
+        generation_env: Mapping[str, str] | None = None,
     ) -> None:
         self.listeners = listeners
         self.options = options
@@ -76,6 +77,7 @@ class Effects:
         self.wake_fd = wake_fd  # the loop's signal wakeup pipe, read before an exec
         self.banner = banner  # the adapter's start-up lines, once the first generation serves
         self.watcher = watcher
+        self.generation_env = dict(generation_env or {})  # each generation's, not ours
         #: spawns whose outcome comes later: (our end, the generation's end) of the channel
         self._starting: dict[int, tuple[Channel, socket.socket]] = {}
         self._preflight: subprocess.Popen[bytes] | None = None
@@ -99,7 +101,7 @@ class Effects:
             channel_fd=child_end.fileno(),
             options=self.options,
         )
-        env = {**os.environ, "PWD": self.cwd}
+        env = {**os.environ, **self.generation_env, "PWD": self.cwd}
         env.pop(NOTIFY_VAR, None)  # systemd hears the supervisor (the main pid) only
         env[HANDOFF_VAR] = handoff.encode()
         pass_fds = [s.fileno() for s in self.listeners] + [child_end.fileno()]

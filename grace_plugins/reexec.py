@@ -60,6 +60,9 @@ class SupervisorHandoff:
     banner: str = ""
     #: The file watcher's settings when the reloader is on (``None``: no watcher).
     watching: Watching | None = None
+    #: Variables set in each generation's environment, never in the supervisor's (see
+    #: :func:`grace_plugins.runner.run`).
+    generation_env: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> str:
         return envcodec.encode(
@@ -76,6 +79,7 @@ class SupervisorHandoff:
                 "options": options_to_fields(self.options),
                 "banner": self.banner,
                 "watching": None if self.watching is None else dataclasses.asdict(self.watching),
+                "generation_env": self.generation_env,
             },
         )
 
@@ -109,6 +113,9 @@ def take_supervisor_handoff(
             options=options_from_fields(data.get("options", {})),
             banner=str(data.get("banner", "")),
             watching=None if not data.get("watching") else Watching(**data["watching"]),
+            generation_env={
+                str(name): str(value) for name, value in data.get("generation_env", {}).items()
+            },
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise GraceError(f"{SUPERVISOR_VAR} is malformed ({exc!r}): {_FIX}.") from None

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from grace_plugins import listeners as lst
@@ -79,8 +79,11 @@ def run(
     on_listening: Callable[[list[str]], str | None] | None = None,
     watching: Watching | None = None,
     app_imported: bool = False,
+    generation_env: Mapping[str, str] | None = None,
 ) -> int:
-    """Run *serve* with hot upgrades; blocks until stopped and returns the exit status.
+    """Run *serve* with hot upgrades; blocks until stopped. Returns the exit status only
+    where this process could not become the lean supervisor (the exec failed: a frozen
+    program); otherwise the lean supervisor, which replaced this program, exits with it.
 
     In the supervisor role this binds *addresses*, calls ``on_listening(names)`` for the
     start-up banner (printed once the first generation serves), then re-executes itself
@@ -89,6 +92,10 @@ def run(
     *app_imported*: this process imported the app already (``run_simple`` is given it,
     ``manage.py`` set Django up), so at a program's first start what it imported seeds the
     warm-start template that forks the first generation (:func:`.warm_seed.plant`).
+    *generation_env*: variables set in each generation's environment only, such as the
+    "this process serves" mark a framework's reloader gives its child (werkzeug's
+    ``WERKZEUG_RUN_MAIN``, Django's ``RUN_MAIN``): the supervisor, which runs the program's
+    start too (and again after USR2), never sees them.
 
     :raises GraceError: for invalid addresses, inherited fds or platforms.
     """
@@ -113,6 +120,7 @@ def run(
             image.banner = on_listening([name for name, _ in image.listeners]) or ""
     image.program, image.argv_len = program_argv(), len(sys.argv)
     image.options, image.watching = options, watching
+    image.generation_env = dict(generation_env or {})
     if options.warm and app_imported and not image.generation:
         warm_seed.plant(image.program, working_dir(), os.environ)
     why = become_lean(image)  # returns only if the exec failed
@@ -154,6 +162,7 @@ def supervise(image: SupervisorHandoff, sockets: list[socket.socket]) -> int:
             spawner=spawner,
             banner=image.banner,
             watcher=watcher,
+            generation_env=image.generation_env,
         )
         if image.generation:
             supervisor.adopt(image)

@@ -29,7 +29,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from grace_plugins import actions as act
 from grace_plugins import channel as msg
@@ -69,9 +69,11 @@ class Supervisor:
         clock: Callable[[], float] | None = None,
         banner: str = "",
         watcher: Watcher | None = None,
+        generation_env: Mapping[str, str] | None = None,
     ) -> None:
         """:param banner: printed once the first generation serves (the adapter's start-up
             lines: the server is not running before that).
+        :param generation_env: variables set in each generation's environment only.
         :param watcher: the file watcher (reloader on), watching what the generations report;
             a save starts an upgrade as a HUP does."""
         self.listeners = listeners
@@ -100,6 +102,7 @@ class Supervisor:
             wake_fd=self.wake_r,
             banner=banner,
             watcher=watcher,
+            generation_env=generation_env,
         )
         self.spawner.attach(self._add_spawner_source, self._remove_source)
 

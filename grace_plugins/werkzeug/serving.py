@@ -66,9 +66,13 @@ def run_simple(
     """Serve *application* like :func:`werkzeug.serving.run_simple`, upgradable without
     downtime by ``kill -HUP <pid>`` (the pid the banner shows: this process's).
 
-    Blocks until stopped (Ctrl+C, ``kill -TERM``), then returns. The program is re-run for
-    each generation, so call this from the ``if __name__ == "__main__":`` block of a script
-    (or a console script), as with werkzeug's reloader.
+    Never returns: this process becomes the supervisor (it re-executes itself into a small
+    one that holds no app), and the process exits with the server's status once stopped
+    (Ctrl+C, ``kill -TERM``), as werkzeug's reloader process does. Neither code after the
+    call nor a ``finally`` around it ever runs; ``atexit`` hooks run in each generation as it
+    exits. The program is re-run for each generation, so call this from
+    the ``if __name__ == "__main__":`` block of a script (or a console script), as with
+    werkzeug's reloader.
 
     :param use_reloader: also upgrade when a watched file changes (werkzeug's ``stat`` or
         ``watchdog`` loop chooses the files; ``extra_files``, ``exclude_patterns``,
@@ -138,10 +142,10 @@ def serve_with_upgrades(
         check_settings(settings)
     except GraceError as exc:
         _usage_error(exc)
-    if not runner.is_generation() and settings.use_reloader:
-        # As in werkzeug, the process that serves (and only it) runs "from the reloader":
-        # the debugger prints its PIN there, and apps that start things once can tell.
-        os.environ["WERKZEUG_RUN_MAIN"] = "true"
+    # As in werkzeug, the process that serves (and only it) runs "from the reloader": the
+    # debugger prints its PIN there, and apps that start things once can tell. Not the
+    # supervisor, which prints Flask's banner (as the reloader's first process does).
+    marked = {"WERKZEUG_RUN_MAIN": "true"} if settings.use_reloader else {}
     try:
         code = runner.run(
             _serve_function(settings, load_app),
@@ -150,6 +154,7 @@ def serve_with_upgrades(
             on_listening=lambda names: (intro() if intro else "") + banner(settings, names),
             watching=watching(settings),
             app_imported=app_imported,
+            generation_env=marked,
         )
     except GraceError as exc:
         _usage_error(exc)
@@ -231,7 +236,6 @@ def _serve_function(
         )
 
         if settings.use_reloader:
-            os.environ["WERKZEUG_RUN_MAIN"] = "true"
             context.report_loaded(
                 functools.partial(serving_spec, settings.extra_files, settings.exclude_patterns),
                 extra_files=settings.extra_files or (),

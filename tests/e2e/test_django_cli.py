@@ -86,6 +86,32 @@ def test_ipv6_addrport(start_server, django_project):
     assert server.stop() == 0
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reload", [True, False])
+def test_run_main_marks_the_serving_process_as_runserver_s_child(
+    start_server, django_project, tmp_path, reload
+):
+    """With the reloader on, ``RUN_MAIN=true`` in the processes that serve (runserver's child
+    gets it; apps start things once behind ``if os.environ.get("RUN_MAIN") == "true"``),
+    never in the supervisor (its checks import the views too). ``--noreload``: nowhere, as
+    ``runserver --noreload``."""
+    log = tmp_path / "marks.log"
+    mark = (
+        "import os as _os\n"
+        f"with open({str(log)!r}, 'a') as _marks:\n"
+        "    print(_os.getpid(), _os.environ.get('RUN_MAIN'), file=_marks)\n"
+    )
+    set_version(django_project, "v1", mark)
+    server = runhot(start_server, django_project, *([] if reload else ["--noreload"]))
+    first, second = first_pid(server), server.upgrade(60)
+    wait_served_by(server.port, second)
+    marks = dict(line.split() for line in log.read_text().splitlines())
+    served = "true" if reload else "None"
+    assert {marks.get(str(first)), marks.get(str(second))} == {served}, marks
+    assert marks.get(str(server.pid), "None") == "None", marks  # the supervisor's checks
+    assert server.stop() == 0
+
+
 def wait_served_by_host(port, pid, host):
     return wait_until(
         lambda: http_get(port, host=host).pid == pid, 20, f"a response from pid {pid}"

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.harness import PYTHON, ROOT, grace_cli, http_get, wait_served_by, wait_until
-from tests.harness.flask_site import FLASK, hotrun, seed_app, set_version
+from tests.harness.flask_site import FLASK, NOT_THE_REPO, hotrun, seed_app, set_version
 from tests.harness.inherit import MALFORMED_INPUTS, run_with_inherited
 
 pytestmark = pytest.mark.skipif(not os.path.exists(FLASK), reason="flask is not installed")
@@ -152,4 +152,33 @@ def test_grace_plugins_reload_through_hotrun(start_server, tmp_path):
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert "version:v2" in http_get(port).body
+    assert server.stop() == 0
+
+
+#: Appended to the app: each process that imports it logs its pid and the reloader's mark.
+MARKED = (
+    "import os as _os\n"
+    "with open({log!r}, 'a') as _marks:\n"
+    "    print(_os.getpid(), _os.environ.get('WERKZEUG_RUN_MAIN'), file=_marks)\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_the_reloader_marks_only_the_serving_process_and_flask_s_banner_shows(
+    start_server, tmp_path
+):
+    """As ``flask run --reload``: the first process prints Flask's banner lines, and only the
+    processes that serve run "from the reloader" (``WERKZEUG_RUN_MAIN=true``), after a HUP
+    too."""
+    app = seed_app(tmp_path)
+    log = tmp_path / "marks.log"
+    set_version(app, "v1", extra=MARKED.format(log=str(log)))
+    server, port = hotrun(start_server, tmp_path, "--reload", NOT_THE_REPO)
+    server.wait_for(r"^ \* Serving Flask app 'app.py'$", 10)  # the banner, after the ready line
+    server.wait_for(r"^ \* Debug mode: off$", 10)
+    first = http_get(port).pid
+    second = server.upgrade(30)
+    wait_served_by(port, second)
+    marks = dict(line.split() for line in log.read_text().splitlines())
+    assert marks == {str(first): "true", str(second): "true"}, marks
     assert server.stop() == 0

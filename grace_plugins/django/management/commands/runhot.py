@@ -36,6 +36,7 @@ from django.core.management.base import CommandError, OutputWrapper, SystemCheck
 from django.core.management.commands.runserver import Command as CoreRunserverCommand
 from django.core.servers.basehttp import WSGIServer
 from django.db import connections
+from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from grace_plugins.django.server import hot_server_class, stop_soon
 from grace_plugins.django.watchlist import Watchlist
@@ -86,8 +87,16 @@ class Command(RunserverCommand):
         watching = Watching() if options["use_reloader"] else None
         if not is_generation() and not options["skip_checks"]:
             self.check_before_start()
+        # As runserver's autoreloader marks its child: the process that serves (and only it)
+        # says so, for apps that start something once ("if RUN_MAIN == 'true'")
+        marked = {DJANGO_AUTORELOAD_ENV: "true"} if watching is not None else {}
         run_or_exit(  # manage.py set Django up: the project is imported
-            serve, [self.listen_address()], grace, watching=watching, app_imported=True
+            serve,
+            [self.listen_address()],
+            grace,
+            watching=watching,
+            app_imported=True,
+            generation_env=marked,
         )
 
     def check_before_start(self) -> None:
