@@ -63,13 +63,16 @@ class MoldHandle:
 
     def make_spare(self) -> MoldHandle | None:
         """Ask the mold to fork its spare, which talks to the master on a socket of its own;
-        the spare's handle, or None."""
+        the spare's handle, or None. A mold that did not answer in time is closed (it is
+        :meth:`gone` from then on): its answer may still come, and would be read as the
+        answer to the next request."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.wire.send({"spare": 1}, [theirs.fileno()])
             got = self.wire.receive(FORK_TIMEOUT)
         except (OSError, TimeoutError, ValueError):
             got = None
+            self.wire.sock.close()
         finally:
             theirs.close()
         if got is None or not isinstance(got[0].get("pid"), int):

@@ -46,17 +46,30 @@ class MoldSet:
             self._exits[pid] = handle.gen
         with self._lock:
             self._pids[handle.gen] = handle.pids()
+            retired = handle.gen in self._retired
+        if retired:  # the lookout retired its generation meanwhile: it must not stay
+            for pid in handle.pids():
+                _signal(pid, signal.SIGTERM)
         self.note_state()
 
     def promote(self, handle: MoldHandle) -> MoldHandle | None:
-        """*handle*'s mold is gone: its spare, if it is alive, takes its place (main thread)."""
+        """*handle*'s mold is gone (or did not answer: it is made to leave): its spare, if it
+        is alive, takes its place (main thread)."""
         spare = handle.spare
         with contextlib.suppress(OSError):
             handle.wire.sock.close()
+        _signal(handle.pid, signal.SIGTERM)
         if spare is None or spare.gone():
             return None
         spare.workers = handle.workers
         self.add(spare)
+        self.log.warning(
+            "grace_plugins: mold %s (generation %s) is gone; its spare, mold %s, forks the"
+            " generation's workers from now on",
+            handle.pid,
+            handle.gen,
+            spare.pid,
+        )
         return spare
 
     def prune(self) -> None:
@@ -72,8 +85,7 @@ class MoldSet:
             if one is not None:
                 with contextlib.suppress(OSError):
                     one.wire.sock.close()
-                with contextlib.suppress(OSError):
-                    os.kill(one.pid, signal.SIGTERM)
+                _signal(one.pid, signal.SIGTERM)
         self.handles.pop(handle.gen, None)
         with self._lock:
             self._pids.pop(handle.gen, None)
@@ -107,8 +119,7 @@ class MoldSet:
             with self._lock:
                 self._retired.add(gen)
             for pid in pids[gen]:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+                _signal(pid, signal.SIGTERM)
             self.log.info(
                 "grace_plugins: mold %s (generation %s) retired: no worker comes from it any more",
                 " and its spare ".join(map(str, pids[gen])),
@@ -138,17 +149,16 @@ class MoldSet:
         mold leaves now. A mold holds the listening sockets; left alone until the master exits,
         it would keep them listening, and connections would wait in the backlog instead of
         being refused. Once each: a second stop signal (a quick stop) finds them gone."""
-        for pid in self._alive():
+        for pid in self._running():
             if pid not in self._stopped:
                 self._stopped.add(pid)
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+                _signal(pid, signal.SIGTERM)
 
     def reap_at_exit(self) -> None:
         """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
         if os.getpid() != self.master:
             return  # a worker leaving (it inherited this hook)
-        for pid in self._alive():
+        for pid in self._running():
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -159,15 +169,18 @@ class MoldSet:
                 reap(pid, kill=False)
         self.report_exits()
 
-    def _alive(self) -> list[int]:
-        """The molds still running (main thread): not retired, their socket still open. One
-        that exited may be reaped already, and its pid another process's."""
-        return [
-            one.pid
-            for gen, handle in list(self.handles.items())
-            for one in (handle, handle.spare)
-            if one is not None and gen not in self._retired and not one.gone()
-        ]
+    def _running(self) -> list[int]:
+        """Every mold and spare this master started that has not exited: serving, retired
+        and told to leave, or dropped (one stuck, or stopped by SIGSTOP, still holds the
+        listening sockets: the stop and the exit must not forget it)."""
+        return [pid for pid in list(self._exits) if not _exited(pid)]
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal mold *pid* unless it exited and was reaped (its pid may be another's now)."""
+    if not _exited(pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
 
 
 def _exited(pid: int) -> bool:

@@ -144,15 +144,7 @@ class Molds:
                 if pid is not None and (age not in plan.members or age == plan.members[-1]):
                     self._keep_a_spare(handle)  # once the reload's workers are forked
                 return pid
-            spare = self.registry.promote(handle)
-            if spare is not None:
-                self.log.warning(
-                    "grace_plugins: mold %s (generation %s) is gone; its spare, mold %s, forks"
-                    " the generation's workers from now on",
-                    handle.pid,
-                    gen,
-                    spare.pid,
-                )
+            if self.registry.promote(handle) is not None:
                 continue
             self.log.warning(
                 "grace_plugins: mold %s (generation %s) is gone; the next worker comes from"
@@ -167,20 +159,25 @@ class Molds:
         mold's place if the mold dies, so that respawns never import the code on disk (which
         may be newer, or broken, and was never HUPed)."""
         old = handle.spare
-        if old is not None and not old.gone():
+        store = MASTER.store
+        if (old is not None and not old.gone()) or (store is not None and store.master_stopping()):
             return
         if old is not None:
             with contextlib.suppress(OSError):
                 old.wire.sock.close()
         handle.spare = handle.make_spare()
-        self.registry.add(handle)
         if handle.spare is None:
-            self.log.warning(
-                "grace_plugins: mold %s (generation %s) did not fork its spare",
+            stuck = handle.gone()  # it did not answer in time: given up, as after a fork
+            self.log.error(
+                "grace_plugins: mold %s (generation %s) did not fork its spare%s",
                 handle.pid,
                 handle.gen,
+                "; it is given up (respawns import the app themselves)" if stuck else "",
             )
+            if stuck:
+                self.registry.drop(handle)
             return
+        self.registry.add(handle)
         self.log.info(
             "grace_plugins: mold %s (generation %s) forked its spare, mold %s, which takes its"
             " place if it dies",
@@ -300,7 +297,8 @@ class Molds:
                 handle.gen,
                 " (the master stops)" if stopping else "",
             )
-            self.registry.drop(handle)
+            if stopping or self.registry.promote(handle) is None:
+                self.registry.drop(handle)
             if age in plan.members and handle.gen == plan.gen and store is not None:
                 if not stopping:  # else the stop ended it, not the new code
                     reason = f"the mold (pid {handle.pid}) exited while forking its workers"

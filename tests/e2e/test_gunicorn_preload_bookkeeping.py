@@ -129,6 +129,7 @@ def test_a_worker_forked_as_its_mold_died_does_not_serve_on(start_server, tmp_pa
     good."""
     server = start(start_server, tmp_path, code=counted("v1", SLOW_FORKS))
     mold = mold_of(server, 1)
+    spare = spare_of(server, mold)  # forked before the slow forks begin
     (tmp_path / "SLOWFORK").touch()
     mark = server.mark()
     os.kill(server.workers()[0], signal.SIGKILL)  # the respawn comes from the mold
@@ -148,8 +149,11 @@ def test_a_worker_forked_as_its_mold_died_does_not_serve_on(start_server, tmp_pa
     said = rf"worker {orphan} .*(never took this worker in|the master is gone)"
     server.wait_for(said, 10, after=mark)  # its line may reach us after it is gone
     assert server.count(said, after=mark) == 1, server.output(mark)
+    # its spare takes its place: the respawn is forked, not imported
+    server.wait_for(rf"mold {mold} \(generation 1\) is gone; its spare, mold {spare}", 10, mark)
     (tmp_path / "SLOWFORK").unlink()
     server.wait_until_workers(2, 20)
+    assert [v for _, v in imports(tmp_path)] == ["v1"]
     hup_to(server, tmp_path, 2)
     assert versions_served(server.port) == {"v2"}
     assert server.stop() == 0
@@ -243,3 +247,19 @@ def test_the_child_exit_hook_hears_of_every_mold_that_exits(start_server, tmp_pa
     second = {mold_of(server, 2), spare_of(server, mold_of(server, 2))}
     assert server.stop() == 0
     assert sorted(told()) == sorted([*first, failed[0], *second])
+
+
+def test_a_stuck_retired_mold_is_not_left_behind_holding_the_listeners(start_server, tmp_path):
+    """A retired mold or spare that does not leave (stopped by SIGSTOP: its SIGTERM waits) is
+    still the master's at the stop: killed and reaped, not left holding the listening socket
+    (new connections would wait in its backlog with no one to answer)."""
+    server = start(start_server, tmp_path)
+    mold = mold_of(server, 1)
+    spare = spare_of(server, mold)
+    os.kill(spare, signal.SIGSTOP)
+    mark = server.mark()
+    hup_to(server, tmp_path, 2)
+    server.wait_for(rf"mold {mold} and its spare {spare} \(generation 1\) retired", 10, mark)
+    assert not gone_or_zombie(spare)  # stopped, its SIGTERM pending
+    assert server.stop() == 0
+    assert gone_or_zombie(spare), f"spare {spare} was left behind"

@@ -22,8 +22,7 @@ from tests.harness.code import broken_at_import, write_module
 from tests.harness.server import ROOT, ServerProcess, joined, wait_until
 
 APPS = os.path.join(ROOT, "tests", "apps")
-#: A mold named in the log (its start, its retirement, its failure).
-MOLD = r"\bmold (?:\(pid )?(\d+)"
+#: What each worker logs as it starts (molds never do).
 BOOTING = r"Booting worker with pid: (\d+)"
 #: Our worker's line for a promoted generation (its number, or any: ``\d+``), with the pids.
 PROMOTED = r"generation {gen} ready: \d+ workers serving \(pids ([\d,]+)\)"
@@ -113,14 +112,11 @@ class Gunicorn(ServerProcess):
         )
 
     def workers(self) -> list[int]:
-        """The master's live worker processes (its molds, with ``--preload``, left out)."""
-        molds = self.molds()
-        return [pid for pid in procfs.live_children(self.pid) if pid not in molds]
-
-    def molds(self) -> set[int]:
-        """Every mold the log named (``--preload``: one process per generation imports the
-        app and forks its workers)."""
-        return {int(pid) for pid in re.findall(MOLD, self.output())}
+        """The master's live worker processes: its children that logged gunicorn's "Booting
+        worker" line. With ``--preload`` its other children, the molds and their spares, never
+        do (a spare is the master's child a moment before the master names it)."""
+        booted = {int(pid) for pid in re.findall(BOOTING, self.output())}
+        return [pid for pid in procfs.live_children(self.pid) if pid in booted]
 
     def wait_until_workers(self, count: int, timeout: float = 30.0) -> None:
         wait_until(lambda: len(self.workers()) == count, timeout, f"{count} workers")
