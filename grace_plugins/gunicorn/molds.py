@@ -140,10 +140,7 @@ class Molds:
                 return self._gunicorn_spawn()
             handle = handles[gen]
             if not handle.gone():
-                pid = self._fork_from(handle, plan)
-                if pid is not None and (age not in plan.members or age == plan.members[-1]):
-                    self._keep_a_spare(handle)  # once the reload's workers are forked
-                return pid
+                return self._fork_from(handle, plan)
             if self.registry.promote(handle) is not None:
                 continue
             self.log.warning(
@@ -154,13 +151,19 @@ class Molds:
             )
             self.registry.drop(handle)
 
-    def _keep_a_spare(self, handle: MoldHandle) -> None:
-        """Make sure *handle*'s mold has a live spare: forked idle from it, it takes the
-        mold's place if the mold dies, so that respawns never import the code on disk (which
-        may be newer, or broken, and was never HUPed)."""
-        old = handle.spare
+    def _keep_a_spare(self) -> None:
+        """Make sure the serving generation's mold has a live spare: forked idle from it, it
+        takes the mold's place if the mold dies, so that respawns never import the code on
+        disk (which may be newer, or broken, and was never HUPed). In gunicorn's loop, not
+        while a reload forks its workers: the spare's fork would delay the new code."""
         store = MASTER.store
-        if (old is not None and not old.gone()) or (store is not None and store.master_stopping()):
+        if self.arbiter.cfg is not self.preload_cfg or store is None or store.master_stopping():
+            return
+        handle = self.registry.handles.get(self.registry.serving(store))
+        if handle is None or handle.gone():
+            return  # none to copy (the next respawn promotes a live spare, or imports)
+        old = handle.spare
+        if old is not None and not old.gone():
             return
         if old is not None:
             with contextlib.suppress(OSError):
@@ -188,8 +191,9 @@ class Molds:
 
     def manage_workers(self) -> None:
         """``Arbiter.manage_workers`` (each turn of gunicorn's loop): first, the molds that
-        exited since are told to the ``child_exit`` hook."""
+        exited since are told to the ``child_exit`` hook, and the serving mold gets a spare."""
         self.registry.report_exits()
+        self._keep_a_spare()
         type(self.arbiter).manage_workers(self.arbiter)
 
     def _child_exit(self, pid: int, gen: int) -> None:

@@ -393,8 +393,9 @@ def test_gunicorn_preload_status_shows_the_mold_and_reload_waits(start_server, t
         return line if line and workers_listed(line) == set(server.workers()) else ""
 
     line = wait_until(mold_with_its_workers, 10, "the mold and its workers in the status")
-    mold = mold_of(server, 1)
-    assert f"generation 1 (pid {mold}, spare {spare_of(server, mold)})" in line
+    assert f"generation 1 (pid {mold_of(server, 1)}" in line
+    shown = f"generation 1 (pid {mold_of(server, 1)}, spare {spare_of(server, mold_of(server, 1))})"
+    wait_until(lambda: shown in mold_line(), 10, "the spare in the status")  # forked once ready
     shown = grace_cli("status", "--pid", master).stdout
     assert shown.startswith(f"gunicorn master pid {master}, up"), shown
     assert f"listening: http://127.0.0.1:{server.port}\n" in shown, shown
