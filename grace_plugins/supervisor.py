@@ -71,11 +71,9 @@ class Supervisor:
         watcher: Watcher | None = None,
         generation_env: Mapping[str, str] | None = None,
     ) -> None:
-        """:param banner: printed once the first generation serves (the adapter's start-up
-            lines: the server is not running before that).
-        :param generation_env: variables set in each generation's environment only.
-        :param watcher: the file watcher (reloader on), watching what the generations report;
-            a save starts an upgrade as a HUP does."""
+        """:param banner: the adapter's start-up lines, printed once the first generation serves.
+        :param watcher: the file watcher (reloader on); a save starts an upgrade as a HUP does.
+        :param generation_env: variables set in each generation's environment only."""
         self.listeners = listeners
         self.options = options or Options()
         self.log = configure("supervisor")
@@ -84,8 +82,7 @@ class Supervisor:
         self._clock = clock or time.monotonic
         self._selector = selectors.DefaultSelector()
         self._queue: collections.deque[act.Event] = collections.deque()
-        # The signal wakeup pipe: Python writes each signal's number to wake_w (see run).
-        self.wake_r, self.wake_w = os.pipe()
+        self.wake_r, self.wake_w = os.pipe()  # Python writes each signal's number (see run)
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self._selector.register(self.wake_r, selectors.EVENT_READ, self._read_signals)
