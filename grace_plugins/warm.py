@@ -92,13 +92,10 @@ class WarmSpawner(Spawner):
         self.reports = ReportFile(os.getpid())
         self.templates = Templates(self.log)
         self._fork: _Fork | None = None
-        #: the first generation, until the template built from its program's seed is ready
-        self._waiting: first_wait.FirstWait | None = None
-        #: at most this long (a third of the ready timeout): the cold fallback must still fit
-        self.max_wait = max_wait
-        self._seeded_first = False
+        self._waiting: first_wait.FirstWait | None = None  # the first generation, held (below)
+        self.max_wait = max_wait  # its longest hold: a third of the ready timeout at most
         self._program: ProgramRun | None = None
-        self._spawns = 0
+        self._spawns, self._seeded_first = 0, False
 
     # -- the Spawner interface --------------------------------------------------------------
     def attach(self, add: AddSource, remove: Callable[[object], None]) -> None:
@@ -282,16 +279,6 @@ class WarmSpawner(Spawner):
         self.log.info("warm start: %s; generation %d starts cold", why, request.number)
         return [self._cold(request, "")]
 
-    def _fork_now(self) -> list[Outcome]:
-        """Send the fork of the held first generation (its outcome comes later)."""
-        assert self._waiting is not None
-        try:
-            self._send_fork(self._waiting.request)
-        except _Cold as why:
-            return self._unwait(str(why))
-        self._waiting = None
-        return []
-
     def _say_cold(self, why: str) -> None:
         if why and (self._spawns > 1 or self._seeded_first):
             self.log.info("warm start: %s; this generation starts cold", why)
@@ -325,7 +312,14 @@ class WarmSpawner(Spawner):
             return self._unwait(f"the template is a poor bet for it ({b.poor})")
         if verdict is None or self._waiting is None:
             return []
-        return self._fork_now() if verdict.unusable is None else self._unwait(verdict.unusable)
+        if verdict.unusable is not None:
+            return self._unwait(verdict.unusable)
+        try:  # the held first generation is forked now (its outcome comes later)
+            self._send_fork(self._waiting.request)
+        except _Cold as why:
+            return self._unwait(str(why))
+        self._waiting = None
+        return []
 
     def _stop_all(self, reason: str | None) -> None:
         """Stop the templates; *reason* is why later generations start cold. (Called when no
