@@ -191,8 +191,10 @@ class Molds:
 
     def manage_workers(self) -> None:
         """``Arbiter.manage_workers`` (each turn of gunicorn's loop): first, the molds that
-        exited since are told to the ``child_exit`` hook, and the serving mold gets a spare."""
+        exited since are told to the ``child_exit`` hook, the sockets of the molds the lookout
+        retired are closed, and the serving mold gets a spare."""
         self.registry.report_exits()
+        self.registry.prune()
         self._keep_a_spare()
         type(self.arbiter).manage_workers(self.arbiter)
 

@@ -126,6 +126,7 @@ def test_gunicorn_preload_ten_hups_under_load_nothing_grows(start_server, tmp_pa
     with load:
         hup_to(server, tmp_path, 2)
         wait_until(lambda: gone_or_zombie(mold_of(server, 1)), 10, "mold 1 to exit")
+        spare_of(server, mold_of(server, 2))  # forked at a turn of gunicorn's loop after HUP
         settled = fd_count(server.pid)
         for gen in range(3, 12):
             hup_to(server, tmp_path, gen)
