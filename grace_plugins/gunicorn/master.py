@@ -27,7 +27,7 @@ from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.handover import create_store
 from grace_plugins.gunicorn.lookout import Lookout
 from grace_plugins.gunicorn.notify import MasterNotifier
-from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
+from grace_plugins.gunicorn.records import KEEP_GENERATIONS, READY, RecordStore
 from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
 from grace_plugins.process import pid_alive
 from grace_plugins.state import merge_state, merge_upgrade, state_path
@@ -63,6 +63,8 @@ class MasterBook:
         # gunicorn loads the worker class before ``Arbiter.start()``: see notify.py
         self.systemd = MasterNotifier.take_from_environment()
         self._reported: set[int] = set()
+        #: the promoted generation the state file names as serving, and the pids it shows
+        self._serving: tuple[int, str] = (0, "")
         self.lookout: Lookout | None = None
         #: in a mold (a process that imports one generation's app and forks its workers): the
         #: generation of the workers built here
@@ -101,7 +103,7 @@ class MasterBook:
         """The first worker this master builds: make the record directory, report stops,
         start the watcher."""
         self.pid, self.cfg, self.log, self.generation = os.getpid(), None, log, 0
-        self._reported = set()
+        self._reported, self._serving = set(), (0, "")
         self.store = create_store(cfg, log)
         atexit.register(_remove_store, self.store, self.pid)
         # what ``grace-plugins reload/status --pid <master>`` read (see grace_plugins.state)
@@ -195,8 +197,23 @@ class MasterBook:
             self._reported.add(gen)
             found = Verdict.from_recorded(text)
             note_in_state_file(self.pid, store, gen, found)
+            if found.kind == PROMOTED and gen > self._serving[0]:
+                self._serving = (gen, pid_list(store.members(gen)))
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
+        self._show_serving_workers(store)
+
+    def _show_serving_workers(self, store: RecordStore) -> None:
+        """Keep the serving pids of the state file true after the verdict: ``max_requests``,
+        a crash and TTIN/TTOU replace or add workers, and ``status`` must not name the dead."""
+        gen, shown = self._serving
+        if not gen:
+            return
+        ready = [m for m, states in store.workers(gen).items() if READY in states]
+        pids = pid_list(sorted((m for m in ready if pid_alive(m.pid)), key=lambda m: m.age))
+        if pids and pids != shown:
+            self._serving = (gen, pids)
+            merge_state(self.pid or 0, generation_pid=pids)
 
 
 def _remove_store(store: RecordStore, owner: int) -> None:

@@ -18,6 +18,7 @@ from tests.harness.gunicorn import (
     BROKEN,
     InFlight,
     assert_clean,
+    serving_pids,
     start_gunicorn,
     version,
     write_code,
@@ -88,6 +89,8 @@ def test_max_requests_restarts_drain_without_failures(start_server, tmp_path):
         report = load.stop()
     assert_clean(report)
     assert len(report.pids) >= 4, report.pids
+    # ``status`` names the workers serving now, not the ones max_requests replaced
+    wait_until(lambda: serving_pids(server) == set(server.workers()), 10, "status true")
     assert server.stop() == 0
 
 

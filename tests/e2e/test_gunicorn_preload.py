@@ -23,6 +23,7 @@ from tests.harness.gunicorn import (
     BROKEN_TIMEOUT,
     Gunicorn,
     assert_clean,
+    serving_pids,
     start_gunicorn,
     write_code,
 )
@@ -171,6 +172,7 @@ def test_gunicorn_preload_max_requests(start_server, tmp_path):
     assert_clean(report, slow=False)
     assert report.versions == {"v2"}, report.versions
     assert len(imports(tmp_path)) == count, imports(tmp_path)
+    wait_until(lambda: serving_pids(server) == set(server.workers()), 10, "status true")
     assert server.stop() == 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.harness import procfs
 from tests.harness.client import Response, http_get, read_response
 from tests.harness.code import broken_at_import, write_module
-from tests.harness.server import ROOT, ServerProcess, joined, wait_until
+from tests.harness.server import ROOT, ServerProcess, grace_cli, joined, wait_until
 
 APPS = os.path.join(ROOT, "tests", "apps")
 #: What each worker logs as it starts (molds never do).
@@ -124,6 +124,13 @@ class Gunicorn(ServerProcess):
     def worker_sockets(self) -> int:
         """Sockets held by the master's workers (listeners and connections)."""
         return sum(procfs.socket_count(pid) for pid in self.workers())
+
+
+def serving_pids(server: Gunicorn) -> set[int]:
+    """The workers ``grace-plugins status`` names on its ``serving:`` line."""
+    shown = grace_cli("status", "--pid", str(server.pid)).stdout
+    listed = re.search(r"^serving: generation \d+ \(pid ([\d,]+)\)", shown, re.M)
+    return {int(pid) for pid in listed.group(1).split(",")} if listed else set()
 
 
 class InFlight:
