@@ -28,7 +28,14 @@ from grace_plugins.gunicorn.handover import create_store
 from grace_plugins.gunicorn.lookout import Lookout
 from grace_plugins.gunicorn.notify import MasterNotifier
 from grace_plugins.gunicorn.records import KEEP_GENERATIONS, READY, RecordStore
-from grace_plugins.gunicorn.verdicts import PROMOTED, ROLLED_BACK, Announcement, Verdict, pid_list
+from grace_plugins.gunicorn.verdicts import (
+    PROMOTED,
+    ROLLED_BACK,
+    Announcement,
+    Verdict,
+    gone_respawns,
+    pid_list,
+)
 from grace_plugins.process import pid_alive
 from grace_plugins.state import merge_state, merge_upgrade, state_path
 
@@ -202,6 +209,7 @@ class MasterBook:
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
         self._show_serving_workers(store)
+        _forget_gone_respawns(store, newest)
 
     def _show_serving_workers(self, store: RecordStore) -> None:
         """Keep the serving pids of the state file true after the verdict: ``max_requests``,
@@ -214,6 +222,14 @@ class MasterBook:
         if pids and pids != shown:
             self._serving = (gen, pids)
             merge_state(self.pid or 0, generation_pid=pids)
+
+
+def _forget_gone_respawns(store: RecordStore, newest: int) -> None:
+    for gen in range(max(1, newest - KEEP_GENERATIONS), newest + 1):
+        if store.has_verdict(gen):
+            workers = store.workers(gen)
+            for member in gone_respawns(store.announcement(gen), list(workers), pid_alive):
+                store.forget(member, workers[member])
 
 
 def _remove_store(store: RecordStore, owner: int) -> None:

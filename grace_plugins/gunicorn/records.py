@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict
 
 from grace_plugins.atomic import write_atomic
@@ -169,6 +170,14 @@ class RecordStore:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.path, "backoff"))
         return written
+
+    def forget(self, member: Member, states: Iterable[str]) -> None:
+        """Remove the records of a worker that is gone (see ``verdicts.gone_respawns``)."""
+        for state in states:
+            with contextlib.suppress(OSError):
+                os.unlink(
+                    os.path.join(self.path, f"w-{member.gen}-{member.age}-{member.pid}.{state}")
+                )
 
     def workers(self, gen: int) -> dict[Member, dict[str, str]]:
         """Every worker of *gen* that left a record, with its states (a failure's reason)."""

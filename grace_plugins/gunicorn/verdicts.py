@@ -16,7 +16,7 @@ A verdict, once recorded, stands. While the master stops, an undecided generatio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 PENDING = "pending"
@@ -129,6 +129,19 @@ def members(info: Announcement | None, workers: Iterable[Member]) -> list[Member
     if info.first_age <= 0:  # an announcement without ages: the first ones by age
         return sorted(workers, key=lambda m: m.age)[: info.expected]
     return sorted((m for m in workers if forked_by_reload(info, m.age)), key=lambda m: m.age)
+
+
+def gone_respawns(
+    info: Announcement | None, workers: Collection[Member], alive: Callable[[int], bool]
+) -> list[Member]:
+    """The respawns of a generation (workers its reload did not fork: ``max_requests``, a
+    crash, TTIN) that have exited: their records can go, else every restart would leave two
+    files for the generation's life, that the master and every worker list again and again.
+    The members stay (the verdicts and the drains read them)."""
+    if info is None:
+        return []
+    kept = set(members(info, workers))
+    return [m for m in workers if m not in kept and not alive(m.pid)]
 
 
 def pid_list(found: Iterable[Member]) -> str:

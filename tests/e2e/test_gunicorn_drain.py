@@ -76,8 +76,15 @@ def test_a_request_cut_at_graceful_timeout_is_counted_once(start_server, tmp_pat
 
 @pytest.mark.timeout(60)
 def test_max_requests_restarts_drain_without_failures(start_server, tmp_path):
+    (tmp_path / "tmp").mkdir()  # where the master makes its record directory
     server = start_gunicorn(
-        start_server, tmp_path, "--max-requests", "40", "--max-requests-jitter", "10"
+        start_server,
+        tmp_path,
+        "--max-requests",
+        "40",
+        "--max-requests-jitter",
+        "10",
+        env={"TMPDIR": str(tmp_path / "tmp")},
     )
     with Load(server.port, fresh=2, keepalive=2, slow=1, slow_seconds=0.5) as load:
         server.wait_for(r"drained \d+ connections .*max_requests reached", 30)
@@ -91,7 +98,20 @@ def test_max_requests_restarts_drain_without_failures(start_server, tmp_path):
     assert len(report.pids) >= 4, report.pids
     # ``status`` names the workers serving now, not the ones max_requests replaced
     wait_until(lambda: serving_pids(server) == set(server.workers()), 10, "status true")
+    # the records of the workers max_requests replaced go (only the 2 first, the members, stay)
+    gone = lambda: recorded_pids(tmp_path / "tmp") - set(server.workers())  # noqa: E731
+    wait_until(lambda: len(gone()) <= 2, 10, f"old records forgotten: {gone()}")
     assert server.stop() == 0
+
+
+def recorded_pids(parent) -> set[int]:
+    """The pids of the workers that left a record in the master's record directory."""
+    (records,) = parent.glob("grace-gunicorn-*")
+    return {
+        int(name.split(".")[0].split("-")[3])
+        for name in os.listdir(records)
+        if name.startswith("w-")
+    }
 
 
 @pytest.mark.timeout(120)

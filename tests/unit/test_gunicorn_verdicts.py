@@ -29,6 +29,7 @@ from grace_plugins.gunicorn.verdicts import (  # noqa: E402
     Member,
     Verdict,
     forked_by_reload,
+    gone_respawns,
     members,
     verdict,
 )
@@ -106,6 +107,16 @@ def test_members_are_the_workers_the_reload_forked():
     without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
     assert members(without_ages, workers) == [Member(2, 3, 30), Member(2, 4, 40)]
     assert members(None, workers) == []
+
+
+def test_only_the_respawns_that_exited_are_forgotten():
+    workers = [Member(2, age, age * 10) for age in (3, 4, 5, 6, 7)]  # 3 and 4: the members
+    alive = {50, 70}.__contains__
+    assert gone_respawns(INFO, workers, alive) == [Member(2, 6, 60)]
+    assert gone_respawns(INFO, workers, lambda pid: False) == workers[2:]  # members stay
+    without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
+    assert gone_respawns(without_ages, workers[::-1], alive) == [Member(2, 6, 60)]
+    assert gone_respawns(None, workers, alive) == []
 
 
 def test_a_member_is_known_by_its_age_before_it_left_a_record():
