@@ -27,7 +27,7 @@ from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.handover import create_store
 from grace_plugins.gunicorn.lookout import Lookout
 from grace_plugins.gunicorn.notify import MasterNotifier
-from grace_plugins.gunicorn.records import KEEP_GENERATIONS, READY, RecordStore
+from grace_plugins.gunicorn.records import KEEP_GENERATIONS, RecordStore
 from grace_plugins.gunicorn.verdicts import (
     PROMOTED,
     ROLLED_BACK,
@@ -35,6 +35,7 @@ from grace_plugins.gunicorn.verdicts import (
     Verdict,
     gone_respawns,
     pid_list,
+    serving_workers,
 )
 from grace_plugins.process import pid_alive
 from grace_plugins.state import merge_state, merge_upgrade, state_path
@@ -208,17 +209,17 @@ class MasterBook:
                 self._serving = (gen, pid_list(store.members(gen)))
             if gen == 1 and found.kind == PROMOTED:
                 retire_previous_master(self.pid, self.log)
-        self._show_serving_workers(store)
+        self._show_serving_workers(store, newest)
         _forget_gone_respawns(store, newest)
 
-    def _show_serving_workers(self, store: RecordStore) -> None:
+    def _show_serving_workers(self, store: RecordStore, newest: int) -> None:
         """Keep the serving pids of the state file true after the verdict: ``max_requests``,
         a crash and TTIN/TTOU replace or add workers, and ``status`` must not name the dead."""
         gen, shown = self._serving
         if not gen:
             return
-        ready = [m for m, states in store.workers(gen).items() if READY in states]
-        pids = pid_list(sorted((m for m in ready if pid_alive(m.pid)), key=lambda m: m.age))
+        later = (store.generation(one) for one in range(gen + 1, newest + 1))
+        pids = pid_list(serving_workers(store.generation(gen), later, pid_alive))
         if pids and pids != shown:
             self._serving = (gen, pids)
             merge_state(self.pid or 0, generation_pid=pids)

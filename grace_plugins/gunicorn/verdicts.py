@@ -131,6 +131,20 @@ def members(info: Announcement | None, workers: Iterable[Member]) -> list[Member
     return sorted((m for m in workers if forked_by_reload(info, m.age)), key=lambda m: m.age)
 
 
+def serving_workers(
+    own: GenerationRecords, later: Iterable[GenerationRecords], alive: Callable[[int], bool]
+) -> list[Member]:
+    """The workers serving now, by age: the ready ones of the *serving* generation (*own*),
+    and the ready respawns of *later* generations that were rolled back (gunicorn keeps the
+    config of a rolled-back reload and forks its respawns with it: they carry its number)."""
+    found = [m for m, states in own.workers.items() if "ready" in states]
+    for records in later:
+        if records.recorded is not None and records.recorded != PROMOTED:
+            kept = set(members(records.announcement, records.workers))
+            found += [m for m, s in records.workers.items() if "ready" in s and m not in kept]
+    return sorted((m for m in found if alive(m.pid)), key=lambda m: m.age)
+
+
 def gone_respawns(
     info: Announcement | None, workers: Collection[Member], alive: Callable[[int], bool]
 ) -> list[Member]:

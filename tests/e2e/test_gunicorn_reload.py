@@ -17,6 +17,7 @@ from tests.harness.gunicorn import (
     NO_TRACEBACK,
     answers,
     assert_clean,
+    serving_pids,
     start_gunicorn,
     version,
     write_code,
@@ -201,6 +202,25 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     assert f"listening: http://127.0.0.1:{server.port}\n" in shown.stdout
     assert "serving: generation 2" in shown.stdout
     assert "upgrades finished: 2" in shown.stdout and "last upgrade: rolled_back" in shown.stdout
+
+
+@pytest.mark.timeout(90)
+def test_status_names_a_respawn_forked_after_a_rolled_back_reload(start_server, tmp_path):
+    """Gunicorn keeps the config of a rolled-back reload and forks its respawns with it (they
+    carry the rolled-back generation's number): ``status`` still names them as serving."""
+    server = start_gunicorn(start_server, tmp_path)
+    write_code(tmp_path, BROKEN["exception"])
+    bad = grace_cli("reload", "--pid", str(server.pid), "--timeout", "40")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    write_code(tmp_path, version("v1"))  # the respawn imports what is on disk
+    wait_until(lambda: len(server.workers()) == 2, 20, "the rolled-back workers gone")
+    victim = server.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: victim not in server.workers() and len(server.workers()) == 2, 20, "a respawn"
+    )
+    wait_until(lambda: serving_pids(server) == set(server.workers()), 20, "status true")
+    assert server.stop() == 0
 
 
 @pytest.mark.timeout(60)

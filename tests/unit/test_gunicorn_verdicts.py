@@ -31,6 +31,7 @@ from grace_plugins.gunicorn.verdicts import (  # noqa: E402
     forked_by_reload,
     gone_respawns,
     members,
+    serving_workers,
     verdict,
 )
 
@@ -117,6 +118,20 @@ def test_only_the_respawns_that_exited_are_forgotten():
     without_ages = Announcement(expected=2, first_age=0, started=0.0, ready_timeout=1.0)
     assert gone_respawns(without_ages, workers[::-1], alive) == [Member(2, 6, 60)]
     assert gone_respawns(None, workers, alive) == []
+
+
+def test_the_serving_workers_are_the_live_ready_ones_and_respawns_after_a_rollback():
+    own = records("3:ready", "4:ready", "5:boot", "6:ready")  # 4 exited; 5 still imports
+    rolled_back = GenerationRecords(
+        Announcement(expected=1, first_age=7, started=110.0, ready_timeout=5.0),
+        {Member(3, 7, 70): {"ready": ""}, Member(3, 8, 80): {"ready": ""}},  # member, respawn
+        Verdict(ROLLED_BACK, "worker 70: the ready check failed").as_recorded(),
+    )
+    pending = GenerationRecords(INFO, {Member(4, 9, 90): {"ready": ""}})
+    alive = {30, 50, 60, 70, 80, 90}.__contains__
+    found = serving_workers(own, [rolled_back, pending], alive)
+    assert [m.pid for m in found] == [30, 60, 80]
+    assert [m.pid for m in serving_workers(own, [], lambda pid: False)] == []
 
 
 def test_a_member_is_known_by_its_age_before_it_left_a_record():
