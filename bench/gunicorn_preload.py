@@ -346,19 +346,15 @@ def table(rounds: list[dict[str, Row]], hups: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--hups", type=int, default=5)
-    parser.add_argument("--json", help="write the raw numbers there")
-    args = parser.parse_args()
+def run(rounds: int, hups: int) -> list[dict[str, Row]]:
+    """*rounds* rounds of every server in :data:`ROWS` (``bench/run.py`` calls this too)."""
     site = Site()
     log_dir = tempfile.mkdtemp(prefix="grace-bench-preload-logs-")
-    rounds: list[dict[str, Row]] = []
+    results: list[dict[str, Row]] = []
     try:
-        for number in range(args.rounds):
-            rows = {name: measure(name, site, args.hups, log_dir) for name in ROWS}
-            rounds.append(rows)
+        for number in range(rounds):
+            rows = {name: measure(name, site, hups, log_dir) for name in ROWS}
+            results.append(rows)
             summary = ", ".join(
                 f"{n}: {r.pss_before_kb // 1024}/{r.pss_long_before_kb // 1024}"
                 f"/{r.pss_after_kb // 1024}/{r.pss_long_after_kb // 1024} MB,"
@@ -368,13 +364,43 @@ def main() -> int:
             print(f"round {number + 1}: {summary}", file=sys.stderr, flush=True)
     finally:
         site.remove()
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return results
+
+
+def section(rounds: list[dict[str, Row]], hups: int) -> list[str]:
+    """The section of ``docs/benchmarks.md`` (``bench/run.py --sections gunicorn-preload``)."""
+    if not rounds:
+        return []
+    return [
+        SECTION_HEADING,
+        "",
+        "`gunicorn --preload` with our worker (a mold per generation imports the app; its"
+        " workers are forked from it) against gunicorn's own `--preload` (the app imported in"
+        " the master; HUP keeps the old code) and against our worker without `--preload`;"
+        " what the table means and where the memory goes: docs/gunicorn.md.",
+        "",
+        table(rounds, hups),
+        "",
+    ]
+
+
+SECTION_HEADING = "## gunicorn --preload: molds (bench/gunicorn_preload.py)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hups", type=int, default=5)
+    parser.add_argument("--json", help="write the raw numbers there")
+    args = parser.parse_args()
+    rounds = run(args.rounds, args.hups)
     print(table(rounds, args.hups))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
                 [{n: asdict(r) for n, r in rows.items()} for rows in rounds], handle, indent=1
             )
-    shutil.rmtree(log_dir, ignore_errors=True)
     return 0
 
 

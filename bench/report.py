@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 
+import gunicorn_preload
 import gunicorn_saves
 import memory
 import memory_tables
@@ -81,6 +82,9 @@ class Run:
     gunicorn_save_count: int = 0
     idle: list[list[memory.Sample]] = dataclasses.field(default_factory=list)
     idle_plan: memory.Plan = dataclasses.field(default_factory=memory.Plan)
+    #: bench/gunicorn_preload.py's rounds, and how many HUPs each server had per round
+    preload: list[dict] = dataclasses.field(default_factory=list)
+    preload_hups: int = 0
 
 
 def _throughput_section(run: Run) -> list[str]:
@@ -237,6 +241,10 @@ def _memory_section(run: Run) -> list[str]:
     return memory_tables.section(run.idle, run.idle_plan)
 
 
+def _preload_section(run: Run) -> list[str]:
+    return gunicorn_preload.section(run.preload, run.preload_hups)
+
+
 #: Every section of the page, in order: the measurement that makes it, its heading, its maker.
 SECTIONS = [
     ("throughput", "## Throughput and latency (wrk)", _throughput_section),
@@ -250,6 +258,7 @@ SECTIONS = [
         _gunicorn_saves_section,
     ),
     ("memory", "## Idle memory and CPU (bench/memory.py)", _memory_section),
+    ("gunicorn-preload", gunicorn_preload.SECTION_HEADING, _preload_section),
     ("upgrades", "## The picture", _picture_section),
 ]
 MADE_BY = "This page was made by "

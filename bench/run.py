@@ -21,7 +21,9 @@ The measurements, each bounded in time (see the modules):
 6. ``gunicorn_saves.py``: ``gunicorn --reload`` with our worker (a save is a HUP) against the
    same server's HUP and gthread's own reloader: new code, stalls, a broken save;
 7. ``memory.py``: idle memory (PSS) and CPU of each server's whole process tree, ours against
-   the server it replaces, side by side.
+   the server it replaces, side by side;
+8. ``gunicorn_preload.py``: ``gunicorn --preload`` with our worker (molds) against gunicorn's
+   own ``--preload``: memory of the tree, HUP → new code.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import gunicorn_preload
 import gunicorn_saves
 import memory
 import memory_tables
@@ -49,7 +52,16 @@ import wrk
 import wrk_hups
 from common import ROOT, RunPlan
 
-SECTIONS = ("throughput", "hups", "upgrades", "warm", "saves", "gunicorn-saves", "memory")
+SECTIONS = (
+    "throughput",
+    "hups",
+    "upgrades",
+    "warm",
+    "saves",
+    "gunicorn-saves",
+    "memory",
+    "gunicorn-preload",
+)
 
 
 def public_args(argv: list[str]) -> list[str]:
@@ -187,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         _heading(started, "idle memory and CPU (bench/memory.py):")
         idle_rounds = memory.run(idle_plan)
 
+    preload_rounds, preload_hups = (1, 2) if quick else (3, 5)
+    preload = []
+    if "gunicorn-preload" in sections and chosen("gunicorn --preload", "gunicorn", args.only):
+        _heading(
+            started, f"gunicorn --preload, {preload_rounds} rounds (bench/gunicorn_preload.py):"
+        )
+        preload = gunicorn_preload.run(preload_rounds, preload_hups)
+
     drawn = None
     if not args.no_picture:
         drawn = os.path.join(os.path.dirname(args.out), "upgrade.svg")
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         gunicorn_save_count=gunicorn_count,
         idle=idle_rounds,
         idle_plan=idle_plan,
+        preload=preload,
+        preload_hups=preload_hups,
     )
     report.write(args.out, run)
     print(f"wrote {args.out} ({run.seconds:.0f} s)")
@@ -231,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(gunicorn_saves.table(gunicorn_results)))
     if idle_rounds:
         print("\n".join(memory_tables.tables(idle_rounds)))
+    if preload:
+        print(gunicorn_preload.table(preload, preload_hups))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump([_row_json(r) for r in rows], handle)
