@@ -39,9 +39,17 @@ def test_help_lists_runserver_options_and_ours():
     assert "kill -HUP" in text
 
 
-def test_bad_timeout_is_a_one_line_error():
+@pytest.mark.parametrize(
+    ("option", "value", "why"),
+    [
+        ("--ready-timeout", "soon", "must be a number of seconds > 0, not 'soon'"),
+        # a negative number is a value, though runserver's -6 looks like one to argparse
+        ("--drain-timeout", "-1", "must be a number of seconds >= 0, not '-1'"),
+    ],
+)
+def test_bad_timeout_is_a_one_line_error(option, value, why):
     out = subprocess.run(
-        [PYTHON, "manage.py", "runhot", "--ready-timeout", "soon"],
+        [PYTHON, "manage.py", "runhot", option, value],
         cwd=EXAMPLE,
         capture_output=True,
         text=True,
@@ -49,7 +57,7 @@ def test_bad_timeout_is_a_one_line_error():
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert out.returncode != 0
-    assert "argument --ready-timeout: must be a number of seconds > 0, not 'soon'" in out.stderr
+    assert f"argument {option}: {why}" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -77,6 +77,12 @@ class Command(RunserverCommand):
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
         add_grace_arguments(parser)
+        # runserver's -6 looks like a negative number to argparse, which then takes every
+        # negative number for an option: "--drain-timeout -1" got "expected one argument",
+        # not the range message. Options are still matched first: -6 stays --ipv6.
+        negative_options = getattr(parser, "_has_negative_number_optionals", None)
+        if isinstance(negative_options, list):
+            negative_options.clear()
 
     # -- both roles ----------------------------------------------------------------------------
     def run(self, **options: Any) -> None:
