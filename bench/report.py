@@ -293,7 +293,7 @@ def write(path: str, run: Run) -> None:
         " `bench` extra: `pip install -e '.[bench]'`):",
         "",
         "```sh",
-        "python bench/run.py            # full run (~26 min on 2 cores); --quick: ~5 min",
+        "python bench/run.py            # full run (~40 min on 2 cores); --quick: ~12 min",
         "python bench/run.py --sections saves,memory   # these only; the page keeps the rest",
         "python bench/picture.py        # only the picture, docs/upgrade.svg (~1 min)",
         "```",

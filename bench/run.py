@@ -2,8 +2,8 @@
 
 Run it from the repository root, with the ``bench`` extra installed and wrk on the PATH::
 
-    python bench/run.py            # full run, ~26 min on 2 cores: docs/benchmarks.md, upgrade.svg
-    python bench/run.py --quick    # smoke run, ~5 min
+    python bench/run.py            # full run, ~40 min on 2 cores: docs/benchmarks.md, upgrade.svg
+    python bench/run.py --quick    # smoke run, ~12 min
     python bench/run.py --only gunicorn --out gunicorn-only.md
     python bench/run.py --sections saves,memory   # these two; the page keeps the others
 
