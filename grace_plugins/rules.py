@@ -167,9 +167,13 @@ class Rules:
         old = self.gens.promote(gen, now)
         self.served = True
         elapsed_ms = (now - gen.started) * 1000
+        retired = self.gens.retire(old, now) if old is not None else []
+        # the old generation is told to drain (to stop accepting) before the outcome is
+        # recorded: ``grace-plugins reload`` returns on the outcome, and a smoke test right
+        # after should meet the new code
+        self._emit(*[a for a in retired if isinstance(a, act.Drain)])
         self._emit(*news.ready(gen, old, elapsed_ms, ", ".join(self.listeners), self.pid))
-        if old is not None:
-            self._emit(*self.gens.retire(old, now))
+        self._emit(*[a for a in retired if not isinstance(a, act.Drain)])
         if gen.cold_retry:
             self._emit(*news.template_at_fault(gen))
         self._emit(act.Refresh())

@@ -469,6 +469,19 @@ def test_a_warm_generation_past_its_deadline_is_retried_cold_with_a_fresh_deadli
 
 
 # -- never wait for drains (issue 13) -------------------------------------------------------------
+def test_the_old_generation_is_told_to_drain_before_the_outcome_is_recorded():
+    """``grace-plugins reload`` returns on the recorded outcome: by then the old generation has
+    its drain order (it stops accepting), so a smoke test right after meets the new code."""
+    d = Driver().serving()
+    d.advance(2)
+    d.signal(signal.SIGHUP)
+    out = d.ready(2)
+    kinds = [type(a) for a in out]
+    assert act.Drain in kinds and act.Serving in kinds
+    assert kinds.index(act.Drain) < kinds.index(act.Serving)
+    assert [a.number for a in out if isinstance(a, act.Drain)] == [1]
+
+
 def test_an_upgrade_starts_at_once_while_older_generations_drain():
     d = Driver(drain_timeout=30.0).serving()
     d.upgrade(2)
