@@ -57,6 +57,14 @@ class ConnectionsLeft:
 
 
 @dataclass(frozen=True)
+class StoppedAccepting:
+    """A draining generation said ``stopped``: it no longer accepts connections."""
+
+    now: float
+    number: int
+
+
+@dataclass(frozen=True)
 class WatchReport:
     """A generation said what the file watcher should watch (what it loaded, or what it
     tried before it failed); *problem* when its line could not be read."""
@@ -143,6 +151,7 @@ Event = (
     | UpgradeAsked
     | Ready
     | ConnectionsLeft
+    | StoppedAccepting
     | WatchReport
     | FilesChanged
     | ChannelClosed

@@ -9,7 +9,9 @@ system). Messages are short ASCII lines:
   holds N connections; sent when N changes, at most every :data:`LEFT_INTERVAL` s, for
   ``grace-plugins status``), ``watch SPEC`` (what the supervisor's file watcher should watch:
   what this generation loaded, or what it tried before it failed; one JSON line, see
-  :class:`~grace_plugins.watchspec.WatchSpec`);
+  :class:`~grace_plugins.watchspec.WatchSpec`), ``stopped`` (it no longer accepts: sent once
+  its listener fds are plugged; an upgrade's outcome waits for it, see
+  :mod:`grace_plugins.outcome_hold`);
 * supervisor -> generation: ``drain`` (stop accepting, finish, exit); a second ``drain``
   cuts the drain short (close what is left now: too many generations are draining).
 
@@ -29,6 +31,7 @@ import socket
 READY = "ready"
 UPGRADE = "upgrade"
 DRAIN = "drain"
+STOPPED = "stopped"
 LEFT = "left"
 WATCH = "watch"
 #: The least time between two ``left`` messages from one generation (the state file is

@@ -207,6 +207,7 @@ class GenerationContext:
         if self._watch is not None:
             self._watch.stop()
         self.stop_accepting()
+        self._send(msg.STOPPED)  # the upgrade's outcome waits for it (outcome_hold)
         self.logger.info("draining (%s)", reason)
         self.tracker.begin_drain()
         for callback in list(self._stop_callbacks):

@@ -14,6 +14,8 @@ event, never as a call into the rules. The rules:
   warm-start template may be at fault, not the code); one that fails cold, or misses its
   deadline, is killed and the current one serves on (rollback); a current generation that
   dies is restarted with back-off;
+* an upgrade's outcome (what ``grace-plugins reload`` returns on) is recorded once the old
+  generation says it stopped accepting (:mod:`grace_plugins.outcome_hold`);
 * TERM/INT drains everything, then the loop ends; a second one kills at once;
 * USR2 first runs the new program once in the background (preflight), then re-executes the
   supervisor in place once nothing starts or drains.
@@ -31,6 +33,7 @@ from grace_plugins.actions import Action, Event
 from grace_plugins.errors import ExitCode
 from grace_plugins.generations import KILL_GRACE, Gen, Generations
 from grace_plugins.options import Options
+from grace_plugins.outcome_hold import OutcomeHold
 from grace_plugins.pacing import BACKOFF, STABLE_AFTER, Pacing, describe_status
 from grace_plugins.reexec_rules import ReexecRules
 from grace_plugins.watch_rules import WatchRules
@@ -54,6 +57,7 @@ class Rules:
         self.adopted = False
         self.reexec = ReexecRules(options.ready_timeout)
         self.watched = WatchRules()
+        self.outcome = OutcomeHold()
         self._reason = ""  # why the pending generation starts, for its log line
         self._out: list[Action] = []
 
@@ -69,7 +73,8 @@ class Rules:
         """Seconds until the next deadline (at most 1 s: a safety net for a missed SIGCHLD)."""
         moments = [g.deadline for g in self.gens.all() if g is not self.gens.current]
         moments += self.pace.moments()
-        moments += [m for m in (self.stop_deadline, self.reexec.deadline) if m is not None]
+        held = (self.stop_deadline, self.reexec.deadline, self.outcome.deadline)
+        moments += [m for m in held if m is not None]
         if not moments:
             return 1.0
         return max(0.0, min(min(moments) - now, 1.0))
@@ -133,6 +138,7 @@ class Rules:
             self.gens.pending.saved_at = saved_at
 
     def _start(self, now: float, reason: str) -> None:
+        self._emit(*self.outcome.release())  # before this upgrade is recorded as in progress
         gen = self.gens.start(now)  # pending from now on: nothing else may start meanwhile
         self._reason = reason
         self._emit(act.Spawn(gen.number))
@@ -168,11 +174,12 @@ class Rules:
         self.served = True
         elapsed_ms = (now - gen.started) * 1000
         retired = self.gens.retire(old, now) if old is not None else []
-        # the old generation is told to drain (to stop accepting) before the outcome is
-        # recorded: ``grace-plugins reload`` returns on the outcome, and a smoke test right
-        # after should meet the new code
+        # the old generation is told to drain (to stop accepting), and the outcome waits until
+        # it did: ``grace-plugins reload`` returns on the outcome, and a smoke test right after
+        # must meet the new code
         self._emit(*[a for a in retired if isinstance(a, act.Drain)])
-        self._emit(*news.ready(gen, old, elapsed_ms, ", ".join(self.listeners), self.pid))
+        line, *outcome = news.ready(gen, old, elapsed_ms, ", ".join(self.listeners), self.pid)
+        self._emit(line, *self.outcome.hold(outcome, old.number if old else None, now))
         self._emit(*[a for a in retired if not isinstance(a, act.Drain)])
         if gen.cold_retry:
             self._emit(*news.template_at_fault(gen))
@@ -212,6 +219,7 @@ class Rules:
         self._maybe_followup(now)
 
     def _exited(self, now: float, number: int, returncode: int) -> None:
+        self._emit(*self.outcome.stopped(number))
         gen = self.gens.find(number)
         if gen is None:
             return
@@ -251,6 +259,7 @@ class Rules:
         if pending and now >= pending.deadline:
             limit = self.options.ready_timeout
             self._failed(now, pending, f"was not ready within {limit:g} s")
+        self._emit(*self.outcome.tick(now))
         self._emit(*self.gens.overdue_drains(now))
         if self.pace.followup_at is not None and now >= self.pace.followup_at:
             self._maybe_followup(now)
@@ -270,6 +279,7 @@ class Rules:
                 self._emit(act.info("%s again: stopping now", reason))
                 self.stop_deadline = now
             return
+        self._emit(*self.outcome.release())  # the upgrade did end: its outcome stands
         self.stopping = True
         self.pace.cancel()
         self._emit(act.info("stopping (%s): draining", reason), act.Notify("stopping"))
@@ -298,7 +308,8 @@ _ROUTES: dict[type, Callable[[Rules, Any], None]] = {
     act.Ready: lambda r, e: r._ready(e.now, e.number),
     act.WatchReport: lambda r, e: r._emit(*r.watched.report(e, r.gens)),
     act.ConnectionsLeft: lambda r, e: r._emit(*r.gens.left(e.number, e.count)),
-    act.ChannelClosed: lambda r, e: r._emit(act.Unwatch(e.number)),
+    act.StoppedAccepting: lambda r, e: r._emit(*r.outcome.stopped(e.number)),
+    act.ChannelClosed: lambda r, e: r._emit(act.Unwatch(e.number), *r.outcome.stopped(e.number)),
     act.Exited: lambda r, e: r._exited(e.now, e.number, e.returncode),
     act.Spawned: Rules._spawned,
     act.SpawnFailed: lambda r, e: r._spawn_failed(e.now, e.number, e.error),

@@ -255,6 +255,8 @@ class Supervisor:
                 events.append(act.Ready(now, number))
             elif line == msg.UPGRADE:
                 events.append(act.UpgradeAsked(now, number))
+            elif line == msg.STOPPED:
+                events.append(act.StoppedAccepting(now, number))
             elif (count := msg.parse_left(line)) is not None:
                 events.append(act.ConnectionsLeft(now, number, count))
             elif (encoded := msg.parse_watch(line)) is not None:

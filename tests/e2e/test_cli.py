@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from grace_plugins.state import state_dir
-from tests.harness import PYTHON, grace_cli, http_get, wait_served_by, write_code
-from tests.harness.core import SERVER
+from tests.harness import PYTHON, Load, grace_cli, http_get, write_code
+from tests.harness.core import SERVER, start
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +28,8 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upgraded: generation 2 (pid ")
     new_pid = int(good.stdout.split("(pid ")[1].split(")")[0])
-    assert wait_served_by(port, new_pid).version == "v2"
+    first = http_get(port)  # reload returned once the old generation stopped accepting
+    assert (first.pid, first.version) == (new_pid, "v2")
 
     write_code(tmp_path, "v3", "raise RuntimeError('broken')")
     bad = grace_cli("reload", "--pid", str(server.pid))
@@ -44,6 +45,26 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     assert "last upgrade: rolled_back" in shown.stdout
     assert server.stop() == 0
     assert not os.path.exists(os.path.join(state_dir(), f"{server.pid}.json"))
+
+
+def test_the_first_request_after_reload_meets_the_new_code(start_server, tmp_path):
+    """A smoke test right after ``reload`` returns 0 meets the new code, every time: the
+    outcome is recorded once the old generation no longer accepts, not when the new one is
+    ready (the old one may still be draining a slow request then)."""
+    write_code(tmp_path, "v1")
+    server = start(start_server, tmp_path, ready=20, interval=0)
+    with Load(server.port, fresh=0, keepalive=1, slow=1, slow_seconds=0.5) as load:
+        for number in range(2, 7):
+            write_code(tmp_path, f"v{number}")
+            reload = grace_cli("reload", "--pid", str(server.pid), "--timeout", "20", timeout=30)
+            assert reload.returncode == 0, reload
+            new_pid = int(reload.stdout.split("(pid ")[1].split(")")[0])
+            first = http_get(server.port)
+            assert (first.pid, first.version) == (new_pid, f"v{number}"), reload.stdout
+        report = load.stop()
+    assert report.failures == [], report.summary()
+    assert report.slow_completed >= 5, report.summary()
+    assert server.stop() == 0
 
 
 def _spoil(kind: str, path, elsewhere) -> None:

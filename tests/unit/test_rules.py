@@ -14,6 +14,7 @@ import pytest
 from grace_plugins import actions as act
 from grace_plugins.errors import ExitCode
 from grace_plugins.options import Options
+from grace_plugins.outcome_hold import STOPPED_WAIT
 from grace_plugins.rules import BACKOFF, KILL_GRACE, STABLE_AFTER, Rules
 
 pytestmark = pytest.mark.timeout(10)
@@ -156,7 +157,8 @@ def test_upgrade_reports_reloading_then_ready_then_outcome():
         == "generation 2 (pid 1002) ready after 250 ms; generation 1 (pid 1001) drains"
     )
     assert kinds(out, act.Drain) == [act.Drain(1)]
-    (news,) = kinds(out, act.Serving)
+    assert kinds(out, act.Serving) == []  # until generation 1 no longer accepts
+    (news,) = kinds(d.feed(act.StoppedAccepting(d.now, 1)), act.Serving)
     assert (news.outcome, news.detail, news.fields) == (
         "ok",
         "generation 2 (pid 1002) ready after 250 ms",
@@ -469,17 +471,56 @@ def test_a_warm_generation_past_its_deadline_is_retried_cold_with_a_fresh_deadli
 
 
 # -- never wait for drains (issue 13) -------------------------------------------------------------
-def test_the_old_generation_is_told_to_drain_before_the_outcome_is_recorded():
-    """``grace-plugins reload`` returns on the recorded outcome: by then the old generation has
-    its drain order (it stops accepting), so a smoke test right after meets the new code."""
-    d = Driver().serving()
+def promoted(d: Driver, number: int = 2) -> list[act.Action]:
+    """HUP after the interval; generation *number* says ready: what the promotion did."""
     d.advance(2)
     d.signal(signal.SIGHUP)
-    out = d.ready(2)
-    kinds = [type(a) for a in out]
-    assert act.Drain in kinds and act.Serving in kinds
-    assert kinds.index(act.Drain) < kinds.index(act.Serving)
-    assert [a.number for a in out if isinstance(a, act.Drain)] == [1]
+    return d.ready(number)
+
+
+def outcomes(actions: list[act.Action]) -> list[str | None]:
+    return [a.outcome for a in kinds(actions, act.Serving)]
+
+
+def test_the_outcome_waits_until_the_old_generation_stopped_accepting():
+    """``grace-plugins reload`` returns on the recorded outcome: a smoke test right after must
+    meet the new code, so the old generation gets its drain order and the outcome waits for
+    its ``stopped`` (not for its drain)."""
+    d = Driver().serving()
+    out = promoted(d)
+    assert kinds(out, act.Drain) == [act.Drain(1)] and outcomes(out) == []
+    assert d.rules.timeout(d.now) == pytest.approx(STOPPED_WAIT)
+    assert outcomes(d.feed(act.StoppedAccepting(d.now, 2))) == []  # not the old one
+    assert outcomes(d.feed(act.StoppedAccepting(d.now, 1))) == ["ok"]
+    assert outcomes(d.advance(STOPPED_WAIT)) == []  # recorded once
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [
+        lambda d: d.exit(1),
+        lambda d: d.feed(act.ChannelClosed(d.now, 1)),
+        lambda d: d.advance(STOPPED_WAIT),  # an old generation of an older version never says it
+        lambda d: d.signal(signal.SIGTERM),  # the upgrade did end
+    ],
+    ids=["exited", "channel closed", "past the wait", "stop"],
+)
+def test_the_outcome_is_recorded_once_the_old_generation_is_gone_or_at_the_latest(gone):
+    d = Driver().serving()
+    promoted(d)
+    assert outcomes(d.advance(STOPPED_WAIT / 2)) == []
+    assert outcomes(gone(d)) == ["ok"]
+
+
+def test_a_held_outcome_is_recorded_before_the_next_upgrade_shows_in_progress():
+    d = Driver().serving()
+    promoted(d)
+    out = d.advance(0.1) + d.signal(signal.SIGHUP)  # queued: within the upgrade interval
+    assert outcomes(out) == []
+    out = d.advance(2)  # the follow-up starts
+    records = [a for a in out if isinstance(a, (act.Serving, act.Record))]
+    assert isinstance(records[0], act.Serving) and records[0].outcome == "ok"
+    assert act.Record({"in_progress": True}) in records[1:]
 
 
 def test_an_upgrade_starts_at_once_while_older_generations_drain():

@@ -175,7 +175,7 @@ def test_upgrade_then_stop_systemd_hears_ready_before_the_outcome(listener):
     spawner = FakeSpawner()
     sup, events = make(listener, spawner)
     serve_then_hup(sup)
-    run_until(sup, lambda: sup.rules.gens.current.number == 2, "generation 2 ready")
+    run_until(sup, lambda: "outcome ok" in events, "the upgrade's outcome")
     assert events.index("outcome ok") > events.index("READY=1 serving with generation 2 (pid 5001)")
     assert events.index("RELOADING=1 upgrading to generation 2") < events.index("outcome ok")
     run_until(sup, lambda: not sup.rules.gens.draining, "generation 1 to drain and exit")
