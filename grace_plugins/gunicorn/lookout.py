@@ -21,6 +21,7 @@ It blocks every signal (they are the main thread's) and takes no lock a forked w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -60,7 +61,7 @@ class Lookout:
         self,
         store: RecordStore,
         log: Any,
-        step: Callable[[], None],
+        step: Callable[[], bool],
         hand_over: Callable[[], None],
     ) -> None:
         self.store = store
@@ -111,7 +112,9 @@ class Lookout:
         hups = self._read_hups() if self._wake_r in readable else 0
         saved = watcher.take() if watcher is not None and watcher.fileno() in readable else None
         now, newest = time.monotonic(), self._newest()
-        self.step()  # after: a verdict that frees a held HUP is reported (READY=1) before it
+        holding = self.step()  # after: a verdict that frees a held HUP is reported before it
+        if holding:  # its report waits for the old workers: so does the next reload
+            newest = dataclasses.replace(newest, decided=False)
         self._wait = STEP
         if self.store.master_stopping():
             self.gate.drop()
@@ -127,7 +130,7 @@ class Lookout:
             self._info("reload: the HUPs held while a generation started")
             self.hand_over()
         self._feed_watcher()
-        if not self.gate.busy(now, newest):
+        if not (holding or self.gate.busy(now, newest)):
             self._wait = IDLE_STEP
 
     def _offer(self, now: float, newest: Newest, what: str) -> None:

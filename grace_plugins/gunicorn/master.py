@@ -36,7 +36,9 @@ from grace_plugins.gunicorn.verdicts import (
     gone_respawns,
     pid_list,
     serving_workers,
+    still_accepting,
 )
+from grace_plugins.outcome_hold import STOPPED_WAIT
 from grace_plugins.process import pid_alive
 from grace_plugins.state import merge_state, merge_upgrade, state_path
 
@@ -185,21 +187,24 @@ class MasterBook:
         return age
 
     # -- reports (from the lookout thread) --------------------------------------------------------
-    def step(self) -> None:
+    def step(self) -> bool:
         """Report each verdict recorded since the last step: to systemd first (as
         ``ExecReload=``, ``grace-plugins reload`` must not return before systemd heard that
         the reload is over), then in the state file; a master started by USR2 whose first
-        generation is promoted retires the old master."""
+        generation is promoted retires the old master. A promotion is reported once the older
+        workers stopped accepting: True while one waits for that (the next step is soon)."""
         store = self.store
         if store is None or os.getpid() != self.pid:
-            return
-        self.systemd.poll(store)
+            return False
+        newest = store.newest_generation()
+        held = held_promotion(store, newest, self._reported, time.time())
+        if held is None:
+            self.systemd.poll(store)
         if self.molds is not None:
             self.molds.retire(store)
-        newest = store.newest_generation()
         self._reported = {gen for gen in self._reported if gen >= newest - KEEP_GENERATIONS}
         for gen in range(max(1, newest - KEEP_GENERATIONS), newest + 1):
-            text = store.recorded_verdict(gen) if gen not in self._reported else None
+            text = store.recorded_verdict(gen) if gen not in (self._reported | {held}) else None
             if text is None:
                 continue
             self._reported.add(gen)
@@ -211,6 +216,7 @@ class MasterBook:
                 retire_previous_master(self.pid, self.log)
         self._show_serving_workers(store, newest)
         _forget_gone_respawns(store, newest)
+        return held is not None
 
     def _show_serving_workers(self, store: RecordStore, newest: int) -> None:
         """Keep the serving pids of the state file true after the verdict: ``max_requests``,
@@ -223,6 +229,21 @@ class MasterBook:
         if pids and pids != shown:
             self._serving = (gen, pids)
             merge_state(self.pid or 0, generation_pid=pids)
+
+
+def held_promotion(store: RecordStore, newest: int, reported: set[int], now: float) -> int | None:
+    """The promoted generation whose report waits (*now* is ``time.time()``): some worker of
+    an older generation still accepts. It stops at its next look, within milliseconds; the
+    report waits :data:`STOPPED_WAIT` at most. Generation 1 replaces no worker of its master."""
+    for gen in range(newest, max(1, newest - KEEP_GENERATIONS), -1):
+        if gen in reported or store.recorded_verdict(gen) != PROMOTED:
+            continue
+        since = store.verdict_time(gen)
+        if since is None or now - since >= STOPPED_WAIT:
+            return None
+        older = (store.generation(one) for one in range(max(1, gen - KEEP_GENERATIONS), gen))
+        return gen if still_accepting(older, pid_alive) else None
+    return None
 
 
 def _forget_gone_respawns(store: RecordStore, newest: int) -> None:

@@ -42,8 +42,8 @@ from grace_plugins.gunicorn.verdicts import (
 
 #: Records of generations this much older than the newest are pruned.
 KEEP_GENERATIONS = 4
-#: A worker's states (the suffix of its record).
-BOOT, READY, FAILED = "boot", "ready", "failed"
+#: A worker's states (the suffix of its record); ``stopped``: it no longer accepts (it drains).
+BOOT, READY, FAILED, STOPPED = "boot", "ready", "failed", "stopped"
 
 _WORKER = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
 _ANNOUNCEMENT = re.compile(r"^gen-(\d+)\.json$")

@@ -56,6 +56,9 @@ class DrainingWorker(gthread.ThreadWorker):
         self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
         self._stop_reason = ""
 
+    def stopped_accepting(self) -> None:
+        """This worker's listeners are closed (its drain began): for a subclass to report."""
+
     def stop_serving(self, reason: str) -> None:
         """Leave the serving loop; the drain's log line gives *reason*."""
         self._stop_reason = reason
@@ -137,6 +140,7 @@ class DrainingWorker(gthread.ThreadWorker):
         self.set_accept_enabled(False)
         for listener in self.sockets:
             listener.close()
+        self.stopped_accepting()
         self.tracker.begin_drain()
         reports: list[Any] = []
         drainer = threading.Thread(

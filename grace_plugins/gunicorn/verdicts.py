@@ -145,6 +145,19 @@ def serving_workers(
     return sorted((m for m in found if alive(m.pid)), key=lambda m: m.age)
 
 
+def still_accepting(
+    older: Iterable[GenerationRecords], alive: Callable[[int], bool]
+) -> list[Member]:
+    """The live, ready workers of *older* generations that have not said they stopped
+    accepting: a promotion's outcome waits for them (see ``MasterBook.step``)."""
+    return [
+        m
+        for records in older
+        for m, states in records.workers.items()
+        if "ready" in states and "stopped" not in states and alive(m.pid)
+    ]
+
+
 def gone_respawns(
     info: Announcement | None, workers: Collection[Member], alive: Callable[[int], bool]
 ) -> list[Member]:

@@ -27,7 +27,7 @@ from grace_plugins.gunicorn.master import MASTER
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
 from grace_plugins.gunicorn.mold_worker import disowned
 from grace_plugins.gunicorn.molds import take_over_preload
-from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.records import STOPPED, RecordStore
 from grace_plugins.gunicorn.release import stay_in_this_release
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
@@ -214,6 +214,12 @@ class Worker(DrainingWorker):
         if self.reporter is not None:
             self.reporter.stop()  # what this worker loads is no longer what is served
         self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
+
+    def stopped_accepting(self) -> None:
+        """Say so to the master: a reload's outcome waits until the old workers no longer
+        accept (``grace-plugins reload`` returns, and a smoke test must meet the new code)."""
+        if self.store is not None and self.watch is not None:
+            self.store.record(self.watch.member, STOPPED)
 
     def _look_due(self) -> bool:
         """Time for a full look, or the generation a held SIGTERM waits for has a verdict."""

@@ -140,16 +140,36 @@ def test_a_verdict_that_frees_a_held_hup_is_reported_before_the_hup(tmp_path):
     seen: list[bool] = []
     handed: list[bool] = []
 
-    def step() -> None:
+    def step() -> bool:
         seen.append(store.recorded_verdict(1) is not None)
         if len(seen) == 2:  # a worker records the verdict right after this step looked
             store.record_verdict(1, Verdict(PROMOTED, ""))
+        return False
 
-    lookout = Lookout(store, logging.getLogger("test"), step, lambda: handed.append(seen[-1]))
+    hup_through_lookout(store, step, lambda: handed.append(seen[-1]), handed, turns=6)
+    assert handed == [True], (seen, handed)  # the step before the hand-over saw the verdict
+
+
+def test_a_hup_waits_while_the_report_of_a_promotion_waits_for_the_old_workers(tmp_path):
+    """The step holds a promotion's report until the old workers stopped accepting (systemd's
+    ``READY=1`` with it): the next reload's ``RELOADING=1`` must not come before it."""
+    store = RecordStore(str(tmp_path))
+    store.announce(1, Announcement(expected=1, first_age=1, started=time.time(), ready_timeout=30))
+    store.record_verdict(1, Verdict(PROMOTED, ""))
+    holding = [True, True, False]  # what each step says
+    handed: list[int] = []
+    hup_through_lookout(
+        store, lambda: holding.pop(0), lambda: handed.append(len(holding)), handed, turns=3
+    )
+    assert handed == [0]  # handed over at the step that no longer held the report
+
+
+def hup_through_lookout(store, step, hand_over, handed: list, turns: int) -> None:
+    """One HUP heard by a lookout thread's turns (run here, not on its thread), until handed."""
+    lookout = Lookout(store, logging.getLogger("test"), step, hand_over)
     lookout.heard_hup()
-    for _ in range(6):
+    for _ in range(turns):
         lookout._turn()
         lookout._wait = 0.0
         if handed:
             break
-    assert handed == [True], (seen, handed)  # the step before the hand-over saw the verdict

@@ -307,6 +307,31 @@ def test_the_age_the_master_sees(tmp_path):
     assert MasterBook.age_of(4, 2, promoted) == 4 + ROLLED_BACK_AGE_BONUS
 
 
+def test_a_promotion_is_reported_once_the_older_workers_stopped_accepting(tmp_path):
+    """``grace-plugins reload`` returns on the reported verdict: a smoke test right after must
+    not meet an old worker still accepting (it stops at its next look), for a second at most."""
+    from grace_plugins.gunicorn.master import held_promotion
+    from grace_plugins.gunicorn.records import READY, STOPPED
+    from grace_plugins.outcome_hold import STOPPED_WAIT
+
+    store = RecordStore(str(tmp_path))
+    old = Member(1, 1, os.getpid())  # alive
+    gone = Member(1, 2, 2**22 + 1)  # above pid_max: never alive
+    store.announce(1, Announcement(expected=2, first_age=1, started=1.0, ready_timeout=5.0))
+    for member in (old, gone):
+        store.record(member, READY)
+    store.announce(2, Announcement(expected=2, first_age=3, started=2.0, ready_timeout=5.0))
+    assert held_promotion(store, 2, set(), time.time()) is None, "no verdict yet"
+    store.record_verdict(2, Verdict(PROMOTED, new=True))
+    since = store.verdict_time(2)
+    assert since is not None
+    assert held_promotion(store, 2, set(), since) == 2, "an old worker still accepts"
+    assert held_promotion(store, 2, {2}, since) is None, "reported already"
+    assert held_promotion(store, 2, set(), since + STOPPED_WAIT) is None, "waited long enough"
+    store.record(old, STOPPED)
+    assert held_promotion(store, 2, set(), since) is None, "every live old worker stopped"
+
+
 def test_a_mold_is_gone_only_once_its_end_is_closed():
     """Not while an answer waits unread (a stop signal's handler can ask in the middle of a
     fork request)."""

@@ -32,6 +32,7 @@ from grace_plugins.gunicorn.verdicts import (  # noqa: E402
     gone_respawns,
     members,
     serving_workers,
+    still_accepting,
     verdict,
 )
 
@@ -132,6 +133,14 @@ def test_the_serving_workers_are_the_live_ready_ones_and_respawns_after_a_rollba
     found = serving_workers(own, [rolled_back, pending], alive)
     assert [m.pid for m in found] == [30, 60, 80]
     assert [m.pid for m in serving_workers(own, [], lambda pid: False)] == []
+
+
+def test_the_old_workers_still_accepting_are_the_live_ready_ones_not_yet_stopped():
+    old = records("3:ready", "4:ready", "4:stopped", "5:boot", "6:ready")  # 6 exited
+    older = records("7:ready", info=None)
+    alive = {30, 40, 50, 70}.__contains__
+    assert [m.pid for m in still_accepting([old, older], alive)] == [30, 70]
+    assert still_accepting([], alive) == []
 
 
 def test_a_member_is_known_by_its_age_before_it_left_a_record():
