@@ -63,7 +63,7 @@ def test_the_first_request_after_reload_meets_the_new_code(start_server, tmp_pat
             assert (first.pid, first.version) == (new_pid, f"v{number}"), reload.stdout
         report = load.stop()
     assert report.failures == [], report.summary()
-    assert report.slow_completed >= 5, report.summary()
+    assert report.slow_completed == report.slow_started >= 1, report.summary()
     assert server.stop() == 0
 
 
