@@ -161,9 +161,10 @@ def test_control_thread_turns_events_into_calls(setup):
     events.put((gen._CUT, ""))
     control = threading.Thread(target=_until_ended, args=(gen._control, context, events))
     control.start()
-    assert peer.recv(100) == b"upgrade\n"
     control.join(5)
     assert cuts == [True]  # the stop came first, in order
+    # the upgrade asked for, then the stop's word that it no longer accepts; nothing after
+    assert peer.recv(100) == b"upgrade\nstopped\n"
 
 
 def test_ready_check_is_bounded_by_what_is_left_of_the_ready_timeout(setup):
