@@ -18,7 +18,7 @@ from typing import Any
 
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.pidfile import read_pidfile
-from grace_plugins.process import pid_alive
+from grace_plugins.process import ancestor_where, parent_pid, pid_alive
 from grace_plugins.state import read_state, state_path
 
 ROLLED_BACK = 1
@@ -44,6 +44,12 @@ def _state_of(pid: int) -> dict[str, Any]:
         raise NotRunningError(f"No process {pid}: the server is not running (stale pidfile?).")
     state = read_state(pid)
     if state is None:
+        above = ancestor_where(pid, lambda one: read_state(one) is not None, parent_pid)
+        if above is not None:
+            raise GraceError(
+                f"Process {pid} is a child of the grace_plugins supervisor (or gunicorn master)"
+                f" {above}, not the process to ask: use --pid {above} (or its pidfile)."
+            )
         raise GraceError(
             f"Process {pid} is not a grace_plugins supervisor run by this user (no state at"
             f" {state_path(pid)}); signal it with kill -HUP {pid} instead."

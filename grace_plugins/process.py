@@ -251,6 +251,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of process *pid*, or ``None`` where ``/proc`` does not say (or it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ancestor_where(
+    pid: int, wanted: Callable[[int], bool], parent_of: Callable[[int], int | None], depth: int = 3
+) -> int | None:
+    """The nearest of *pid*'s ancestors (up to *depth* generations up) for which *wanted* is
+    true: the supervisor or gunicorn master of a generation, a worker, a mold or a template."""
+    for _ in range(depth):
+        parent = parent_of(pid)
+        if parent is None or parent <= 1:
+            return None
+        if wanted(parent):
+            return parent
+        pid = parent
+    return None
+
+
 def process_start_time() -> float | None:
     """When this process started, on the ``time.time()`` scale, or ``None`` where ``/proc``
     does not say (at most a clock tick late: a save in that tick precedes any import). A

@@ -37,6 +37,11 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     assert bad.stderr.startswith("rolled back: generation 3 ")
     assert http_get(port).version == "v2"  # still up, old code
 
+    wrong = grace_cli("reload", "--pid", str(new_pid))  # the generation, not the supervisor
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong
+    assert f"use --pid {server.pid} (or its pidfile)" in wrong.stderr, wrong.stderr
+    assert http_get(port).pid == new_pid  # nothing was signalled
+
     shown = grace_cli("status", "--pidfile", pidfile)
     assert shown.returncode == 0
     assert f"supervisor pid {server.pid}" in shown.stdout

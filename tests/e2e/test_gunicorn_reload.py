@@ -191,6 +191,9 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     # reported once the old workers stopped accepting: a smoke test meets the new code
     for _ in range(5):
         assert "version:v2" in http_get(server.port).body
+    worker = server.workers()[0]
+    wrong = grace_cli("status", "--pid", str(worker))  # a worker, not the master
+    assert wrong.returncode == 2 and f"use --pid {server.pid} " in wrong.stderr, wrong
 
     write_code(tmp_path, BROKEN["exception"])
     bad = grace_cli("reload", "--pid", str(server.pid), "--timeout", "40")

@@ -12,6 +12,7 @@ import pytest
 
 from grace_plugins import actions as act
 from grace_plugins.__main__ import draining_line, main
+from grace_plugins.process import ancestor_where, parent_pid
 from grace_plugins.reporting import Reporter
 from grace_plugins.state import StateFile
 from tests.unit.test_rules import Driver, kinds
@@ -110,3 +111,23 @@ def test_status_prints_the_connections_left(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "draining: generation 1 (pid 41), 2 connections left, 20 s to its deadline\n" in out
     assert "draining: generation 2 (pid 42), 25 s to its deadline\n" in out
+
+
+def test_the_supervisor_above_a_generation_is_the_nearest_ancestor_with_a_state():
+    """``reload --pid <a generation or a worker>`` names the process to ask instead."""
+    parents = {40: 30, 30: 20, 20: 10, 10: 1, 50: 1}
+    supervisors = {20, 10}
+    find = lambda pid, depth=3: ancestor_where(pid, supervisors.__contains__, parents.get, depth)  # noqa: E731
+    assert find(40) == 20  # a worker forked by a mold: two generations up
+    assert find(30) == 20
+    assert find(20) == 10
+    assert find(40, depth=1) is None
+    assert find(50) is None  # an orphan: init is nobody's supervisor
+    assert find(99) is None  # no parent known (gone, or no /proc)
+
+
+def test_parent_pid_reads_proc():
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no /proc here")
+    assert parent_pid(os.getpid()) == os.getppid()
+    assert parent_pid(2**22 + 1) is None  # above pid_max: no such process
