@@ -52,6 +52,12 @@ __all__ = ["BACKOFF", "KILL_GRACE", "STABLE_AFTER", "Options", "Supervisor"]
 
 _HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR2)
 _ASKED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+#: The channel's one-word lines and the events they are (the others carry a value).
+_SAID: dict[str, type[act.Ready] | type[act.UpgradeAsked] | type[act.StoppedAccepting]] = {
+    msg.READY: act.Ready,
+    msg.UPGRADE: act.UpgradeAsked,
+    msg.STOPPED: act.StoppedAccepting,
+}
 Reader = Callable[[], list[act.Event]]
 
 
@@ -251,12 +257,8 @@ class Supervisor:
         now = self.now()
         events: list[act.Event] = []
         for line in lines:
-            if line == msg.READY:
-                events.append(act.Ready(now, number))
-            elif line == msg.UPGRADE:
-                events.append(act.UpgradeAsked(now, number))
-            elif line == msg.STOPPED:
-                events.append(act.StoppedAccepting(now, number))
+            if (said := _SAID.get(line)) is not None:
+                events.append(said(now, number))
             elif (count := msg.parse_left(line)) is not None:
                 events.append(act.ConnectionsLeft(now, number, count))
             elif (encoded := msg.parse_watch(line)) is not None:
