@@ -86,6 +86,18 @@ class Generations:
         old, self.current, self.pending = self.current, gen, None
         return old
 
+    def stop(self, now: float) -> list[Action]:
+        """A graceful stop: the pending generation is killed (its spawn may still be answered:
+        it never serves), the current one drains."""
+        out: list[Action] = []
+        if self.pending is not None:
+            out += [act.Kill(self.pending.number, wait=True), act.Forget(self.pending.number)]
+            self.pending = None
+        if self.current is not None:
+            out += self.retire(self.current, now)
+            self.current = None
+        return out
+
     def retire(self, gen: Gen, now: float) -> list[Action]:
         """Drain *gen* to its own deadline; past ``max_draining``, cut the oldest short."""
         gen.drain_deadline = now + self.options.drain_timeout

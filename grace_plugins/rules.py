@@ -283,14 +283,7 @@ class Rules:
         self.stopping = True
         self.pace.cancel()
         self._emit(act.info("stopping (%s): draining", reason), act.Notify("stopping"))
-        self._emit(*self.reexec.stop())
-        if self.gens.pending is not None:  # its spawn may still be answered: never serves
-            number = self.gens.pending.number
-            self._emit(act.Kill(number, wait=True), act.Forget(number))
-            self.gens.pending = None
-        if self.gens.current is not None:
-            self._emit(*self.gens.retire(self.gens.current, now))
-            self.gens.current = None
+        self._emit(*self.reexec.stop(), *self.gens.stop(now))
         self.stop_deadline = now + self.options.drain_timeout + KILL_GRACE
 
     @property
