@@ -513,11 +513,12 @@ def test_the_outcome_is_recorded_once_the_old_generation_is_gone_or_at_the_lates
 
 
 def test_a_held_outcome_is_recorded_before_the_next_upgrade_shows_in_progress():
-    d = Driver().serving()
+    d = Driver(upgrade_interval=STOPPED_WAIT / 2).serving()
     promoted(d)
     out = d.advance(0.1) + d.signal(signal.SIGHUP)  # queued: within the upgrade interval
     assert outcomes(out) == []
-    out = d.advance(2)  # the follow-up starts
+    out = d.advance(STOPPED_WAIT / 2)  # the follow-up starts; the hold's wait is not over
+    assert spawned(out) == [3]
     records = [a for a in out if isinstance(a, (act.Serving, act.Record))]
     assert isinstance(records[0], act.Serving) and records[0].outcome == "ok"
     assert act.Record({"in_progress": True}) in records[1:]
