@@ -19,7 +19,8 @@ from typing import Any
 from grace_plugins.errors import ExitCode, GraceError
 from grace_plugins.pidfile import read_pidfile
 from grace_plugins.process import ancestor_where, parent_pid, pid_alive
-from grace_plugins.state import read_state, state_path
+from grace_plugins.state import read_state_at, state_path
+from grace_plugins.state_lookup import locate_state
 
 ROLLED_BACK = 1
 TIMED_OUT = 3
@@ -39,12 +40,14 @@ def _target_pid(args: argparse.Namespace) -> int:
     return pid
 
 
-def _state_of(pid: int) -> dict[str, Any]:
+def _state_of(pid: int) -> tuple[str, dict[str, Any]]:
+    """The path of *pid*'s state file and what it holds."""
     if not pid_alive(pid):
         raise NotRunningError(f"No process {pid}: the server is not running (stale pidfile?).")
-    state = read_state(pid)
-    if state is None:
-        above = ancestor_where(pid, lambda one: read_state(one) is not None, parent_pid)
+    path = locate_state(pid)
+    state = read_state_at(path) if path is not None else None
+    if path is None or state is None:
+        above = ancestor_where(pid, lambda one: locate_state(one) is not None, parent_pid)
         if above is not None:
             raise GraceError(
                 f"Process {pid} is a child of the grace_plugins supervisor (or gunicorn master)"
@@ -54,19 +57,19 @@ def _state_of(pid: int) -> dict[str, Any]:
             f"Process {pid} is not a grace_plugins supervisor run by this user (no state at"
             f" {state_path(pid)}); signal it with kill -HUP {pid} instead."
         )
-    return state
+    return path, state
 
 
 def reload(args: argparse.Namespace) -> int:
     """Send SIGHUP and wait for the outcome; blocks at most ``args.timeout`` seconds."""
     pid = _target_pid(args)
-    before = _state_of(pid)
+    path, before = _state_of(pid)
     # An upgrade under way finishes first; ours is the follow-up after it.
     wanted = before.get("upgrades", 0) + (2 if before.get("in_progress") else 1)
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        state = read_state(pid)
+        state = read_state_at(path)
         if state is None:
             if not pid_alive(pid):
                 print(f"the server (pid {pid}) exited during the upgrade", file=sys.stderr)
@@ -88,7 +91,7 @@ def reload(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """Print the serving generation, the draining ones and the last upgrade; does not block."""
     pid = _target_pid(args)
-    state = _state_of(pid)
+    _, state = _state_of(pid)
     now = time.time()
     role = state.get("role", "supervisor")  # or "gunicorn master"
     print(f"{role} pid {pid}, up {now - state.get('started', now):.0f} s")

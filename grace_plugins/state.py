@@ -26,7 +26,7 @@ def state_dir() -> str:
 
     :raises GraceError: when the directory exists but is not ours or is open to others.
     """
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    base = state_base(os.environ.get("XDG_RUNTIME_DIR"))
     why = untrusted(base)
     if why is not None:
         raise GraceError(
@@ -35,14 +35,30 @@ def state_dir() -> str:
             " write to (such as /run)."
         )
     path = os.path.join(base, f"grace_plugins-{os.getuid()}")
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise GraceError(
+            f"Cannot create {path} for state files ({exc.strerror}): set TMPDIR to a"
+            " directory you can write to."
+        ) from None
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise GraceError(f"{path} is not a directory owned by you: remove it and retry.")
     if info.st_mode & 0o077:
         raise GraceError(f"{path} is accessible by other users: chmod 700 it and retry.")
     return path
+
+
+def state_base(runtime: str | None) -> str:
+    """``$XDG_RUNTIME_DIR`` (*runtime*) when it is a directory we may write to, else the
+    temporary directory: a login's runtime directory outlives neither the login nor ``su``, and
+    a stale one must not keep a server from starting."""
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+        return runtime
+    return tempfile.gettempdir()
 
 
 def state_path(pid: int) -> str:
@@ -109,8 +125,13 @@ def merge_upgrade(pid: int, outcome: str, detail: str, **fields: Any) -> None:
 
 def read_state(pid: int) -> dict[str, Any] | None:
     """Return the state recorded by supervisor *pid*, or ``None`` if there is none."""
+    return read_state_at(state_path(pid))
+
+
+def read_state_at(path: str) -> dict[str, Any] | None:
+    """Return the state in the file at *path*, or ``None`` if there is none."""
     try:
-        with open(state_path(pid)) as handle:
+        with open(path) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return None

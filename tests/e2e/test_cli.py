@@ -52,6 +52,31 @@ def test_reload_waits_for_success_and_for_rollback(start_server, tmp_path):
     assert not os.path.exists(os.path.join(state_dir(), f"{server.pid}.json"))
 
 
+def test_reload_finds_a_server_started_with_another_environment(start_server, tmp_path):
+    """A service has no ``XDG_RUNTIME_DIR`` and may set ``TMPDIR``; the login shell that runs
+    ``reload`` and ``status`` has its own (this test process's): the state is found where the
+    server wrote it."""
+    write_code(tmp_path, "v1")
+    service_tmp = tmp_path / "service-tmp"
+    service_tmp.mkdir()
+    service_env = {"XDG_RUNTIME_DIR": "", "TMPDIR": str(service_tmp)}
+    server = start_server(
+        [PYTHON, SERVER, "127.0.0.1:0", "--ready=3"], cwd=tmp_path, env=service_env
+    )
+    port = server.wait_ready()
+    assert (service_tmp / f"grace_plugins-{os.getuid()}" / f"{server.pid}.json").exists()
+    assert not os.path.exists(os.path.join(state_dir(), f"{server.pid}.json"))
+
+    write_code(tmp_path, "v2")
+    good = grace_cli("reload", "--pid", str(server.pid))
+    assert good.returncode == 0, good.stderr
+    assert http_get(port).version == "v2"
+    shown = grace_cli("status", "--pid", str(server.pid))
+    assert shown.returncode == 0, shown.stderr
+    assert "upgrades finished: 1" in shown.stdout
+    assert server.stop() == 0
+
+
 def test_the_first_request_after_reload_meets_the_new_code(start_server, tmp_path):
     """A smoke test right after ``reload`` returns 0 meets the new code, every time: the
     outcome is recorded once the old generation no longer accepts, not when the new one is
