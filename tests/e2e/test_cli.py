@@ -77,6 +77,19 @@ def test_reload_finds_a_server_started_with_another_environment(start_server, tm
     assert server.stop() == 0
 
 
+def test_a_stale_runtime_directory_does_not_keep_a_server_from_starting(start_server, tmp_path):
+    """``su`` and a finished login leave ``XDG_RUNTIME_DIR`` naming a directory that is gone:
+    the state goes to the temporary directory, where ``status`` finds it."""
+    write_code(tmp_path, "v1")
+    gone = {"XDG_RUNTIME_DIR": str(tmp_path / "gone"), "TMPDIR": str(tmp_path)}
+    server = start_server([PYTHON, SERVER, "127.0.0.1:0", "--ready=3"], cwd=tmp_path, env=gone)
+    server.wait_ready()
+    shown = grace_cli("status", "--pid", str(server.pid), env=gone)
+    assert shown.returncode == 0 and f"supervisor pid {server.pid}" in shown.stdout, shown
+    assert (tmp_path / f"grace_plugins-{os.getuid()}" / f"{server.pid}.json").exists()
+    assert server.stop() == 0
+
+
 def test_the_first_request_after_reload_meets_the_new_code(start_server, tmp_path):
     """A smoke test right after ``reload`` returns 0 meets the new code, every time: the
     outcome is recorded once the old generation no longer accepts, not when the new one is
