@@ -110,6 +110,14 @@ def _throughput_section(run: Run) -> list[str]:
         " closes the connection as asked without saying `Connection: close` in its answer, so"
         " wrk writes its next request into a closed connection, counts a read error and"
         " reconnects; no answered request is lost.",
+        "* *busiest worker's CPU share* (gunicorn, 2 workers): of the CPU time the workers"
+        " spent during a run, the busiest one's (`/proc/PID/stat`). wrk opens its"
+        f" {p.connections} connections at once and each stays with the worker that accepted"
+        " it: in some runs one worker accepts them all (a share near 1.00) and serves about"
+        " half the requests per second of a run that spread them, whatever the worker class."
+        " So a keep-alive ratio mixes two modes; the *same landing* rows keep only the rounds"
+        f" in which both sides landed alike (one worker above {throughput.ONE_WORKER:.0%} on"
+        " both, or on neither).",
         "* Django's server answers keep-alive requests in ~40 ms (it writes headers and body in"
         " two packets: Nagle's algorithm meets the client's delayed ACK), `runserver` and"
         " `runhot` alike; gunicorn's `sync` worker closes every connection (no keep-alive).",

@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 import servers
 import wrk
 from common import Server, bench_env, free_port, make_app_dir
+from procmem import read_proc
+
+from tests.harness.procfs import descendants, stat  # on sys.path by common
 
 MODES = (("keep-alive", False), ("fresh", True))  # (name, send Connection: close)
+#: A busiest worker's CPU share above this: one worker served every connection of the run.
+ONE_WORKER = 0.9
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Contender:
     grace: bool = False
     check: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # processes that share the connections (gunicorn's -w)
 
 
 GROUPS: list[tuple[str, list[Contender]]] = [
@@ -39,12 +45,14 @@ GROUPS: list[tuple[str, list[Contender]]] = [
                 servers.gunicorn("-k", "grace_plugins.Worker", "--threads", "4"),
                 True,
                 servers.GUNICORN_CHECK,
+                workers=2,
             ),
             Contender(
                 "`gunicorn -k gthread -w 2 --threads 4`",
                 servers.gunicorn("-k", "gthread", "--threads", "4"),
+                workers=2,
             ),
-            Contender("`gunicorn -k sync -w 2`", servers.gunicorn("-k", "sync")),
+            Contender("`gunicorn -k sync -w 2`", servers.gunicorn("-k", "sync"), workers=2),
         ],
     ),
     (
@@ -88,6 +96,8 @@ class GroupResult:
     group: str
     contenders: list[Contender]
     runs: dict[tuple[str, str], list[wrk.WrkResult]] = field(default_factory=dict)
+    #: per run of a server with several workers: the busiest worker's share of their CPU time
+    shares: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def ratios(self) -> list[tuple[str, str, str, list[float], list[float], list[float]]]:
@@ -100,17 +110,31 @@ class GroupResult:
                     if not a or not b:
                         continue
                     pairs = list(zip(a, b, strict=False))
-                    out.append(
-                        (
-                            ours.label,
-                            peer.label,
-                            mode,
-                            [x.rps / y.rps for x, y in pairs if y.rps],
-                            [x.p50 / y.p50 for x, y in pairs if y.p50],
-                            [x.p99 / y.p99 for x, y in pairs if y.p99],
-                        )
-                    )
+                    out.append((ours.label, peer.label, mode, *_ratios(pairs)))
+                    landed = self._landed_alike(ours.label, peer.label, mode)
+                    if landed is not None and len(landed) < len(pairs):
+                        alike = [pairs[i] for i in landed if i < len(pairs)]
+                        name = f"{mode}, same landing ({len(alike)} of {len(pairs)} rounds)"
+                        out.append((ours.label, peer.label, name, *_ratios(alike)))
         return out
+
+    def _landed_alike(self, ours: str, peer: str, mode: str) -> list[int] | None:
+        """The rounds in which both servers' connections landed alike (one worker held them
+        all on both sides, or on neither: :data:`ONE_WORKER`); None if not measured."""
+        a, b = self.shares.get((ours, mode)), self.shares.get((peer, mode))
+        if not a or not b:
+            return None
+        pairs = zip(a, b, strict=False)
+        return [i for i, (x, y) in enumerate(pairs) if (x > ONE_WORKER) == (y > ONE_WORKER)]
+
+
+def _ratios(pairs: list[tuple[wrk.WrkResult, wrk.WrkResult]]) -> tuple[list[float], ...]:
+    """Throughput, p50 and p99 ratios of each (ours, peer) pair."""
+    return (
+        [x.rps / y.rps for x, y in pairs if y.rps],
+        [x.p50 / y.p50 for x, y in pairs if y.p50],
+        [x.p99 / y.p99 for x, y in pairs if y.p99],
+    )
 
 
 def run_group(
@@ -137,26 +161,49 @@ def run_group(
                 server.wait_answering(port, timeout=60.0)
                 if plan.warmup:
                     wrk.run(wrk_path, port, plan.warmup, plan.connections)
-                live.append((c, port))
+                live.append((c, port, server.pid))
             except (RuntimeError, wrk.WrkError) as exc:
                 result.skipped[c.label] = f"server failed: {str(exc).splitlines()[0]}"
         for number in range(plan.rounds):
             order = live if number % 2 == 0 else live[::-1]
             for mode, close in MODES:
-                for c, port in order:
+                for c, port, pid in order:
+                    before = worker_ticks(pid) if c.workers > 1 else {}
                     try:
                         res = wrk.run(wrk_path, port, plan.seconds, plan.connections, close)
                     except wrk.WrkError as exc:
                         result.skipped[c.label] = str(exc)
                         continue
                     result.runs.setdefault((c.label, mode), []).append(res)
+                    share = busiest_share(before, worker_ticks(pid)) if c.workers > 1 else None
+                    if share is not None:
+                        result.shares.setdefault((c.label, mode), []).append(share)
                     if verbose:
-                        print(f"  round {number + 1} {mode:10s} {c.label}: {describe(res)}")
+                        busiest = f", busiest worker {share:.0%} of the CPU" if share else ""
+                        print(
+                            f"  round {number + 1} {mode:10s} {c.label}: {describe(res)}{busiest}"
+                        )
     finally:
         for _, server, _, app_dir in started:
             server.stop()
             shutil.rmtree(app_dir, ignore_errors=True)
     return result
+
+
+def worker_ticks(pid: int) -> dict[int, int]:
+    """CPU time (clock ticks) of each live child of server *pid*: its workers."""
+    root = stat(pid)
+    found = (read_proc(one.pid) for one in (descendants(root) if root is not None else []))
+    return {proc.pid: proc.ticks for proc in found if proc is not None}
+
+
+def busiest_share(before: dict[int, int], after: dict[int, int]) -> float | None:
+    """The busiest worker's share of the CPU time the workers spent between two readings, or
+    None (no time counted). With 2 workers and keep-alive connections, the kernel hands each
+    connection to whichever worker accepts first: near 1.0, one worker served them all."""
+    spent = [after[pid] - before.get(pid, 0) for pid in after]
+    total = sum(spent)
+    return max(spent) / total if total > 0 else None
 
 
 def describe(res: wrk.WrkResult) -> str:
@@ -193,14 +240,15 @@ def tables(results: list[GroupResult]) -> list[str]:
             )
     lines += [
         "",
-        "| server | connections | req/s min / median / max | p50 | p99 | max | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| server | connections | req/s min / median / max | p50 | p99 | max | errors"
+        " | busiest worker's CPU share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for group in results:
         for c in group.contenders:
             name = f"**{c.label}**" if c.grace else c.label
             if c.label in group.skipped and not any(k[0] == c.label for k in group.runs):
-                lines.append(f"| {name} | skipped: {group.skipped[c.label]} | | | | | |")
+                lines.append(f"| {name} | skipped: {group.skipped[c.label]} | | | | | | |")
                 continue
             for mode, _ in MODES:
                 runs = group.runs.get((c.label, mode), [])
@@ -211,6 +259,7 @@ def tables(results: list[GroupResult]) -> list[str]:
                 lines.append(
                     f"| {name} | {mode} | {spread([r.rps for r in runs], 0)}"
                     f" | {ms(med(r.p50 for r in runs))} | {ms(med(r.p99 for r in runs))}"
-                    f" | {ms(max(r.max for r in runs))} | {errors} |"
+                    f" | {ms(max(r.max for r in runs))} | {errors}"
+                    f" | {spread(group.shares.get((c.label, mode), []))} |"
                 )
     return lines
