@@ -30,6 +30,16 @@ _DEFER = getattr(gthread, "_DEFER", object())
 _GRACEFUL_CLOSE = "graceful" in inspect.signature(gthread.TConn.close).parameters
 
 
+def may_accept(held: int, most: int, busy: int, threads: int) -> bool:
+    """Whether a worker takes a new connection now: it holds fewer than gunicorn's
+    ``worker_connections`` (*most*), and one of its *threads* is free for it (*busy*: the
+    connections handed to the thread pool and not yet back). A worker whose threads are all
+    busy leaves the connection in the listen queue, to a sibling with a free thread or to
+    itself once one frees: accepted here, it would wait behind a slow request while another
+    worker idles. Gunicorn's sync worker never accepts while busy; its gthread worker does."""
+    return held < most and busy < threads
+
+
 class _TrackedConn(gthread.TConn):
     """gthread's connection, counted in the tracker from accept to close."""
 
@@ -55,6 +65,7 @@ class DrainingWorker(gthread.ThreadWorker):
         super().__init__(*args, **kwargs)  # runs in the master, before the fork
         self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
         self._stop_reason = ""
+        self.busy = 0  # connections in the thread pool (queued or running): :func:`may_accept`
 
     def stopped_accepting(self) -> None:
         """This worker's listeners are closed (its drain began): for a subclass to report."""
@@ -85,6 +96,7 @@ class DrainingWorker(gthread.ThreadWorker):
         while every thread is busy (the only one, with a slow request) it waits in the pool's
         queue, maybe past ``keepalive``, and a drain must answer it, not close it as idle."""
         self.tracker.request_started(conn)
+        self.busy += 1
         super().enqueue_req(conn)
 
     def handle_request(self, req: Any, conn: Any) -> bool:
@@ -96,6 +108,7 @@ class DrainingWorker(gthread.ThreadWorker):
     def finish_request(self, conn: Any, fs: Any) -> None:
         """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
         whole ``keepalive`` (a request on it during a drain gets ``Connection: close``)."""
+        self.busy -= 1
         try:
             result = fs.result() if not fs.cancelled() else False
             if result is _DEFER:

@@ -183,9 +183,9 @@ class InFlight:
         cls, server: Gunicorn, path: str, taken: set[int], attempts: int = 60
     ) -> InFlight:
         """Send *path* on a connection held by a worker not in *taken*. Connections are opened
-        (and closed again) until one lands there: the kernel, not the client, picks the worker,
-        and a worker whose thread sleeps in a slow request accepts faster than one serving load,
-        so sending until one lands elsewhere can miss for a long time (8 in a row seen)."""
+        (and closed again) until one lands there: the kernel, not the client, picks the worker
+        (``grace_plugins.Worker`` leaves it to a worker with a free thread, but with several
+        free threads in each, either may take it)."""
         for _ in range(attempts):
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=40.0)
             conn.connect()

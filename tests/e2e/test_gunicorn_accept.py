@@ -1,0 +1,50 @@
+"""A new connection goes to a worker with a free thread. Gunicorn's gthread worker accepts
+whatever its threads are doing, so a request could wait behind a slow one while another worker
+idled; ``grace_plugins.Worker`` leaves it in the listen queue while all its threads are busy,
+as gunicorn's sync worker does (see :func:`grace_plugins.gunicorn.serve.may_accept`)."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+
+from tests.harness import http_get
+from tests.harness.gunicorn import InFlight, start_gunicorn
+
+pytest.importorskip("gunicorn")
+
+
+@pytest.mark.timeout(60)
+def test_a_new_connection_never_waits_behind_a_slow_request_while_a_worker_idles(
+    start_server, tmp_path
+):
+    """Two workers of one thread: while one of them runs a 3 s request, every new connection
+    is answered at once, by the other one."""
+    server = start_gunicorn(start_server, tmp_path, workers=2, threads=1)
+    slow = InFlight(server.port, "/hello?sleep=3")
+    busy = slow.wait_held(server)
+    for _ in range(6):
+        began = time.monotonic()
+        answer = http_get(server.port, timeout=10)
+        took = time.monotonic() - began
+        assert answer.pid != busy and took < 1.5, (answer.pid, busy, took)
+    assert slow.join().pid == busy
+
+
+@pytest.mark.timeout(60)
+def test_connections_opened_at_once_spread_over_the_workers_free_threads(start_server, tmp_path):
+    """Two workers of two threads, four 1 s requests on connections opened at once: each
+    worker takes two (one thread each), none waits for a thread."""
+    server = start_gunicorn(start_server, tmp_path, workers=2, threads=2)
+    for _ in range(5):
+        began = time.monotonic()
+        burst = [InFlight(server.port, "/hello?sleep=1") for _ in range(4)]
+        answers = [one.join() for one in burst]
+        per_worker = collections.Counter(answer.pid for answer in answers)
+        assert sorted(per_worker.values()) == [2, 2], per_worker
+        assert all(one.finished - began < 1.8 for one in burst), [  # type: ignore[operator]
+            one.finished - began
+            for one in burst  # type: ignore[operator]
+        ]
