@@ -190,9 +190,10 @@ def test_grace_plugins_reload_waits_for_the_verdict(start_server, tmp_path):
     assert good.stdout.startswith("upgraded: generation 2 ready")
     # reported once the old workers stopped accepting: a smoke test meets the new code
     for _ in range(5):
-        assert "version:v2" in http_get(server.port).body
-    worker = server.workers()[0]
-    wrong = grace_cli("status", "--pid", str(worker))  # a worker, not the master
+        answer = http_get(server.port)
+        assert "version:v2" in answer.body
+    # a new worker, not the master (an old one, draining, may be gone by the time we ask)
+    wrong = grace_cli("status", "--pid", str(answer.pid))
     assert wrong.returncode == 2 and f"use --pid {server.pid} " in wrong.stderr, wrong
 
     write_code(tmp_path, BROKEN["exception"])
