@@ -96,8 +96,8 @@ class DrainingWorker(gthread.ThreadWorker):
         while every thread is busy (the only one, with a slow request) it waits in the pool's
         queue, maybe past ``keepalive``, and a drain must answer it, not close it as idle."""
         self.tracker.request_started(conn)
-        self.busy += 1
         super().enqueue_req(conn)
+        self.busy += 1  # once submitted: finish_request (on this thread, later) counts it back
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         try:
