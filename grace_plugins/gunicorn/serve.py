@@ -76,7 +76,21 @@ class DrainingWorker(gthread.ThreadWorker):
         self.alive = False
 
     # -- connections ------------------------------------------------------------------------------
+    def pace_accepting(self) -> None:
+        """Between events: stop accepting at ``worker_connections`` (as gthread), and accept
+        again once that allows and a thread is free (:meth:`accept` stops when none is). The
+        listeners stay registered while threads are busy until a connection actually arrives:
+        no register/unregister per request under a steady keep-alive load."""
+        if self._accepting:
+            if self.nr_conns >= self.worker_connections:
+                self.set_accept_enabled(False)
+        elif may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads):
+            self.set_accept_enabled(True)
+
     def accept(self, listener: Any) -> None:
+        if not may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads):
+            self.set_accept_enabled(False)  # left in the queue: a sibling with a free thread
+            return  # takes it, or this worker once one of its threads frees (pace_accepting)
         try:
             client_sock, client_addr = listener.accept()
         except OSError as e:

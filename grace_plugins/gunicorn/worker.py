@@ -29,7 +29,7 @@ from grace_plugins.gunicorn.mold_worker import disowned
 from grace_plugins.gunicorn.molds import take_over_preload
 from grace_plugins.gunicorn.records import STOPPED, RecordStore
 from grace_plugins.gunicorn.release import stay_in_this_release
-from grace_plugins.gunicorn.serve import POLL, DrainingWorker, may_accept
+from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.gunicorn.watchlist import serving_spec
@@ -200,11 +200,7 @@ class Worker(DrainingWorker):
         self._look_at_verdicts()
         while self.alive:
             self.notify()
-            can_accept = may_accept(
-                self.nr_conns, self.worker_connections, self.busy, self.cfg.threads
-            )
-            if can_accept != self._accepting:
-                self.set_accept_enabled(can_accept)
+            self.pace_accepting()
             watching = self._term_pending or not self.watch.own_decided
             self.wait_for_and_dispatch_events(timeout=self._wait() if watching else 1.0)
             if not self.is_parent_alive():
