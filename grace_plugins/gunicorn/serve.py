@@ -97,6 +97,28 @@ class DrainingWorker(gthread.ThreadWorker):
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
+        self._take(listener, client_sock, client_addr)
+
+    def queue_orphaned(self) -> bool:
+        """Whether the listen queue has no one left to accept from it after this worker (the
+        master stopping, or gone): for a subclass to say."""
+        return False
+
+    def _take_the_queue(self) -> None:
+        """Accept what waits in the listen queue, to serve it in the drain. It arrived while
+        every thread was busy (:func:`may_accept`); once the master stops, the last copy of a
+        listener to close would reset it, where gthread would have accepted and served it."""
+        for listener in self.sockets:
+            with contextlib.suppress(OSError):
+                listener.setblocking(False)
+            while self.nr_conns < self.worker_connections:
+                try:
+                    client_sock, client_addr = listener.accept()
+                except OSError:  # nothing left (EAGAIN), or the listener is gone
+                    break
+                self._take(listener, client_sock, client_addr)
+
+    def _take(self, listener: Any, client_sock: Any, client_addr: Any) -> None:
         self.nr_conns += 1
         client_sock.setblocking(True)
         conn = _TrackedConn(
@@ -164,6 +186,8 @@ class DrainingWorker(gthread.ThreadWorker):
         reason = self._stop_reason or (
             "max_requests reached" if self.nr >= self.max_requests else "stop"
         )
+        if self.queue_orphaned():
+            self._take_the_queue()
         self.set_accept_enabled(False)
         for listener in self.sockets:
             listener.close()

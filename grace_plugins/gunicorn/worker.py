@@ -213,6 +213,11 @@ class Worker(DrainingWorker):
             self.reporter.stop()  # what this worker loads is no longer what is served
         self.drain(f"worker {self.watch.member.pid} (generation {self.generation})")
 
+    def queue_orphaned(self) -> bool:
+        """The master stopping (it closed its listeners) or gone: nobody accepts after us."""
+        stopping = self.store is not None and self.store.master_stopping()
+        return stopping or not self.is_parent_alive()
+
     def stopped_accepting(self) -> None:
         """Say so to the master: a reload's outcome waits until the old workers no longer
         accept (``grace-plugins reload`` returns, and a smoke test must meet the new code)."""

@@ -48,3 +48,19 @@ def test_connections_opened_at_once_spread_over_the_workers_free_threads(start_s
             one.finished - began
             for one in burst  # type: ignore[operator]
         ]
+
+
+@pytest.mark.timeout(60)
+def test_connections_queued_for_the_busy_thread_are_answered_at_a_stop(start_server, tmp_path):
+    """Gunicorn's defaults (one worker, one thread): connections made while the thread runs a
+    slow request wait in the listen queue, not in the worker. At a stop (the master closed its
+    listeners) the worker accepts them before closing its own copies, which would reset them,
+    and answers them in its drain."""
+    server = start_gunicorn(start_server, tmp_path, workers=1, threads=None, keepalive=None)
+    slow = InFlight(server.port, "/hello?sleep=2")
+    slow.wait_held(server)
+    queued = [InFlight(server.port, "/hello") for _ in range(3)]  # handshakes done, sent
+    assert [one.held_by(server) for one in queued] == [None] * 3  # in the queue, not accepted
+    assert server.stop() == 0
+    for one in [slow, *queued]:
+        assert one.join().status == 200
