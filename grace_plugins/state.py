@@ -54,8 +54,8 @@ def state_dir() -> str:
 
 def state_base(runtime: str | None) -> str:
     """``$XDG_RUNTIME_DIR`` (*runtime*) when it is a directory we may write to, else the
-    temporary directory: a login's runtime directory outlives neither the login nor ``su``, and
-    a stale one must not keep a server from starting."""
+    temporary directory: the variable can outlive its directory (removed at logout) or name
+    another user's (kept by ``su``), and a stale one must not keep a server from starting."""
     if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
         return runtime
     return tempfile.gettempdir()
