@@ -40,10 +40,14 @@ def other_shell(tmp_path):
     """A process started with another TMPDIR (and no XDG_RUNTIME_DIR), like a service."""
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     env["TMPDIR"] = str(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    script = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE)
+    # Popen returns once exec began; /proc/PID/environ reads empty until the new program runs.
+    assert child.stdout is not None and child.stdout.readline() == b"up\n"
     yield child
     child.kill()
     child.wait()
+    child.stdout.close()
 
 
 def _write_state(base, pid, mode=0o700):
