@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold_rules import threshold_after_import, unsafe
-from grace_plugins.gunicorn.mold_startup import Startup, open_sockets
+from grace_plugins.gunicorn.mold_startup import Startup, shared_fds
 from grace_plugins.gunicorn.mold_worker import become_worker
 from grace_plugins.wire import Wire, answer_fork, close_fds
 
@@ -153,7 +153,7 @@ class Mold:
 
     def _why_unsafe(self, startup: Startup, settle: float) -> str:
         ours = {self.wire.sock.fileno(), *_listener_fds(self)}
-        return _why_unsafe(startup.sockets_before, ours, settle)
+        return _why_unsafe(startup.shared_before, ours, settle)
 
     def _fail_now(self, reason: str) -> NoReturn:
         """The import cannot go on (it hangs, or asked to exit): answer, leave."""
@@ -242,7 +242,7 @@ def _listener_fds(mold: Mold) -> list[int]:
 PYTHON_THREAD_SETTLE = 0.1
 
 
-def _why_unsafe(sockets_before: set[str], ours: set[int], settle: float) -> str:
+def _why_unsafe(shared_before: set[str], ours: set[int], settle: float) -> str:
     """Why forking from this process is not safe now ("" if it is), once the threads had up
     to *settle* seconds to end (Python's: :data:`PYTHON_THREAD_SETTLE` at most)."""
     native = 0
@@ -256,12 +256,14 @@ def _why_unsafe(sockets_before: set[str], ours: set[int], settle: float) -> str:
         if waited >= settle or (others and waited >= min(settle, PYTHON_THREAD_SETTLE)):
             break
         time.sleep(0.01)
-    sockets = [
-        f"fd {fd}: {what}"
-        for fd, what in open_sockets().items()
-        if fd not in ours and what not in sockets_before
-    ]
-    return unsafe(others, native, sockets)
+    kept = {
+        fd: what
+        for fd, what in shared_fds().items()
+        if fd not in ours and what not in shared_before
+    }
+    sockets = [f"fd {fd}: {what}" for fd, what in kept.items() if what.startswith("socket:")]
+    files = [f"fd {fd}: {what}" for fd, what in kept.items() if not what.startswith("socket:")]
+    return unsafe(others, native, sockets, files)
 
 
 def _task_count() -> int:

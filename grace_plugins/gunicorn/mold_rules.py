@@ -45,12 +45,19 @@ def to_retire(molds: Iterable[int], verdicts: Mapping[int, str | None], serving:
     return [gen for gen in sorted(molds) if gen < serving or verdicts.get(gen) == ROLLED_BACK]
 
 
-def unsafe(threads: Sequence[str], native_threads: int, sockets: Sequence[str]) -> str:
+def unsafe(
+    threads: Sequence[str],
+    native_threads: int,
+    sockets: Sequence[str],
+    files: Sequence[str],
+) -> str:
     """Why forking workers from this mold would not be safe ("" if it is): a thread alive
     after the import (a fork copies only the calling thread: locks its others hold stay held
-    in every worker), or a socket opened at import (a database or cache connection that every
-    worker would share). *threads*: the names of the other Python threads; *native_threads*:
-    threads the ``threading`` module does not know; *sockets*: what each new socket is."""
+    in every worker), a socket opened at import (a database or cache connection that every
+    worker would share), or a file it opened for reading and writing (an SQLite database: it
+    must not be used across a fork). *threads*: the names of the other Python threads;
+    *native_threads*: threads the ``threading`` module does not know; *sockets* and *files*:
+    what each new one is."""
     if threads:
         more = f" and {len(threads) - 2} more" if len(threads) > 2 else ""
         names = ", ".join(repr(name) for name in threads[:2])
@@ -59,6 +66,11 @@ def unsafe(threads: Sequence[str], native_threads: int, sockets: Sequence[str]) 
         return "the import started a thread from C (not one of Python's threads)"
     if sockets:
         return f"the import opened a socket and kept it open ({sockets[0]})"
+    if files:
+        return (
+            f"the import opened a file for reading and writing and kept it open ({files[0]}:"
+            " a database every worker would share; close it before the import ends)"
+        )
     return ""
 
 

@@ -11,8 +11,10 @@ and never sees the status. Each failure is logged here once, with its traceback,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import stat
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -44,8 +46,8 @@ class Startup:
         self.log = arbiter.log
         self.began = time.monotonic()
         self.app: Any = None
-        #: what the sockets open before the import are (those opened by it make it unsafe)
-        self.sockets_before = set(open_sockets().values())
+        #: what was open before the import (what it opens and keeps makes forking unsafe)
+        self.shared_before = set(shared_fds().values())
 
     def load(self, deadline: float) -> str | None:
         """Import the app; the reason it failed, or None."""
@@ -138,13 +140,28 @@ class Startup:
                 MASTER.store.record_spec(self.gen, "mold", spec.encode())
 
 
-def open_sockets() -> dict[int, str]:
-    """This process's socket fds and what each is (``socket:[inode]``); Linux only."""
+def shared_fds() -> dict[int, str]:
+    """This process's fds that every process forked from it would share to their harm, and
+    what each is: sockets (``socket:[inode]``: a database or cache connection) and regular
+    files open for reading and writing (their path: an SQLite database, a ``dbm`` file, a
+    temporary file, whose offset and locks the workers would share). Files open for reading
+    only, or for appending (a log), are shared safely, as under gunicorn's own ``--preload``.
+    Linux only (elsewhere: none)."""
     found = {}
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):
+                fd = int(name)
                 what = os.readlink(f"/proc/self/fd/{name}")
-                if what.startswith("socket:"):
-                    found[int(name)] = what
+                if what.startswith("socket:") or _read_write_file(fd):
+                    found[fd] = what
     return found
+
+
+def _read_write_file(fd: int) -> bool:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    return (
+        stat.S_ISREG(os.fstat(fd).st_mode)
+        and flags & os.O_ACCMODE == os.O_RDWR
+        and not flags & os.O_APPEND
+    )

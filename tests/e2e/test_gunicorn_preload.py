@@ -297,6 +297,13 @@ UNSAFE = {
         "import socket\n_kept = socket.socket()\n_kept.bind(('127.0.0.1', 0))\n",
         "the import opened a socket and kept it open (fd ",
     ),
+    # as an SQLAlchemy pool keeps the connection of Flask-SQLAlchemy's create_all() at import
+    "database": (
+        "import sqlite3\n_db = sqlite3.connect(os.path.join(os.path.dirname("
+        "os.path.abspath(__file__)), 'site.sqlite'))\n"
+        "_db.execute('create table if not exists hits (n)')\n",
+        "the import opened a file for reading and writing and kept it open (fd ",
+    ),
 }
 
 
@@ -333,11 +340,23 @@ SOCKET_IN_GARBAGE = (
 )
 
 
+#: What the import may leave open and still share the app: a socket only garbage holds; a
+#: log kept open for appending (as a ``logging.FileHandler`` configured at import).
+SAFE = {
+    "socket-in-garbage": SOCKET_IN_GARBAGE,
+    "log-for-appending": (
+        "_app_log = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'app.log'),"
+        " 'a')\n"
+    ),
+}
+
+
 @pytest.mark.timeout(90)
-def test_gunicorn_preload_a_socket_only_garbage_holds_does_not_stop_sharing(start_server, tmp_path):
+@pytest.mark.parametrize("kind", sorted(SAFE))
+def test_gunicorn_preload_what_is_shared_safely_does_not_stop_sharing(start_server, tmp_path, kind):
     server = start(start_server, tmp_path)
     mark = server.mark()
-    new = hup_to(server, tmp_path, 2, counted("v2", SOCKET_IN_GARBAGE))
+    new = hup_to(server, tmp_path, 2, counted("v2", SAFE[kind]))
     assert "cannot share the app" not in server.output(mark), server.output(mark)
     assert imports(tmp_path)[-1] == (mold_of(server, 2), "v2")  # imported once, in the mold
     resp = http_get(server.port)

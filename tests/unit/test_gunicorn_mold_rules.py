@@ -78,13 +78,15 @@ def test_to_retire(molds, verdicts, serving, expected):
 
 
 def test_unsafe_names_the_cause():
-    assert unsafe([], 0, []) == ""
-    assert unsafe(["apm"], 0, []) == "the import started a thread ('apm')"
-    many = unsafe(["a", "b", "c", "d"], 0, [])
+    assert unsafe([], 0, [], []) == ""
+    assert unsafe(["apm"], 0, [], []) == "the import started a thread ('apm')"
+    many = unsafe(["a", "b", "c", "d"], 0, [], [])
     assert many == "the import started a thread ('a', 'b' and 2 more)"
-    assert "from C" in unsafe([], 1, [])
-    assert "opened a socket" in unsafe([], 0, ["fd 7: socket:[1234]"])
-    assert "thread" in unsafe(["apm"], 1, ["fd 7: socket:[1234]"])  # the first cause only
+    assert "from C" in unsafe([], 1, [], [])
+    assert "opened a socket" in unsafe([], 0, ["fd 7: socket:[1234]"], [])
+    assert "thread" in unsafe(["apm"], 1, ["fd 7: socket:[1234]"], [])  # the first cause only
+    database = unsafe([], 0, [], ["fd 6: /srv/site/db.sqlite"])
+    assert "for reading and writing and kept it open (fd 6: /srv/site/db.sqlite" in database
 
 
 @pytest.mark.parametrize("value", [None, "", "on", "1", "ON", " yes "])
