@@ -141,6 +141,7 @@ class Mold:
             _close_database_connections()
             why = self._why_unsafe(startup, settle=0.5)
             if why:  # a socket the import dropped in a reference cycle: collected, it is closed
+                _dispose_sqlalchemy_pools()  # (and one idle in a pool: closed by its engine)
                 gc.collect()  # (a thread it cannot end: no second wait for threads)
                 why = self._why_unsafe(startup, settle=0.0)
             # no gc.collect() otherwise: what it freed would leave holes in the pages the
@@ -153,7 +154,7 @@ class Mold:
 
     def _why_unsafe(self, startup: Startup, settle: float) -> str:
         ours = {self.wire.sock.fileno(), *_listener_fds(self)}
-        return _why_unsafe(startup.shared_before, ours, settle)
+        return _why_unsafe(startup.shared_before, ours, settle, startup.ran)
 
     def _fail_now(self, reason: str) -> NoReturn:
         """The import cannot go on (it hangs, or asked to exit): answer, leave."""
@@ -242,9 +243,10 @@ def _listener_fds(mold: Mold) -> list[int]:
 PYTHON_THREAD_SETTLE = 0.1
 
 
-def _why_unsafe(shared_before: set[str], ours: set[int], settle: float) -> str:
+def _why_unsafe(shared_before: set[str], ours: set[int], settle: float, ran: str) -> str:
     """Why forking from this process is not safe now ("" if it is), once the threads had up
-    to *settle* seconds to end (Python's: :data:`PYTHON_THREAD_SETTLE` at most)."""
+    to *settle* seconds to end (Python's: :data:`PYTHON_THREAD_SETTLE` at most); *ran*: what
+    ran here, for the reason to name."""
     native = 0
     began = time.monotonic()
     while True:  # a thread that just ended (the ready check's) may linger a moment in /proc
@@ -263,7 +265,7 @@ def _why_unsafe(shared_before: set[str], ours: set[int], settle: float) -> str:
     }
     sockets = [f"fd {fd}: {what}" for fd, what in kept.items() if what.startswith("socket:")]
     files = [f"fd {fd}: {what}" for fd, what in kept.items() if not what.startswith("socket:")]
-    return unsafe(others, native, sockets, files)
+    return unsafe(others, native, sockets, files, ran)
 
 
 def _task_count() -> int:
@@ -282,6 +284,21 @@ def _close_database_connections() -> None:
     if connections is not None:
         with contextlib.suppress(Exception):
             connections.close_all()
+
+
+def _dispose_sqlalchemy_pools() -> None:
+    """Empty the pool of every SQLAlchemy engine (``Engine.dispose()``: its idle connections
+    close, each worker opens its own), as SQLAlchemy advises before a fork: a connection the
+    import or the ready check left in a pool (Flask-SQLAlchemy's ``create_all()``) must not be
+    shared. Only once the check found a socket or a file: it walks every object. SQLAlchemy is
+    not imported here: only used if the app loaded it."""
+    engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
+    if not isinstance(engine_type, type):
+        return
+    # type(), not isinstance(): a proxy's __class__ may raise outside its context
+    for engine in [one for one in gc.get_objects() if issubclass(type(one), engine_type)]:
+        with contextlib.suppress(Exception):
+            engine.dispose()
 
 
 def _ignore(sig: int, frame: Any) -> None:

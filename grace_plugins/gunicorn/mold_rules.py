@@ -50,6 +50,7 @@ def unsafe(
     native_threads: int,
     sockets: Sequence[str],
     files: Sequence[str],
+    ran: str,
 ) -> str:
     """Why forking workers from this mold would not be safe ("" if it is): a thread alive
     after the import (a fork copies only the calling thread: locks its others hold stay held
@@ -57,19 +58,21 @@ def unsafe(
     worker would share), or a file it opened for reading and writing (an SQLite database: it
     must not be used across a fork). *threads*: the names of the other Python threads;
     *native_threads*: threads the ``threading`` module does not know; *sockets* and *files*:
-    what each new one is."""
+    what each new one is; *ran*: what ran in the mold (the import, and maybe the ready
+    check's request)."""
     if threads:
         more = f" and {len(threads) - 2} more" if len(threads) > 2 else ""
         names = ", ".join(repr(name) for name in threads[:2])
-        return f"the import started a thread ({names}{more})"
+        return f"{ran} started a thread ({names}{more})"
     if native_threads > 0:
-        return "the import started a thread from C (not one of Python's threads)"
+        return f"{ran} started a thread from C (not one of Python's threads)"
     if sockets:
-        return f"the import opened a socket and kept it open ({sockets[0]})"
+        return f"{ran} opened a socket and kept it open ({sockets[0]})"
     if files:
         return (
-            f"the import opened a file for reading and writing and kept it open ({files[0]}:"
-            " a database every worker would share; close it before the import ends)"
+            f"{ran} opened a file for reading and writing and kept it open ({files[0]}:"
+            " a database every worker would share; close it before the import ends, or open it in"
+            " each worker)"
         )
     return ""
 

@@ -46,6 +46,8 @@ class Startup:
         self.log = arbiter.log
         self.began = time.monotonic()
         self.app: Any = None
+        #: what ran in this process: the import, and the ready check's request if there was one
+        self.ran = "the import"
         #: what was open before the import (what it opens and keeps makes forking unsafe)
         self.shared_before = set(shared_fds().values())
 
@@ -89,6 +91,7 @@ class Startup:
         host, port = host_and_port(getattr(listener, "sock", listener))
         timeout = time_for_check(deadline, time.monotonic())
         scheme = "https" if self.arbiter.cfg.is_ssl else "http"
+        self.ran = f"the import or the ready check (GET {path})"
         try:
             check_ready(self.app, path, host=host, port=port, timeout=timeout, scheme=scheme)
         except NotReady as exc:

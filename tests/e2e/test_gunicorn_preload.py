@@ -326,6 +326,32 @@ def test_gunicorn_preload_unsafe_import_falls_back(start_server, tmp_path, kind)
     assert server.stop() == 0
 
 
+#: A view that starts a thread at its first request (as an APM agent's first event does).
+THREAD_AT_FIRST_REQUEST = (
+    "def status(environ):\n"
+    "    import threading, time\n"
+    "    if not any(t.name == 'started-by-a-request' for t in threading.enumerate()):\n"
+    "        threading.Thread(target=time.sleep, args=(600,), name='started-by-a-request',"
+    " daemon=True).start()\n"
+    "    return '200 OK'\n"
+)
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_a_thread_the_ready_check_started_falls_back(start_server, tmp_path):
+    """The ready check's request runs in the mold too: what it leaves makes sharing unsafe
+    as the import's would, and the line says the check may be the cause."""
+    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
+    mark = server.mark()
+    new = hup_to(server, tmp_path, 2, counted("v2", THREAD_AT_FIRST_REQUEST))
+    out = server.output(mark)
+    cause = "the import or the ready check (GET /) started a thread ('started-by-a-request')"
+    assert cause in out, out
+    resp = http_get(server.port)
+    assert (resp.version, resp.pid in new) == ("v2", True), resp
+    assert server.stop() == 0
+
+
 #: A socket the import leaves to garbage in a reference cycle, old enough that only a full
 #: collection frees it (as a library's client object, dropped, would be).
 SOCKET_IN_GARBAGE = (
@@ -341,9 +367,18 @@ SOCKET_IN_GARBAGE = (
 
 
 #: What the import may leave open and still share the app: a socket only garbage holds; a
-#: log kept open for appending (as a ``logging.FileHandler`` configured at import).
+#: log kept open for appending (as a ``logging.FileHandler`` configured at import); an SQLite
+#: connection idle in an SQLAlchemy pool (as after Flask-SQLAlchemy's ``create_all()``): the
+#: mold disposes of the pool, and each worker opens its own.
 SAFE = {
     "socket-in-garbage": SOCKET_IN_GARBAGE,
+    "sqlalchemy-pool": (
+        "from sqlalchemy import create_engine, text\n"
+        "_engine = create_engine('sqlite:///' + os.path.join(os.path.dirname("
+        "os.path.abspath(__file__)), 'site.sqlite'))\n"
+        "with _engine.begin() as _db:\n"
+        "    _db.execute(text('create table if not exists hits (n integer)'))\n"
+    ),
     "log-for-appending": (
         "_app_log = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'app.log'),"
         " 'a')\n"

@@ -78,15 +78,19 @@ def test_to_retire(molds, verdicts, serving, expected):
 
 
 def test_unsafe_names_the_cause():
-    assert unsafe([], 0, [], []) == ""
-    assert unsafe(["apm"], 0, [], []) == "the import started a thread ('apm')"
-    many = unsafe(["a", "b", "c", "d"], 0, [], [])
-    assert many == "the import started a thread ('a', 'b' and 2 more)"
-    assert "from C" in unsafe([], 1, [], [])
-    assert "opened a socket" in unsafe([], 0, ["fd 7: socket:[1234]"], [])
-    assert "thread" in unsafe(["apm"], 1, ["fd 7: socket:[1234]"], [])  # the first cause only
-    database = unsafe([], 0, [], ["fd 6: /srv/site/db.sqlite"])
+    def why(threads=(), native=0, sockets=(), files=(), ran="the import"):
+        return unsafe(list(threads), native, list(sockets), list(files), ran)
+
+    assert why() == ""
+    assert why(["apm"]) == "the import started a thread ('apm')"
+    assert why(["a", "b", "c", "d"]) == "the import started a thread ('a', 'b' and 2 more)"
+    assert "from C" in why(native=1)
+    assert "opened a socket" in why(sockets=["fd 7: socket:[1234]"])
+    assert "thread" in why(["apm"], 1, ["fd 7: socket:[1234]"])  # the first cause only
+    database = why(files=["fd 6: /srv/site/db.sqlite"])
     assert "for reading and writing and kept it open (fd 6: /srv/site/db.sqlite" in database
+    checked = why(["sentry.monitor"], ran="the import or the ready check (GET /healthz)")
+    assert checked.startswith("the import or the ready check (GET /healthz) started a thread")
 
 
 @pytest.mark.parametrize("value", [None, "", "on", "1", "ON", " yes "])
