@@ -145,11 +145,12 @@ class Startup:
 
 def shared_fds() -> dict[int, str]:
     """This process's fds that every process forked from it would share to their harm, and
-    what each is: sockets (``socket:[inode]``: a database or cache connection) and regular
-    files open for reading and writing (their path: an SQLite database, a ``dbm`` file, a
-    temporary file, whose offset and locks the workers would share). Files open for reading
-    only, or for appending (a log), are shared safely, as under gunicorn's own ``--preload``.
-    Linux only (elsewhere: none)."""
+    what each is: sockets (``socket:[inode]``: a database or cache connection) and named
+    regular files open for reading and writing (their path: an SQLite database, a ``dbm``
+    file, whose locks and offset the workers would share). Shared as under gunicorn's own
+    ``--preload``: files open for reading only, or for appending (a log), and files already
+    unlinked (memory meant to be shared, as ``multiprocessing.Value`` maps it). Linux only
+    (elsewhere: none)."""
     found = {}
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc/self/fd"):
@@ -162,9 +163,10 @@ def shared_fds() -> dict[int, str]:
 
 
 def _read_write_file(fd: int) -> bool:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    flags, info = fcntl.fcntl(fd, fcntl.F_GETFL), os.fstat(fd)
     return (
-        stat.S_ISREG(os.fstat(fd).st_mode)
+        stat.S_ISREG(info.st_mode)
+        and info.st_nlink > 0
         and flags & os.O_ACCMODE == os.O_RDWR
         and not flags & os.O_APPEND
     )

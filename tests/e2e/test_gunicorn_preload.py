@@ -369,8 +369,10 @@ SOCKET_IN_GARBAGE = (
 #: What the import may leave open and still share the app: a socket only garbage holds; a
 #: log kept open for appending (as a ``logging.FileHandler`` configured at import); an SQLite
 #: connection idle in an SQLAlchemy pool (as after Flask-SQLAlchemy's ``create_all()``): the
-#: mold disposes of the pool, and each worker opens its own.
+#: mold disposes of the pool, and each worker opens its own; a ``multiprocessing.Value``, a
+#: counter the workers share on purpose.
 SAFE = {
+    "shared-counter": "import multiprocessing\n_hits = multiprocessing.Value('i', 0)\n",
     "socket-in-garbage": SOCKET_IN_GARBAGE,
     "sqlalchemy-pool": (
         "from sqlalchemy import create_engine, text\n"

@@ -46,6 +46,17 @@ def test_a_log_or_a_file_only_read_is_shared_safely(tmp_path, mode):
         assert handle.fileno() not in shared_fds()
 
 
+def test_memory_meant_to_be_shared_is_not_listed():
+    """``multiprocessing.Value`` at import: a counter the workers share on purpose (its
+    arena is an unlinked file, mapped)."""
+    import multiprocessing
+
+    before = set(shared_fds().values())
+    counter = multiprocessing.Value("i", 0)
+    assert set(shared_fds().values()) == before
+    assert counter.value == 0
+
+
 def test_a_directory_or_a_pipe_is_not_listed(tmp_path):
     reading, writing = os.pipe()
     directory = os.open(tmp_path, os.O_RDONLY)
