@@ -84,11 +84,11 @@ class DrainingWorker(gthread.ThreadWorker):
         if self._accepting:
             if self.nr_conns >= self.worker_connections:
                 self.set_accept_enabled(False)
-        elif may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads):
+        elif self._may_accept():
             self.set_accept_enabled(True)
 
     def accept(self, listener: Any) -> None:
-        if not may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads):
+        if not self._may_accept():
             self.set_accept_enabled(False)  # left in the queue: a sibling with a free thread
             return  # takes it, or this worker once one of its threads frees (pace_accepting)
         try:
@@ -98,6 +98,9 @@ class DrainingWorker(gthread.ThreadWorker):
                 raise
             return
         self._take(listener, client_sock, client_addr)
+
+    def _may_accept(self) -> bool:
+        return may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads)
 
     def queue_orphaned(self) -> bool:
         """Whether the listen queue has no one left to accept from it after this worker (the
