@@ -4,16 +4,18 @@ The master forks it (it shares the master's pages: gunicorn and this package) an
 the app itself. The mold imports it as gunicorn's ``--preload`` would (``app.wsgi()``), with
 what a first request would import (:mod:`.lazy_imports`: Django's URLconf), bounded by
 gunicorn's ``timeout`` (``SIGALRM``: no thread), runs the ready check (``GRACE_READY_PATH``: it
-also warms the mold), closes
-Django's database connections, freezes the collector (``gc.freeze()``: the workers keep
-sharing the pages) and checks that forking is safe (:func:`~.mold_rules.unsafe`). It answers
-the master once, on its private socket (:class:`grace_plugins.wire.Wire`):
+also warms the mold; a copy made before it takes the mold's place if the check leaves a thread:
+:mod:`.mold_copy`), closes Django's database connections, freezes the collector
+(``gc.freeze()``: the workers keep sharing the pages) and checks that forking is safe
+(:func:`~.mold_rules.unsafe`). It answers the master once, on its private socket
+(:class:`grace_plugins.wire.Wire`):
 
-* ``{"ready": ms}``: then it forks a worker per request (``{"fork": age}`` with the worker's
-  heartbeat file, ``SCM_RIGHTS``), twice, so that the worker is re-parented to the master (a
-  child subreaper) and gunicorn reaps it as its own; it answers ``{"pid": N}``. Asked for a
-  spare (``{"spare": 1}`` with the spare's own socket), it forks a copy of itself the same way:
-  idle, it takes this mold's place if this one dies;
+* ``{"ready": ms}`` (a copy in its place adds its ``"pid"`` and why, ``"copy"``): then it
+  forks a worker per request (``{"fork": age}`` with its heartbeat file, ``SCM_RIGHTS``),
+  twice, so that the worker is re-parented to the master (a child subreaper) and gunicorn
+  reaps it as its own; it answers ``{"pid": N}``. Asked for a spare (``{"spare": 1}`` with
+  the spare's own socket), it forks a copy of itself the same way: idle, it takes this mold's
+  place if this one dies;
 * ``{"unsafe": why}``: each worker of this generation imports the app itself;
 * ``{"failed": why}``: the new code does not load (logged here with its traceback).
 
@@ -36,8 +38,14 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
+from grace_plugins.gunicorn.mold_copy import fork_copy
 from grace_plugins.gunicorn.mold_rules import threshold_after_import, unsafe
-from grace_plugins.gunicorn.mold_startup import Startup, shared_fds
+from grace_plugins.gunicorn.mold_startup import (
+    Startup,
+    close_database_connections,
+    dispose_sqlalchemy_pools,
+    shared_fds,
+)
 from grace_plugins.gunicorn.mold_worker import become_worker
 from grace_plugins.wire import Wire, answer_fork, close_fds
 
@@ -131,26 +139,52 @@ class Mold:
             util._setproctitle(f"mold [{self.arbiter.proc_name}]")
 
     def _load(self) -> dict[str, Any]:
-        """Import the app, check it, freeze it: the answer to the master."""
+        """Import the app, check it, freeze it: the answer to the master. In the copy made
+        before the ready check (:mod:`.mold_copy`), once it takes this mold's place: its own
+        answer."""
         startup = Startup(self.arbiter, self.gen, self.since, self._fail_now)
         deadline = time.monotonic() + ready_timeout(self.arbiter.cfg)
         with _young_collections_only():  # until the app's objects are frozen
-            failure = startup.load(deadline) or startup.check(os.environ, deadline)
+            failure = startup.load(deadline)
             if failure is not None:
                 return {"failed": failure}
-            _close_database_connections()
-            why = self._why_unsafe(startup, settle=0.5)
-            if why:  # a socket the import dropped in a reference cycle: collected, it is closed
-                _dispose_sqlalchemy_pools()  # (and one idle in a pool: closed by its engine)
-                gc.collect()  # (a thread it cannot end: no second wait for threads)
-                why = self._why_unsafe(startup, settle=0.0)
-            # no gc.collect() otherwise: what it freed would leave holes in the pages the
-            # workers share, their first allocations would copy them (measured: more memory,
-            # and 20 ms more)
+            why, copy = "", None
+            if startup.checks_here(os.environ):
+                why = self._unsafe_now(startup)  # the import's own leftovers
+                if not why:
+                    gc.freeze()  # the copy shares what the import built
+                    forked = fork_copy(_quit)
+                    if isinstance(forked, str):  # the copy, in the mold's place
+                        return {"ready": _ms_since(startup), "pid": os.getpid(), "copy": forked}
+                    copy = forked
+            failure = startup.check(os.environ, deadline)
+            if failure is None and not why:
+                why = self._unsafe_now(startup)
+            if copy is not None and failure is None and why:
+                copy.hand_over(why)
+                _quit()
+            if copy is not None:
+                copy.dismiss()
+            if failure is not None:
+                return {"failed": failure}
+            # no gc.collect() unless something was found: what it freed would leave holes in
+            # the pages the workers share, their first allocations would copy them (measured:
+            # more memory, and 20 ms more)
             gc.freeze()  # the collector must not touch (and so copy) the shared pages
         if why:
             return {"unsafe": why}
-        return {"ready": round((time.monotonic() - startup.began) * 1000)}
+        return {"ready": _ms_since(startup)}
+
+    def _unsafe_now(self, startup: Startup) -> str:
+        """Why forking from this process is not safe now ("" if it is), once the idle database
+        connections are closed (Django's; SQLAlchemy's pools if something was found)."""
+        close_database_connections()
+        why = self._why_unsafe(startup, settle=0.5)
+        if why:  # a socket the import dropped in a reference cycle: collected, it is closed
+            dispose_sqlalchemy_pools()  # (and one idle in a pool: closed by its engine)
+            gc.collect()  # (a thread it cannot end: no second wait for threads)
+            why = self._why_unsafe(startup, settle=0.0)
+        return why
 
     def _why_unsafe(self, startup: Startup, settle: float) -> str:
         ours = {self.wire.sock.fileno(), *_listener_fds(self)}
@@ -268,37 +302,15 @@ def _why_unsafe(shared_before: set[str], ours: set[int], settle: float, ran: str
     return unsafe(others, native, sockets, files, ran)
 
 
+def _ms_since(startup: Startup) -> int:
+    return round((time.monotonic() - startup.began) * 1000)
+
+
 def _task_count() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return threading.active_count()
-
-
-def _close_database_connections() -> None:
-    """Close the connections Django opened during the import or the ready check, as
-    readthedocs' gunicorn config does before forking (each worker opens its own). Django is
-    not imported here: only used if the app loaded it."""
-    db = sys.modules.get("django.db")
-    connections = getattr(db, "connections", None)
-    if connections is not None:
-        with contextlib.suppress(Exception):
-            connections.close_all()
-
-
-def _dispose_sqlalchemy_pools() -> None:
-    """Empty the pool of every SQLAlchemy engine (``Engine.dispose()``: its idle connections
-    close, each worker opens its own), as SQLAlchemy advises before a fork: a connection the
-    import or the ready check left in a pool (Flask-SQLAlchemy's ``create_all()``) must not be
-    shared. Only once the check found a socket or a file: it walks every object. SQLAlchemy is
-    not imported here: only used if the app loaded it."""
-    engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
-    if not isinstance(engine_type, type):
-        return
-    # type(), not isinstance(): a proxy's __class__ may raise outside its context
-    for engine in [one for one in gc.get_objects() if issubclass(type(one), engine_type)]:
-        with contextlib.suppress(Exception):
-            engine.dispose()
 
 
 def _ignore(sig: int, frame: Any) -> None:

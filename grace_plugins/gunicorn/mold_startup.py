@@ -6,15 +6,20 @@ app asks for (``sys.exit(N)``, ``os._exit(N)`` from Python) is a load failure, a
 (:func:`~grace_plugins.gunicorn.boot.exits_are_failures`): the master rolls the generation back
 and never sees the status. Each failure is logged here once, with its traceback, and with
 ``--reload`` what the import tried goes to the master's watcher (the fix is heard).
+
+What the mold must not hand over to its workers is here too: the fds they would share to
+their harm (:func:`shared_fds`), and the idle database connections it closes first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import stat
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -46,7 +51,8 @@ class Startup:
         self.log = arbiter.log
         self.began = time.monotonic()
         self.app: Any = None
-        #: what ran in this process: the import, and the ready check's request if there was one
+        #: what ran in this process since forking was last found safe: the import, then the
+        #: ready check's request
         self.ran = "the import"
         #: what was open before the import (what it opens and keeps makes forking unsafe)
         self.shared_before = set(shared_fds().values())
@@ -67,6 +73,15 @@ class Startup:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
         return None
+
+    def checks_here(self, environ: Mapping[str, str]) -> bool:
+        """Whether :meth:`check` will send a request in this process (a bad value is the
+        check's failure, not a request)."""
+        try:
+            path = ready_path(environ)
+        except RuntimeError:
+            return False
+        return path is not None and workers_owner(self.arbiter.cfg) is None
 
     def check(self, environ: Mapping[str, str], deadline: float) -> str | None:
         """With ``GRACE_READY_PATH``: GET it from the app in-process (as each worker does
@@ -91,7 +106,7 @@ class Startup:
         host, port = host_and_port(getattr(listener, "sock", listener))
         timeout = time_for_check(deadline, time.monotonic())
         scheme = "https" if self.arbiter.cfg.is_ssl else "http"
-        self.ran = f"the import or the ready check (GET {path})"
+        self.ran = f"the ready check (GET {path})"  # the import was found safe before it
         try:
             check_ready(self.app, path, host=host, port=port, timeout=timeout, scheme=scheme)
         except NotReady as exc:
@@ -170,3 +185,29 @@ def _read_write_file(fd: int) -> bool:
         and flags & os.O_ACCMODE == os.O_RDWR
         and not flags & os.O_APPEND
     )
+
+
+def close_database_connections() -> None:
+    """Close the connections Django opened during the import or the ready check, as
+    readthedocs' gunicorn config does before forking (each worker opens its own). Django is
+    not imported here: only used if the app loaded it."""
+    db = sys.modules.get("django.db")
+    connections = getattr(db, "connections", None)
+    if connections is not None:
+        with contextlib.suppress(Exception):
+            connections.close_all()
+
+
+def dispose_sqlalchemy_pools() -> None:
+    """Empty the pool of every SQLAlchemy engine (``Engine.dispose()``: its idle connections
+    close, each worker opens its own), as SQLAlchemy advises before a fork: a connection the
+    import or the ready check left in a pool (Flask-SQLAlchemy's ``create_all()``) must not be
+    shared. Only once the check found a socket or a file: it walks every object. SQLAlchemy is
+    not imported here: only used if the app loaded it."""
+    engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
+    if not isinstance(engine_type, type):
+        return
+    # type(), not isinstance(): a proxy's __class__ may raise outside its context
+    for engine in [one for one in gc.get_objects() if issubclass(type(one), engine_type)]:
+        with contextlib.suppress(Exception):
+            engine.dispose()

@@ -247,7 +247,8 @@ class Molds:
         deadline = time.monotonic() + timeout + MOLD_SLACK
         answer, why = first_answer(wire, store, deadline, timeout)
         if "ready" in answer:
-            self.registry.add(MoldHandle(plan.gen, pid, wire, time.time()))
+            mold = self._copy_in_place(plan.gen, pid, answer)
+            self.registry.add(MoldHandle(plan.gen, mold, wire, time.time()))
             return MOLD
         parent.close()
         status = reap(pid, kill=not answer)
@@ -265,6 +266,25 @@ class Molds:
         reason = answer.get("failed") or f"{why} ({status})"
         self._roll_back(plan.gen, store, f"the mold (pid {pid}): {reason}")
         return FAILED
+
+    def _copy_in_place(self, gen: int, pid: int, answer: dict[str, Any]) -> int:
+        """The pid of the generation's mold: *pid*, or the copy it made before its ready
+        check (:mod:`.mold_copy`), which answered in its place (the mold, gone, is reaped
+        here)."""
+        copy = answer.get("pid")
+        if not isinstance(copy, int) or copy == pid:
+            return pid
+        reap(pid, kill=False)
+        self._child_exit(pid, gen)
+        self.log.info(
+            "grace_plugins: generation %s: %s; its workers are forked from mold %s, a copy of"
+            " mold %s made before the check, so they share the import, not the check's warm-up",
+            gen,
+            answer.get("copy") or "the ready check left what makes forking unsafe",
+            copy,
+            pid,
+        )
+        return copy
 
     def _roll_back(self, gen: int, store: RecordStore, reason: str) -> None:
         if gen < 2 and not store.ever_ready():

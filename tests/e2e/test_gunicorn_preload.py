@@ -27,7 +27,7 @@ from tests.harness.gunicorn import (
     start_gunicorn,
     write_code,
 )
-from tests.harness.procfs import gone_or_zombie, stat
+from tests.harness.procfs import descendants, gone_or_zombie, stat
 
 pytest.importorskip("gunicorn")
 
@@ -84,6 +84,12 @@ def wait_respawned(server: Gunicorn, victim: int) -> None:
         return victim not in workers and len(workers) == 2
 
     wait_until(respawned, 20, f"a worker in place of {victim}")
+
+
+def live_descendants(pid: int) -> list[int]:
+    root = stat(pid)
+    found = descendants(root) if root is not None else []
+    return [one.pid for one in found if not gone_or_zombie(one.pid)]
 
 
 def assert_children_of_master(server: Gunicorn, pids: list[int]) -> None:
@@ -249,6 +255,8 @@ def test_gunicorn_preload_ready_check_failure_rolled_back(start_server, tmp_path
         report = load.stop()
     assert_clean(report, slow=False)
     assert "broken at request time" in server.output()
+    # the copy each mold made before its check has left: 2 workers, a mold, its spare
+    wait_until(lambda: len(live_descendants(server.pid)) == 4, 15, "only workers, mold, spare")
     assert server.stop() == 0
 
 
@@ -337,18 +345,53 @@ THREAD_AT_FIRST_REQUEST = (
 )
 
 
+#: The line of a generation whose ready check left what makes forking unsafe.
+COPIED = (
+    r"generation (\d+): (.*); its workers are forked from mold (\d+), a copy of mold (\d+)"
+    r" made before the check"
+)
+
+
 @pytest.mark.timeout(90)
-def test_gunicorn_preload_a_thread_the_ready_check_started_falls_back(start_server, tmp_path):
-    """The ready check's request runs in the mold too: what it leaves makes sharing unsafe
-    as the import's would, and the line says the check may be the cause."""
+def test_gunicorn_preload_a_thread_the_ready_check_started_is_left_behind(start_server, tmp_path):
+    """The ready check's request runs in the mold: what it leaves (a thread, as an APM
+    agent's first event starts) makes that process unsafe to fork. The workers are forked from
+    the copy the mold made before the check: they share the import, nobody imports again."""
     server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
     mark = server.mark()
     new = hup_to(server, tmp_path, 2, counted("v2", THREAD_AT_FIRST_REQUEST))
     out = server.output(mark)
-    cause = "the import or the ready check (GET /) started a thread ('started-by-a-request')"
-    assert cause in out, out
+    assert "cannot share the app" not in out, out
+    found = re.search(COPIED, out)
+    assert found, out
+    gen, cause, copy, checked = found.group(1), found.group(2), *map(int, found.group(3, 4))
+    assert gen == "2", out
+    assert cause == "the ready check (GET /) started a thread ('started-by-a-request')", out
+    assert [pid for pid, v in imports(tmp_path) if v == "v2"] == [checked]  # imported once
+    wait_until(lambda: gone_or_zombie(checked), 10, f"the checked mold {checked} to leave")
+    assert len(os.listdir(f"/proc/{copy}/task")) == 1  # the copy never ran the check
+    assert_children_of_master(server, [copy, *new])
+    shown = f"mold: generation 2 (pid {copy}"
+    wait_until(lambda: shown in grace_cli("status", "--pid", str(server.pid)).stdout, 10, shown)
     resp = http_get(server.port)
     assert (resp.version, resp.pid in new) == ("v2", True), resp
+    hup_to(server, tmp_path, 3)  # the copy is retired as a mold is
+    wait_until(lambda: gone_or_zombie(copy), 10, f"the copy {copy} to be retired")
+    wait_until(lambda: not zombies(server.pid), 10, "no zombies")
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_a_thread_the_import_started_falls_back_with_a_ready_check(
+    start_server, tmp_path
+):
+    """A thread the import started is the import's, ready check or not: each worker imports."""
+    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
+    mark = server.mark()
+    hup_to(server, tmp_path, 2, counted("v2", UNSAFE["thread"][0]))
+    out = server.output(mark)
+    assert UNSAFE["thread"][1] in out and not re.search(COPIED, out), out
+    assert http_get(server.port).version == "v2"
     assert server.stop() == 0
 
 

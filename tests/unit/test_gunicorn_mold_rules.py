@@ -89,8 +89,8 @@ def test_unsafe_names_the_cause():
     assert "thread" in why(["apm"], 1, ["fd 7: socket:[1234]"])  # the first cause only
     database = why(files=["fd 6: /srv/site/db.sqlite"])
     assert "for reading and writing and kept it open (fd 6: /srv/site/db.sqlite" in database
-    checked = why(["sentry.monitor"], ran="the import or the ready check (GET /healthz)")
-    assert checked.startswith("the import or the ready check (GET /healthz) started a thread")
+    checked = why(["sentry.monitor"], ran="the ready check (GET /healthz)")
+    assert checked.startswith("the ready check (GET /healthz) started a thread ('sentry.monitor')")
 
 
 @pytest.mark.parametrize("value", [None, "", "on", "1", "ON", " yes "])
