@@ -24,8 +24,8 @@ from typing import NoReturn
 
 from grace_plugins.gunicorn.mold_handle import reap
 
-#: Longest the copy waits for the mold to be gone once told to take its place (the mold
-#: leaves at once).
+#: Longest the copy waits for the mold to be gone once told to take its place, and the mold
+#: for a dismissed copy to leave (each leaves at once).
 HANDOVER_TIMEOUT = 5.0
 
 
@@ -41,6 +41,12 @@ class CopyBeforeCheck:
         pipe's end, and is reaped here."""
         with contextlib.suppress(OSError):
             os.close(self._write_end)
+        with contextlib.suppress(OSError, AttributeError):  # a pidfd: Linux 5.3 and later
+            pidfd = os.pidfd_open(self.pid)
+            try:  # woken as it exits: a reap polled every few ms would delay the workers
+                select.select([pidfd], [], [], HANDOVER_TIMEOUT)
+            finally:
+                os.close(pidfd)
         reap(self.pid, kill=False)
 
     def hand_over(self, why: str) -> None:
