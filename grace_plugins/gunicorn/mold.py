@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
-from grace_plugins.gunicorn.mold_copy import fork_copy
+from grace_plugins.gunicorn.mold_copy import CopyBeforeCheck, fork_copy
 from grace_plugins.gunicorn.mold_rules import threshold_after_import, unsafe
 from grace_plugins.gunicorn.mold_startup import (
     Startup,
@@ -70,15 +70,19 @@ def run_mold(arbiter: Any, gen: int, sock: socket.socket, since: float, others: 
 
     :param others: fds of the master's other molds (not this one's business)
     """
-    mold = os.getpid()
     try:
         Mold(arbiter, gen, Wire(sock), since).run(others)
-    except BaseException:  # noqa: BLE001 - in the mold: say it, leave
-        if os.getpid() != mold:
+    except BaseException:  # noqa: BLE001 - in a mold (or its spare, or its copy): say it, leave
+        if _in_a_worker:
             raise  # a worker's exit, on its way to the interpreter's
         with contextlib.suppress(Exception):
             traceback.print_exc()
     _quit()
+
+
+#: Whether this process is a worker forked from a mold: only a worker's exit may go up through
+#: the master's frames (a mold's, a spare's or a copy's would run gunicorn's master code).
+_in_a_worker = False
 
 
 class Mold:
@@ -98,7 +102,10 @@ class Mold:
         gc.freeze()
         self._leave_the_master(others)
         answer = self._load()
-        self.wire.send(answer)
+        try:
+            self.wire.send(answer)
+        except OSError:  # the master gave up on this generation (its timeout, a stop)
+            _quit()
         if "ready" not in answer:
             _quit()
         self.log.info(
@@ -148,22 +155,22 @@ class Mold:
             failure = startup.load(deadline)
             if failure is not None:
                 return {"failed": failure}
-            why, copy = "", None
+            why = ""
+            copy: CopyBeforeCheck | None = None
             if startup.checks_here(os.environ):
                 why = self._unsafe_now(startup)  # the import's own leftovers
                 if not why:
                     gc.freeze()  # the copy shares what the import built
-                    forked = fork_copy(_quit)
+                    forked = fork_copy(self.wire.sock, _quit)
                     if isinstance(forked, str):  # the copy, in the mold's place
                         return {"ready": _ms_since(startup), "pid": os.getpid(), "copy": forked}
                     copy = forked
             failure = startup.check(os.environ, deadline)
             if failure is None and not why:
                 why = self._unsafe_now(startup)
-            if copy is not None and failure is None and why:
-                copy.hand_over(why)
+            if copy is not None and failure is None and why and copy.hand_over(why):
                 _quit()
-            if copy is not None:
+            elif copy is not None:
                 copy.dismiss()
             if failure is not None:
                 return {"failed": failure}
@@ -204,6 +211,8 @@ class Mold:
         if middle is None:
             return
         self.wire.sock.close()
+        global _in_a_worker
+        _in_a_worker = True
         try:
             become_worker(self.arbiter, age, tmp_fd, self.since, middle)
         except SystemExit:

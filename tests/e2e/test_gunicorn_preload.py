@@ -334,67 +334,6 @@ def test_gunicorn_preload_unsafe_import_falls_back(start_server, tmp_path, kind)
     assert server.stop() == 0
 
 
-#: A view that starts a thread at its first request (as an APM agent's first event does).
-THREAD_AT_FIRST_REQUEST = (
-    "def status(environ):\n"
-    "    import threading, time\n"
-    "    if not any(t.name == 'started-by-a-request' for t in threading.enumerate()):\n"
-    "        threading.Thread(target=time.sleep, args=(600,), name='started-by-a-request',"
-    " daemon=True).start()\n"
-    "    return '200 OK'\n"
-)
-
-
-#: The line of a generation whose ready check left what makes forking unsafe.
-COPIED = (
-    r"generation (\d+): (.*); its workers are forked from mold (\d+), a copy of mold (\d+)"
-    r" made before the check"
-)
-
-
-@pytest.mark.timeout(90)
-def test_gunicorn_preload_a_thread_the_ready_check_started_is_left_behind(start_server, tmp_path):
-    """The ready check's request runs in the mold: what it leaves (a thread, as an APM
-    agent's first event starts) makes that process unsafe to fork. The workers are forked from
-    the copy the mold made before the check: they share the import, nobody imports again."""
-    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
-    mark = server.mark()
-    new = hup_to(server, tmp_path, 2, counted("v2", THREAD_AT_FIRST_REQUEST))
-    out = server.output(mark)
-    assert "cannot share the app" not in out, out
-    found = re.search(COPIED, out)
-    assert found, out
-    gen, cause, copy, checked = found.group(1), found.group(2), *map(int, found.group(3, 4))
-    assert gen == "2", out
-    assert cause == "the ready check (GET /) started a thread ('started-by-a-request')", out
-    assert [pid for pid, v in imports(tmp_path) if v == "v2"] == [checked]  # imported once
-    wait_until(lambda: gone_or_zombie(checked), 10, f"the checked mold {checked} to leave")
-    assert len(os.listdir(f"/proc/{copy}/task")) == 1  # the copy never ran the check
-    assert_children_of_master(server, [copy, *new])
-    shown = f"mold: generation 2 (pid {copy}"
-    wait_until(lambda: shown in grace_cli("status", "--pid", str(server.pid)).stdout, 10, shown)
-    resp = http_get(server.port)
-    assert (resp.version, resp.pid in new) == ("v2", True), resp
-    hup_to(server, tmp_path, 3)  # the copy is retired as a mold is
-    wait_until(lambda: gone_or_zombie(copy), 10, f"the copy {copy} to be retired")
-    wait_until(lambda: not zombies(server.pid), 10, "no zombies")
-    assert server.stop() == 0
-
-
-@pytest.mark.timeout(90)
-def test_gunicorn_preload_a_thread_the_import_started_falls_back_with_a_ready_check(
-    start_server, tmp_path
-):
-    """A thread the import started is the import's, ready check or not: each worker imports."""
-    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
-    mark = server.mark()
-    hup_to(server, tmp_path, 2, counted("v2", UNSAFE["thread"][0]))
-    out = server.output(mark)
-    assert UNSAFE["thread"][1] in out and not re.search(COPIED, out), out
-    assert http_get(server.port).version == "v2"
-    assert server.stop() == 0
-
-
 #: A socket the import leaves to garbage in a reference cycle, old enough that only a full
 #: collection frees it (as a library's client object, dropped, would be).
 SOCKET_IN_GARBAGE = (
