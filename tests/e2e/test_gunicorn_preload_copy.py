@@ -50,7 +50,7 @@ def test_gunicorn_preload_a_thread_the_ready_check_started_is_left_behind(start_
     """The ready check's request runs in the mold: what it leaves (a thread, as an APM
     agent's first event starts) makes that process unsafe to fork. The workers are forked from
     the copy the mold made before the check: they share the import, nobody imports again."""
-    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
+    server = start(start_server, tmp_path, env=CHECKED)
     mark = server.mark()
     new = hup_to(server, tmp_path, 2, counted("v2", THREAD_AT_FIRST_REQUEST))
     out = server.output(mark)
@@ -79,7 +79,7 @@ def test_gunicorn_preload_a_thread_the_import_started_falls_back_with_a_ready_ch
     start_server, tmp_path
 ):
     """A thread the import started is the import's, ready check or not: each worker imports."""
-    server = start(start_server, tmp_path, env={"GRACE_READY_PATH": "/"})
+    server = start(start_server, tmp_path, env=CHECKED)
     mark = server.mark()
     hup_to(server, tmp_path, 2, counted("v2", UNSAFE["thread"][0]))
     out = server.output(mark)
