@@ -40,6 +40,18 @@ def may_accept(held: int, most: int, busy: int, threads: int) -> bool:
     return held < most and busy < threads
 
 
+def admits_the_waiting(ahead: int | None, held: int, most: int, busy: int, threads: int) -> bool:
+    """Whether a worker now takes the connection it left in the listen queue (:func:`may_accept`
+    said no): once a thread is free, or once every request that was ahead of it in this
+    worker's pool then has finished (*ahead*: how many are left; ``None``: none waits). Without
+    the second, requests on kept-alive connections, which never wait, would take every freed
+    thread under a steady load and the new connection would wait in the queue for ever: it
+    gets its turn, as in gthread's pool."""
+    if ahead is None or held >= most:
+        return False
+    return ahead <= 0 or busy < threads
+
+
 class _TrackedConn(gthread.TConn):
     """gthread's connection, counted in the tracker from accept to close."""
 
@@ -66,6 +78,9 @@ class DrainingWorker(gthread.ThreadWorker):
         self.tracker = ConnectionTracker(keepalive_timeout=float(self.cfg.keepalive))
         self._stop_reason = ""
         self.busy = 0  # connections in the thread pool (queued or running): :func:`may_accept`
+        #: requests ahead, in the pool, of a connection left in the listen queue (None: none
+        #: left there): :func:`admits_the_waiting`
+        self.ahead: int | None = None
 
     def stopped_accepting(self) -> None:
         """This worker's listeners are closed (its drain began): for a subclass to report."""
@@ -85,12 +100,15 @@ class DrainingWorker(gthread.ThreadWorker):
             if self.nr_conns >= self.worker_connections:
                 self.set_accept_enabled(False)
         elif self._may_accept():
+            self.ahead = None  # if it still waits, the listener hears it at once
             self.set_accept_enabled(True)
 
     def accept(self, listener: Any) -> None:
         if not self._may_accept():
+            if self.ahead is None:
+                self.ahead = self.busy  # its turn comes once these have finished
             self.set_accept_enabled(False)  # left in the queue: a sibling with a free thread
-            return  # takes it, or this worker once one of its threads frees (pace_accepting)
+            return  # takes it, or this worker in its turn (_admit_the_waiting)
         try:
             client_sock, client_addr = listener.accept()
         except OSError as e:
@@ -102,6 +120,20 @@ class DrainingWorker(gthread.ThreadWorker):
     def _may_accept(self) -> bool:
         return may_accept(self.nr_conns, self.worker_connections, self.busy, self.cfg.threads)
 
+    def _admit_the_waiting(self) -> None:
+        """A request finished: take the connection left in the listen queue if its turn has
+        come (:func:`admits_the_waiting`; a sibling may have taken it), then listen again, so
+        that the next one is judged as it arrives."""
+        if not admits_the_waiting(
+            self.ahead, self.nr_conns, self.worker_connections, self.busy, self.cfg.threads
+        ):
+            return
+        self.ahead = None
+        for listener in self.sockets:  # a sibling may have taken it: then none
+            if self._take_waiting(listener):
+                break
+        self.set_accept_enabled(True)
+
     def queue_orphaned(self) -> bool:
         """Whether the listen queue has no one left to accept from it after this worker (the
         master stopping, or gone): for a subclass to say."""
@@ -112,14 +144,20 @@ class DrainingWorker(gthread.ThreadWorker):
         every thread was busy (:func:`may_accept`); once the master stops, the last copy of a
         listener to close would reset it, where gthread would have accepted and served it."""
         for listener in self.sockets:
-            with contextlib.suppress(OSError):
-                listener.setblocking(False)
-            while self.nr_conns < self.worker_connections:
-                try:
-                    client_sock, client_addr = listener.accept()
-                except OSError:  # nothing left (EAGAIN), or the listener is gone
-                    break
-                self._take(listener, client_sock, client_addr)
+            while self.nr_conns < self.worker_connections and self._take_waiting(listener):
+                pass
+
+    def _take_waiting(self, listener: Any) -> bool:
+        """Take the oldest connection waiting in *listener*'s queue, if any (none left, or the
+        listener gone: False)."""
+        with contextlib.suppress(OSError):
+            listener.setblocking(False)
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError:  # nothing left (EAGAIN), or the listener is gone
+            return False
+        self._take(listener, client_sock, client_addr)
+        return True
 
     def _take(self, listener: Any, client_sock: Any, client_addr: Any) -> None:
         self.nr_conns += 1
@@ -148,6 +186,15 @@ class DrainingWorker(gthread.ThreadWorker):
         """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
         whole ``keepalive`` (a request on it during a drain gets ``Connection: close``)."""
         self.busy -= 1
+        if self.ahead is not None:
+            self.ahead -= 1
+        try:
+            self._finish(conn, fs)
+        finally:
+            if self.alive:
+                self._admit_the_waiting()
+
+    def _finish(self, conn: Any, fs: Any) -> None:
         try:
             result = fs.result() if not fs.cancelled() else False
             if result is _DEFER:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.harness import http_get
+from tests.harness import Load, http_get
 from tests.harness.gunicorn import InFlight, start_gunicorn
 
 pytest.importorskip("gunicorn")
@@ -64,3 +64,17 @@ def test_connections_queued_for_the_busy_thread_are_answered_at_a_stop(start_ser
     assert server.stop() == 0
     for one in [slow, *queued]:
         assert one.join().status == 200
+
+
+@pytest.mark.timeout(60)
+def test_new_connections_get_their_turn_under_a_steady_keep_alive_load(start_server, tmp_path):
+    """Gunicorn's defaults (one worker, one thread), its thread never idle: requests on
+    kept-alive connections follow one another, and a new connection, left in the listen queue
+    while the thread is busy, still gets its turn (within a few requests), as in gthread's
+    pool; it once waited until the clients gave up."""
+    server = start_gunicorn(start_server, tmp_path, workers=1, threads=None, keepalive=None)
+    with Load(server.port, fresh=2, keepalive=4, slow=0, timeout=2.0, max_seconds=30) as load:
+        time.sleep(4)  # the load's own length: nothing to wait for
+        report = load.stop()
+    assert not report.failures, report.summary()
+    assert report.by_kind.get("fresh", 0) >= 50, report.summary()
