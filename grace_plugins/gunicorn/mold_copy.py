@@ -27,12 +27,34 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from grace_plugins.gunicorn.mold_handle import reap
 
 #: Longest the copy waits for the mold to be gone once it wrote why (it leaves at once).
 HANDOVER_TIMEOUT = 5.0
+
+
+def mold_in_place(
+    gen: int, pid: int, answer: dict[str, Any], log: Any, child_exit: Callable[[int, int], None]
+) -> int:
+    """The master's side: the pid of generation *gen*'s mold once it answered ready: *pid*
+    (the process the master forked), or the copy that answered in its place (then *pid*, gone,
+    is reaped here, and *child_exit* called for it, as for any mold that exits)."""
+    copy = answer.get("pid")
+    if not isinstance(copy, int) or copy == pid:
+        return pid
+    reap(pid, kill=False)
+    child_exit(pid, gen)
+    log.info(
+        "grace_plugins: generation %s: %s; its workers are forked from mold %s, a copy of"
+        " mold %s made before the check, so they share the import, not the check's warm-up",
+        gen,
+        answer.get("copy") or "the ready check left what makes forking unsafe",
+        copy,
+        pid,
+    )
+    return copy
 
 
 class CopyBeforeCheck:

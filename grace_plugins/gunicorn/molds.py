@@ -32,6 +32,7 @@ from typing import Any
 
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold import run_mold
+from grace_plugins.gunicorn.mold_copy import mold_in_place
 from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap, verdict_kind
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick
 from grace_plugins.gunicorn.mold_set import MoldSet
@@ -247,7 +248,7 @@ class Molds:
         deadline = time.monotonic() + timeout + MOLD_SLACK
         answer, why = first_answer(wire, store, deadline, timeout)
         if "ready" in answer:
-            mold = self._copy_in_place(plan.gen, pid, answer)
+            mold = mold_in_place(plan.gen, pid, answer, self.log, self._child_exit)
             self.registry.add(MoldHandle(plan.gen, mold, wire, time.time()))
             return MOLD
         parent.close()
@@ -266,25 +267,6 @@ class Molds:
         reason = answer.get("failed") or f"{why} ({status})"
         self._roll_back(plan.gen, store, f"the mold (pid {pid}): {reason}")
         return FAILED
-
-    def _copy_in_place(self, gen: int, pid: int, answer: dict[str, Any]) -> int:
-        """The pid of the generation's mold: *pid*, or the copy it made before its ready
-        check (:mod:`.mold_copy`), which answered in its place (the mold, gone, is reaped
-        here)."""
-        copy = answer.get("pid")
-        if not isinstance(copy, int) or copy == pid:
-            return pid
-        reap(pid, kill=False)
-        self._child_exit(pid, gen)
-        self.log.info(
-            "grace_plugins: generation %s: %s; its workers are forked from mold %s, a copy of"
-            " mold %s made before the check, so they share the import, not the check's warm-up",
-            gen,
-            answer.get("copy") or "the ready check left what makes forking unsafe",
-            copy,
-            pid,
-        )
-        return copy
 
     def _roll_back(self, gen: int, store: RecordStore, reason: str) -> None:
         if gen < 2 and not store.ever_ready():
