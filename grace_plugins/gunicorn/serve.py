@@ -183,8 +183,8 @@ class DrainingWorker(gthread.ThreadWorker):
             self.tracker.request_finished(conn)  # idle (kept alive) until the next request
 
     def finish_request(self, conn: Any, fs: Any) -> None:
-        """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
-        whole ``keepalive`` (a request on it during a drain gets ``Connection: close``)."""
+        """A request left the pool: count it back, put its connection where it goes
+        (:meth:`_finish`), and give a connection left in the listen queue its turn."""
         self.busy -= 1
         if self.ahead is not None:
             self.ahead -= 1
@@ -195,6 +195,8 @@ class DrainingWorker(gthread.ThreadWorker):
                 self._admit_the_waiting()
 
     def _finish(self, conn: Any, fs: Any) -> None:
+        """gthread's, without the 2 s stop linger: a kept-alive connection stays for its
+        whole ``keepalive`` (a request on it during a drain gets ``Connection: close``)."""
         try:
             result = fs.result() if not fs.cancelled() else False
             if result is _DEFER:
