@@ -29,7 +29,7 @@ class MoldSet:
         self.on_exit = on_exit  # (pid, generation) of a mold that exited: the child_exit hook
         self._exits: dict[int, int] = {}  # pid -> generation: molds whose exit is not told yet
         self.master = os.getpid()
-        atexit.register(self.reap_at_exit)
+        atexit.register(self.reap_leftovers)
         # shared with the lookout thread (which retires molds)
         self._lock = threading.Lock()
         self._pids: dict[int, list[int]] = {}  # generation -> its mold's pid and its spare's
@@ -154,8 +154,9 @@ class MoldSet:
                 self._stopped.add(pid)
                 _signal(pid, signal.SIGTERM)
 
-    def reap_at_exit(self) -> None:
-        """At the master's exit, reap the molds gunicorn's loop did not (bounded)."""
+    def reap_leftovers(self) -> None:
+        """Once gunicorn stopped its workers (and, failing that, at the master's exit), reap
+        the molds gunicorn's loop did not (bounded), and tell :attr:`on_exit` of each."""
         if os.getpid() != self.master:
             return  # a worker leaving (it inherited this hook)
         for pid in self._running():

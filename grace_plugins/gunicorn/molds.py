@@ -16,7 +16,7 @@ The master waits for a new mold's answer inside ``spawn_worker`` (as gunicorn's 
 waits for its new workers), bounded by ``timeout``; it reaps a mold that failed itself, so
 gunicorn never sees a mold's exit status (3 or 4 would halt it). The molds it holds are a
 :class:`~.mold_set.MoldSet`: retired (their generation replaced or rolled back) by the master's
-lookout thread, made to leave by a stop signal, reaped at the master's exit.
+lookout thread, made to leave by a stop signal, reaped once gunicorn stopped its workers.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class Molds:
             self.subreaper = become_subreaper()
         self.arbiter.spawn_worker = self.spawn_worker
         self.arbiter.manage_workers = self.manage_workers
+        self.arbiter.stop = self.stop_workers_then_molds
         MASTER.molds = self
 
     # -- spawning (the master's main thread) -------------------------------------------------------
@@ -154,9 +155,8 @@ class Molds:
 
     def _keep_a_spare(self) -> None:
         """Make sure the serving generation's mold has a live spare: forked idle from it, it
-        takes the mold's place if the mold dies, so that respawns never import the code on
-        disk (which may be newer, or broken, and was never HUPed). In gunicorn's loop, not
-        while a reload forks its workers: the spare's fork would delay the new code."""
+        takes the mold's place if it dies, so respawns never import the code on disk (newer,
+        or broken, never HUPed). In gunicorn's loop: in a reload's forks it would delay them."""
         store = MASTER.store
         if self.arbiter.cfg is not self.preload_cfg or store is None or store.master_stopping():
             return
@@ -330,6 +330,12 @@ class Molds:
     def stop(self) -> None:
         """The stop signal's handler (see :meth:`MoldSet.stop`)."""
         self.registry.stop()
+
+    def stop_workers_then_molds(self, graceful: bool = True) -> None:
+        """``Arbiter.stop``: gunicorn's, then the molds reaped and told to ``child_exit``, so
+        that ``on_exit`` (``halt`` calls it next) comes last, as after gunicorn's workers."""
+        type(self.arbiter).stop(self.arbiter, graceful)
+        self.registry.reap_leftovers()
 
 
 def _wanted(cfg: Any, log: Any) -> bool:

@@ -222,12 +222,16 @@ def test_a_stop_during_a_hup_does_not_wait_for_the_new_workers(start_server, tmp
 def test_the_child_exit_hook_hears_of_every_mold_that_exits(start_server, tmp_path):
     """A mold imported the app: what a library keeps per process (prometheus_client's
     multiprocess files, cleaned in ``child_exit`` as its docs say) must be cleaned after it
-    too, whether it was retired, failed, or made to leave by the stop."""
+    too, whether it was retired, failed, or made to leave by the stop, and before ``on_exit``
+    (a library's last word at the master's exit), as for gunicorn's own workers."""
     exits = tmp_path / "exits.log"
     (tmp_path / "gunicorn.conf.py").write_text(
         "def child_exit(server, worker):\n"
         f"    with open({str(exits)!r}, 'a') as log:\n"
         "        print(type(worker).__name__, worker.pid, file=log)\n"
+        "def on_exit(server):\n"
+        f"    with open({str(exits)!r}, 'a') as log:\n"
+        "        print('on_exit', server.pid, file=log)\n"
     )
     server = start(start_server, tmp_path, "-c", str(tmp_path / "gunicorn.conf.py"))
 
@@ -247,6 +251,7 @@ def test_the_child_exit_hook_hears_of_every_mold_that_exits(start_server, tmp_pa
     second = {mold_of(server, 2), spare_of(server, mold_of(server, 2))}
     assert server.stop() == 0
     assert sorted(told()) == sorted([*first, failed[0], *second])
+    assert exits.read_text().splitlines()[-1] == f"on_exit {server.pid}"
 
 
 def test_a_stuck_retired_mold_is_not_left_behind_holding_the_listeners(start_server, tmp_path):
