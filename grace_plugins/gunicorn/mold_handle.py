@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grace_plugins.gunicorn.records import RecordStore
-from grace_plugins.gunicorn.verdicts import Verdict
 from grace_plugins.wire import Wire
 
 #: Longest a fork request may take.
@@ -113,12 +112,6 @@ def first_answer(
             return {}, "stopping" if store.master_stopping() else "it exited before it was ready"
         return got[0], ""
     return {}, f"it was not ready within {timeout:g} s"
-
-
-def verdict_kind(store: RecordStore | None, gen: int) -> str | None:
-    """The kind of the verdict recorded on *gen* (``None`` while it starts)."""
-    text = store.recorded_verdict(gen) if store is not None else None
-    return None if text is None else Verdict.from_recorded(text).kind
 
 
 def reap(pid: int, kill: bool) -> str:

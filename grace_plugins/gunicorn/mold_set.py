@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from grace_plugins.gunicorn.master import MASTER
-from grace_plugins.gunicorn.mold_handle import MoldHandle, reap, verdict_kind
+from grace_plugins.gunicorn.mold_handle import MoldHandle, reap
 from grace_plugins.gunicorn.mold_rules import to_retire
-from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.records import RecordStore, verdict_kind
 from grace_plugins.state import merge_state
 
 

@@ -33,6 +33,12 @@ def disown(tmp_fd: int) -> None:
         os.fchmod(tmp_fd, stat.S_IMODE(os.fstat(tmp_fd).st_mode) | stat.S_ISVTX)
 
 
+def forked_from_a_mold(tmp: Any) -> bool:
+    """Whether the worker whose heartbeat file is *tmp* was forked from a mold (then so are
+    its replacements: from the serving generation's mold)."""
+    return isinstance(tmp, PassedTmp)
+
+
 def disowned(tmp: Any) -> bool:
     """Whether *tmp*, a worker's heartbeat file, says that the master gave up on it."""
     return isinstance(tmp, PassedTmp) and tmp.disowned()

@@ -33,11 +33,11 @@ from typing import Any
 from grace_plugins.gunicorn.master import MASTER, ready_timeout
 from grace_plugins.gunicorn.mold import run_mold
 from grace_plugins.gunicorn.mold_copy import mold_in_place
-from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap, verdict_kind
+from grace_plugins.gunicorn.mold_handle import MoldHandle, first_answer, reap
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted, pick
 from grace_plugins.gunicorn.mold_set import MoldSet
 from grace_plugins.gunicorn.mold_worker import disown
-from grace_plugins.gunicorn.records import RecordStore
+from grace_plugins.gunicorn.records import RecordStore, verdict_kind
 from grace_plugins.gunicorn.verdicts import ROLLED_BACK, Verdict
 from grace_plugins.process import become_subreaper
 from grace_plugins.wire import Wire

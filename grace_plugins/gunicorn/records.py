@@ -14,7 +14,8 @@ whole (:func:`grace_plugins.atomic.write_atomic`), and most of a record is its n
 * ``verdict-G`` -- the verdict on *G*, written once (the first writer wins);
 * ``watch-G-PID`` -- with ``--reload``, what worker *PID* of *G* loaded (or tried to load),
   for the master's file watcher (an encoded :class:`~grace_plugins.watchspec.WatchSpec`);
-* ``ever-ready``, ``backoff``, ``claim-WHAT-G``, ``master-stopping`` -- shared notes.
+* ``ever-ready``, ``backoff``, ``replacing``, ``claim-WHAT-G``, ``master-stopping`` -- shared
+  notes.
 
 What the records mean is decided elsewhere (:mod:`grace_plugins.gunicorn.verdicts`, pure).
 """
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -44,12 +46,14 @@ from grace_plugins.gunicorn.verdicts import (
 KEEP_GENERATIONS = 4
 #: A worker's states (the suffix of its record); ``stopped``: it no longer accepts (it drains).
 BOOT, READY, FAILED, STOPPED = "boot", "ready", "failed", "stopped"
+_SETTLED = {READY, FAILED}
 
 _WORKER = re.compile(r"^w-(\d+)-(\d+)-(\d+)\.(\w+)$")
 _ANNOUNCEMENT = re.compile(r"^gen-(\d+)\.json$")
 _PER_GENERATION = re.compile(r"^(?:w|gen|verdict|watch|claim-\w+)-(\d+)")
 _SPEC = re.compile(r"^watch-(\d+)-(\w+)$")
 _MASTER_STOPPING = "master-stopping"
+_REPLACING = "replacing"  # the worker whose max_requests started a replacement not ready yet
 
 
 class RecordStore:
@@ -167,8 +171,9 @@ class RecordStore:
         written = self._write(f"w-{member.gen}-{member.age}-{member.pid}.{state}", detail)
         if state == READY:
             written = self._write("ever-ready") and written
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.path, "backoff"))
+            for note in ("backoff", _REPLACING):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.path, note))
         return written
 
     def forget(self, member: Member, states: Iterable[str]) -> None:
@@ -196,6 +201,39 @@ class RecordStore:
     def ever_ready(self) -> bool:
         """Whether any worker of this master ever became ready (else nothing is serving)."""
         return self._exists("ever-ready")
+
+    def loading(self) -> list[int]:
+        """The pids of the workers that recorded their boot and neither ready nor failed yet
+        (alive or not: the caller knows which processes are)."""
+        states: dict[int, set[str]] = {}
+        for name in self._names():
+            match = _WORKER.match(name)
+            if match:
+                states.setdefault(int(match.group(3)), set()).add(match.group(4))
+        return [pid for pid, found in states.items() if BOOT in found and not found & _SETTLED]
+
+    def claim_replacement(self, pid: int, stale_after: float) -> int:
+        """Take the one replacement at a time that ``max_requests`` may start: 0 if worker
+        *pid* has it now, else who has it. A worker becoming ready ends it; one older than
+        *stale_after* s (no replacement became ready) is taken over."""
+        if self._write(_REPLACING, str(pid), exclusive=True):
+            return 0
+        text = self._read(_REPLACING) or ""
+        holder = int(text) if text.isdigit() else -1
+        if holder == pid:
+            return 0
+        if time.time() - (self._mtime(_REPLACING) or 0.0) > stale_after:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, _REPLACING))
+            if self._write(_REPLACING, str(pid), exclusive=True):
+                return 0
+        return holder
+
+    def failed_respawns(self) -> int:
+        """Respawns that failed to load the code on disk since a worker last became ready."""
+        with contextlib.suppress(ValueError):
+            return int((self._read("backoff") or "0").strip() or 0)
+        return 0
 
     def bump_backoff(self) -> int:
         """Count one more failed respawn in a row; return the new count."""
@@ -261,3 +299,9 @@ class RecordStore:
         if by_master:
             return self._write_for_workers(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)
         return self._write(f"verdict-{gen}", verdict.as_recorded(), exclusive=True)
+
+
+def verdict_kind(store: RecordStore | None, gen: int) -> str | None:
+    """The kind of the verdict recorded on *gen* (``None`` while it starts)."""
+    text = store.recorded_verdict(gen) if store is not None else None
+    return None if text is None else Verdict.from_recorded(text).kind

@@ -9,13 +9,15 @@ import http.client
 import os
 import re
 import signal
+import threading
 import time
 
 import pytest
 
-from tests.harness import Load, http_get, wait_until
+from tests.harness import Load, http_get, read_response, wait_until
 from tests.harness.gunicorn import (
     BROKEN,
+    BROKEN_TIMEOUT,
     InFlight,
     assert_clean,
     serving_pids,
@@ -101,6 +103,127 @@ def test_max_requests_restarts_drain_without_failures(start_server, tmp_path):
     # the records of the workers max_requests replaced go (only the 2 first, the members, stay)
     gone = lambda: recorded_pids(tmp_path / "tmp") - set(server.workers())  # noqa: E731
     wait_until(lambda: len(gone()) <= 2, 10, f"old records forgotten: {gone()}")
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("preload", [False, True], ids=["imports", "preload"])
+def test_max_requests_after_a_rolled_back_hup_keeps_something_serving(
+    start_server, tmp_path, preload
+):
+    """After a rollback the code on disk is broken. Without ``--preload`` a worker that
+    reaches ``max_requests`` serves on (its replacement would import the broken code, and
+    once every worker was replaced nothing would serve) until a HUP brings code that loads;
+    then the new workers are replaced at ``max_requests`` as usual. With ``--preload`` the
+    replacements come from the serving generation's mold: they are replaced as usual."""
+    extra = ["--max-requests", "3", *(["--preload"] if preload else [])]
+    server = start_gunicorn(start_server, tmp_path, *extra, threads=None, timeout=BROKEN_TIMEOUT)
+    old = set(server.workers())
+    write_code(tmp_path, BROKEN["exception"])
+    mark = server.mark()
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_rollback(2, mark)
+    answered = [http_get(server.port, timeout=5) for _ in range(12)]  # each worker's 3, twice
+    assert {resp.version for resp in answered} == {"v1"}, answered
+    held = r"reached max_requests and serves on .*: generation 2 was rolled back"
+    if preload:
+        assert not re.search(held, server.output()), server.output()
+        assert {resp.pid for resp in answered} - old, "no worker was replaced"
+    else:
+        server.wait_for(held, 5, after=mark)
+        assert {resp.pid for resp in answered} == old and set(server.workers()) == old
+    write_code(tmp_path, version("v3"))
+    new = set(server.hup(3))
+    answered: list = []
+    wait_until(
+        lambda: answered.append(http_get(server.port, timeout=5)) or answered[-1].pid not in new,
+        20,
+        "generation 3's first replacement at max_requests to answer",
+    )
+    assert {resp.version for resp in answered} == {"v3"}, answered
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_max_requests_once_the_code_on_disk_broke_keeps_the_last_worker_serving(
+    start_server, tmp_path
+):
+    """The code on disk broke without a HUP, and a respawn loads it (a worker was killed):
+    the worker left serves on past ``max_requests`` while the respawn loads (nobody knows yet
+    whether the code loads) and once it failed (its replacement would fail too, and then
+    nothing would serve); it is replaced as usual once the code on disk loads again."""
+    server = start_gunicorn(
+        start_server, tmp_path, "--max-requests", "3", threads=None, timeout=BROKEN_TIMEOUT
+    )
+    victim, survivor = server.workers()
+    importing = tmp_path / "importing"
+    write_code(
+        tmp_path,
+        f"import pathlib, time\npathlib.Path({str(importing)!r}).touch()\ntime.sleep(2)\n"
+        "raise RuntimeError('broken on purpose')\n",
+    )
+    mark = server.mark()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(importing.exists, 20, "the respawn to import the code on disk")
+    answered = [http_get(server.port, timeout=5) for _ in range(4)]  # while it loads
+    server.wait_for(r"serves on .*: worker \d+ is still loading it", 5, mark)
+    server.wait_for(r"the code on disk does not load \(1 failed respawns in a row\)", 20, mark)
+    answered += [http_get(server.port, timeout=5) for _ in range(4)]  # once it failed
+    assert {(resp.version, resp.pid) for resp in answered} == {("v1", survivor)}, answered
+    server.wait_for(r"serves on .*: the code on disk does not load", 5, mark)
+    write_code(tmp_path, version("v2"))  # fixed on disk: the next respawn loads it
+    wait_until(
+        lambda: (
+            http_get(server.port, timeout=5).pid != survivor and survivor not in server.workers()
+        ),
+        30,
+        f"worker {survivor} replaced at max_requests once a respawn loaded the code",
+    )
+    assert http_get(server.port, timeout=5).version == "v2"
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_max_requests_replaces_one_worker_at_a_time(start_server, tmp_path):
+    """Two workers that reach ``max_requests`` close together are not replaced both: the
+    second serves on until the first one's replacement is ready. So when the code on disk
+    broke, it costs one worker, not both (then nothing would serve). The first one's last
+    request is slow, so its replacement is not even forked when the second reaches its limit."""
+    server = start_gunicorn(
+        start_server, tmp_path, "--max-requests", "8", threads=2, timeout=BROKEN_TIMEOUT
+    )
+    served: dict[int, int] = {}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    while True:  # the first worker's first 7 requests, on one kept-alive connection
+        conn.request("GET", "/hello")
+        resp, closing = read_response(conn)
+        served[resp.pid] = served.get(resp.pid, 0) + 1
+        assert not closing and served[resp.pid] <= 7, resp
+        if served[resp.pid] == 7:
+            break
+    first = resp.pid
+    write_code(tmp_path, BROKEN["exception"])
+    mark = server.mark()
+    slow: list = []
+    slow_thread = threading.Thread(
+        target=lambda: (conn.request("GET", "/hello?sleep=3"), slow.append(read_response(conn)))
+    )
+    slow_thread.start()  # its 8th: it will be replaced, once this request is answered
+    server.wait_for(rf"\[{first}\] .*Autorestarting worker", 5, mark)
+    held = rf"\] .*serves on .*: worker {first} is being replaced first"
+    for _ in range(30):  # until the second reaches its limit too
+        resp = http_get(server.port, timeout=5)
+        assert resp.version == "v1", resp
+        if server.count(held, mark):
+            break
+    second = int(server.wait_for(r"worker (\d+) \(generation 1\) reached max_requests", 5, mark)[1])
+    assert second != first
+    slow_thread.join(10)
+    assert [(resp.pid, resp.version, closing) for resp, closing in slow] == [(first, "v1", True)]
+    conn.close()
+    server.wait_for(r"the code on disk does not load \(1 failed respawns in a row\)", 20, mark)
+    answered = [http_get(server.port, timeout=5) for _ in range(12)]
+    assert {(resp.pid, resp.version) for resp in answered} == {(second, "v1")}, answered
     assert server.stop() == 0
 
 

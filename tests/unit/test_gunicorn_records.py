@@ -40,6 +40,37 @@ def test_a_generation_from_its_records(tmp_path):
     assert store.ever_ready() and store.newest_generation() == 2
 
 
+def test_what_a_worker_at_max_requests_reads(tmp_path):
+    """Who is loading the code on disk now, and how many respawns in a row failed to."""
+    store = RecordStore(str(tmp_path))
+    store.record(Member(1, 1, 10), "boot")
+    store.record(Member(1, 1, 10), "ready")
+    store.record(Member(1, 2, 20), "boot")  # loading
+    store.record(Member(1, 3, 30), "boot")
+    store.record(Member(1, 3, 30), "failed", "boom")
+    store.record(Member(2, 4, 40), "boot")  # a newer generation's, loading
+    assert sorted(store.loading()) == [20, 40]
+    assert store.failed_respawns() == 0
+    assert store.bump_backoff() == 1 and store.bump_backoff() == 2
+    assert store.failed_respawns() == 2
+    store.record(Member(1, 2, 20), "ready")  # the code loads again: the count starts over
+    assert store.failed_respawns() == 0 and store.loading() == [40]
+
+
+def test_one_replacement_at_a_time(tmp_path):
+    """The worker whose max_requests starts a replacement holds it until a worker is ready;
+    a claim whose replacement never became ready is taken over once stale."""
+    store = RecordStore(str(tmp_path))
+    assert store.claim_replacement(10, stale_after=60) == 0
+    assert store.claim_replacement(10, stale_after=60) == 0  # its own: asked again
+    assert store.claim_replacement(20, stale_after=60) == 10
+    store.record(Member(1, 3, 30), "ready")  # the replacement is ready
+    assert store.claim_replacement(20, stale_after=60) == 0
+    old = time.time() - 120
+    os.utime(tmp_path / "replacing", (old, old))
+    assert store.claim_replacement(40, stale_after=60) == 0  # 20's replacement never came
+
+
 def test_a_verdict_is_recorded_once(tmp_path):
     store = RecordStore(str(tmp_path))
     assert store.record_verdict(2, Verdict(PROMOTED, new=True))

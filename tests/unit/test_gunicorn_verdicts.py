@@ -1,5 +1,6 @@
 """The gunicorn worker's rules, as tables (pure, no process started): the records of one
-generation in, its verdict out; and what a worker holding a SIGTERM does."""
+generation in, its verdict out; what a worker holding a SIGTERM does; and whether one that
+reached ``max_requests`` exits."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from grace_plugins.gunicorn.held_term import (  # noqa: E402
     look_interval,
     on_held_term,
 )
+from grace_plugins.gunicorn.recycle import why_serve_on  # noqa: E402
 from grace_plugins.gunicorn.verdicts import (  # noqa: E402
     PENDING,
     PROMOTED,
@@ -220,3 +222,23 @@ def test_an_exit_while_the_app_loads_is_a_failure_unless_a_quit_signal_asked_for
     with pytest.raises(SystemExit) as exited, exits_are_failures(no_os_exit, lambda: quitting):
         sys.exit(0)
     assert exited.type is SystemExit and exited.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("own", "newest", "kind", "failed", "loading", "expected"),
+    [
+        (3, 3, None, 0, [], ""),  # its generation is the newest: replaced as gunicorn does
+        (1, 0, None, 0, [], ""),  # no announcement read (records gone): as gunicorn does
+        (2, 3, ROLLED_BACK, 0, [], "generation 3 was rolled back"),
+        (2, 5, ROLLED_BACK, 0, [], "generation 5 was rolled back"),
+        (2, 3, None, 0, [], "generation 3 is starting"),  # no verdict passed its code yet
+        (2, 3, PROMOTED, 0, [], ""),  # it drains anyway
+        (2, 3, PROMOTED, 0, [41], ""),
+        (3, 3, None, 2, [], "the code on disk does not load (a respawn failed to load it)"),
+        (3, 3, None, 0, [52, 41], "worker 41 is still loading it"),
+    ],
+)
+def test_a_worker_at_max_requests_exits_only_if_its_replacement_can_serve(
+    own, newest, kind, failed, loading, expected
+):
+    assert why_serve_on(own, newest, kind, failed, loading) == expected
