@@ -99,9 +99,10 @@ def status(args: argparse.Namespace) -> int:
         print(f"listening: {', '.join(state['listeners'])}")
     if "generation" in state:
         since = state.get("generation_since", now)
+        pids = state.get("generation_pid")
         print(
-            f"serving: generation {state['generation']} (pid {state.get('generation_pid')}),"
-            f" up {now - since:.0f} s"
+            f"serving: generation {state['generation']} "
+            f"({f'pid {pids}' if pids else 'no worker ready'}), up {now - since:.0f} s"
         )
     for mold in state.get("molds") or []:  # gunicorn --preload: who imports each generation
         workers = ", ".join(str(pid) for pid in mold.get("workers") or []) or "none yet"

@@ -226,7 +226,7 @@ class MasterBook:
             return
         later = (store.generation(one) for one in range(gen + 1, newest + 1))
         pids = pid_list(serving_workers(store.generation(gen), later, pid_alive))
-        if pids and pids != shown:
+        if pids != shown:  # none ready (the respawns meet broken code) is said too
             self._serving = (gen, pids)
             merge_state(self.pid or 0, generation_pid=pids)
 

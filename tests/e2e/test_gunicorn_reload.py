@@ -230,6 +230,22 @@ def test_status_names_a_respawn_forked_after_a_rolled_back_reload(start_server, 
 
 
 @pytest.mark.timeout(60)
+def test_status_names_no_dead_worker_when_none_is_ready(start_server, tmp_path):
+    """The code on disk broke and the only worker was killed, so every respawn fails:
+    ``status`` says that no worker is ready, not the dead one's pid."""
+    server = start_gunicorn(start_server, tmp_path, workers=1)
+    (victim,) = server.workers()
+    wait_until(lambda: serving_pids(server) == {victim}, 10, "status names the worker")
+    write_code(tmp_path, BROKEN["exception"])
+    mark = server.mark()
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for(r"the code on disk does not load \(1 failed respawns in a row\)", 20, mark)
+    status = lambda: grace_cli("status", "--pid", str(server.pid)).stdout  # noqa: E731
+    wait_until(lambda: "(no worker ready)" in status(), 10, "status true")
+    assert server.stop() == 0
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
 def test_a_quick_stop_during_a_hup_is_not_broken_code(start_server, tmp_path, sig):
     """INT or QUIT (gunicorn's quick stop) while the new workers import: gunicorn's quit
