@@ -237,7 +237,7 @@ class RecordStore:
 
     def bump_backoff(self) -> int:
         """Count one more failed respawn in a row; return the new count."""
-        count = int((self._read("backoff") or "0").strip() or 0) + 1
+        count = self.failed_respawns() + 1
         self._write("backoff", str(count))
         return count
 
