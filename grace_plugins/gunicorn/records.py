@@ -202,32 +202,37 @@ class RecordStore:
         """Whether any worker of this master ever became ready (else nothing is serving)."""
         return self._exists("ever-ready")
 
-    def loading(self) -> list[int]:
-        """The pids of the workers that recorded their boot and neither ready nor failed yet
-        (alive or not: the caller knows which processes are)."""
+    def loading(self, within: float) -> list[int]:
+        """The pids of the workers that recorded their boot in the last *within* seconds (the
+        ready timeout: a boot record older than that is a worker killed while it loaded) and
+        neither ready nor failed yet (alive or not: the caller knows which processes are)."""
         states: dict[int, set[str]] = {}
+        booted: dict[int, str] = {}
         for name in self._names():
             match = _WORKER.match(name)
             if match:
                 states.setdefault(int(match.group(3)), set()).add(match.group(4))
-        return [pid for pid, found in states.items() if BOOT in found and not found & _SETTLED]
+                if match.group(4) == BOOT:
+                    booted[int(match.group(3))] = name
+        since = time.time() - within
+        fresh = {pid for pid, name in booted.items() if (self._mtime(name) or 0.0) >= since}
+        return [pid for pid in fresh if not states[pid] & _SETTLED]
 
     def claim_replacement(self, pid: int, stale_after: float) -> int:
-        """Take the one replacement at a time that ``max_requests`` may start: 0 if worker
-        *pid* has it now, else who has it. A worker becoming ready ends it; one older than
-        *stale_after* s (no replacement became ready) is taken over."""
+        """Claim the one replacement at a time ``max_requests`` may start: 0 if worker *pid* may
+        go (it has the claim, or none can be written here), else who has it. A worker becoming
+        ready ends it; a claim older than *stale_after* s (no one became ready) is taken over."""
         if self._write(_REPLACING, str(pid), exclusive=True):
             return 0
         text = self._read(_REPLACING) or ""
-        holder = int(text) if text.isdigit() else -1
-        if holder == pid:
-            return 0
+        if not text.isdigit() or int(text) == pid:
+            return 0  # none there (the write failed: a full or unwritable directory), or its own
         if time.time() - (self._mtime(_REPLACING) or 0.0) > stale_after:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.path, _REPLACING))
-            if self._write(_REPLACING, str(pid), exclusive=True):
+            if self._write(_REPLACING, str(pid), exclusive=True) or not self._exists(_REPLACING):
                 return 0
-        return holder
+        return int(text)
 
     def failed_respawns(self) -> int:
         """Respawns that failed to load the code on disk since a worker last became ready."""

@@ -10,8 +10,9 @@ that generation is promoted). While another worker loads it (a replacement), nob
 whether it loads: one replacement at a time, so that broken code on disk costs one worker, not
 every worker that reached ``max_requests`` during the import (the worker that goes claims the
 replacement in the records, until a worker becomes ready). A worker forked from a mold
-(``--preload``) is replaced from the serving generation's mold, never from the disk: it does
-not ask.
+(``--preload``) is replaced from the serving generation's mold, whatever newer generation
+failed or starts; but if that mold and its spare are gone, replacements import the code on
+disk, so the other rules still hold for it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ def why_serve_on(
     newest_kind: str | None,
     failed_respawns: int,
     loading: Sequence[int],
+    *,
+    from_a_mold: bool,
 ) -> str:
     """Why a worker of generation *own* at ``max_requests`` serves on ("" if it may exit).
     *newest*: the newest generation the master started, *newest_kind*: its verdict's kind
     (None while it starts); *failed_respawns*: replacements that failed to load the code on
-    disk since a worker last became ready; *loading*: the other workers loading it now."""
+    disk since a worker last became ready; *loading*: the other workers loading it now;
+    *from_a_mold*: forked from a mold (replaced from it while it lives)."""
     if failed_respawns:
         return "the code on disk does not load (a respawn failed to load it)"
-    if newest > own and newest_kind == PROMOTED:
-        return ""  # it drains anyway
+    if newest > own and (newest_kind == PROMOTED or from_a_mold):
+        return ""  # it drains anyway, or is replaced from its generation's mold
     if newest > own:
         verdict = "was rolled back" if newest_kind == ROLLED_BACK else "is starting"
         return f"generation {newest} {verdict}"

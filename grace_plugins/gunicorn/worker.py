@@ -23,19 +23,18 @@ from grace_plugins.channel import parse_watch
 from grace_plugins.errors import GraceError
 from grace_plugins.gunicorn.boot import Boot, ready_path
 from grace_plugins.gunicorn.held_term import DRAIN, FORGET, look_interval
-from grace_plugins.gunicorn.master import MASTER, ready_timeout
+from grace_plugins.gunicorn.master import MASTER
+from grace_plugins.gunicorn.max_requests import MaxRequests
 from grace_plugins.gunicorn.mold_rules import MOLDS_VAR, molds_wanted
-from grace_plugins.gunicorn.mold_worker import disowned, forked_from_a_mold
+from grace_plugins.gunicorn.mold_worker import disowned
 from grace_plugins.gunicorn.molds import take_over_preload
-from grace_plugins.gunicorn.records import STOPPED, RecordStore, verdict_kind
-from grace_plugins.gunicorn.recycle import why_serve_on
+from grace_plugins.gunicorn.records import STOPPED, RecordStore
 from grace_plugins.gunicorn.release import stay_in_this_release
 from grace_plugins.gunicorn.serve import POLL, DrainingWorker
 from grace_plugins.gunicorn.verdicts import Member
 from grace_plugins.gunicorn.watch import Watch
 from grace_plugins.gunicorn.watchlist import serving_spec
 from grace_plugins.handoff import check_systemd_fds
-from grace_plugins.process import pid_alive
 from grace_plugins.watch_report import WatchReporter
 from grace_plugins.watchspec import is_glob
 
@@ -57,7 +56,7 @@ class Worker(DrainingWorker):
             self.cfg, self.log, self._age, self.sockets
         )
         self._term_pending = False
-        self._served_on = ""  # why it serves past max_requests (said once): _judge_max_requests
+        self.at_max_requests = MaxRequests()
         self._last_term = 0.0  # wall clock, compared with the verdict file's mtime
         self._term_at = 0.0  # monotonic, the first held SIGTERM: the 10 ms checks count from it
         self._next_look = 0.0
@@ -218,42 +217,14 @@ class Worker(DrainingWorker):
 
     def handle_request(self, req: Any, conn: Any) -> bool:
         if self.nr + 1 >= self.max_requests:  # this request reaches it (gthread then stops)
-            self._judge_max_requests()
+            self.at_max_requests.judge(self)
         return super().handle_request(req, conn)
 
-    def _judge_max_requests(self) -> None:
-        """Serve on past ``max_requests`` while a replacement would import code that does not
-        load, or that nothing has shown to load yet, and while another worker's replacement
-        is on its way (see :mod:`~.recycle`); judged again after as many requests more. Each
-        new reason is said once."""
-        store = self.store
-        if store is None or not self.alive or forked_from_a_mold(self.tmp):
-            return  # stopping already, or replaced from the serving generation's mold
-        newest = store.newest_generation()
-        me = os.getpid()
-        why = why_serve_on(
-            self.generation,
-            newest,
-            verdict_kind(store, newest) if newest > self.generation else None,
-            store.failed_respawns(),
-            [pid for pid in store.loading() if pid != me and pid_alive(pid)],
-        )
-        if not why:
-            stale_after = ready_timeout(self.cfg) + float(self.cfg.graceful_timeout)
-            holder = store.claim_replacement(me, stale_after)
-            why = f"worker {holder} is being replaced first" if holder else ""
-        if not why:
-            return
-        self.max_requests = self.nr + max(1, self.cfg.max_requests)
-        if why != self._served_on:
-            self._served_on = why
-            self.log.warning(
-                "grace_plugins: worker %s (generation %s) reached max_requests and serves on (a"
-                " replacement imports the code on disk): %s",
-                me,
-                self.generation,
-                why,
-            )
+    def handle_http2_request(self, req: Any, conn: Any, h2_conn: Any) -> Any:
+        """gunicorn 27's HTTP/2 streams count toward ``max_requests`` too."""
+        if self.nr + 1 >= self.max_requests:
+            self.at_max_requests.judge(self)
+        return super().handle_http2_request(req, conn, h2_conn)
 
     def queue_orphaned(self) -> bool:
         """The master stopping (it closed its listeners) or gone: nobody accepts after us."""

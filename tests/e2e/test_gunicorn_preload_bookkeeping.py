@@ -1,8 +1,8 @@
 """``--preload`` molds and gunicorn's bookkeeping at its edges: a worker replaced after a
 rolled-back HUP, respawns after a generation without a mold (its workers each imported, or
 ``preload_app`` turned off in the config), a master that stops while a mold holds the
-listening sockets, a stop sent to the whole group while a mold imports, and a worker whose mold
-died while forking it."""
+listening sockets, a stop sent to the whole group while a mold imports, a worker whose mold
+died while forking it, and ``max_requests`` once the mold and its spare are gone."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.e2e.test_gunicorn_preload import (
 )
 from tests.harness import http_get, wait_until
 from tests.harness.code import write_module
-from tests.harness.gunicorn import InFlight, start_gunicorn, write_code
+from tests.harness.gunicorn import BROKEN, BROKEN_TIMEOUT, InFlight, start_gunicorn, write_code
 from tests.harness.procfs import child_pids, gone_or_zombie
 
 pytest.importorskip("gunicorn")
@@ -268,3 +268,28 @@ def test_a_stuck_retired_mold_is_not_left_behind_holding_the_listeners(start_ser
     assert not gone_or_zombie(spare)  # stopped, its SIGTERM pending
     assert server.stop() == 0
     assert gone_or_zombie(spare), f"spare {spare} was left behind"
+
+
+@pytest.mark.timeout(60)
+def test_max_requests_with_the_mold_and_its_spare_gone_keeps_a_worker_serving(
+    start_server, tmp_path
+):
+    """Once the serving mold and its spare are gone, replacements import the code on disk:
+    broken there (no HUP), it costs the first worker that reached ``max_requests``, and the
+    other serves on instead of following it (then nothing would serve)."""
+    server = start(
+        start_server, tmp_path, "--max-requests", "3", threads=None, timeout=BROKEN_TIMEOUT
+    )
+    mold = mold_of(server, 1)
+    spare = spare_of(server, mold)
+    for pid in (mold, spare):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: gone_or_zombie(mold) and gone_or_zombie(spare), 10, "mold and spare gone")
+    write_code(tmp_path, BROKEN["exception"])
+    mark = server.mark()
+    answered = [http_get(server.port, timeout=5) for _ in range(12)]
+    assert {resp.version for resp in answered} == {"v1"}, answered
+    server.wait_for(
+        r"reached max_requests and serves on .*: (worker \d+ is|the code on disk)", 5, mark
+    )
+    assert server.stop() == 0

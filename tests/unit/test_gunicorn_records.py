@@ -49,12 +49,15 @@ def test_what_a_worker_at_max_requests_reads(tmp_path):
     store.record(Member(1, 3, 30), "boot")
     store.record(Member(1, 3, 30), "failed", "boom")
     store.record(Member(2, 4, 40), "boot")  # a newer generation's, loading
-    assert sorted(store.loading()) == [20, 40]
+    store.record(Member(2, 5, 50), "boot")  # killed as it loaded, long ago: not loading
+    old = time.time() - 120
+    os.utime(tmp_path / "w-2-5-50.boot", (old, old))
+    assert sorted(store.loading(within=60)) == [20, 40]
     assert store.failed_respawns() == 0
     assert store.bump_backoff() == 1 and store.bump_backoff() == 2
     assert store.failed_respawns() == 2
     store.record(Member(1, 2, 20), "ready")  # the code loads again: the count starts over
-    assert store.failed_respawns() == 0 and store.loading() == [40]
+    assert store.failed_respawns() == 0 and store.loading(within=60) == [40]
 
 
 def test_one_replacement_at_a_time(tmp_path):
@@ -69,6 +72,9 @@ def test_one_replacement_at_a_time(tmp_path):
     old = time.time() - 120
     os.utime(tmp_path / "replacing", (old, old))
     assert store.claim_replacement(40, stale_after=60) == 0  # 20's replacement never came
+    # no claim can be written (a full or unwritable directory): max_requests as without it
+    gone = RecordStore(str(tmp_path / "missing"))
+    assert gone.claim_replacement(10, stale_after=60) == 0
 
 
 def test_a_verdict_is_recorded_once(tmp_path):

@@ -225,20 +225,33 @@ def test_an_exit_while_the_app_loads_is_a_failure_unless_a_quit_signal_asked_for
 
 
 @pytest.mark.parametrize(
-    ("own", "newest", "kind", "failed", "loading", "expected"),
+    ("own", "newest", "kind", "failed", "loading", "mold", "expected"),
     [
-        (3, 3, None, 0, [], ""),  # its generation is the newest: replaced as gunicorn does
-        (1, 0, None, 0, [], ""),  # no announcement read (records gone): as gunicorn does
-        (2, 3, ROLLED_BACK, 0, [], "generation 3 was rolled back"),
-        (2, 5, ROLLED_BACK, 0, [], "generation 5 was rolled back"),
-        (2, 3, None, 0, [], "generation 3 is starting"),  # no verdict passed its code yet
-        (2, 3, PROMOTED, 0, [], ""),  # it drains anyway
-        (2, 3, PROMOTED, 0, [41], ""),
-        (3, 3, None, 2, [], "the code on disk does not load (a respawn failed to load it)"),
-        (3, 3, None, 0, [52, 41], "worker 41 is still loading it"),
+        (3, 3, None, 0, [], False, ""),  # its generation is the newest: replaced as gunicorn does
+        (1, 0, None, 0, [], False, ""),  # no announcement read (records gone): as gunicorn does
+        (2, 3, ROLLED_BACK, 0, [], False, "generation 3 was rolled back"),
+        (2, 5, ROLLED_BACK, 0, [], False, "generation 5 was rolled back"),
+        (2, 3, None, 0, [], False, "generation 3 is starting"),  # no verdict passed its code yet
+        (2, 3, PROMOTED, 0, [], False, ""),  # it drains anyway
+        (2, 3, PROMOTED, 0, [41], False, ""),
+        (3, 3, None, 2, [], False, "the code on disk does not load (a respawn failed to load it)"),
+        (3, 3, None, 0, [52, 41], False, "worker 41 is still loading it"),
+        # forked from a mold: replaced from it, whatever the newer generation did...
+        (2, 3, ROLLED_BACK, 0, [], True, ""),
+        # ... but once respawns import (the mold and its spare gone), the rest holds
+        (
+            2,
+            3,
+            ROLLED_BACK,
+            1,
+            [],
+            True,
+            "the code on disk does not load (a respawn failed to load it)",
+        ),
+        (2, 2, None, 0, [41], True, "worker 41 is still loading it"),
     ],
 )
 def test_a_worker_at_max_requests_exits_only_if_its_replacement_can_serve(
-    own, newest, kind, failed, loading, expected
+    own, newest, kind, failed, loading, mold, expected
 ):
-    assert why_serve_on(own, newest, kind, failed, loading) == expected
+    assert why_serve_on(own, newest, kind, failed, loading, from_a_mold=mold) == expected
