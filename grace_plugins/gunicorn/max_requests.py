@@ -39,7 +39,7 @@ class MaxRequests:
             why = why_serve_on(
                 worker.generation,
                 newest,
-                verdict_kind(store, newest) if newest > worker.generation else None,
+                verdict_kind(store, newest),
                 store.failed_respawns(),
                 [pid for pid in store.loading(timeout) if pid != me and pid_alive(pid)],
                 from_a_mold=forked_from_a_mold(worker.tmp),

@@ -54,6 +54,7 @@ _PER_GENERATION = re.compile(r"^(?:w|gen|verdict|watch|claim-\w+)-(\d+)")
 _SPEC = re.compile(r"^watch-(\d+)-(\w+)$")
 _MASTER_STOPPING = "master-stopping"
 _REPLACING = "replacing"  # the worker whose max_requests started a replacement not ready yet
+_BACKOFF = "backoff"  # failed respawns in a row
 
 
 class RecordStore:
@@ -171,7 +172,7 @@ class RecordStore:
         written = self._write(f"w-{member.gen}-{member.age}-{member.pid}.{state}", detail)
         if state == READY:
             written = self._write("ever-ready") and written
-            for note in ("backoff", _REPLACING):
+            for note in (_BACKOFF, _REPLACING):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.path, note))
         return written
@@ -237,13 +238,13 @@ class RecordStore:
     def failed_respawns(self) -> int:
         """Respawns that failed to load the code on disk since a worker last became ready."""
         with contextlib.suppress(ValueError):
-            return int((self._read("backoff") or "0").strip() or 0)
+            return int((self._read(_BACKOFF) or "0").strip() or 0)
         return 0
 
     def bump_backoff(self) -> int:
         """Count one more failed respawn in a row; return the new count."""
         count = self.failed_respawns() + 1
-        self._write("backoff", str(count))
+        self._write(_BACKOFF, str(count))
         return count
 
     def claim(self, what: str, gen: int) -> bool:
