@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
 
-from grace_plugins import forked
 from grace_plugins.cmdline import Program, parse_program, program_path0, same_interpreter
 from grace_plugins.preload import (
     SETTINGS,
@@ -192,6 +192,18 @@ def test_the_same_interpreter_however_its_path_is_spelt(monkeypatch):
     assert not same_interpreter("/srv/other/.venv/bin/python")  # another environment
 
 
+#: The generation's side of the test below: what it does once forked from the template.
+_GENERATION = """
+import os, socket, sys
+from grace_plugins import forked
+from grace_plugins.cmdline import Program
+theirs = socket.socket(fileno=int(sys.argv[1]))
+request = {"env": {}, "cwd": os.environ["CURRENT"], "fds": [], "argv": ["py"]}
+inherited = forked.Inherited({}, theirs, [], Program([], "module", "app", []))
+forked.become(request, [], -1, inherited)
+"""
+
+
 @pytest.mark.parametrize("switched", [False, True], ids=["same release", "switched"])
 def test_a_fork_that_lands_in_another_release_than_the_templates_leaves(tmp_path, switched):
     # the template imported in r1; a deploy may switch current between the fork's request
@@ -199,22 +211,18 @@ def test_a_fork_that_lands_in_another_release_than_the_templates_leaves(tmp_path
     for release in ("r1", "r2"):
         (tmp_path / release).mkdir()
     (tmp_path / "current").symlink_to(tmp_path / ("r2" if switched else "r1"))
-    read_end, write_end = os.pipe()
+    # a fresh interpreter as the forked generation (pytest's own process may run threads)
     ours, theirs = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the forked generation
-        try:
-            os.dup2(write_end, 2)
-            os.chdir(tmp_path / "r1")  # where the template imported from
-            request = {"env": {}, "cwd": str(tmp_path / "current"), "fds": [], "argv": ["py"]}
-            inherited = forked.Inherited({}, theirs, [], Program([], "module", "app", []))
-            forked.become(request, [], -1, inherited)
-        finally:
-            os._exit(0)  # it went on to run the program
-    os.close(write_end)
-    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    said = os.read(read_end, 4096).decode()
-    os.close(read_end)
-    ours.close(), theirs.close()
+    with ours, theirs:
+        done = subprocess.run(
+            [sys.executable, "-c", _GENERATION, str(theirs.fileno())],
+            cwd=tmp_path / "r1",  # where the template imported from
+            env={**os.environ, "CURRENT": str(tmp_path / "current")},
+            pass_fds=[theirs.fileno()],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    status, said = done.returncode, done.stderr
     assert status == (1 if switched else 0), said
     assert ("leads to" in said) is switched
