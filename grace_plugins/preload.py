@@ -37,6 +37,7 @@ _INSTALLED_PARTS = frozenset({"site-packages", "dist-packages"})
 
 #: (mtime in ns, size) of a file, or None when it is gone.
 Stamp = tuple[int, int] | None
+Read = tuple[Stamp, str]  # a file a library read while imported: its stamp then, its reader
 
 
 def _norm(path: str) -> str:
@@ -95,7 +96,12 @@ def is_project_module(
         return False
     if not origin or not os.path.isabs(origin):
         return False
-    path = _norm(origin)
+    return is_project_file(origin, roots, stdlib_dirs)
+
+
+def is_project_file(path: str, roots: Sequence[str], stdlib_dirs: Iterable[str]) -> bool:
+    """Whether *path* (absolute) is under a project root and not in an installed environment."""
+    path = _norm(path)
     if is_installed(path, stdlib_dirs):
         return False
     return any(_under(path, root) for root in roots)
@@ -122,6 +128,18 @@ def split_modules(
         else:
             preload.append(name)
     return preload, project
+
+
+def file_read(
+    file: object, mode: str, roots: Sequence[str], stdlib_dirs: Iterable[str]
+) -> tuple[str, bool]:
+    """(path, is the project's) of a file opened with *mode*; no path if written or installed."""
+    if not isinstance(file, str | bytes | os.PathLike) or set(mode) & set("wax+"):
+        return "", False
+    path = _norm(os.path.abspath(os.fsdecode(file)))
+    if not os.path.isfile(path) or is_installed(path, stdlib_dirs):
+        return "", False
+    return path, is_project_file(path, roots, stdlib_dirs)
 
 
 def changed_files(recorded: Mapping[str, Stamp], current: Mapping[str, Stamp]) -> list[str]:
@@ -158,6 +176,7 @@ SETTINGS = "reads the project's settings"
 THREAD = "starts a thread"
 SOCKET = "opens a socket"
 OPEN_FILE = "keeps a file open"
+PROJECT_FILE = "reads a project file"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,12 @@ the generations. Refused:
 * a thread started by ``threading`` (refused before it runs: a fork copies only the calling
   thread, and a thread cannot be undone);
 * an fd the import leaves open (a socket, a file): in a generation it would be closed and its
-  number reused by another file, that the library's object would write to or close.
+  number reused by another file, that the library's object would write to or close;
+* a file of the project read at import (a library's config beside the app): each generation
+  must read it as it is then.
+
+A file outside the project that a kept import reads is stamped (:attr:`Preloader.read_files`),
+so that the template is found stale once it changes, as when a preloaded module does.
 
 A thread that started anyway (from C, or ``_thread``) taints the process: the template then
 starts its preload again in a fresh interpreter without that import (:mod:`.template`).
@@ -21,11 +26,13 @@ report as "ignored": the template is quiet; :func:`debug` shows it all when aske
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gc
 import importlib
 import importlib.abc
 import importlib.machinery
+import io
 import os
 import socket
 import sys
@@ -37,6 +44,7 @@ from types import FrameType, ModuleType, TracebackType
 from typing import Any
 
 from grace_plugins import preload, rollback
+from grace_plugins.holdings import open_fds, opened_since, threads
 from grace_plugins.preload import LeftOut
 
 #: Set to 1 to see, on the template's stderr, why each import was left out, with tracebacks,
@@ -63,30 +71,6 @@ def debug(message: str) -> None:
             for line in message.rstrip("\n").splitlines():
                 sys.stderr.write(f"[grace_plugins] [template {os.getpid()}] debug: {line}\n")
             sys.stderr.flush()
-
-
-def threads() -> int:
-    """Threads of this process, native ones included."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def _fds() -> dict[int, str]:
-    """This process's open fds and what each points to (``socket:[inode]``, a path...); the
-    directory listing's own fd, closed by then, is not among them."""
-    found = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-    return found
-
-
-def _opened(before: Mapping[int, str]) -> dict[int, str]:
-    """The fds open now that were not open (to the same thing) in *before*."""
-    return {fd: what for fd, what in _fds().items() if before.get(fd) != what}
 
 
 def _kind(target: str) -> str:
@@ -158,13 +142,18 @@ class Preloader:
         self._attempted: list[str] = []
         self._opened: dict[int, str] = {}  # fd -> the module whose import made a socket of it
         self._pulled: list[str] = []  # project modules an import loaded behind the guard
+        #: files outside the project that kept imports read: path -> (its stamp, the reader)
+        self.read_files: dict[str, preload.Read] = {}
+        self._read: dict[str, preload.Read] = {}  # those of the import under way
         self._restore: list[tuple[object, str, object]] = []
         self._saved_fds: list[int] = []
         self._sink: Any = None
+        self.active = False  # between __enter__ and __exit__
 
     # -- a context: the guards and the capture ------------------------------------------------
     def __enter__(self) -> Preloader:
         self._capture()
+        self.active = True
         preloader = self
 
         def start(thread: threading.Thread) -> None:
@@ -181,7 +170,16 @@ class Preloader:
             made(sock, *args, **kwargs)
             preloader._opened[sock.fileno()] = _importing(preloader._top, sys._getframe(1))
 
+        real_open = builtins.open
+
+        def reading(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if preloader.active:  # a module may keep it (tarfile's ``bltn_open``): inert after
+                preloader.check_read(file, mode, sys._getframe(1))
+            return real_open(file, mode, *args, **kwargs)
+
         self._patch(threading.Thread, "start", start)
+        self._patch(builtins, "open", reading)
+        self._patch(io, "open", reading)  # pathlib's
         self._patch(socket.socket, "__init__", init)
         self._patch(sys, "unraisablehook", unraisable)
         self._guard = _Guard(self)
@@ -189,6 +187,7 @@ class Preloader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.active = False
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(self._guard)
         for owner, name, value in reversed(self._restore):
@@ -246,13 +245,28 @@ class Preloader:
             culprit = _importing(self._top, sys._getframe(1))
             self.refuse(culprit, preload.project_reason(name, self.settings_module))
 
+    def check_read(self, file: Any, mode: str, frame: FrameType | None) -> None:
+        """The guard on ``open()``: refuse reading a project file; stamp another one read."""
+        path, ours = preload.file_read(file, mode, self.roots, self.stdlib)
+        if path:
+            culprit = _importing(self._top, frame)
+            if ours:
+                self.refuse(culprit, preload.PROJECT_FILE)
+            self._read.setdefault(path, (preload.stamp(path), culprit))
+
+    def stamp_reads(self, stamps: dict[str, preload.Stamp], files: dict[str, str]) -> None:
+        """Add the files kept imports read to a template's *stamps*, named by their reader."""
+        for path, (stamp, reader) in self.read_files.items():
+            stamps.setdefault(path, stamp)
+            files.setdefault(path, f"a file {reader} read at import")
+
     # -- one top-level import -----------------------------------------------------------------
     def load(self, name: str) -> bool:
         """Import *name* (and what it imports) or nothing of it; whether it was kept."""
         before = dict(sys.modules)
-        fds, running = _fds(), threads()
+        fds, running = open_fds(), threads()
         self._top, self._refusals, self._attempted, self._opened = name, [], [], {}
-        self._pulled = []
+        self._pulled, self._read = [], {}
         error: BaseException | None = None
         try:
             importlib.import_module(name)
@@ -277,7 +291,9 @@ class Preloader:
         if threads() > running:  # not from threading (refused above): from C, or _thread
             self.tainted.setdefault(name, preload.THREAD)
             self.notes.append(f"importing {name} started a thread: the preload starts again")
-        self.kept += why is None
+        if why is None:
+            self.kept += 1
+            self.read_files.update(self._read)
         return why is None
 
     def retry_circular(self) -> None:
@@ -312,7 +328,7 @@ class Preloader:
         self._pulled = preload.split_modules(added, self.roots, self.stdlib)[1]
         if self._pulled:
             return name, preload.project_reason(self._pulled[0], self.settings_module)
-        opened = sorted(_opened(fds).items())
+        opened = sorted(opened_since(fds).items())
         if opened:
             fd, target = opened[0]
             return self._opened.get(fd, name), _kind(target)
@@ -324,7 +340,7 @@ class Preloader:
         if why[1] not in (preload.SOCKET, preload.OPEN_FILE):
             return
         gc.collect()
-        if _opened(fds):
+        if opened_since(fds):
             self.tainted.setdefault(why[0], why[1])
 
 

@@ -10,11 +10,12 @@ and reaped by it as if it had been spawned; the generation then resets what a fo
 runs the user's command line in-process with :mod:`runpy`: a cold start with the imports done.
 
 Each import of the preload is atomic (:mod:`grace_plugins.preloader`): one that fails, reads the
-project's settings, starts a thread or leaves an fd open is undone and left to the generations,
-and the template keeps the rest; one line at start says what was kept and what was left out,
-and nothing else is printed (``GRACE_PLUGINS_WARM_DEBUG=1`` shows the details). A thread that
-could not be refused makes the template start its preload over, in place, without that import.
-The template configures no logging and refuses to fork with a second thread or a project module.
+project's settings or files, starts a thread or leaves an fd open is undone and left to the
+generations, and the template keeps the rest; one line at start says what was kept and what was
+left out, and nothing else is printed (``GRACE_PLUGINS_WARM_DEBUG=1`` shows the details). A
+thread that could not be refused makes the template start its preload over, in place, without
+that import. The template configures no logging and refuses to fork with a second thread or a
+project module.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from typing import Any, NoReturn
 
 from grace_plugins import forked, preload
 from grace_plugins.cmdline import Program, program_path0
-from grace_plugins.preloader import Preloader, threads
+from grace_plugins.holdings import threads
+from grace_plugins.preloader import Preloader
 from grace_plugins.wire import Wire, answer_fork, close_fds
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.template import main;main()"
@@ -205,6 +207,7 @@ class Template:
         if pulled:
             return {"unsafe": f"preloading pulled in the project's {', '.join(pulled[:3])}"}
         _stamp_the_rest(stamps, files)
+        preloader.stamp_reads(stamps, files)
         preload.warm_metadata()
         gc.collect()
         self.generators = forked.generators()

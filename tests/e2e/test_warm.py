@@ -155,6 +155,40 @@ def test_preloaded_module_changed_on_disk_is_served_by_the_next_upgrade(
     assert server.stop() == 0
 
 
+@pytest.mark.timeout(90)
+def test_files_libraries_read_at_import_are_read_anew_by_the_upgrades(
+    start_server, app_dir, tmp_path_factory
+):
+    """A library reading its config beside the app is left to the generations; one reading a
+    file outside the project is preloaded, and the template is stale once that file changed."""
+    lib = library(
+        tmp_path_factory,
+        "cfglib",
+        "import os\nwith open(os.path.join(os.getcwd(), 'lib.cfg')) as f:\n"
+        "    CONF = f.read().strip()\n",
+    )
+    outside = os.path.join(lib, "featlib.conf")
+    write_module(outside, "mode1\n")
+    write_module(os.path.join(lib, "featlib.py"), f"MODE = open({outside!r}).read().strip()\n")
+    write_module(app_dir / "lib.cfg", "conf1\n")
+    write_code(app_dir, "v1", "import cfglib, featlib\nVERSION = cfglib.CONF + '-' + featlib.MODE")
+    server = warm_server(start_server, app_dir, env=lib_env(lib))
+    assert "reads a project file: cfglib" in server.output()
+    assert wait_served_by(server.port, upgrade_warm(server)).version == "conf1-mode1"
+    write_module(app_dir / "lib.cfg", "conf-two\n")
+    assert wait_served_by(server.port, upgrade_warm(server)).version == "conf-two-mode1"
+    write_module(outside, "mode-two\n")
+    server.wait_for(r"exited after draining", 10)  # the next HUP is not coalesced
+    mark = server.mark()
+    pid = server.upgrade()
+    line = server.wait_for(COLD, 5, after=mark).group(1)
+    assert line.startswith(f"a file featlib read at import changed on disk ({outside})"), line
+    assert wait_served_by(server.port, pid).version == "conf-two-mode-two"
+    next_template(server, mark)
+    assert wait_served_by(server.port, upgrade_warm(server)).version == "conf-two-mode-two"
+    assert server.stop() == 0
+
+
 @pytest.mark.timeout(60)
 def test_preloaded_module_that_starts_a_thread_is_left_to_the_generations(
     start_server, app_dir, tmp_path_factory

@@ -18,6 +18,7 @@ from grace_plugins.preload import (
     LeftOut,
     changed_files,
     failure_reason,
+    file_read,
     is_project_module,
     project_reason,
     project_roots,
@@ -62,6 +63,25 @@ def test_a_virtualenv_inside_the_project_is_not_the_project():
 
 def test_a_stdlib_under_the_working_directory_is_not_the_project():
     assert not is_project_module("json", "/srv/app/py/lib/json.py", ["/srv/app"], ["/srv/app/py"])
+
+
+def test_which_files_a_library_reads_at_import_matter(tmp_path):
+    project, elsewhere, site = tmp_path / "app", tmp_path / "etc", tmp_path / "site-packages"
+    for directory in (project, elsewhere, site):
+        directory.mkdir()
+        (directory / "x.cfg").write_text("x")
+    roots, stdlib = [str(project)], [str(tmp_path / "stdlib")]
+    assert file_read(str(project / "x.cfg"), "r", roots, stdlib) == (str(project / "x.cfg"), True)
+    assert file_read(elsewhere / "x.cfg", "rb", roots, stdlib) == (str(elsewhere / "x.cfg"), False)
+    for file, mode in [
+        (project / "x.cfg", "w"),  # written, not read
+        (project / "x.cfg", "r+"),
+        (site / "x.cfg", "r"),  # installed: changes with its package
+        (project / "gone.cfg", "r"),  # open() raises as it would
+        (project, "r"),  # a directory
+        (3, "r"),  # an fd
+    ]:
+        assert file_read(file, mode, roots, stdlib) == ("", False), (file, mode)
 
 
 def test_grace_plugins_is_never_the_project_even_installed_editable_inside_it():

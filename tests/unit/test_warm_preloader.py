@@ -16,7 +16,15 @@ import threading
 
 import pytest
 
-from grace_plugins.preload import SETTINGS, SOCKET, THREAD, LeftOut, stdlib_dirs
+from grace_plugins.preload import (
+    PROJECT_FILE,
+    SETTINGS,
+    SOCKET,
+    THREAD,
+    LeftOut,
+    stamp,
+    stdlib_dirs,
+)
 from grace_plugins.preloader import DEBUG_VAR, Preloader
 
 
@@ -130,6 +138,36 @@ def test_a_refusal_the_library_swallows_still_leaves_it_out(tree, preloader):
     assert preload(preloader, "careless") == [False]
     assert "careless" not in sys.modules
     assert preloader.left == [LeftOut("careless", "careless", SETTINGS)]
+
+
+def test_a_library_reading_a_project_file_at_import_is_left_out(tree, preloader, tmp_path):
+    """Its config beside the app: each generation must read it as it is then."""
+    config = tmp_path / "project" / "lib.cfg"
+    config.write_text("conf-1\n")
+    tree("lib/cfglib.py", f"import pathlib\nMODE = pathlib.Path({str(config)!r}).read_text()\n")
+    tree("lib/cfglib_user.py", "import cfglib\n")
+    assert preload(preloader, "cfglib_user") == [False]
+    assert preloader.left[0] == LeftOut("cfglib_user", "cfglib", PROJECT_FILE)
+    assert "cfglib" not in sys.modules and not preloader.read_files
+    # a module that kept the guarded open() (as tarfile keeps ``bltn_open``) reads freely after
+    tree("lib/keeps_open.py", "_open = open\n")
+    assert preload(preloader, "keeps_open") == [True]
+    with sys.modules["keeps_open"]._open(config) as kept:
+        assert kept.read() == "conf-1\n"
+
+
+def test_a_file_outside_the_project_read_at_import_is_stamped(tree, preloader, tmp_path):
+    """Kept, and its file stamped: the template is stale once it changes. What an import that
+    was left out read is not."""
+    outside = tmp_path / "etc" / "featlib.conf"
+    outside.parent.mkdir()
+    outside.write_text("custom\n")
+    tree("lib/featlib.py", f"with open({str(outside)!r}) as f:\n    MODE = f.read()\n")
+    other = tmp_path / "etc" / "broken.conf"
+    other.write_text("x\n")
+    tree("lib/featlib_broken.py", f"open({str(other)!r}).close()\nraise RuntimeError('broken')\n")
+    assert preload(preloader, "featlib_broken", "featlib") == [False, True]
+    assert preloader.read_files == {str(outside): (stamp(str(outside)), "featlib")}
 
 
 def open_fds() -> dict[int, str]:
