@@ -15,8 +15,7 @@ the generations. Refused:
 * a file of the project read at import (a library's config beside the app): each generation
   must read it as it is then.
 
-A file outside the project that a kept import reads is stamped (:attr:`Preloader.read_files`),
-so that the template is found stale once it changes, as when a preloaded module does.
+Files outside the project that kept imports read are stamped: the template is stale with them.
 
 A thread that started anyway (from C, or ``_thread``) taints the process: the template then
 starts its preload again in a fresh interpreter without that import (:mod:`.template`).
@@ -148,12 +147,11 @@ class Preloader:
         self._restore: list[tuple[object, str, object]] = []
         self._saved_fds: list[int] = []
         self._sink: Any = None
-        self.active = False  # between __enter__ and __exit__
+        self.active = False  # while an import of the preload runs
 
     # -- a context: the guards and the capture ------------------------------------------------
     def __enter__(self) -> Preloader:
         self._capture()
-        self.active = True
         preloader = self
 
         def start(thread: threading.Thread) -> None:
@@ -187,7 +185,6 @@ class Preloader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.active = False
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(self._guard)
         for owner, name, value in reversed(self._restore):
@@ -269,9 +266,12 @@ class Preloader:
         self._pulled, self._read = [], {}
         error: BaseException | None = None
         try:
+            self.active = True
             importlib.import_module(name)
         except BaseException as exc:  # noqa: BLE001 - any failure: left to the generations
             error = exc
+        finally:
+            self.active = False
         if isinstance(error, ModuleNotFoundError) and error.name == name:
             self.notes.append(f"{name} cannot be imported by name (an extension made it)")
             return False

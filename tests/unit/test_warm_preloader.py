@@ -149,6 +149,8 @@ def test_a_library_reading_a_project_file_at_import_is_left_out(tree, preloader,
     assert preload(preloader, "cfglib_user") == [False]
     assert preloader.left[0] == LeftOut("cfglib_user", "cfglib", PROJECT_FILE)
     assert "cfglib" not in sys.modules and not preloader.read_files
+    with preloader:  # outside an import (the template formatting a traceback): not refused
+        open(config).close()
     # a module that kept the guarded open() (as tarfile keeps ``bltn_open``) reads freely after
     tree("lib/keeps_open.py", "_open = open\n")
     assert preload(preloader, "keeps_open") == [True]
