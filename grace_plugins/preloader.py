@@ -33,18 +33,19 @@ import importlib.abc
 import importlib.machinery
 import io
 import os
+import pathlib
 import socket
 import sys
 import tempfile
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
-from types import FrameType, ModuleType, TracebackType
+from types import FrameType, ModuleType
 from typing import Any
 
 from grace_plugins import preload, rollback
-from grace_plugins.holdings import open_fds, opened_since, threads
 from grace_plugins.preload import LeftOut
+from grace_plugins.probes import failed_in, importing, open_fds, opened_since, threads
 
 #: Set to 1 to see, on the template's stderr, why each import was left out, with tracebacks,
 #: and what the libraries printed while the template imported them.
@@ -74,27 +75,6 @@ def debug(message: str) -> None:
 
 def _kind(target: str) -> str:
     return preload.SOCKET if target.startswith("socket:") else preload.OPEN_FILE
-
-
-def _importing(default: str, frame: FrameType | None) -> str:
-    """The module whose body is running innermost from *frame* outwards, else *default*."""
-    while frame is not None:
-        if frame.f_code.co_name == "<module>":
-            name = frame.f_globals.get("__name__")
-            return name if isinstance(name, str) and name != "__main__" else default
-        frame = frame.f_back
-    return default
-
-
-def _failed_in(error: BaseException, default: str) -> str:
-    """The innermost module whose body was running when *error* was raised."""
-    tb: TracebackType | None = error.__traceback__
-    found = default
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "<module>":
-            found = str(tb.tb_frame.f_globals.get("__name__") or found)
-        tb = tb.tb_next
-    return found
 
 
 class _Guard(importlib.abc.MetaPathFinder):
@@ -155,7 +135,7 @@ class Preloader:
         preloader = self
 
         def start(thread: threading.Thread) -> None:
-            culprit = _importing(preloader._top, sys._getframe(1))
+            culprit = importing(preloader._top, sys._getframe(1))
             preloader.refuse(culprit, preload.THREAD)
 
         def unraisable(info: Any) -> None:
@@ -166,7 +146,7 @@ class Preloader:
 
         def init(sock: socket.socket, *args: Any, **kwargs: Any) -> None:
             made(sock, *args, **kwargs)
-            preloader._opened[sock.fileno()] = _importing(preloader._top, sys._getframe(1))
+            preloader._opened[sock.fileno()] = importing(preloader._top, sys._getframe(1))
 
         real_open = builtins.open
 
@@ -178,6 +158,8 @@ class Preloader:
         self._patch(threading.Thread, "start", start)
         self._patch(builtins, "open", reading)
         self._patch(io, "open", reading)  # pathlib's
+        if hasattr(pathlib, "_NormalAccessor"):  # Python 3.10's pathlib keeps its own
+            self._patch(pathlib._NormalAccessor, "open", staticmethod(reading))
         self._patch(socket.socket, "__init__", init)
         self._patch(sys, "unraisablehook", unraisable)
         self._guard = _Guard(self)
@@ -239,14 +221,14 @@ class Preloader:
             spec = importlib.machinery.PathFinder.find_spec(name, self.roots)
         origin = getattr(spec, "origin", None)
         if origin and preload.is_project_module(name, origin, self.roots, self.stdlib):
-            culprit = _importing(self._top, sys._getframe(1))
+            culprit = importing(self._top, sys._getframe(1))
             self.refuse(culprit, preload.project_reason(name, self.settings_module))
 
     def check_read(self, file: Any, mode: str, frame: FrameType | None) -> None:
         """The guard on ``open()``: refuse reading a project file; stamp another one read."""
         path, ours = preload.file_read(file, mode, self.roots, self.stdlib)
         if path:
-            culprit = _importing(self._top, frame)
+            culprit = importing(self._top, frame)
             if ours:
                 self.refuse(culprit, preload.PROJECT_FILE)
             self._read.setdefault(path, (preload.stamp(path), culprit))
@@ -319,7 +301,7 @@ class Preloader:
             self.excluded.setdefault(culprit, reason)  # what imports it again fails at once
             return culprit, reason
         if error is not None:
-            return _failed_in(error, name), preload.failure_reason(error)
+            return failed_in(error, name), preload.failure_reason(error)
         added = [
             (n, preload.module_origin(m))
             for n, m in sys.modules.items()

@@ -35,8 +35,8 @@ from typing import Any, NoReturn
 
 from grace_plugins import forked, preload
 from grace_plugins.cmdline import Program, program_path0
-from grace_plugins.holdings import threads
 from grace_plugins.preloader import Preloader
+from grace_plugins.probes import threads
 from grace_plugins.wire import Wire, answer_fork, close_fds
 
 BOOT = "import sys;sys.path.append(sys.argv[1]);from grace_plugins.template import main;main()"
