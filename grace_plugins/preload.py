@@ -29,15 +29,15 @@ from grace_plugins.atomic import write_atomic
 REPORT_VERSION = 1
 #: Module names that are never preloaded, whatever their file.
 ALWAYS_PROJECT = frozenset({"__main__", "__mp_main__"})
-#: Packages that are never the project's own, wherever their files are: grace_plugins itself
-#: (the template runs it; an editable install inside the working directory must not make it
-#: "project" code).
+#: Packages never the project's own, wherever their files are: grace_plugins (the template runs
+#: it; an editable install inside the working directory must not make it "project" code).
 NEVER_PROJECT = ("grace_plugins",)
 _INSTALLED_PARTS = frozenset({"site-packages", "dist-packages"})
 
 #: (mtime in ns, size) of a file, or None when it is gone.
 Stamp = tuple[int, int] | None
 Read = tuple[Stamp, str]  # a file a library read while imported: its stamp then, its reader
+_KERNEL = ("/proc/", "/sys/", "/dev/")  # the kernel's (/proc/self/... per process): no config
 
 
 def _norm(path: str) -> str:
@@ -133,11 +133,11 @@ def split_modules(
 def file_read(
     file: object, mode: str, roots: Sequence[str], stdlib_dirs: Iterable[str]
 ) -> tuple[str, bool]:
-    """(path, is the project's) of a file opened with *mode*; no path if written or installed."""
+    """(path, is the project's) of a file opened with *mode*; none: written, installed, kernel's."""
     if not isinstance(file, str | bytes | os.PathLike) or set(mode) & set("wax+"):
         return "", False
     path = _norm(os.path.abspath(os.fsdecode(file)))
-    if not os.path.isfile(path) or is_installed(path, stdlib_dirs):
+    if path.startswith(_KERNEL) or not os.path.isfile(path) or is_installed(path, stdlib_dirs):
         return "", False
     return path, is_project_file(path, roots, stdlib_dirs)
 

@@ -80,6 +80,7 @@ def test_which_files_a_library_reads_at_import_matter(tmp_path):
         (project / "gone.cfg", "r"),  # open() raises as it would
         (project, "r"),  # a directory
         (3, "r"),  # an fd
+        ("/proc/self/status", "r"),  # the kernel's: another file in every process
     ]:
         assert file_read(file, mode, roots, stdlib) == ("", False), (file, mode)
 
