@@ -159,11 +159,14 @@ class ServerProcess:
             self._cond.notify_all()
 
     def output(self, after: int = 0) -> str:
-        """What the server printed (from position *after*)."""
+        """What the server printed (from position *after*); once it exited, all of it (its
+        last lines may still be in the pipe when ``proc.wait()`` returns)."""
         if self.log_path:
             with open(self.log_path, "rb") as handle:
                 return handle.read().decode("utf-8", "replace")
         with self._cond:
+            if self._reader is not None and self.proc.poll() is not None:
+                self._cond.wait_for(lambda: self._lines[-1:] == ["<EOF>"], timeout=5)
             return "\n".join(self._lines[after:])
 
     def mark(self) -> int:
